@@ -1,0 +1,112 @@
+"""The `sluicegate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+import msgspec
+
+from router.config import Config, ConfigError, load_config
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluicegate", description="OpenAI-compatible LLM router and inference gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML or TOML config file (default: embedded defaults)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8300)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+
+    keys = sub.add_parser("keys", help="API key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("new", help="create a key: prints it once, with the hash for the config file")
+    keys_sub.add_parser("hash", help="hash a key read from standard input for the config file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "config":
+        return _check(args.file)
+    return _keys(args.keys_command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from router.defaults import embedded_config
+    from router.gateway import engine_spec
+    from router.server import serve
+
+    try:
+        config = load_config(args.config) if args.config else embedded_config()
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+        if overrides:
+            config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **overrides))
+        config = msgspec.convert(msgspec.to_builtins(config), Config)  # re-validate overrides
+        for i, dep in enumerate(config.deployments):
+            engine_spec(i, dep)
+    except (ConfigError, msgspec.ValidationError) as exc:
+        print(f"sluicegate: {exc}", file=sys.stderr)
+        return 2
+    if args.config is None and config.server.host not in _LOOPBACK:
+        print("sluicegate: the embedded defaults serve loopback only; pass --config to bind elsewhere", file=sys.stderr)
+        return 2
+    _announce(config, args.config, args.config is None)
+    serve(config, args.config)
+    return 0
+
+
+def _announce(config: Config, path: str | None, embedded: bool) -> None:
+    s = config.server
+    source = path if path else "embedded defaults"
+    print(f"sluicegate: serving the OpenAI API at http://{s.host}:{s.port}/v1 ({s.workers} worker(s), config: {source})", flush=True)
+    models = ", ".join(m.alias for m in config.models) or "none configured"
+    print(f"sluicegate: models: {models}; tenants: {len(config.tenants)}", flush=True)
+    if embedded:
+        print("sluicegate: the local tenant accepts the development key documented in the README", flush=True)
+    print(f"sluicegate: health at /healthz, readiness at /readyz, metrics at /metrics", flush=True)
+
+
+def _check(path: str) -> int:
+    from router.gateway import engine_spec
+
+    try:
+        config = load_config(path)
+        for i, dep in enumerate(config.deployments):
+            engine_spec(i, dep)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.deployments)} deployments, {len(config.models)} models, {len(config.tenants)} tenants)")
+    return 0
+
+
+def _keys(command: str) -> int:
+    from router.auth import hash_api_key, new_api_key
+
+    if command == "new":
+        key = new_api_key()
+        print(f"key:  {key}\nhash: {hash_api_key(key)}\nThe key is shown once; store it now. Put only the hash in the config.")
+        return 0
+    key = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("API key: ")
+    if not key:
+        print("no key given", file=sys.stderr)
+        return 1
+    print(hash_api_key(key))
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Typed configuration: msgspec Structs loaded from YAML or TOML.
+
+Unknown keys are errors that name the key and the file. Secrets are only ever
+references (``{env: NAME}`` or ``{file: PATH}``) and are resolved at start-up;
+their values are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
+Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "vllm", "triton", "llamacpp"]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+DEFAULT_PORT = 8300
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the key."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class SecretRef(_Strict):
+    """Where a secret lives. Exactly one of ``env`` or ``file``."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference needs exactly one of `env` or `file`")
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+
+    def resolve(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            return Path(self.file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_PORT
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
+    grace_period_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AuthConfig(_Strict):
+    # Keyed hashing of API keys; without a pepper keys are hashed with an empty key.
+    key_pepper: SecretRef | None = None
+
+
+class Price(_Strict):
+    """Prices in micro-USD per one million tokens (so cost per token is exact in pico-USD)."""
+
+    input_per_mtok: NonNegInt = 0
+    output_per_mtok: NonNegInt = 0
+    cached_input_per_mtok: NonNegInt | None = None
+
+
+class TimeoutsConfig(_Strict):
+    connect_s: PositiveFloat = 5.0
+    read_s: PositiveFloat = 120.0
+    total_s: PositiveFloat = 600.0
+
+
+class DeploymentConfig(_Strict):
+    name: Name
+    provider: Provider
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    base_url: str = ""
+    api_key: SecretRef | None = None
+    privacy: Literal["self_hosted", "cloud"] = "cloud"
+    region: str = ""
+    price: Price = msgspec.field(default_factory=Price)
+    timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # Provider-specific settings, validated by the provider's own Struct.
+    options: dict[str, Any] | None = None
+
+
+class ModelConfig(_Strict):
+    alias: Name
+    deployments: Annotated[list[str], msgspec.Meta(min_length=1)]
+    owned_by: str = "sluicegate"
+
+
+class KeyConfig(_Strict):
+    id: Name
+    hash: Annotated[str, msgspec.Meta(pattern=r"^hmac-sha256:[0-9a-f]{64}$")]
+    scopes: list[str] = msgspec.field(default_factory=list)
+    expires_at: datetime | None = None
+    disabled: bool = False
+
+
+class TenantConfig(_Strict):
+    id: Name
+    name: str = ""
+    keys: list[KeyConfig] = msgspec.field(default_factory=list)
+    disabled: bool = False
+
+
+class Config(_Strict):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+    tenants: list[TenantConfig] = msgspec.field(default_factory=list)
+
+
+def decode_config(data: bytes, source: str) -> Config:
+    """Decode and validate; every error names ``source`` and the offending key."""
+    suffix = Path(source).suffix.lower()
+    try:
+        if suffix == ".toml":
+            config = msgspec.toml.decode(data, type=Config)
+        else:
+            config = msgspec.yaml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid {'TOML' if suffix == '.toml' else 'YAML'}: {exc}") from None
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    source = os.fspath(path)
+    try:
+        data = Path(source).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    return decode_config(data, source)
+
+
+def _describe(message: str) -> str:
+    # msgspec says "... - at `$.deployments[0]`"; show the path as a config key.
+    text, sep, where = message.rpartition(" - at ")
+    if not sep:
+        return message
+    key = where.strip("`").removeprefix("$").removeprefix(".") or "(top level)"
+    return f"key `{key}`: {text}"
+
+
+def cross_check(config: Config) -> list[str]:
+    """Checks that span several keys: unique names and references that resolve."""
+    problems: list[str] = []
+    problems += _duplicates("deployments", [d.name for d in config.deployments])
+    problems += _duplicates("models", [m.alias for m in config.models])
+    problems += _duplicates("tenants", [t.id for t in config.tenants])
+    key_ids = [k.id for t in config.tenants for k in t.keys]
+    problems += _duplicates("tenants[].keys", key_ids)
+    known = {d.name for d in config.deployments}
+    for i, model in enumerate(config.models):
+        for j, name in enumerate(model.deployments):
+            if name not in known:
+                problems.append(f"key `models[{i}].deployments[{j}]`: unknown deployment {name!r}")
+    for i, dep in enumerate(config.deployments):
+        if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
+            problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")
+    return problems
+
+
+def _duplicates(where: str, names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        if name in seen:
+            out.append(f"key `{where}`: duplicate name {name!r}")
+        seen.add(name)
+    return out

@@ -1,0 +1,63 @@
+"""Prometheus metrics. Label children are cached so recording costs a dict lookup."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+__all__ = ["Metrics", "PROMETHEUS_CONTENT_TYPE"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sluicegate_requests_total", "Requests answered, by route, model alias and HTTP status.",
+            ("route", "model", "status"), registry=r,
+        )
+        self.latency = Histogram(
+            "sluicegate_request_duration_seconds", "Time from request to last byte, by route, model and status.",
+            ("route", "model", "status"), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "sluicegate_time_to_first_token_seconds", "Time to the first streamed chunk, by model and deployment.",
+            ("model", "deployment"), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_errors = Counter(
+            "sluicegate_upstream_errors_total", "Upstream failures, by deployment and error code.",
+            ("deployment", "code"), registry=r,
+        )
+        self.tokens = Counter(
+            "sluicegate_tokens_total", "Tokens served, by model alias and kind (prompt/completion).",
+            ("model", "kind"), registry=r,
+        )
+        self.unknown_fields = Counter(
+            "sluicegate_unknown_request_fields_total", "Request fields the gateway passed through without modelling.",
+            ("route",), registry=r,
+        )
+        self.in_flight = Gauge(
+            "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
+        )
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def observe(self, route: str, model: str, status: int, seconds: float) -> None:
+        key = (route, model, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(*key))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several workers: aggregate every worker's files, not just this one's.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

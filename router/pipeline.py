@@ -1,0 +1,144 @@
+"""The request pipeline: sequences the steps, owns none of them.
+
+auth and decode happen in the handler; here: route --> serve (with fallback
+before the first byte only) --> settle (metrics, usage).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from policies.routing import Deployment, Router
+from router.auth import Principal
+from router.errors import GatewayError, UpstreamError, sse_error_event
+from router.metrics import Metrics
+from serving.base import Completion, EngineRequest, JsonObject, Kind, StreamChunk, Usage
+
+_DONE = b"data: [DONE]\n\n"
+# Status recorded when the client goes away before the response is complete.
+CLIENT_CLOSED = 499
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    principal: Principal
+    kind: Kind
+    route: str
+    alias: str
+    body: JsonObject
+    stream: bool = False
+    include_usage: bool = False
+    session_id: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    deployment: str = ""
+    usage: Usage | None = None
+    status: int = 200
+    ttft: float | None = None
+
+    def engine_request(self, deployment: Deployment) -> EngineRequest:
+        # request --> engine input: the alias becomes the upstream's own model name.
+        body = {**self.body, "model": deployment.config.model}
+        return EngineRequest(
+            kind=self.kind,
+            body=body,
+            request_id=self.request_id,
+            tenant=self.principal.tenant,
+            stream=self.stream,
+            include_usage=self.include_usage,
+            session_id=self.session_id,
+        )
+
+
+class Pipeline:
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self.router = router
+        self.metrics = metrics
+
+    async def unary(self, ctx: RequestContext) -> Completion:
+        """Serve a non-streamed request, falling back to the next deployment on retryable failure."""
+        candidates = self.router.candidates(ctx.alias)
+        last: GatewayError | None = None
+        for deployment in candidates:
+            request = ctx.engine_request(deployment)
+            try:
+                if ctx.kind == "embedding":
+                    completion = await deployment.engine.embed(request)
+                else:
+                    completion = await deployment.engine.generate(request)
+            except GatewayError as exc:
+                self._upstream_failed(deployment, exc)
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            ctx.deployment = deployment.name
+            ctx.usage = completion.usage
+            return completion
+        raise last if last is not None else UpstreamError(f"no deployment could serve `{ctx.alias}`")
+
+    async def open_stream(self, ctx: RequestContext) -> AsyncIterator[bytes]:
+        """Start a stream; fallback is allowed only until the first chunk exists.
+
+        Returns the SSE byte iterator to relay. Errors before the first chunk are
+        raised (so the client gets a proper HTTP error); after it, they become an
+        SSE error event and the stream ends without a retry.
+        """
+        candidates = self.router.candidates(ctx.alias)
+        last: GatewayError | None = None
+        for deployment in candidates:
+            chunks = deployment.engine.stream(ctx.engine_request(deployment))
+            try:
+                first = await chunks.__anext__()
+            except GatewayError as exc:
+                await chunks.aclose()
+                self._upstream_failed(deployment, exc)
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            except StopAsyncIteration:
+                last = UpstreamError(f"deployment {deployment.name} sent an empty stream")
+                continue
+            ctx.deployment = deployment.name
+            ctx.ttft = time.perf_counter() - ctx.started
+            self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
+            return self._relay(ctx, first, chunks)
+        raise last if last is not None else UpstreamError(f"no deployment could serve `{ctx.alias}`")
+
+    async def _relay(self, ctx: RequestContext, first: StreamChunk, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
+        include_usage = ctx.include_usage
+        ctx.status = CLIENT_CLOSED
+        try:
+            chunk: StreamChunk | None = first
+            while chunk is not None:
+                if chunk.usage is not None:
+                    ctx.usage = chunk.usage
+                if include_usage or not chunk.usage_only:
+                    yield b"data: " + chunk.data + b"\n\n"
+                chunk = await anext(chunks, None)
+            ctx.status = 200
+            yield _DONE
+        except GatewayError as exc:
+            # After the first byte: tell the client in-band, never retry.
+            ctx.status = exc.status
+            self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
+            yield sse_error_event(exc)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self.finish(ctx)
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Settle: one place where a finished request is recorded."""
+        self.metrics.observe(ctx.route, ctx.alias, ctx.status, time.perf_counter() - ctx.started)
+        usage = ctx.usage
+        if usage is not None and ctx.status == 200:
+            self.metrics.tokens.labels(ctx.alias, "prompt").inc(usage.prompt_tokens)
+            self.metrics.tokens.labels(ctx.alias, "completion").inc(usage.completion_tokens)
+
+    def _upstream_failed(self, deployment: Deployment, exc: GatewayError) -> None:
+        self.metrics.upstream_errors.labels(deployment.name, exc.code or "error").inc()

@@ -1,0 +1,47 @@
+"""Running the app under uvicorn (uvloop + httptools) with graceful shutdown.
+
+On SIGTERM uvicorn stops accepting connections, lets in-flight requests and
+streams finish for up to the grace period, then exits 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import uvicorn
+
+from router.app import CONFIG_ENV
+from router.config import Config
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve(config: Config, config_path: str | None) -> None:
+    server = config.server
+    if config_path is not None:
+        os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+    else:
+        os.environ.pop(CONFIG_ENV, None)
+    if server.workers > 1 and not os.environ.get(_MULTIPROC_ENV):
+        import tempfile
+
+        # Prometheus needs a shared directory to add up several workers' metrics.
+        os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="sluicegate-metrics-")
+    uvicorn.run(
+        "router.app:app_from_env",
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=server.log_level,
+        timeout_graceful_shutdown=math.ceil(server.grace_period_s),
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+    sys.exit(0)

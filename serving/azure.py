@@ -1,0 +1,50 @@
+"""Azure OpenAI: OpenAI's wire format behind deployment URLs, `api-version` and `api-key`."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import msgspec
+
+from serving.base import EngineSpec
+from serving.openai_http import OpenAIEngine, OpenAIOptions
+
+_AZURE_PATHS = {"chat": "chat/completions", "completion": "completions", "embedding": "embeddings"}
+
+
+class AzureOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    api_version: str = "2024-10-21"
+    # The Azure deployment name; defaults to the deployment's `model`.
+    deployment: str | None = None
+    stream_usage: bool = True
+
+
+class AzureOpenAIEngine(OpenAIEngine):
+    provider = "azure"
+
+    def __init__(self, spec: EngineSpec) -> None:
+        azure = spec.options if isinstance(spec.options, AzureOptions) else AzureOptions()
+        self.azure = azure
+        base = EngineSpec(
+            name=spec.name,
+            provider=spec.provider,
+            model=spec.model,
+            base_url=spec.base_url,
+            api_key=None,
+            timeouts=spec.timeouts,
+            max_connections=spec.max_connections,
+            options=OpenAIOptions(stream_usage=azure.stream_usage),
+        )
+        super().__init__(base)
+        # Azure authenticates with `api-key`, not a bearer token.
+        if spec.api_key:
+            self._headers["api-key"] = spec.api_key
+        deployment = quote(azure.deployment or spec.model, safe="")
+        root = spec.base_url.rstrip("/")
+        self._urls = {
+            kind: f"{root}/openai/deployments/{deployment}/{path}?api-version={quote(azure.api_version, safe='')}"
+            for kind, path in _AZURE_PATHS.items()
+        }
+
+    def url_for(self, kind: str) -> str:
+        return self._urls[kind]

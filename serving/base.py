@@ -1,0 +1,124 @@
+"""The one interface every engine implements, so routing never knows which is which.
+
+Engines speak OpenAI on both sides: they take a validated OpenAI-shaped request
+body (``model`` already set to the upstream's own name) and give back
+OpenAI-shaped JSON bytes, plus the exact usage when they know it. Relaying bytes
+keeps the pass-through path free of re-encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+
+import msgspec
+
+JsonObject: TypeAlias = dict[str, Any]
+Kind: TypeAlias = Literal["chat", "completion", "embedding"]
+
+
+class PromptTokensDetails(msgspec.Struct, omit_defaults=True):
+    cached_tokens: int = 0
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return details.cached_tokens if details is not None else 0
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    kind: Kind
+    body: JsonObject
+    request_id: str
+    tenant: str = ""
+    stream: bool = False
+    # The client asked for a final usage chunk; engines always produce one and
+    # the router drops it when the client did not ask.
+    include_usage: bool = False
+    session_id: str | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole non-streamed response: OpenAI-shaped JSON bytes and its usage."""
+
+    body: bytes
+    usage: Usage | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One SSE ``data:`` payload in OpenAI chunk shape (no ``data:`` prefix)."""
+
+    data: bytes
+    usage: Usage | None = None
+    # True when the chunk exists only to carry usage (empty ``choices``).
+    usage_only: bool = False
+    # Generated text in this chunk, for counting when an upstream reports no usage.
+    text: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Load:
+    running: int = 0
+    waiting: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference backend: in-process engine, remote server or cloud provider."""
+
+    name: str
+    provider: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def generate(self, request: EngineRequest) -> Completion: ...
+
+    def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]: ...
+
+    async def embed(self, request: EngineRequest) -> Completion: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def health(self) -> bool: ...
+
+    def load(self) -> Load: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Timeouts:
+    connect_s: float = 5.0
+    read_s: float = 120.0
+    total_s: float = 600.0
+
+
+@dataclass(slots=True)
+class EngineSpec:
+    """What an engine is built from: the deployment's resolved config.
+
+    ``api_key`` is already resolved from its env/file reference and must never be
+    logged or echoed. ``options`` is the provider-specific msgspec Struct.
+    """
+
+    name: str
+    provider: str
+    model: str
+    base_url: str = ""
+    api_key: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_connections: int = 256
+    options: msgspec.Struct | None = None
