@@ -43,37 +43,17 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
 async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape: type[WireRequest]) -> Response[bytes] | Stream:
     gateway = _gateway(request)
     started = time.perf_counter()
-    principal = gateway.keys.authenticate(request.headers.get("authorization"))
-    body = await _read_body(request, gateway.config.server.max_body_bytes)
-    raw, validated, unknown = decode_body(body, shape)
-    if unknown:
-        gateway.metrics.unknown_fields.labels(route).inc(unknown)
-    stream = bool(getattr(validated, "stream", False))
-    options = getattr(validated, "stream_options", None)
-    ctx = RequestContext(
-        request_id=new_request_id(),
-        principal=principal,
-        kind=kind,
-        route=route,
-        alias=validated.model,
-        body=raw,
-        stream=stream,
-        include_usage=bool(options is not None and options.include_usage),
-        session_id=request.headers.get("x-session-id"),
-        started=started,
-    )
-    # Reject unknown models before any work is done.
-    gateway.router.get(ctx.alias)
-    pipeline = gateway.pipeline
-    if stream:
-        try:
-            relay = await pipeline.open_stream(ctx)
-        except GatewayError as exc:
-            ctx.status = exc.status
-            pipeline.finish(ctx)
-            raise
-        return Stream(relay, media_type="text/event-stream", headers=_headers(ctx, streaming=True))
     try:
+        ctx = await _admit(request, gateway, kind, route, shape, started)
+    except GatewayError as exc:
+        # Refused before routing: the alias may be anything the client typed.
+        gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
+        raise
+    pipeline = gateway.pipeline
+    try:
+        if ctx.stream:
+            relay = await pipeline.open_stream(ctx)
+            return Stream(relay, media_type="text/event-stream", headers=_headers(ctx, streaming=True))
         completion = await pipeline.unary(ctx)
     except GatewayError as exc:
         ctx.status = exc.status
@@ -81,6 +61,31 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
         raise
     pipeline.finish(ctx)
     return Response(completion.body, media_type=JSON, headers=_headers(ctx, streaming=False))
+
+
+async def _admit(
+    request: Request[Any, Any, Any], gateway: Gateway, kind: Kind, route: str, shape: type[WireRequest], started: float
+) -> RequestContext:
+    """Authenticate, decode and validate; the alias must exist before any work is done."""
+    principal = gateway.keys.authenticate(request.headers.get("authorization"))
+    body = await _read_body(request, gateway.config.server.max_body_bytes)
+    raw, validated, unknown = decode_body(body, shape)
+    if unknown:
+        gateway.metrics.unknown_fields.labels(route).inc(unknown)
+    gateway.router.get(validated.model)
+    options = getattr(validated, "stream_options", None)
+    return RequestContext(
+        request_id=new_request_id(),
+        principal=principal,
+        kind=kind,
+        route=route,
+        alias=validated.model,
+        body=raw,
+        stream=bool(getattr(validated, "stream", False)),
+        include_usage=bool(options is not None and options.include_usage),
+        session_id=request.headers.get("x-session-id"),
+        started=started,
+    )
 
 
 def _headers(ctx: RequestContext, *, streaming: bool) -> dict[str, str]:
