@@ -1,0 +1,262 @@
+"""Anthropic's Messages API behind the OpenAI-speaking Engine interface.
+
+Requests are translated to Anthropic's shape on the way out and replies back to
+OpenAI chat completions (or chunks) on the way in, over one pooled keep-alive
+aiohttp session per deployment. The deployment's key goes upstream; it never
+appears in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import msgspec
+
+from router.errors import (
+    GatewayError,
+    InvalidRequest,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from serving.anthropic_stream import StreamTranslator
+from serving.anthropic_translate import to_anthropic_request, to_openai_response
+from serving.base import (
+    Completion,
+    EngineRequest,
+    EngineSpec,
+    JsonObject,
+    Load,
+    StreamChunk,
+    Usage,
+)
+from serving.sse import iter_sse_data
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+# Consecutive upstream failures after which health() reports the deployment down.
+_UNHEALTHY_AFTER = 5
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(dict).decode
+
+
+class AnthropicOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    api_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; OpenAI clients often leave it out.
+    default_max_tokens: int = 4096
+
+
+class AnthropicEngine:
+    provider = "anthropic"
+
+    def __init__(self, spec: EngineSpec) -> None:
+        if spec.options is not None and not isinstance(spec.options, AnthropicOptions):
+            raise TypeError(f"deployment {spec.name}: options must be AnthropicOptions")
+        self.name = spec.name
+        self.spec = spec
+        self.options = spec.options or AnthropicOptions()
+        base = (spec.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self._headers = {"content-type": "application/json", "anthropic-version": self.options.api_version}
+        if spec.api_key:
+            self._headers["x-api-key"] = spec.api_key
+        self._session: aiohttp.ClientSession | None = None
+        self._running = 0
+        self._consecutive_failures = 0
+        # request id --> its open upstream response, so abort() can close it.
+        self._open: dict[str, aiohttp.ClientResponse] = {}
+        self._aborted: set[str] = set()
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        t = self.spec.timeouts
+        connector = aiohttp.TCPConnector(limit=self.spec.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.read_s),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def generate(self, request: EngineRequest) -> Completion:
+        payload = self._payload(request, stream=False)
+        self._running += 1
+        try:
+            resp = await self._send(payload, request.request_id)
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            body, usage = _translate_message(raw, self.name)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failed(request.request_id, _read_error(exc, self.name)) from None
+        except GatewayError as exc:
+            raise self._failed(request.request_id, exc) from None
+        finally:
+            self._running -= 1
+            self._open.pop(request.request_id, None)
+            self._aborted.discard(request.request_id)
+        self._consecutive_failures = 0
+        return Completion(body=_encode(body), usage=usage)
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
+        payload = self._payload(request, stream=True)
+        translator = StreamTranslator()
+        resp: aiohttp.ClientResponse | None = None
+        self._running += 1
+        try:
+            resp = await self._send(payload, request.request_id)
+            async for data in iter_sse_data(aiter(resp.content)):
+                for chunk in translator.feed(_decode_event(data, self.name)):
+                    yield chunk
+                if translator.done:
+                    break
+        except EOFError:
+            raise self._failed(
+                request.request_id, UpstreamError(f"deployment {self.name} closed the stream early")
+            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failed(request.request_id, _read_error(exc, self.name)) from None
+        except GatewayError as exc:
+            raise self._failed(request.request_id, exc) from None
+        finally:
+            self._running -= 1
+            self._open.pop(request.request_id, None)
+            self._aborted.discard(request.request_id)
+            if resp is not None:
+                # A finished stream returns its connection to the pool; one the
+                # consumer walked away from is cut so Anthropic stops generating.
+                if translator.done:
+                    resp.release()
+                else:
+                    resp.close()
+        self._consecutive_failures = 0
+
+    async def embed(self, request: EngineRequest) -> Completion:
+        raise InvalidRequest(
+            f"deployment {self.name} is an Anthropic model, which has no embeddings endpoint", param="model"
+        )
+
+    async def abort(self, request_id: str) -> None:
+        # Anthropic has no cancel call: closing the connection stops generation.
+        resp = self._open.pop(request_id, None)
+        if resp is not None:
+            self._aborted.add(request_id)
+            resp.close()
+
+    async def health(self) -> bool:
+        return self._session is not None and self._consecutive_failures < _UNHEALTHY_AFTER
+
+    def load(self) -> Load:
+        return Load(running=self._running)
+
+    def _payload(self, request: EngineRequest, *, stream: bool) -> bytes:
+        if request.kind != "chat":
+            raise InvalidRequest(f"deployment {self.name} serves chat completions only", param="model")
+        body: JsonObject = to_anthropic_request(request.body, default_max_tokens=self.options.default_max_tokens)
+        if stream:
+            body["stream"] = True
+        else:
+            body.pop("stream", None)
+        return _encode(body)
+
+    async def _send(self, payload: bytes, request_id: str) -> aiohttp.ClientResponse:
+        """POST to /v1/messages; returns a 200 response or raises the mapped error."""
+        if self._session is None:
+            raise UpstreamConnectError(f"deployment {self.name} is not started")
+        try:
+            resp = await self._session.post(self._url, data=payload, headers=self._headers)
+        except TimeoutError:
+            raise UpstreamTimeout(f"deployment {self.name} timed out before answering") from None
+        except aiohttp.ClientConnectionError:
+            raise UpstreamConnectError(f"deployment {self.name} is unreachable") from None
+        if resp.status == 200:
+            self._open[request_id] = resp
+            return resp
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        raise _status_error(resp.status, raw, resp.headers.get("retry-after"), self.name)
+
+    def _failed(self, request_id: str, exc: GatewayError) -> GatewayError:
+        """Count failures that say something about the deployment, then hand back the error."""
+        if request_id in self._aborted:
+            return UpstreamError(f"request to deployment {self.name} was aborted")
+        if isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamRateLimited):
+            self._consecutive_failures += 1
+        return exc
+
+
+def _translate_message(raw: bytes, name: str) -> tuple[JsonObject, Usage]:
+    try:
+        return to_openai_response(_decode(raw))
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, AttributeError, ValueError):
+        raise UpstreamError(f"deployment {name} returned a body that is not an Anthropic message") from None
+
+
+def _decode_event(data: bytes, name: str) -> JsonObject:
+    try:
+        event: JsonObject = _decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise UpstreamError(f"deployment {name} sent a stream event that is not JSON") from None
+    return event
+
+
+def _read_error(exc: BaseException, name: str) -> GatewayError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout(f"deployment {name} timed out while answering")
+    return UpstreamError(f"deployment {name} failed while answering: {type(exc).__name__}")
+
+
+def _status_error(status: int, raw: bytes, retry_after: str | None, name: str) -> GatewayError:
+    kind, message = _error_fields(raw)
+    where = f"deployment {name} answered {status}"
+    if status == 429:
+        return UpstreamRateLimited(f"{where}: rate limited", retry_after=_parse_retry_after(retry_after))
+    if status in (401, 402, 403):
+        # The gateway's own key or account was refused: not the client's to fix.
+        return UpstreamError(f"{where}: the gateway's Anthropic credentials or billing were refused")
+    if status in (408, 504):
+        return UpstreamTimeout(f"{where}: {kind or 'timeout'}")
+    if 400 <= status < 500:
+        return UpstreamRejected(message or where, status=status, code=kind)
+    # 500 api_error, 529 overloaded_error and the like: another deployment may do.
+    return UpstreamError(f"{where}: {kind or 'server error'}", retry_after=_parse_retry_after(retry_after))
+
+
+def _error_fields(raw: bytes) -> tuple[str | None, str]:
+    """Anthropic errors look like {"type": "error", "error": {"type": ..., "message": ...}}."""
+    try:
+        error = _decode(raw).get("error")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, ""
+    if not isinstance(error, dict):
+        return None, ""
+    kind = error.get("type")
+    message = error.get("message")
+    return (kind if isinstance(kind, str) else None), (message[:500] if isinstance(message, str) else "")
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
