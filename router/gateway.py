@@ -57,6 +57,7 @@ class Gateway:
         aliases = [Alias(config=m, deployments=[deployments[d] for d in m.deployments]) for m in config.models]
         self.router = Router(aliases)
         self.pipeline = Pipeline(self.router, self.metrics)
+        self.metrics.track_engine_load(self.engine_load)
         self.started = False
 
     async def start(self) -> None:
@@ -69,6 +70,13 @@ class Gateway:
         for name, result in zip(self.engines, results):
             if isinstance(result, Exception):
                 log.warning("deployment %s did not close cleanly: %s", name, type(result).__name__)
+
+    def engine_load(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for name, engine in self.engines.items():
+            load = engine.load()
+            out[name] = (load.running, load.waiting)
+        return out
 
     async def readiness(self) -> dict[str, bool]:
         """Dependencies the gateway needs to serve; upstream health is reported, not required."""

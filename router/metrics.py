@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import os
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 __all__ = ["Metrics", "PROMETHEUS_CONTENT_TYPE"]
+
+# deployment --> (running, waiting), read at scrape time.
+LoadSource = Callable[[], dict[str, tuple[int, int]]]
+
+
+class _EngineLoad(Collector):
+    """Engine queue figures for autoscaling (KEDA reads them through Prometheus)."""
+
+    def __init__(self, source: LoadSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        running = GaugeMetricFamily("sluicegate_engine_running_requests", "Requests an engine is running.", labels=["deployment"])
+        waiting = GaugeMetricFamily("sluicegate_engine_waiting_requests", "Requests waiting for an engine.", labels=["deployment"])
+        for name, (run, wait) in self._source().items():
+            running.add_metric([name], run)
+            waiting.add_metric([name], wait)
+        yield running
+        yield waiting
 
 
 class Metrics:
@@ -44,6 +67,9 @@ class Metrics:
             "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
         )
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def track_engine_load(self, source: LoadSource) -> None:
+        self.registry.register(_EngineLoad(source))
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, str(status))

@@ -132,8 +132,12 @@ class Pipeline:
                 await aclose()
             self.finish(ctx)
 
+    def begin(self, ctx: RequestContext) -> None:
+        self.metrics.in_flight.inc()
+
     def finish(self, ctx: RequestContext) -> None:
         """Settle: one place where a finished request is recorded."""
+        self.metrics.in_flight.dec()
         self.metrics.observe(ctx.route, ctx.alias, ctx.status, time.perf_counter() - ctx.started)
         usage = ctx.usage
         if usage is not None and ctx.status == 200:

@@ -50,6 +50,7 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
         gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
         raise
     pipeline = gateway.pipeline
+    pipeline.begin(ctx)
     try:
         if ctx.stream:
             relay = await pipeline.open_stream(ctx)
