@@ -1,37 +1,66 @@
-"""Model alias --> the deployments that may serve it, in the order to try them."""
+"""Model alias --> the deployments that may serve a request, in the order to try them.
+
+An alias is a list of tiers in fallback order; a tier with several replicas is
+balanced: least outstanding requests by default, or affinity (requests sharing
+a session id or a prompt prefix go to the same replica, to reuse its KV cache).
+Deployments whose circuit is open are left out.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
 
 from router.config import DeploymentConfig, ModelConfig
 from router.errors import ModelNotFound
 from serving.base import Engine
+from serving.health import CircuitBreaker, LatencyTracker
 
 
 @dataclass(slots=True)
 class Deployment:
     config: DeploymentConfig
     engine: Engine
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    latency: LatencyTracker = field(default_factory=LatencyTracker)
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    def outstanding(self) -> int:
+        load = self.engine.load()
+        return load.running + load.waiting
+
 
 @dataclass(slots=True)
 class Alias:
     config: ModelConfig
-    deployments: list[Deployment]
+    tiers: list[list[Deployment]]
 
     @property
     def name(self) -> str:
         return self.config.alias
 
+    @property
+    def deployments(self) -> list[Deployment]:
+        return [d for tier in self.tiers for d in tier]
+
+
+@dataclass(slots=True)
+class RouteHint:
+    """What balancing may look at: the session and the start of the prompt."""
+
+    session_id: str | None = None
+    body: dict[str, Any] | None = None
+
 
 class Router:
-    def __init__(self, aliases: list[Alias]) -> None:
+    def __init__(self, aliases: list[Alias], rng: random.Random | None = None) -> None:
         self._aliases = {a.name: a for a in aliases}
+        self._rng = rng or random.Random()
 
     def aliases(self) -> list[Alias]:
         return list(self._aliases.values())
@@ -42,5 +71,55 @@ class Router:
             raise ModelNotFound(f"The model `{model[:200]}` does not exist or you do not have access to it.", param="model")
         return alias
 
-    def candidates(self, model: str) -> list[Deployment]:
-        return self.get(model).deployments
+    def plan(self, model: str, hint: RouteHint | None = None) -> list[Deployment]:
+        """Deployments to try, best first; open circuits are skipped."""
+        alias = self.get(model)
+        ordered: list[Deployment] = []
+        for tier in alias.tiers:
+            usable = [d for d in tier if d.breaker.would_allow()]
+            if len(usable) > 1:
+                usable = self._balance(alias.config, usable, hint)
+            ordered.extend(usable)
+        return ordered
+
+    def _balance(self, config: ModelConfig, replicas: list[Deployment], hint: RouteHint | None) -> list[Deployment]:
+        shuffled = replicas[:]
+        self._rng.shuffle(shuffled)  # ties go to a random replica
+        by_load = sorted(shuffled, key=Deployment.outstanding)
+        if config.balance != "affinity" or hint is None:
+            return by_load
+        key = affinity_key(hint, config.affinity_prefix_chars)
+        if key is None:
+            return by_load
+        preferred = max(replicas, key=lambda d: _rendezvous(key, d.name))
+        return [preferred, *(d for d in by_load if d is not preferred)]
+
+
+def affinity_key(hint: RouteHint, prefix_chars: int) -> str | None:
+    if hint.session_id:
+        return "s:" + hint.session_id
+    body = hint.body or {}
+    prefix = _prompt_prefix(body, prefix_chars)
+    return "p:" + prefix if prefix else None
+
+
+def _prompt_prefix(body: dict[str, Any], limit: int) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt[:limit]
+    parts: list[str] = []
+    size = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        text = content if isinstance(content, str) else ""
+        parts.append(text)
+        size += len(text)
+        if size >= limit:
+            break
+    return "\x1e".join(parts)[:limit]
+
+
+def _rendezvous(key: str, replica: str) -> int:
+    # Highest-random-weight hashing: adding or removing a replica moves only its own keys.
+    digest = hashlib.blake2b(f"{key}\x00{replica}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

@@ -101,8 +101,30 @@ class DeploymentConfig(_Strict):
 
 class ModelConfig(_Strict):
     alias: Name
-    deployments: Annotated[list[str], msgspec.Meta(min_length=1)]
+    # Tiers in fallback order; a tier that is a list is a pool of replicas
+    # balanced among themselves.
+    deployments: Annotated[list[str | Annotated[list[str], msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
     owned_by: str = "sluicegate"
+    balance: Literal["least_outstanding", "affinity"] = "least_outstanding"
+    # With `affinity`: how much of the prompt's start identifies a shared prefix.
+    affinity_prefix_chars: Annotated[int, msgspec.Meta(ge=1)] = 512
+
+    def tiers(self) -> list[list[str]]:
+        return [[t] if isinstance(t, str) else list(t) for t in self.deployments]
+
+
+class ResilienceConfig(_Strict):
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    backoff_base_s: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    max_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    breaker_consecutive_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    breaker_error_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    breaker_window_s: PositiveFloat = 30.0
+    breaker_min_requests: Annotated[int, msgspec.Meta(ge=1)] = 20
+    breaker_open_s: PositiveFloat = 15.0
+    # Active health checks: 0 turns them off (the passive breaker still runs).
+    health_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 class KeyConfig(_Strict):
@@ -123,6 +145,7 @@ class TenantConfig(_Strict):
 class Config(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
     deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
@@ -174,9 +197,10 @@ def cross_check(config: Config) -> list[str]:
     problems += _duplicates("tenants[].keys", key_ids)
     known = {d.name for d in config.deployments}
     for i, model in enumerate(config.models):
-        for j, name in enumerate(model.deployments):
-            if name not in known:
-                problems.append(f"key `models[{i}].deployments[{j}]`: unknown deployment {name!r}")
+        for j, tier in enumerate(model.tiers()):
+            for name in tier:
+                if name not in known:
+                    problems.append(f"key `models[{i}].deployments[{j}]`: unknown deployment {name!r}")
     for i, dep in enumerate(config.deployments):
         if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
             problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")

@@ -11,6 +11,8 @@ from router.config import Config, ConfigError, DeploymentConfig
 from router.metrics import Metrics
 from router.pipeline import Pipeline
 from serving.base import Engine, EngineSpec, Timeouts
+from serving.health import BreakerSettings, CircuitBreaker
+from serving.retry import RetryPolicy
 from serving.registry import ProviderError, build_engine, parse_options
 
 log = logging.getLogger("sluicegate")
@@ -50,22 +52,53 @@ class Gateway:
         self.keys = KeyStore(config, pepper)
         self.engines: dict[str, Engine] = {}
         deployments: dict[str, Deployment] = {}
+        r = config.resilience
+        breaker = BreakerSettings(
+            consecutive_failures=r.breaker_consecutive_failures,
+            error_rate=r.breaker_error_rate,
+            window_s=r.breaker_window_s,
+            min_requests=r.breaker_min_requests,
+            open_s=r.breaker_open_s,
+        )
         for i, dep in enumerate(config.deployments):
             engine = build_engine(engine_spec(i, dep))
             self.engines[dep.name] = engine
-            deployments[dep.name] = Deployment(config=dep, engine=engine)
-        aliases = [Alias(config=m, deployments=[deployments[d] for d in m.deployments]) for m in config.models]
+            deployments[dep.name] = Deployment(config=dep, engine=engine, breaker=CircuitBreaker(breaker))
+        aliases = [
+            Alias(config=m, tiers=[[deployments[d] for d in tier] for tier in m.tiers()]) for m in config.models
+        ]
+        self.deployments = deployments
         self.router = Router(aliases)
-        self.pipeline = Pipeline(self.router, self.metrics)
+        retry = RetryPolicy(
+            max_attempts=r.max_attempts,
+            backoff_base_s=r.backoff_base_s,
+            backoff_max_s=r.backoff_max_s,
+            max_retry_after_s=r.max_retry_after_s,
+        )
+        self.pipeline = Pipeline(self.router, self.metrics, retry)
+        self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
 
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
+        interval = self.config.resilience.health_check_interval_s
+        if interval > 0:
+            self._health_task = asyncio.create_task(self._check_health(interval))
         self.started = True
+
+    async def _check_health(self, interval: float) -> None:
+        """Active checks: a deployment that says it is unhealthy is open-circuited."""
+        while True:
+            await asyncio.sleep(interval)
+            for name, healthy in (await self.deployment_health()).items():
+                if not healthy:
+                    self.deployments[name].breaker.force_open()
 
     async def stop(self) -> None:
         self.started = False
+        if self._health_task is not None:
+            self._health_task.cancel()
         results = await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         for name, result in zip(self.engines, results):
             if isinstance(result, Exception):

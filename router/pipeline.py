@@ -10,11 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from policies.routing import Deployment, Router
+from policies.routing import Deployment, RouteHint, Router
+from router.attempts import attempt
 from router.auth import Principal
 from router.errors import GatewayError, UpstreamError, sse_error_event
 from router.metrics import Metrics
 from serving.base import Completion, EngineRequest, JsonObject, Kind, StreamChunk, Usage
+from serving.retry import RetryPolicy
 
 _DONE = b"data: [DONE]\n\n"
 # Status recorded when the client goes away before the response is complete.
@@ -53,60 +55,52 @@ class RequestContext:
 
 
 class Pipeline:
-    def __init__(self, router: Router, metrics: Metrics) -> None:
+    def __init__(self, router: Router, metrics: Metrics, retry: RetryPolicy | None = None) -> None:
         self.router = router
         self.metrics = metrics
+        self.retry = retry or RetryPolicy()
+
+    def _plan(self, ctx: RequestContext) -> list[Deployment]:
+        return self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body))
 
     async def unary(self, ctx: RequestContext) -> Completion:
-        """Serve a non-streamed request, falling back to the next deployment on retryable failure."""
-        candidates = self.router.candidates(ctx.alias)
-        last: GatewayError | None = None
-        for deployment in candidates:
+        """Serve a non-streamed request, with fallback and retries on retryable failures."""
+
+        async def run(deployment: Deployment) -> Completion:
             request = ctx.engine_request(deployment)
-            try:
-                if ctx.kind == "embedding":
-                    completion = await deployment.engine.embed(request)
-                else:
-                    completion = await deployment.engine.generate(request)
-            except GatewayError as exc:
-                self._upstream_failed(deployment, exc)
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            ctx.deployment = deployment.name
-            ctx.usage = completion.usage
-            return completion
-        raise last if last is not None else UpstreamError(f"no deployment could serve `{ctx.alias}`")
+            if ctx.kind == "embedding":
+                return await deployment.engine.embed(request)
+            return await deployment.engine.generate(request)
+
+        completion, deployment = await attempt(self._plan(ctx), run, self.retry, self.metrics, ctx.alias)
+        ctx.deployment = deployment.name
+        ctx.usage = completion.usage
+        return completion
 
     async def open_stream(self, ctx: RequestContext) -> AsyncIterator[bytes]:
-        """Start a stream; fallback is allowed only until the first chunk exists.
+        """Start a stream; fallback and retries are allowed only until the first chunk exists.
 
         Returns the SSE byte iterator to relay. Errors before the first chunk are
         raised (so the client gets a proper HTTP error); after it, they become an
         SSE error event and the stream ends without a retry.
         """
-        candidates = self.router.candidates(ctx.alias)
-        last: GatewayError | None = None
-        for deployment in candidates:
+
+        async def run(deployment: Deployment) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
             chunks = deployment.engine.stream(ctx.engine_request(deployment))
             try:
-                first = await chunks.__anext__()
-            except GatewayError as exc:
-                await chunks.aclose()
-                self._upstream_failed(deployment, exc)
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
+                first = await anext(chunks)
             except StopAsyncIteration:
-                last = UpstreamError(f"deployment {deployment.name} sent an empty stream")
-                continue
-            ctx.deployment = deployment.name
-            ctx.ttft = time.perf_counter() - ctx.started
-            self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
-            return self._relay(ctx, first, chunks)
-        raise last if last is not None else UpstreamError(f"no deployment could serve `{ctx.alias}`")
+                raise UpstreamError(f"deployment {deployment.name} sent an empty stream") from None
+            except BaseException:
+                await chunks.aclose()
+                raise
+            return first, chunks
+
+        (first, chunks), deployment = await attempt(self._plan(ctx), run, self.retry, self.metrics, ctx.alias)
+        ctx.deployment = deployment.name
+        ctx.ttft = time.perf_counter() - ctx.started
+        self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
+        return self._relay(ctx, first, chunks)
 
     async def _relay(self, ctx: RequestContext, first: StreamChunk, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
         include_usage = ctx.include_usage
@@ -144,5 +138,3 @@ class Pipeline:
             self.metrics.tokens.labels(ctx.alias, "prompt").inc(usage.prompt_tokens)
             self.metrics.tokens.labels(ctx.alias, "completion").inc(usage.completion_tokens)
 
-    def _upstream_failed(self, deployment: Deployment, exc: GatewayError) -> None:
-        self.metrics.upstream_errors.labels(deployment.name, exc.code or "error").inc()

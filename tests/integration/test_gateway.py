@@ -219,3 +219,44 @@ async def test_health_and_readiness(gateway, http) -> None:
     async with http.get(f"{base}/readyz") as resp:
         body = await resp.json()
         assert resp.status == 200 and body["status"] == "ready"
+
+
+async def test_failing_deployment_trips_breaker_and_traffic_falls_back(fake_upstream: FakeUpstream) -> None:
+    config = make_config(
+        fake_upstream.url,
+        resilience={"breaker_consecutive_failures": 3, "breaker_open_s": 60, "backoff_base_s": 0},
+    )
+    async with running_gateway(config) as (base, gw), aiohttp.ClientSession() as http:
+        fake_upstream.requests.clear()
+        for _ in range(10):
+            status, _, headers = await _post(http, base, "fallback")
+            assert status == 200 and headers["x-sluicegate-deployment"] == "normal"
+        # Three 503s opened the circuit; after that the failing deployment is skipped.
+        assert _recorded_models(fake_upstream).count("error_503") == 3
+        assert gw.deployments["overloaded"].breaker.state.value == "open"
+        async with http.get(f"{base}/metrics") as resp:
+            text = await resp.text()
+        assert 'sluicegate_upstream_errors_total{code="bad_gateway",deployment="overloaded"} 3.0' in text
+
+
+async def test_retry_after_is_honoured_before_retrying(fake_upstream: FakeUpstream) -> None:
+    config = make_config(fake_upstream.url, resilience={"max_attempts": 2, "max_retry_after_s": 5})
+    async with running_gateway(config) as (base, _), aiohttp.ClientSession() as http:
+        fake_upstream.requests.clear()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, _, headers = await _post(http, base, "ratelimited")
+        elapsed = loop.time() - started
+        assert status == 429 and headers["retry-after"] == "1"
+        # Two attempts, the second after the upstream's Retry-After of 1 s.
+        assert _recorded_models(fake_upstream) == ["error_429", "error_429"]
+        assert elapsed >= 1.0
+
+
+async def test_long_retry_after_is_not_waited_out(fake_upstream: FakeUpstream) -> None:
+    config = make_config(fake_upstream.url, resilience={"max_retry_after_s": 0.5})
+    async with running_gateway(config) as (base, _), aiohttp.ClientSession() as http:
+        fake_upstream.requests.clear()
+        status, _, headers = await _post(http, base, "ratelimited")
+        assert status == 429 and headers["retry-after"] == "1"
+        assert _recorded_models(fake_upstream) == ["error_429"]

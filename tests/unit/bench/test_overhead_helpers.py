@@ -1,0 +1,61 @@
+"""The overhead benchmark's pieces that run without wrk or servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.overhead import Row, bench_key_hash, percent_of_passthrough, render, request_body, sluicegate_config
+from bench.wrk import lua_script, lua_string, parse_output
+from router.config import decode_config
+
+
+def test_lua_long_string_cannot_be_closed_by_its_text() -> None:
+    assert lua_string('{"a":1}') == '[[\n{"a":1}]]'
+    tricky = lua_string("x]]y]=]z")
+    assert tricky.startswith("[==[") and tricky.endswith("]==]")
+
+
+def test_lua_script_sets_method_body_and_headers() -> None:
+    script = lua_script(b'{"model":"m"}', {"Authorization": "Bearer k"})
+    assert 'wrk.method = "POST"' in script
+    assert 'wrk.body = [[\n{"model":"m"}]]' in script
+    assert "wrk.headers[ [[\nAuthorization]] ] = [[\nBearer k]]" in script
+    assert "done = function(summary, latency, requests)" in script
+
+
+def test_parse_output_reads_the_result_line() -> None:
+    line = 'WRK_RESULT {"requests":5000,"duration_us":2000000,"p50_us":1500.0,"p99_us":9000.0,"non_2xx":3,"socket_errors":2}'
+    result = parse_output("Running 2s test\n" + line + "\n")
+    assert result.rps == 2500.0
+    assert (result.p50_ms, result.p99_ms, result.errors) == (1.5, 9.0, 5)
+    with pytest.raises(RuntimeError, match="no result line"):
+        parse_output("Running 2s test\n")
+
+
+def test_request_bodies_ask_for_usage_only_when_streaming() -> None:
+    assert "stream" not in json.loads(request_body(stream=False))
+    streamed = json.loads(request_body(stream=True))
+    assert streamed["stream"] is True and streamed["stream_options"] == {"include_usage": True}
+
+
+def test_sluicegate_config_is_accepted_by_the_gateway() -> None:
+    key_hash = bench_key_hash()
+    text = sluicegate_config("http://127.0.0.1:9100/v1", key_hash)
+    config = decode_config(text.encode(), "sluicegate.yaml")
+    assert config.deployments[0].base_url == "http://127.0.0.1:9100/v1"
+    assert config.models[0].alias == "fake-model"
+    assert config.tenants[0].keys[0].hash == key_hash
+
+
+def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
+    rows = [
+        Row("passthrough", "non-stream", 4000.0, 10.0, 20.0, 0),
+        Row("sluicegate", "non-stream", 3000.0, 12.0, 25.0, 0),
+        Row("passthrough", "stream", 2000.0, 30.0, 60.0, 0),
+    ]
+    assert percent_of_passthrough(rows) == {"non-stream": 75.0}
+    table = render(rows)
+    assert "sluicegate as % of passthrough: non-stream 75.0%" in table
+    assert table.splitlines()[0].split() == ["target", "mode", "req/s", "p50", "ms", "p99", "ms", "errors"]
