@@ -1,0 +1,251 @@
+"""What the fake upstream answers: deterministic OpenAI-shaped bodies, no I/O.
+
+Everything here is a pure function of the request body so that tests (and the
+gateway's own tests) can predict every byte: the reply text cycles through
+``WORDS``, one word is one token, and a prompt's token count is its number of
+whitespace-separated words (at least 1).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import msgspec
+
+JsonObject: TypeAlias = dict[str, Any]
+
+WORDS = ("Hello", "from", "the", "fake", "upstream.")
+DEFAULT_CHUNKS = 20
+HUGE_STREAM_WORDS = 2000
+# About 5 MiB of text: each cycle of WORDS plus separators is 30 characters.
+HUGE_WORDS = 5 * 1024 * 1024 // 30 * len(WORDS)
+EMBEDDING_DIM = 8
+MODEL_CREATED = 1_700_000_000
+
+ERROR_BEHAVIORS: dict[str, tuple[int, str, str | None, str]] = {
+    "error_400": (400, "invalid_request_error", None, "Invalid request (fake upstream error_400)."),
+    "error_401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    "error_429": (429, "requests", "rate_limit_exceeded", "Rate limit reached (fake upstream error_429)."),
+    "error_500": (500, "server_error", None, "The server had an error while processing your request."),
+    "error_503": (503, "server_error", None, "The engine is currently overloaded, please try again later."),
+}
+STREAM_BEHAVIORS = frozenset({"error_midstream", "disconnect_midstream"})
+BEHAVIORS = frozenset({"normal", "slow", "huge", "no_usage", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS})
+
+
+def behavior_of(model: str, header: str | None) -> str:
+    """The header wins; otherwise ``fake-<behavior>`` or the bare behavior name."""
+    if header:
+        return header if header in BEHAVIORS else "normal"
+    name = model.removeprefix("fake-")
+    return name if name in BEHAVIORS else "normal"
+
+
+def error_body(behavior: str) -> tuple[int, JsonObject]:
+    status, kind, code, message = ERROR_BEHAVIORS[behavior]
+    return status, error_detail(message, kind, code)
+
+
+def error_detail(message: str, kind: str = "server_error", code: str | None = None) -> JsonObject:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def _content_words(content: object) -> int:
+    if isinstance(content, str):
+        return count_words(content)
+    if isinstance(content, list):
+        # multi-part content: only text parts count
+        return sum(
+            count_words(part["text"])
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return 0
+
+
+def chat_prompt_tokens(messages: object) -> int:
+    if not isinstance(messages, list):
+        return 1
+    words = sum(_content_words(m.get("content")) for m in messages if isinstance(m, dict))
+    return max(words, 1)
+
+
+def completion_prompt_tokens(prompt: object) -> int:
+    if isinstance(prompt, str):
+        return max(count_words(prompt), 1)
+    if isinstance(prompt, list):
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return len(prompt)
+        return max(sum(completion_prompt_tokens(p) for p in prompt), 1)
+    return 1
+
+
+@functools.lru_cache(maxsize=64)
+def reply_text(words: int) -> str:
+    return " ".join(WORDS[i % len(WORDS)] for i in range(words))
+
+
+@functools.lru_cache(maxsize=256)
+def _pieces(text: str) -> tuple[str, ...]:
+    if not text:
+        return ()
+    first, *rest = text.split(" ")
+    return (first, *(" " + word for word in rest))
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+
+    def pieces(self) -> tuple[str, ...]:
+        """The stream deltas, one word each with its leading space; they concatenate to ``text``."""
+        return _pieces(self.text)
+
+
+def _stops(body: JsonObject) -> list[str]:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list):
+        return [s for s in stop if isinstance(s, str) and s]
+    return []
+
+
+def plan_reply(body: JsonObject, words: int) -> Reply:
+    """``words`` words, cut by max_tokens (finish "length") then by a stop string."""
+    finish = "stop"
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(limit, int) and 0 < limit < words:
+        words, finish = limit, "length"
+    text = reply_text(words)
+    cut = min((i for i in (text.find(s) for s in _stops(body)) if i >= 0), default=-1)
+    if cut < 0:
+        return Reply(text, words, finish)
+    return Reply(text[:cut], count_words(text[:cut]), "stop")
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> JsonObject:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _chosen_tool(body: JsonObject) -> JsonObject | None:
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        wanted = choice["function"].get("name")
+        functions = [f for f in functions if f.get("name") == wanted] or functions
+    return functions[0] if functions else None
+
+
+_SAMPLE_VALUES: dict[str, object] = {"string": "fake", "integer": 1, "number": 1.5, "boolean": True}
+
+
+def tool_call(body: JsonObject) -> JsonObject | None:
+    """A call to the first (or the forced) tool, arguments filled from its schema."""
+    function = _chosen_tool(body)
+    if function is None:
+        return None
+    params = function.get("parameters")
+    props = params.get("properties", {}) if isinstance(params, dict) else {}
+    required = params.get("required", []) if isinstance(params, dict) else []
+    args = {
+        name: _SAMPLE_VALUES.get(props.get(name, {}).get("type", ""), None)
+        for name in required
+        if isinstance(name, str) and isinstance(props.get(name), dict)
+    }
+    return {
+        "id": "call_fake_0",
+        "type": "function",
+        "function": {"name": str(function.get("name", "")), "arguments": msgspec.json.encode(args).decode()},
+    }
+
+
+def completion_tokens(reply: Reply, call: JsonObject | None) -> int:
+    """Tokens billed for the answer: its words, or the tool call's argument words."""
+    if call is None:
+        return reply.completion_tokens
+    return max(count_words(call["function"]["arguments"]), 1)
+
+
+def chat_body(envelope: JsonObject, reply: Reply, call: JsonObject | None) -> JsonObject:
+    """A ``chat.completion`` object (usage is added by the caller)."""
+    if call is not None:
+        message: JsonObject = {"role": "assistant", "content": None, "tool_calls": [call]}
+        finish = "tool_calls"
+    else:
+        message = {"role": "assistant", "content": reply.text}
+        finish = reply.finish_reason
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    return {**envelope, "choices": [choice]}
+
+
+def completion_body(envelope: JsonObject, reply: Reply) -> JsonObject:
+    """A ``text_completion`` object (usage is added by the caller)."""
+    choice = {"text": reply.text, "index": 0, "logprobs": None, "finish_reason": reply.finish_reason}
+    return {**envelope, "choices": [choice]}
+
+
+def _embedding_inputs(value: object) -> list[str | list[int]]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, (str, list))]
+    return []
+
+
+def _vector(item: str | list[int], dim: int) -> list[float]:
+    # a tiny LCG seeded by the input: same input, same vector, in any process
+    seed = zlib.crc32(item.encode() if isinstance(item, str) else repr(item).encode())
+    values = []
+    for _ in range(dim):
+        seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
+        values.append(round(seed / 0x7FFFFFFF * 2 - 1, 6))
+    return values
+
+
+def embeddings_body(body: JsonObject, model: str) -> JsonObject:
+    inputs = _embedding_inputs(body.get("input"))
+    dims = body.get("dimensions")
+    dim = dims if isinstance(dims, int) and 0 < dims <= 4096 else EMBEDDING_DIM
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(inputs):
+        floats = _vector(item, dim)
+        # base64 is what the OpenAI SDK asks for by default: little-endian float32
+        vector = base64.b64encode(struct.pack(f"<{dim}f", *floats)).decode() if as_base64 else floats
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(count_words(i) if isinstance(i, str) else len(i) for i in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": max(tokens, 1), "total_tokens": max(tokens, 1)},
+    }
+
+
+def models_body() -> JsonObject:
+    names = ["fake-model", *sorted(f"fake-{b}" for b in BEHAVIORS)]
+    return {
+        "object": "list",
+        "data": [{"id": n, "object": "model", "created": MODEL_CREATED, "owned_by": "fake-upstream"} for n in names],
+    }

@@ -1,0 +1,120 @@
+"""A fast fake OpenAI-compatible upstream for tests and benchmarks.
+
+Run it with ``python -m bench.fake_upstream --host 127.0.0.1 --port 9100`` or
+start it in-process with :func:`start_fake_upstream`.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both stream
+and non-stream), ``POST /v1/embeddings``, ``GET /v1/models``, and
+``GET``/``DELETE /_fake/requests`` to read or clear the recorded requests (the
+last 1000: method, path, lower-cased headers, parsed JSON body).
+
+Behaviour is picked by the header ``x-fake-behavior`` or else by the model name
+(``fake-<behavior>`` or the bare name); anything else is ``normal``:
+
+- ``normal``: ``x-fake-chunks`` words (default 20), one per stream chunk.
+- ``slow``: waits ``x-fake-delay-ms`` (default 2000) before answering.
+- ``error_400``, ``error_401``, ``error_429`` (with ``Retry-After: 1``),
+  ``error_500``, ``error_503``: that status with an OpenAI error body.
+- ``error_midstream``: a few chunks, then ``data: {"error": ...}`` and the end;
+  non-stream answers like ``error_500``.
+- ``disconnect_midstream``: a few chunks, then the connection is dropped
+  without the terminating chunk; non-stream drops it before any response.
+- ``huge``: about 5 MB of content, or 2000 stream chunks.
+- ``no_usage``: no usage in the body, no usage chunk even when asked.
+
+In any stream, ``x-fake-chunk-delay-ms`` sleeps between writes and
+``x-fake-chunks-per-write`` (default 1, or ``--chunks-per-write``) groups
+events into one socket write. Tools are
+echoed: with ``tools`` and ``tool_choice`` not ``"none"`` the answer is a call
+to the first (or the forced) tool with ``finish_reason`` ``"tool_calls"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections import deque
+from dataclasses import dataclass
+
+import uvloop
+from aiohttp import web
+
+from bench import fake_replies as replies
+from bench.fake_handlers import MAX_BODY_BYTES, Handlers
+from bench.fake_replies import JsonObject
+
+
+def build_app(handlers: Handlers) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_post("/v1/chat/completions", handlers.chat)
+    app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post("/v1/embeddings", handlers.embeddings)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/_fake/requests", handlers.recorded)
+    app.router.add_delete("/_fake/requests", handlers.clear)
+    return app
+
+
+@dataclass
+class FakeUpstream:
+    """A running fake; ``requests`` holds the most recent recorded requests."""
+
+    host: str
+    port: int
+    requests: deque[JsonObject]
+    _runner: web.AppRunner
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
+async def start_fake_upstream(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    default_chunks: int = replies.DEFAULT_CHUNKS,
+    chunks_per_write: int = 1,
+) -> FakeUpstream:
+    """Serve on ``host:port`` (0 picks a free port) until ``close()``."""
+    handlers = Handlers(default_chunks, max(chunks_per_write, 1))
+    runner = web.AppRunner(build_app(handlers), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=2048).start()
+    bound_port = int(runner.addresses[0][1])
+    return FakeUpstream(host, bound_port, handlers.requests, runner)
+
+
+async def _serve(host: str, port: int, chunks: int, per_write: int) -> None:
+    fake = await start_fake_upstream(host, port, chunks, per_write)
+    print(f"fake upstream listening on {fake.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await fake.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fake_upstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--chunks", type=int, default=replies.DEFAULT_CHUNKS, help="default words per reply")
+    parser.add_argument(
+        "--chunks-per-write",
+        type=int,
+        default=1,
+        help="stream events per socket write (1, like a model server emitting tokens)",
+    )
+    args = parser.parse_args(argv)
+    uvloop.run(_serve(args.host, args.port, args.chunks, args.chunks_per_write))
+
+
+if __name__ == "__main__":
+    main()

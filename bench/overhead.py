@@ -1,0 +1,241 @@
+"""What the gateway costs per request, next to the cheapest possible Python hop.
+
+``python -m bench.overhead [--duration 10] [--concurrency 64] [--stream-chunks 20]``
+
+Starts three servers as subprocesses on free loopback ports: the fake upstream,
+the minimal pass-through (``bench.passthrough``) and Sluicegate (one worker),
+all pointed at the same fake. Then, for each target and for non-streamed and
+streamed chat completions, it runs ``wrk -t1 -c<concurrency> -d<duration>s``
+after a short warm-up and prints req/s, p50 and p99 latency, and Sluicegate's
+throughput as a percentage of the pass-through's.
+
+CPU placement (``--pin``, the default when at least two CPUs are available):
+the server being measured owns the last CPU; wrk and the fake upstream share
+the first one. wrk is cheap next to any Python server, and giving the hop under
+test a whole core makes its figure depend on its own cost, not the scheduler.
+For the direct row the fake itself is the server under test. ``--no-pin``
+leaves placement to the OS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.processes import Server, free_port
+from bench.wrk import WrkMissing, find_wrk, run_wrk
+
+BENCH_KEY = "sk-bench-0123456789"
+MODEL = "fake-model"
+TARGETS = ("upstream", "passthrough", "sluicegate")
+LABELS = {"upstream": "upstream direct", "passthrough": "passthrough", "sluicegate": "sluicegate"}
+_CHAT_PATH = "/v1/chat/completions"
+_MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    target: str
+    mode: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def request_body(stream: bool) -> bytes:
+    body: dict[str, object] = {"model": MODEL, "messages": _MESSAGES}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def request_headers(target: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if target == "sluicegate":
+        headers["Authorization"] = f"Bearer {BENCH_KEY}"
+    return headers
+
+
+def bench_key_hash() -> str:
+    # the gateway's own hashing, so the stored hash matches the key we send
+    from router.auth import hash_api_key
+
+    return hash_api_key(BENCH_KEY)
+
+
+def sluicegate_config(upstream_url: str, key_hash: str) -> str:
+    """The gateway's YAML config; JSON strings are valid YAML scalars."""
+    q = json.dumps
+    return "\n".join(
+        [
+            "server: {log_level: warning}",
+            "deployments:",
+            "  - name: fake",
+            "    provider: openai",
+            f"    base_url: {q(upstream_url)}",
+            f"    model: {q(MODEL)}",
+            "models:",
+            f"  - alias: {q(MODEL)}",
+            "    deployments: [fake]",
+            "tenants:",
+            "  - id: bench",
+            "    keys:",
+            "      - id: bench-key",
+            f"        hash: {q(key_hash)}",
+            "",
+        ]
+    )
+
+
+def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]]:
+    """The three servers (not yet started) and each one's chat completions URL."""
+    python = sys.executable
+    ports = {name: free_port() for name in TARGETS}
+    upstream_root = f"http://127.0.0.1:{ports['upstream']}"
+    argvs = {
+        "upstream": [python, "-m", "bench.fake_upstream", "--port", str(ports["upstream"]), "--chunks", str(chunks)],
+        "passthrough": [
+            python, "-m", "bench.passthrough", "--upstream", upstream_root, "--port", str(ports["passthrough"]),
+        ],
+        "sluicegate": [
+            python, "-m", "router", "serve", "--config", str(work / "sluicegate.yaml"),
+            "--host", "127.0.0.1", "--port", str(ports["sluicegate"]), "--workers", "1",
+        ],
+    }  # fmt: skip
+    servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
+    urls = {name: f"http://127.0.0.1:{port}{_CHAT_PATH}" for name, port in ports.items()}
+    return servers, urls
+
+
+def _start(name: str, server: Server, url: str, work: Path, upstream_url: str) -> None:
+    if name == "sluicegate":
+        (work / "sluicegate.yaml").write_text(sluicegate_config(upstream_url, bench_key_hash()))
+    server.start()
+    for stream in (False, True):
+        answer = server.wait_ready(url, request_body(stream), request_headers(name))
+        if stream and b"[DONE]" not in answer:
+            raise RuntimeError(f"{server.name} answered a stream without [DONE]")
+
+
+def _placement(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(CPUs for wrk and the fake, CPU for the server under test), if pinning."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None
+    return {cpus[0]}, {cpus[-1]}
+
+
+def _measure(name: str, args: argparse.Namespace, servers: dict[str, Server], urls: dict[str, str]) -> list[Row]:
+    placement = _placement(args.pin)
+    if placement is not None:
+        shared, own = placement
+        servers["upstream"].pin(shared)
+        servers[name].pin(own)
+    rows = []
+    for stream in (False, True):
+        body, headers = request_body(stream), request_headers(name)
+        cpus = placement[0] if placement else None
+        if args.warmup > 0:
+            run_wrk(urls[name], body, headers, duration_s=args.warmup, concurrency=args.concurrency, cpus=cpus)
+        result = run_wrk(urls[name], body, headers, duration_s=args.duration, concurrency=args.concurrency, cpus=cpus)
+        mode = "stream" if stream else "non-stream"
+        rows.append(Row(LABELS[name], mode, result.rps, result.p50_ms, result.p99_ms, result.errors))
+        print(f"  {LABELS[name]:<16} {mode:<10} {result.rps:9.1f} req/s", file=sys.stderr, flush=True)
+    return rows
+
+
+def percent_of_passthrough(rows: list[Row]) -> dict[str, float]:
+    by_key = {(r.target, r.mode): r.rps for r in rows}
+    out = {}
+    for mode in ("non-stream", "stream"):
+        floor, ours = by_key.get(("passthrough", mode)), by_key.get(("sluicegate", mode))
+        if floor and ours is not None:
+            out[mode] = round(100 * ours / floor, 1)
+    return out
+
+
+def render(rows: list[Row]) -> str:
+    lines = [f"{'target':<16} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"]
+    lines += [f"{r.target:<16} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}" for r in rows]
+    pct = percent_of_passthrough(rows)
+    if pct:
+        lines.append("sluicegate as % of passthrough: " + ", ".join(f"{m} {v:.1f}%" for m, v in pct.items()))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    """Measure every reachable target; the failures come back as messages."""
+    rows: list[Row] = []
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp:
+        work = Path(tmp)
+        servers, urls = _servers(work, args.stream_chunks)
+        upstream_url = urls["upstream"].removesuffix("/chat/completions")
+        try:
+            for name in ["upstream", *(t for t in args.targets if t != "upstream")]:
+                try:
+                    _start(name, servers[name], urls[name], work, upstream_url)
+                except (RuntimeError, ImportError, OSError) as exc:
+                    if name == "upstream":
+                        raise
+                    failures.append(f"{LABELS[name]} skipped: {exc}")
+                    continue
+                if name in args.targets:
+                    rows += _measure(name, args, servers, urls)
+        finally:
+            for server in servers.values():
+                server.stop()
+    return rows, failures
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each measurement")
+    parser.add_argument("--concurrency", type=int, default=64, help="open connections")
+    parser.add_argument("--stream-chunks", type=int, default=20, help="content chunks per streamed reply")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ", ".join(TARGETS))
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="pin processes to CPUs")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.duration < 1 or args.concurrency < 1:
+        parser.error("--duration and --concurrency must be at least 1")
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        find_wrk()
+    except WrkMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows, failures = run(args)
+    print(render(rows))
+    for failure in failures:
+        print(f"warning: {failure}", file=sys.stderr)
+    if args.json is not None:
+        payload = {
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "stream_chunks": args.stream_chunks,
+            "pinned": _placement(args.pin) is not None,
+            "results": [asdict(r) for r in rows],
+            "sluicegate_pct_of_passthrough": percent_of_passthrough(rows),
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Server subprocesses for benchmarks: start, wait until they answer, pin, stop.
+
+Each server runs in its own session (process group) so that stopping it also
+stops anything it spawned, and only what this module started is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def _thread_ids(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for tid in _thread_ids(pid):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except OSError:
+            continue
+        found += [int(c) for c in text.split()]
+    return found
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` and of its descendants to ``cpus``."""
+    for tid in _thread_ids(pid):
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            continue  # the thread ended meanwhile
+    for child in _children(pid):
+        pin_tree(child, cpus)
+
+
+@dataclass
+class Server:
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    cwd: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        # children run outside the repository (their files land in a temp
+        # directory) yet import the repository's packages
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                list(self.argv), cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def log_tail(self, limit: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float = 30.0) -> bytes:
+        """Poll with a real request until it answers 200; return that answer."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}; its log ends:\n{self.log_tail()}"
+                )
+            try:
+                status, answer = post(url, body, headers, timeout=5.0)
+            except OSError as exc:
+                last = str(exc)
+            else:
+                if status == 200:
+                    return answer
+                last = f"HTTP {status}: {answer[:300]!r}"
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer within {timeout_s:.0f}s ({last}); log:\n{self.log_tail()}")
+
+    def pin(self, cpus: set[int]) -> None:
+        if self.process is not None and self.process.poll() is None:
+            pin_tree(self.process.pid, cpus)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        # the server leads its own process group, created by start()
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
