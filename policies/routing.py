@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.fair_queue import FairQueue
 from router.config import DeploymentConfig, ModelConfig
 from router.errors import ModelNotFound
 from serving.base import Engine
@@ -39,6 +40,12 @@ class Deployment:
 class Alias:
     config: ModelConfig
     tiers: list[list[Deployment]]
+    queue: FairQueue | None = None
+
+    def __post_init__(self) -> None:
+        c = self.config
+        if self.queue is None and c.max_concurrent is not None:
+            self.queue = FairQueue(c.max_concurrent, c.max_queue, c.queue_timeout_s)
 
     @property
     def name(self) -> str:

@@ -6,9 +6,9 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from router.config import Config
+from router.config import BudgetConfig, Config, KeyConfig, LimitsConfig, TenantConfig
 from router.errors import AuthenticationFailed
 
 HASH_PREFIX = "hmac-sha256:"
@@ -23,6 +23,18 @@ class Principal:
     key_id: str
     scopes: frozenset[str] = frozenset()
     priority: str = "standard"
+    weight: int = 1
+    tenant_limits: LimitsConfig = field(default_factory=LimitsConfig)
+    key_limits: LimitsConfig | None = None
+    tenant_budgets: tuple[BudgetConfig, ...] = ()
+    key_budgets: tuple[BudgetConfig, ...] = ()
+
+    def has_scope(self, scope: str) -> bool:
+        """``ops:*`` grants every ``ops:`` scope; scopes are otherwise exact."""
+        if scope in self.scopes:
+            return True
+        family = scope.partition(":")[0]
+        return f"{family}:*" in self.scopes
 
 
 def hash_api_key(key: str, pepper: bytes = b"") -> str:
@@ -40,6 +52,20 @@ class _KeyRecord:
     expires_at: float | None
 
 
+def principal_for(tenant: TenantConfig, key: KeyConfig) -> Principal:
+    return Principal(
+        tenant=tenant.id,
+        key_id=key.id,
+        scopes=frozenset(key.scopes),
+        priority=key.priority or tenant.priority,
+        weight=tenant.weight,
+        tenant_limits=tenant.limits,
+        key_limits=key.limits,
+        tenant_budgets=tuple(tenant.budgets),
+        key_budgets=tuple(key.budgets),
+    )
+
+
 class KeyStore:
     """Keys from the config file, looked up by their keyed hash."""
 
@@ -53,8 +79,7 @@ class KeyStore:
                 if key.disabled:
                     continue
                 expires = key.expires_at.timestamp() if key.expires_at is not None else None
-                principal = Principal(tenant=tenant.id, key_id=key.id, scopes=frozenset(key.scopes))
-                self._by_hash[key.hash] = _KeyRecord(principal, key.hash, expires)
+                self._by_hash[key.hash] = _KeyRecord(principal_for(tenant, key), key.hash, expires)
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -108,6 +108,11 @@ class ModelConfig(_Strict):
     balance: Literal["least_outstanding", "affinity"] = "least_outstanding"
     # With `affinity`: how much of the prompt's start identifies a shared prefix.
     affinity_prefix_chars: Annotated[int, msgspec.Meta(ge=1)] = 512
+    # Requests in flight for this alias on one replica; beyond it they queue
+    # (priority classes, weighted fair sharing between tenants). None: no queue.
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    queue_timeout_s: PositiveFloat = 30.0
 
     def tiers(self) -> list[list[str]]:
         return [[t] if isinstance(t, str) else list(t) for t in self.deployments]
@@ -127,12 +132,37 @@ class ResilienceConfig(_Strict):
     health_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
+Priority = Literal["critical", "high", "standard", "low"]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class LimitsConfig(_Strict):
+    """Admission limits; None means unlimited."""
+
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
+
+
+class BudgetConfig(_Strict):
+    """A budget over a period. Money is in micro-USD; tokens are prompt + completion."""
+
+    kind: Literal["tokens", "money"]
+    period: Literal["daily", "monthly", "lifetime"]
+    limit: Annotated[int, msgspec.Meta(ge=0)]
+    # Hard budgets refuse requests; soft budgets alert (metric, log) and allow.
+    hard: bool = True
+
+
 class KeyConfig(_Strict):
     id: Name
     hash: Annotated[str, msgspec.Meta(pattern=r"^hmac-sha256:[0-9a-f]{64}$")]
     scopes: list[str] = msgspec.field(default_factory=list)
     expires_at: datetime | None = None
     disabled: bool = False
+    priority: Priority | None = None
+    limits: LimitsConfig | None = None
+    budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
 
 
 class TenantConfig(_Strict):
@@ -140,6 +170,11 @@ class TenantConfig(_Strict):
     name: str = ""
     keys: list[KeyConfig] = msgspec.field(default_factory=list)
     disabled: bool = False
+    priority: Priority = "standard"
+    # Weighted fair sharing of queues between tenants.
+    weight: PositiveInt = 1
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
 
 
 class Config(_Strict):

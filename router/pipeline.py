@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from policies.fair_queue import FairQueue
 from policies.routing import Deployment, RouteHint, Router
 from router.attempts import attempt
 from router.auth import Principal
@@ -39,6 +40,7 @@ class RequestContext:
     usage: Usage | None = None
     status: int = 200
     ttft: float | None = None
+    queue: FairQueue | None = None
 
     def engine_request(self, deployment: Deployment) -> EngineRequest:
         # request --> engine input: the alias becomes the upstream's own model name.
@@ -129,9 +131,21 @@ class Pipeline:
     def begin(self, ctx: RequestContext) -> None:
         self.metrics.in_flight.inc()
 
+    async def admit(self, ctx: RequestContext) -> None:
+        """Wait for a place in the alias's queue (fair between tenants) when it has one."""
+        queue = self.router.get(ctx.alias).queue
+        if queue is None:
+            return
+        p = ctx.principal
+        await queue.acquire(p.tenant, p.weight, p.priority)
+        ctx.queue = queue
+
     def finish(self, ctx: RequestContext) -> None:
         """Settle: one place where a finished request is recorded."""
         self.metrics.in_flight.dec()
+        if ctx.queue is not None:
+            ctx.queue.release()
+            ctx.queue = None
         self.metrics.observe(ctx.route, ctx.alias, ctx.status, time.perf_counter() - ctx.started)
         usage = ctx.usage
         if usage is not None and ctx.status == 200:

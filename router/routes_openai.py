@@ -52,6 +52,7 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
     pipeline = gateway.pipeline
     pipeline.begin(ctx)
     try:
+        await pipeline.admit(ctx)
         if ctx.stream:
             relay = await pipeline.open_stream(ctx)
             return Stream(relay, media_type="text/event-stream", headers=_headers(ctx, streaming=True))

@@ -43,5 +43,6 @@ def serve(config: Config, config_path: str | None) -> None:
         timeout_graceful_shutdown=math.ceil(server.grace_period_s),
         timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,
     )
     sys.exit(0)
