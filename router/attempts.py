@@ -31,6 +31,15 @@ def record_failure(deployment: Deployment, exc: GatewayError, metrics: Metrics) 
         deployment.breaker.record_success()
 
 
+def unavailable(alias: str, deployments: list[Deployment]) -> GatewayError:
+    """Nothing could be tried: rate-limited upstreams say so with their Retry-After."""
+    waits = [d.breaker.cooldown_remaining() for d in deployments]
+    cooling = [w for w in waits if w > 0]
+    if cooling and len(cooling) == len(waits):
+        return UpstreamRateLimited(f"Every deployment of `{alias}` is rate limited upstream.", retry_after=min(cooling))
+    return NoHealthyDeployment(f"No deployment of `{alias}` is available right now.", retry_after=1.0)
+
+
 async def attempt(
     plan: list[Deployment],
     run: Callable[[Deployment], Awaitable[T]],
@@ -61,7 +70,7 @@ async def attempt(
             deployment.latency.observe(time.perf_counter() - started)
             return result, deployment
         if last is None:
-            raise NoHealthyDeployment(f"No deployment of `{alias}` is available right now.", retry_after=1.0)
+            raise unavailable(alias, plan)
         if attempts == tried:
             # Every deployment is now open-circuited or cooling down.
             raise last

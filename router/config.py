@@ -177,6 +177,21 @@ class TenantConfig(_Strict):
     budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
 
 
+class StateConfig(_Strict):
+    """Where shared state lives. The defaults are embedded: tenants and keys from this file."""
+
+    tenants: Literal["config", "postgres"] = "config"
+    postgres_dsn: SecretRef | str | None = None
+    # Set, replicas tell each other about revoked keys and changed tenants at once.
+    redis_url: str | None = None
+
+    def dsn(self) -> str | None:
+        """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""
+        if isinstance(self.postgres_dsn, SecretRef):
+            return self.postgres_dsn.resolve()
+        return self.postgres_dsn
+
+
 class Config(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
@@ -184,6 +199,7 @@ class Config(_Strict):
     deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
 
 
 def decode_config(data: bytes, source: str) -> Config:
@@ -239,6 +255,19 @@ def cross_check(config: Config) -> list[str]:
     for i, dep in enumerate(config.deployments):
         if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
             problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")
+    problems += _state_problems(config)
+    return problems
+
+
+def _state_problems(config: Config) -> list[str]:
+    if config.state.tenants != "postgres":
+        return []
+    problems = []
+    if config.state.postgres_dsn is None:
+        problems.append("key `state.postgres_dsn`: required when `state.tenants` is 'postgres'")
+    if config.tenants:
+        # Refuse rather than silently ignore keys an operator expects to work.
+        problems.append("key `tenants`: not used when `state.tenants` is 'postgres'; manage tenants with `sluicegate tenants`")
     return problems
 
 

@@ -6,10 +6,12 @@ import asyncio
 import logging
 
 from policies.routing import Alias, Deployment, Router
-from router.auth import KeyStore
+from router.auth import Principal, _bearer, hash_api_key
 from router.config import Config, ConfigError, DeploymentConfig
+from router.errors import AuthenticationFailed
 from router.metrics import Metrics
 from router.pipeline import Pipeline
+from router.tenants import TenantStore, open_tenant_store
 from serving.base import Engine, EngineSpec, Timeouts
 from serving.health import BreakerSettings, CircuitBreaker
 from serving.retry import RetryPolicy
@@ -49,7 +51,9 @@ class Gateway:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         pepper = config.auth.key_pepper.resolve().encode() if config.auth.key_pepper is not None else b""
-        self.keys = KeyStore(config, pepper)
+        self.pepper = pepper
+        # Tenants and keys: the config file, or PostgreSQL shared by every replica.
+        self.tenants: TenantStore = open_tenant_store(config, pepper)
         self.engines: dict[str, Engine] = {}
         deployments: dict[str, Deployment] = {}
         r = config.resilience
@@ -81,6 +85,7 @@ class Gateway:
         self.started = False
 
     async def start(self) -> None:
+        await self.tenants.start()
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         interval = self.config.resilience.health_check_interval_s
         if interval > 0:
@@ -103,6 +108,14 @@ class Gateway:
         for name, result in zip(self.engines, results):
             if isinstance(result, Exception):
                 log.warning("deployment %s did not close cleanly: %s", name, type(result).__name__)
+        await self.tenants.close()
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller's principal from ``Authorization: Bearer <key>``; only the keyed hash is looked up."""
+        principal = await self.tenants.authenticate(hash_api_key(_bearer(authorization), self.pepper))
+        if principal is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return principal
 
     def engine_load(self) -> dict[str, tuple[int, int]]:
         out = {}

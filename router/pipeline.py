@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from policies.fair_queue import FairQueue
 from policies.routing import Deployment, RouteHint, Router
-from router.attempts import attempt
+from router.attempts import attempt, unavailable
 from router.auth import Principal
 from router.errors import GatewayError, UpstreamError, sse_error_event
 from router.metrics import Metrics
@@ -63,7 +63,10 @@ class Pipeline:
         self.retry = retry or RetryPolicy()
 
     def _plan(self, ctx: RequestContext) -> list[Deployment]:
-        return self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body))
+        plan = self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body))
+        if not plan:
+            raise unavailable(ctx.alias, self.router.get(ctx.alias).deployments)
+        return plan
 
     async def unary(self, ctx: RequestContext) -> Completion:
         """Serve a non-streamed request, with fallback and retries on retryable failures."""

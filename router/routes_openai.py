@@ -69,7 +69,7 @@ async def _admit(
     request: Request[Any, Any, Any], gateway: Gateway, kind: Kind, route: str, shape: type[WireRequest], started: float
 ) -> RequestContext:
     """Authenticate, decode and validate; the alias must exist before any work is done."""
-    principal = gateway.keys.authenticate(request.headers.get("authorization"))
+    principal = await gateway.authenticate(request.headers.get("authorization"))
     body = await _read_body(request, gateway.config.server.max_body_bytes)
     raw, validated, unknown = decode_body(body, shape)
     if unknown:
@@ -120,7 +120,7 @@ def _model_entry(alias: str, owned_by: str, created: int) -> dict[str, Any]:
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway = _gateway(request)
-    gateway.keys.authenticate(request.headers.get("authorization"))
+    await gateway.authenticate(request.headers.get("authorization"))
     created = request.app.state.started_at
     data = [_model_entry(a.name, a.config.owned_by, created) for a in gateway.router.aliases()]
     return Response(_encode({"object": "list", "data": data}), media_type=JSON)
@@ -129,7 +129,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
     gateway = _gateway(request)
-    gateway.keys.authenticate(request.headers.get("authorization"))
+    await gateway.authenticate(request.headers.get("authorization"))
     alias = gateway.router.get(model_id.lstrip("/"))
     return Response(_encode(_model_entry(alias.name, alias.config.owned_by, request.app.state.started_at)), media_type=JSON)
 

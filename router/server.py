@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 
 import uvicorn
@@ -29,6 +30,9 @@ def serve(config: Config, config_path: str | None) -> None:
 
         # Prometheus needs a shared directory to add up several workers' metrics.
         os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="sluicegate-metrics-")
+    # uvicorn drains on SIGTERM and then re-raises it with the previous handler
+    # in place; this handler turns that into the clean exit 0 a drain deserves.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "router.app:app_from_env",
         factory=True,

@@ -69,6 +69,9 @@ class CircuitBreaker:
             return now - self._opened_at >= self.settings.open_s
         return not (self.state is State.HALF_OPEN and self._probe_in_flight)
 
+    def cooldown_remaining(self) -> float:
+        return max(0.0, self._cooldown_until - self._clock())
+
     def record_success(self) -> None:
         self._consecutive = 0
         self._remember(False)

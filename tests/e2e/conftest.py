@@ -121,6 +121,16 @@ def gateway_config(upstream: str, **server: Any) -> dict[str, Any]:
     }
     return {
         "server": {"host": "127.0.0.1", "log_level": "debug", **server},
+        # Deterministic failures: one retry (so `fallback` can reach its second
+        # deployment), Retry-After never waited out, and breakers that do not
+        # open, so one test's failures cannot change another test's answer.
+        "resilience": {
+            "max_attempts": 2,
+            "backoff_base_s": 0.01,
+            "max_retry_after_s": 0,
+            "breaker_consecutive_failures": 1000,
+            "breaker_min_requests": 1000,
+        },
         "deployments": deployments,
         "models": [{"alias": a, "deployments": d} for a, d in aliases.items()],
         "tenants": [{"id": "e2e", "keys": [{"id": "e2e-key", "hash": hash_api_key(API_KEY)}]}],

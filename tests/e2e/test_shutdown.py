@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ async def drained(launch_gateway: Callable[..., Any], fake_server: Any, drip_url
         drip_events, slow_events = await asyncio.gather(drip, slow)
     try:
         returncode: int | None = await asyncio.to_thread(gw.popen.wait, GRACE_S + 5)
-    except Exception:
+    except subprocess.TimeoutExpired:
         returncode = None
     return Drained(
         drip_events, slow_events, refused, drip_done, returncode, time.monotonic() - signalled, gw.output()

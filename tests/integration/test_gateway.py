@@ -260,3 +260,15 @@ async def test_long_retry_after_is_not_waited_out(fake_upstream: FakeUpstream) -
         status, _, headers = await _post(http, base, "ratelimited")
         assert status == 429 and headers["retry-after"] == "1"
         assert _recorded_models(fake_upstream) == ["error_429"]
+
+
+async def test_cooling_deployment_answers_429_not_503(fake_upstream: FakeUpstream) -> None:
+    config = make_config(fake_upstream.url, resilience={"max_retry_after_s": 0})
+    async with running_gateway(config) as (base, _), aiohttp.ClientSession() as http:
+        await _post(http, base, "ratelimited")
+        fake_upstream.requests.clear()
+        status, body, headers = await _post(http, base, "ratelimited")
+        # Still inside the upstream's Retry-After: refused without calling it, as a 429.
+        assert status == 429 and body["error"]["type"] == "rate_limit_error"
+        assert headers["retry-after"] == "1"
+        assert _recorded_models(fake_upstream) == []

@@ -1,0 +1,298 @@
+"""Bearer JWTs (OIDC access tokens) as a second way in, next to API keys.
+
+A token is accepted when its signature verifies against the identity provider's
+key set (RS256/ES256 only, see ``router.jwks``), ``iss`` is the issuer, ``aud``
+holds the audience, ``exp``/``nbf``/``iat`` are within ``leeway_s`` of now, its
+``jti`` is not revoked and its tenant exists and is enabled. The tenant gives
+priority, weight, limits and budgets; the token only who (``sub``) and scopes,
+from ``scope`` and/or ``scp`` (list or space-separated), kept if allowed:
+``inference`` (the OpenAI endpoints), ``tenant:read``/``tenant:write`` (the
+caller's own tenant), ``ops:read``/``ops:write`` (gateway-wide state; ``ops:*``
+grants both). A refusal is a 401 naming the reason, never the token or a value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+
+import jwt
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from router.errors import AuthenticationFailed, GatewayError
+from router.jwks import KeySet, SigningKey
+
+# router.config imports this module for JwtConfig, and router.auth imports
+# router.config: importing either here at run time would close a cycle.
+if TYPE_CHECKING:
+    from router.auth import Principal
+    from router.config import TenantConfig
+
+ALLOWED_SCOPES = frozenset({"tenant:read", "tenant:write", "ops:*", "ops:read", "ops:write", "inference"})
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_JTI_CHARS = 256
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_header_decoder = msgspec.json.Decoder()
+
+
+class JwtConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    issuer: Annotated[str, msgspec.Meta(min_length=1)]
+    audience: Annotated[str, msgspec.Meta(min_length=1)]
+    # Exactly one of the two: where the identity provider's public keys are.
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    # Claim naming the tenant; "org.id" walks into nested objects.
+    tenant_claim: Annotated[str, msgspec.Meta(min_length=1)] = "tenant"
+    algorithms: Annotated[list[Literal["RS256", "ES256"]], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
+    leeway_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 30.0
+    refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    # Reloads of the key set (periodic or for an unknown kid) are at least this far apart.
+    min_refresh_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+    def __post_init__(self) -> None:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("jwt needs exactly one of `jwks_url` or `jwks_file`")
+        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError("`jwks_url` must be an https:// or http:// URL")
+        if self.min_refresh_s > self.refresh_s:
+            raise ValueError("`min_refresh_s` must not exceed `refresh_s`")
+
+
+# Sync (config file) or async (database) lookup; None when the tenant does not exist.
+TenantLookup = Callable[[str], "TenantConfig | None | Awaitable[TenantConfig | None]"]
+
+
+class DenylistUnavailable(GatewayError):
+    """Revocations cannot be checked: refuse rather than let a revoked token through."""
+
+    status = 503
+    type = "server_error"
+    code = "revocation_unavailable"
+    retryable = True
+
+
+class JtiDenylist(Protocol):
+    async def is_revoked(self, jti: str) -> bool: ...
+
+    # Refuse ``jti`` until ``until_epoch_s``, after which the token is refused as expired anyway.
+    async def revoke(self, jti: str, until_epoch_s: float) -> None: ...
+
+
+class MemoryJtiDenylist:
+    """One replica's denylist: for a single process or tests."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._sweep_at = 1024
+
+    async def is_revoked(self, jti: str) -> bool:
+        until = self._until.get(jti)
+        return until is not None and until > time.time()
+
+    async def revoke(self, jti: str, until_epoch_s: float) -> None:
+        now = time.time()
+        self._until[jti] = max(until_epoch_s, self._until.get(jti, 0.0))
+        # Expired entries go in sweeps whose cost is amortised over the revocations.
+        if len(self._until) >= self._sweep_at:
+            self._until = {j: u for j, u in self._until.items() if u > now}
+            self._sweep_at = max(1024, 2 * len(self._until))
+
+
+class RedisJtiDenylist:
+    """Shared by every replica: one key per revoked jti that expires with the token."""
+
+    def __init__(self, url: str, *, prefix: str = "sg:jwt:revoked:", timeout_s: float = 1.0) -> None:
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    async def is_revoked(self, jti: str) -> bool:
+        try:
+            return bool(await self._redis.exists(self.prefix + jti))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise DenylistUnavailable(f"Token revocations cannot be checked ({type(exc).__name__}).") from None
+
+    async def revoke(self, jti: str, until_epoch_s: float) -> None:
+        if until_epoch_s <= time.time():
+            return
+        try:
+            # EXAT: Redis drops the entry when it can no longer matter, so the list cleans itself.
+            await self._redis.set(self.prefix + jti, b"1", exat=math.ceil(until_epoch_s))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise DenylistUnavailable(f"The revocation was not stored ({type(exc).__name__}).") from None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url segments whose first is a JSON header naming an ``alg``; API keys never are."""
+    header = _header_of(token)
+    return header is not None and isinstance(header.get("alg"), str)
+
+
+def _header_of(token: str) -> dict[str, Any] | None:
+    """The decoded header of a JWT-shaped token; None for anything else."""
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2 or not _SHAPE.fullmatch(token):
+        return None
+    try:
+        value = _header_decoder.decode(jwt.utils.base64url_decode(token.partition(".")[0]))
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _refused(reason: str, code: str = "invalid_token") -> AuthenticationFailed:
+    return AuthenticationFailed(reason, code=code)
+
+
+# Most specific first: several of these subclass others.
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidSignatureError, "signature invalid"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token has no `{exc.claim}` claim"
+    return next((reason for kind, reason in _REASONS if isinstance(exc, kind)), "malformed token")
+
+
+def claim_at(claims: dict[str, Any], path: str) -> object:
+    """A claim by name, else by dotted path; the full name wins so ``https://x.example/tenant`` works."""
+    if path in claims:
+        return claims[path]
+    value: object = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
+    found: set[str] = set()
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(v for v in value if isinstance(v, str))
+    return frozenset(found & ALLOWED_SCOPES)
+
+
+class JwtAuthenticator:
+    """Verifies bearer JWTs into a ``Principal``; ``start`` before use, ``close`` at shutdown."""
+
+    def __init__(self, config: JwtConfig, tenant_lookup: TenantLookup, denylist: JtiDenylist) -> None:
+        self.config = config
+        self.keys = KeySet(
+            url=config.jwks_url,
+            file=config.jwks_file,
+            algorithms=config.algorithms,
+            refresh_s=config.refresh_s,
+            min_refresh_s=config.min_refresh_s,
+        )
+        self._tenant_lookup = tenant_lookup
+        self._denylist = denylist
+
+    async def start(self) -> None:
+        """Load the key set; raises ``JwksError`` for an unreadable file (an unreachable URL is retried)."""
+        await self.keys.start()
+
+    async def close(self) -> None:
+        await self.keys.close()
+
+    async def revoke(self, jti: str, exp_epoch_s: float) -> None:
+        """Revoke a token at once on every replica sharing the denylist."""
+        # A token is still accepted up to ``leeway_s`` past its exp: the entry must outlive that.
+        await self._denylist.revoke(jti, exp_epoch_s + self.config.leeway_s)
+
+    async def authenticate(self, token: str) -> Principal:
+        key = await self._signing_key(token)
+        claims = self._verify(token, key)
+        tenant_id = claim_at(claims, self.config.tenant_claim)
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise _refused("token has no tenant claim")
+        jti = claims.get("jti")
+        if jti is not None and (not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS):
+            raise _refused("malformed token id")
+        subject = claims.get("sub") or jti
+        if not isinstance(subject, str) or not subject:
+            raise _refused("token has no subject")
+        # After the signature check, so forged tokens cost no round trip.
+        if jti is not None and await self._denylist.is_revoked(jti):
+            raise _refused("token revoked", code="revoked_token")
+        tenant = await self._tenant(tenant_id)
+        return _principal(tenant, subject, scopes_of(claims))
+
+    async def _signing_key(self, token: str) -> SigningKey:
+        header = _header_of(token)
+        if header is None:
+            raise _refused("malformed token")
+        if header.get("alg") not in self.config.algorithms:
+            raise _refused("algorithm not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _refused("token has no key id")
+        key = await self.keys.get(kid)
+        if key is None:
+            raise _refused("unknown signing key")
+        # The key's type fixes its algorithm: an RSA key never verifies an ES256 token.
+        if key.alg != header["alg"]:
+            raise _refused("algorithm does not match the signing key")
+        return key
+
+    def _verify(self, token: str, key: SigningKey) -> dict[str, Any]:
+        c = self.config
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.alg],
+                audience=c.audience,
+                issuer=c.issuer,
+                leeway=c.leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            expired = isinstance(exc, jwt.ExpiredSignatureError)
+            raise _refused(_reason(exc), code="expired_token" if expired else "invalid_token") from None
+        return claims
+
+    async def _tenant(self, tenant_id: str) -> TenantConfig:
+        found = self._tenant_lookup(tenant_id)
+        tenant = await found if inspect.isawaitable(found) else found
+        if tenant is None:
+            raise _refused("unknown tenant")
+        if tenant.disabled:
+            raise _refused("tenant disabled")
+        return tenant
+
+
+def _principal(tenant: TenantConfig, subject: str, scopes: frozenset[str]) -> Principal:
+    # Imported here, not at the top: see the note on the imports.
+    from router.auth import Principal
+
+    # Everything but identity and scopes is the tenant's, as for its API keys.
+    return Principal(
+        tenant=tenant.id,
+        key_id="jwt:" + subject,
+        scopes=scopes,
+        priority=tenant.priority,
+        weight=tenant.weight,
+        tenant_limits=tenant.limits,
+        tenant_budgets=tuple(tenant.budgets),
+    )

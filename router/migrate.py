@@ -1,0 +1,133 @@
+"""One migration runner for every schema in the gateway's PostgreSQL database.
+
+A source is a namespace and a directory of ``NNNN_description.sql`` files
+(``tenancy`` = ``router/migrations``, ``ledger`` = ``budgets/migrations``). All
+sources share one ``schema_migrations`` table keyed by (namespace, version), so
+``tenancy/0001`` and ``ledger/0001`` are distinct. Each file is applied in its
+own transaction; a session advisory lock lets many replicas start at once.
+
+A ``schema_migrations`` table in the earlier single-directory layout (no
+``namespace`` column; its rows are the ledger's) is upgraded in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+import budgets
+
+TENANCY = ("tenancy", Path(__file__).with_name("migrations"))
+LEDGER = ("ledger", Path(budgets.__file__).with_name("migrations"))
+ALL_SOURCES: list[tuple[str, Path]] = [LEDGER, TENANCY]
+# The same constant as budgets/migrate.py, so both runners exclude each other.
+MIGRATION_LOCK_KEY = 0x51_0C_65_00_00_00_00_01
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    namespace  text        NOT NULL,
+    version    integer     NOT NULL,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, version)
+)
+"""
+
+# The earlier layout recorded only the ledger's migrations, keyed by version alone.
+_UPGRADE_LEGACY = """
+ALTER TABLE schema_migrations ADD COLUMN namespace text NOT NULL DEFAULT 'ledger';
+ALTER TABLE schema_migrations ALTER COLUMN namespace DROP DEFAULT;
+ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;
+ALTER TABLE schema_migrations ADD PRIMARY KEY (namespace, version);
+"""
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+class Migration(msgspec.Struct, frozen=True):
+    namespace: str
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.version:04d}"
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(sources: list[tuple[str, Path]] = ALL_SOURCES) -> list[Migration]:
+    """Every migration of every source, sources in the order given, versions ascending."""
+    out: list[Migration] = []
+    for namespace, directory in sources:
+        found: dict[int, Migration] = {}
+        for path in sorted(directory.glob("*.sql")):
+            match = _NAME.match(path.name)
+            if match is None:
+                raise MigrationError(f"{namespace}: migration file {path.name!r} is not named NNNN_description.sql")
+            version = int(match.group(1))
+            if version in found:
+                raise MigrationError(f"{namespace}: two migration files share version {version:04d}")
+            found[version] = Migration(namespace, version, match.group(2), path.read_text(encoding="utf-8"))
+        out += [found[v] for v in sorted(found)]
+    return out
+
+
+async def _prepare_bookkeeping(conn: asyncpg.Connection) -> None:
+    columns = await conn.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
+    )
+    names = {r["column_name"] for r in columns}
+    if names and "namespace" not in names:
+        async with conn.transaction():
+            await conn.execute(_UPGRADE_LEGACY)
+    await conn.execute(_BOOKKEEPING)
+
+
+async def apply_migrations(conn: asyncpg.Connection, sources: list[tuple[str, Path]] = ALL_SOURCES) -> list[str]:
+    """Apply what is missing; returns the labels (``namespace/NNNN``) applied by this call."""
+    migrations = load_migrations(sources)
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await _prepare_bookkeeping(conn)
+        rows = await conn.fetch("SELECT namespace, version, checksum FROM schema_migrations")
+        applied = {(str(r["namespace"]), int(r["version"])): str(r["checksum"]) for r in rows}
+        done: list[str] = []
+        for migration in migrations:
+            recorded = applied.get((migration.namespace, migration.version))
+            if recorded is not None:
+                if recorded != migration.checksum:
+                    raise MigrationError(f"migration {migration.label} changed after it was applied")
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (namespace, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                    migration.namespace,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            done.append(migration.label)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def migrate(dsn: str, sources: list[tuple[str, Path]] = ALL_SOURCES, *, timeout_s: float = 10.0) -> list[str]:
+    conn = await asyncpg.connect(dsn, timeout=timeout_s)
+    try:
+        return await apply_migrations(conn, sources)
+    finally:
+        await conn.close()

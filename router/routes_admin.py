@@ -1,0 +1,190 @@
+"""The admin API under /admin/v1: tenants, their keys and the audit log.
+
+Who may do what:
+- a key with an ``ops:`` scope granting ``ops:admin`` (``ops:*`` or ``ops:admin``):
+  everything, for every tenant;
+- ``tenant:read``: read its own tenant, its keys and its audit entries;
+- ``tenant:write``: that, plus create and revoke its own tenant's keys and
+  rename its tenant (not limits, priority, weight, budgets or disabling);
+- any other key: 403.
+Another tenant's resources answer 404 exactly as missing ones do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, delete, get, patch, post
+
+from router.auth import Principal
+from router.errors import InvalidRequest, PermissionDenied
+from router.gateway import Gateway
+from router.tenants import KeyCreate, TenantCreate, TenantNotFound, TenantStore, TenantUpdate, actor_of
+
+OPS_SCOPE = "ops:admin"
+READ_SCOPE = "tenant:read"
+WRITE_SCOPE = "tenant:write"
+MAX_AUDIT_LIMIT = 1000
+JSON = "application/json"
+PREFIX = "/admin/v1"
+T = TypeVar("T")
+
+
+@dataclass(slots=True, frozen=True)
+class Caller:
+    principal: Principal
+    ops: bool
+
+    @property
+    def actor(self) -> str:
+        return actor_of(self.principal)
+
+    def may_write(self) -> bool:
+        return self.ops or self.principal.has_scope(WRITE_SCOPE)
+
+    def reach(self, tenant_id: str, *, write: bool = False) -> None:
+        """Refuse a tenant the caller may not touch: 404 for others', 403 for a missing scope."""
+        if self.ops:
+            return
+        if tenant_id != self.principal.tenant:
+            raise TenantNotFound.named(tenant_id)
+        if write and not self.may_write():
+            raise PermissionDenied("This key may not change its tenant: it needs the `tenant:write` scope.")
+
+    def require_ops(self) -> None:
+        if not self.ops:
+            raise PermissionDenied(f"This operation needs the `{OPS_SCOPE}` scope.")
+
+
+async def _caller(request: Request[Any, Any, Any]) -> tuple[Caller, TenantStore]:
+    gateway: Gateway = request.app.state.gateway
+    principal = await gateway.authenticate(request.headers.get("authorization"))
+    ops = principal.has_scope(OPS_SCOPE)
+    if not (ops or principal.has_scope(READ_SCOPE) or principal.has_scope(WRITE_SCOPE)):
+        raise PermissionDenied("This key may not use the admin API.")
+    return Caller(principal, ops), gateway.tenants
+
+
+async def _decode(request: Request[Any, Any, Any], kind: type[T]) -> T:
+    body = await request.body()
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid request body: {exc}.") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("The request body must be a JSON object.") from None
+
+
+def _json(value: object, status: int = 200) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type=JSON, status_code=status)
+
+
+def _listing(items: list[Any]) -> Response[bytes]:
+    return _json({"object": "list", "data": items})
+
+
+@get(f"{PREFIX}/tenants")
+async def list_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
+    caller, store = await _caller(request)
+    if caller.ops:
+        return _listing(await store.list_tenants())
+    return _listing([await store.get_tenant(caller.principal.tenant)])
+
+
+@post(f"{PREFIX}/tenants", status_code=201)
+async def create_tenant(request: Request[Any, Any, Any]) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.require_ops()
+    spec = await _decode(request, TenantCreate)
+    return _json(await store.create_tenant(spec, caller.actor), 201)
+
+
+@get(f"{PREFIX}/tenants/{{tenant_id:str}}")
+async def get_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.reach(tenant_id)
+    return _json(await store.get_tenant(tenant_id))
+
+
+@patch(f"{PREFIX}/tenants/{{tenant_id:str}}")
+async def update_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.reach(tenant_id, write=True)
+    update = await _decode(request, TenantUpdate)
+    forbidden = sorted(update.fields_set() - {"name"})
+    if forbidden and not caller.ops:
+        raise PermissionDenied(f"Only operators may change {', '.join(forbidden)}.", param=forbidden[0])
+    return _json(await store.update_tenant(tenant_id, update, caller.actor))
+
+
+@post(f"{PREFIX}/tenants/{{tenant_id:str}}/disable", status_code=200)
+async def disable_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.reach(tenant_id)
+    caller.require_ops()
+    return _json(await store.disable_tenant(tenant_id, caller.actor))
+
+
+@get(f"{PREFIX}/tenants/{{tenant_id:str}}/keys")
+async def list_keys(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.reach(tenant_id)
+    return _listing(await store.list_keys(tenant_id))
+
+
+@post(f"{PREFIX}/tenants/{{tenant_id:str}}/keys", status_code=201)
+async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.reach(tenant_id, write=True)
+    spec = await _decode(request, KeyCreate)
+    if not caller.ops:
+        _check_grant(caller.principal, spec)
+    created = await store.create_key(tenant_id, spec, caller.actor)
+    # The plaintext appears in this one response and nowhere else.
+    body = {"key": created.key, **msgspec.to_builtins(created.record)}
+    return _json(body, 201)
+
+
+def _check_grant(principal: Principal, spec: KeyCreate) -> None:
+    """A tenant's own key may mint keys no more powerful than itself."""
+    beyond = sorted(s for s in spec.scopes if s.startswith("ops:") or not _holds(principal, s))
+    if beyond:
+        raise PermissionDenied(f"This key may not grant the scope(s) {', '.join(beyond)}.", param="scopes")
+    if spec.priority is not None:
+        raise PermissionDenied("Only operators may set a key's priority.", param="priority")
+
+
+def _holds(principal: Principal, scope: str) -> bool:
+    # Writing a tenant includes reading it.
+    return principal.has_scope(scope) or (scope == READ_SCOPE and principal.has_scope(WRITE_SCOPE))
+
+
+@delete(f"{PREFIX}/tenants/{{tenant_id:str}}/keys/{{key_id:str}}", status_code=200)
+async def revoke_key(request: Request[Any, Any, Any], tenant_id: str, key_id: str) -> Response[bytes]:
+    caller, store = await _caller(request)
+    caller.reach(tenant_id, write=True)
+    return _json(await store.revoke_key(tenant_id, key_id, caller.actor))
+
+
+@get(f"{PREFIX}/audit")
+async def list_audit(request: Request[Any, Any, Any]) -> Response[bytes]:
+    caller, store = await _caller(request)
+    tenant = request.query_params.get("tenant")
+    if not caller.ops:
+        if tenant is not None:
+            caller.reach(tenant)
+        tenant = caller.principal.tenant
+    return _listing(await store.list_audit(tenant, _limit(request.query_params.get("limit"))))
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 100
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_AUDIT_LIMIT:
+        raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_AUDIT_LIMIT}.", param="limit")
+    return int(raw)
+
+
+ROUTES = [list_tenants, create_tenant, get_tenant, update_tenant, disable_tenant, list_keys, create_key, revoke_key, list_audit]

@@ -1,0 +1,201 @@
+"""The embedded tenant store: tenants and keys from the config file, held in memory.
+
+Changes made through the admin API apply to this process only and are lost at
+restart (edit the config file to keep them); the audit log is kept in memory,
+bounded to the latest ``audit_capacity`` entries. For shared, persistent tenants
+select the PostgreSQL store (``state.tenants: postgres``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from router.auth import Principal
+from router.config import KeyConfig, TenantConfig
+from router.tenants import (
+    AlreadyExists,
+    ApiKey,
+    AuditEntry,
+    CreatedKey,
+    KeyCreate,
+    KeyNotFound,
+    Tenant,
+    TenantCreate,
+    TenantNotFound,
+    TenantUpdate,
+    new_key,
+    new_tenant,
+    patched,
+    as_utc,
+    principal_of,
+    snapshot,
+    utcnow,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class FileTenantStore:
+    def __init__(self, tenants: list[TenantConfig], pepper: bytes = b"", *, audit_capacity: int = 10_000) -> None:
+        self._pepper = pepper
+        self._tenants: dict[str, Tenant] = {}
+        self._keys: dict[str, ApiKey] = {}
+        self._hashes: dict[str, str] = {}  # key id -> keyed hash
+        # The hot path: keyed hash -> (principal, wall-clock expiry); only usable keys.
+        self._usable: dict[str, tuple[Principal, float | None]] = {}
+        self._audit: deque[AuditEntry] = deque(maxlen=audit_capacity)
+        self._audit_ids = 0
+        for tenant in tenants:
+            self._load(tenant)
+        for tenant_id in self._tenants:
+            self._reindex(tenant_id)
+
+    def _load(self, config: TenantConfig) -> None:
+        # Config records carry no timestamps; the epoch marks them as predating the process.
+        self._tenants[config.id] = Tenant(
+            id=config.id,
+            name=config.name,
+            disabled=config.disabled,
+            priority=config.priority,
+            weight=config.weight,
+            limits=config.limits,
+            budgets=list(config.budgets),
+            created_at=_EPOCH,
+            updated_at=_EPOCH,
+        )
+        for key in config.keys:
+            self._keys[key.id] = _key_from_config(config.id, key)
+            self._hashes[key.id] = key.hash
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def authenticate(self, key_hash: str) -> Principal | None:
+        found = self._usable.get(key_hash)
+        if found is None:
+            return None
+        principal, expires_at = found
+        if expires_at is not None and expires_at <= time.time():
+            return None
+        return principal
+
+    # Nothing is cached apart from the data itself, which every change updates.
+    def evict_key(self, key_hash: str) -> None:
+        return None
+
+    def evict_tenant(self, tenant_id: str) -> None:
+        return None
+
+    def evict_all(self) -> None:
+        return None
+
+    async def list_tenants(self) -> list[Tenant]:
+        return sorted(self._tenants.values(), key=lambda t: t.id)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound.named(tenant_id)
+        return tenant
+
+    async def create_tenant(self, spec: TenantCreate, actor: str) -> Tenant:
+        if spec.id in self._tenants:
+            raise AlreadyExists(f"Tenant {spec.id!r} already exists.")
+        tenant = new_tenant(spec, utcnow())
+        self._tenants[tenant.id] = tenant
+        self._record(actor, "tenant.create", tenant.id, f"tenant/{tenant.id}", None, snapshot(tenant))
+        return tenant
+
+    async def update_tenant(self, tenant_id: str, patch: TenantUpdate, actor: str) -> Tenant:
+        old = await self.get_tenant(tenant_id)
+        new = patched(old, patch, utcnow())
+        self._tenants[tenant_id] = new
+        self._reindex(tenant_id)
+        self._record(actor, "tenant.update", tenant_id, f"tenant/{tenant_id}", snapshot(old), snapshot(new))
+        return new
+
+    async def disable_tenant(self, tenant_id: str, actor: str) -> Tenant:
+        old = await self.get_tenant(tenant_id)
+        new = msgspec.structs.replace(old, disabled=True, updated_at=utcnow())
+        self._tenants[tenant_id] = new
+        self._reindex(tenant_id)
+        self._record(actor, "tenant.disable", tenant_id, f"tenant/{tenant_id}", snapshot(old), snapshot(new))
+        return new
+
+    async def create_key(self, tenant_id: str, spec: KeyCreate, actor: str) -> CreatedKey:
+        await self.get_tenant(tenant_id)
+        plaintext, key_hash, record = new_key(tenant_id, spec, self._pepper, utcnow())
+        if record.id in self._keys:
+            raise AlreadyExists(f"Key {record.id!r} already exists.")
+        self._keys[record.id] = record
+        self._hashes[record.id] = key_hash
+        self._reindex(tenant_id)
+        self._record(actor, "key.create", tenant_id, f"key/{record.id}", None, snapshot(record))
+        return CreatedKey(key=plaintext, record=record)
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        await self.get_tenant(tenant_id)
+        return sorted((k for k in self._keys.values() if k.tenant == tenant_id), key=lambda k: k.id)
+
+    async def revoke_key(self, tenant_id: str, key_id: str, actor: str) -> ApiKey:
+        await self.get_tenant(tenant_id)
+        old = self._keys.get(key_id)
+        if old is None or old.tenant != tenant_id:
+            raise KeyNotFound(f"No key {key_id!r} for tenant {tenant_id!r}.")
+        if old.revoked:
+            return old
+        new = msgspec.structs.replace(old, revoked=True, revoked_at=utcnow())
+        self._keys[key_id] = new
+        self._reindex(tenant_id)
+        self._record(actor, "key.revoke", tenant_id, f"key/{key_id}", snapshot(old), snapshot(new))
+        return new
+
+    async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        out: list[AuditEntry] = []
+        for entry in reversed(self._audit):
+            if tenant is None or entry.tenant == tenant:
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _reindex(self, tenant_id: str) -> None:
+        """Rebuild the hot-path entries of one tenant's keys after any change."""
+        tenant = self._tenants[tenant_id]
+        for key in self._keys.values():
+            if key.tenant != tenant_id:
+                continue
+            key_hash = self._hashes[key.id]
+            if key.revoked or tenant.disabled:
+                self._usable.pop(key_hash, None)
+                continue
+            # Expiry is checked per request: a key may expire while indexed.
+            expires = key.expires_at.timestamp() if key.expires_at is not None else None
+            self._usable[key_hash] = (principal_of(tenant, key, key_hash), expires)
+
+    def _record(self, actor: str, action: str, tenant: str, target: str, old: Any, new: Any) -> None:
+        self._audit_ids += 1
+        entry = AuditEntry(id=self._audit_ids, at=utcnow(), actor=actor, action=action, tenant=tenant, target=target, old=old, new=new)
+        self._audit.append(entry)
+
+
+def _key_from_config(tenant_id: str, key: KeyConfig) -> ApiKey:
+    return ApiKey(
+        id=key.id,
+        tenant=tenant_id,
+        scopes=sorted(set(key.scopes)),
+        expires_at=as_utc(key.expires_at) if key.expires_at is not None else None,
+        revoked=key.disabled,
+        priority=key.priority,
+        limits=key.limits,
+        budgets=list(key.budgets),
+        created_at=_EPOCH,
+    )

@@ -1,0 +1,322 @@
+"""The production tenant store: PostgreSQL through asyncpg, shared by every replica.
+
+Requests are authenticated from a per-replica cache (``router.revocation``); a
+miss costs one query. Every query runs under ``timeout_s``: when PostgreSQL is
+slow or down, cached keys keep working up to ``stale_ttl_s`` after their last
+validation and everything else fails closed with ``StoreUnavailable`` (503).
+Changes are written in one transaction with their audit row, then the local
+cache is evicted and the change is published to the other replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+
+from router.auth import Principal
+from router.migrate import TENANCY, apply_migrations
+from router.revocation import KeyCache, RevocationBus
+from router.tenants import (
+    AlreadyExists,
+    ApiKey,
+    AuditEntry,
+    CreatedKey,
+    KeyCreate,
+    KeyNotFound,
+    StoreUnavailable,
+    Tenant,
+    TenantCreate,
+    TenantNotFound,
+    TenantUpdate,
+    new_key,
+    new_tenant,
+    patched,
+    principal_of,
+    refusal,
+    snapshot,
+    utcnow,
+)
+
+log = logging.getLogger("sluicegate.tenants")
+T = TypeVar("T")
+
+_TENANT = "id, name, disabled, priority, weight, limits, budgets, created_at, updated_at"
+_KEY = (
+    "id, tenant_id AS tenant, scopes, expires_at, revoked_at IS NOT NULL AS revoked, revoked_at,"
+    " priority, limits, budgets, created_at"
+)
+_KEY_BY_HASH = (
+    "SELECT k.id, k.tenant_id AS tenant, k.scopes, k.expires_at, k.revoked_at IS NOT NULL AS revoked, k.revoked_at,"
+    " k.priority, k.limits, k.budgets, k.created_at, t.name AS t_name, t.disabled AS t_disabled,"
+    " t.priority AS t_priority, t.weight AS t_weight, t.limits AS t_limits, t.budgets AS t_budgets,"
+    " t.created_at AS t_created_at, t.updated_at AS t_updated_at"
+    " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1"
+)
+_UPDATE_TENANT = (
+    "UPDATE tenants SET name = $2, disabled = $3, priority = $4, weight = $5, limits = $6, budgets = $7,"
+    f" updated_at = $8 WHERE id = $1 RETURNING {_TENANT}"
+)
+_INSERT_KEY = (
+    "INSERT INTO api_keys (id, tenant_id, hash, scopes, expires_at, priority, limits, budgets, created_at)"
+    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_KEY}"
+)
+_AUDIT = (
+    "INSERT INTO audit_log (actor, action, tenant_id, target, old_value, new_value) VALUES ($1, $2, $3, $4, $5, $6)"
+)
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=lambda v: msgspec.json.encode(v).decode(), decoder=msgspec.json.decode
+    )
+
+
+class PostgresTenantStore:
+    def __init__(
+        self,
+        dsn: str,
+        pepper: bytes = b"",
+        *,
+        cache_ttl_s: float = 60.0,
+        stale_ttl_s: float = 300.0,
+        timeout_s: float = 2.0,
+        pool_size: int = 4,
+        bus: RevocationBus | None = None,
+        listen: bool = True,
+        auto_migrate: bool = True,
+    ) -> None:
+        self._dsn = dsn
+        self._pepper = pepper
+        self._timeout_s = timeout_s
+        self._pool_size = pool_size
+        self._bus = bus
+        self._listen = listen
+        self._migrated = not auto_migrate
+        self._migrate_lock = asyncio.Lock()
+        self._pool: asyncpg.Pool | None = None
+        self.cache = KeyCache(cache_ttl_s, stale_ttl_s)
+
+    async def start(self) -> None:
+        # No connection is made here: a replica starts while PostgreSQL is down and fails closed.
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._pool_size,
+            timeout=self._timeout_s,
+            command_timeout=self._timeout_s,
+            init=_init_connection,
+        )
+        if self._bus is not None and self._listen:
+            self._bus.listen(self.cache)
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), self._timeout_s)
+            except (TimeoutError, *_UNAVAILABLE):
+                self._pool.terminate()
+            self._pool = None
+
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """One bounded unit of work on a pooled connection; store trouble becomes StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable("The tenant store is not started.")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._pool.acquire() as conn:
+                    if not self._migrated:
+                        await self._migrate(conn)
+                    return await op(conn)
+        except _UNAVAILABLE as exc:
+            if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
+                log.warning("tenant store query failed: %s", type(exc).__name__)
+            raise StoreUnavailable("The tenant store is unavailable; try again shortly.", retry_after=1) from None
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        async with self._migrate_lock:
+            if not self._migrated:
+                await apply_migrations(conn, [TENANCY])
+                self._migrated = True
+
+    # --- authentication ----------------------------------------------------
+
+    async def authenticate(self, key_hash: str) -> Principal | None:
+        principal = self.cache.fresh(key_hash)
+        if principal is not None:
+            return principal
+        if self.cache.refused(key_hash):
+            return None
+        generation = self.cache.generation
+        try:
+            row = await self._run(lambda conn: conn.fetchrow(_KEY_BY_HASH, key_hash))
+        except StoreUnavailable:
+            entry = self.cache.lookup(key_hash)
+            stale = self.cache.stale(entry) if entry is not None else None
+            if stale is not None:
+                return stale
+            raise
+        if row is None:
+            self.cache.refuse(key_hash, generation)
+            return None
+        tenant, key = _tenant_and_key(row)
+        if refusal(tenant, key, utcnow()) is not None:
+            self.cache.refuse(key_hash, generation)
+            return None
+        principal = principal_of(tenant, key, key_hash)
+        expires = key.expires_at.timestamp() if key.expires_at is not None else None
+        self.cache.put(key_hash, principal, expires, generation)
+        return principal
+
+    def evict_key(self, key_hash: str) -> None:
+        self.cache.evict_key(key_hash)
+
+    def evict_tenant(self, tenant_id: str) -> None:
+        self.cache.evict_tenant(tenant_id)
+
+    def evict_all(self) -> None:
+        self.cache.evict_all()
+
+    # --- tenants -------------------------------------------------------------
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = await self._run(lambda conn: conn.fetch(f"SELECT {_TENANT} FROM tenants ORDER BY id"))
+        return [_convert(r, Tenant) for r in rows]
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        return await self._run(lambda conn: _tenant(conn, tenant_id))
+
+    async def create_tenant(self, spec: TenantCreate, actor: str) -> Tenant:
+        tenant = new_tenant(spec, utcnow())
+
+        async def op(conn: asyncpg.Connection) -> Tenant:
+            async with conn.transaction():
+                try:
+                    await conn.execute(
+                        f"INSERT INTO tenants ({_TENANT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *_tenant_values(tenant)
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise AlreadyExists(f"Tenant {tenant.id!r} already exists.") from None
+                await conn.execute(_AUDIT, actor, "tenant.create", tenant.id, f"tenant/{tenant.id}", None, snapshot(tenant))
+            return tenant
+
+        return await self._run(op)
+
+    async def update_tenant(self, tenant_id: str, patch: TenantUpdate, actor: str) -> Tenant:
+        return await self._change_tenant(tenant_id, patch, actor, "tenant.update")
+
+    async def disable_tenant(self, tenant_id: str, actor: str) -> Tenant:
+        return await self._change_tenant(tenant_id, TenantUpdate(disabled=True), actor, "tenant.disable")
+
+    async def _change_tenant(self, tenant_id: str, patch: TenantUpdate, actor: str, action: str) -> Tenant:
+        async def op(conn: asyncpg.Connection) -> Tenant:
+            async with conn.transaction():
+                old = await _tenant(conn, tenant_id, lock=True)
+                new = patched(old, patch, utcnow())
+                # (id, name, disabled, priority, weight, limits, budgets) then updated_at
+                row = await conn.fetchrow(_UPDATE_TENANT, *_tenant_values(new)[:7], new.updated_at)
+                await conn.execute(_AUDIT, actor, action, tenant_id, f"tenant/{tenant_id}", snapshot(old), snapshot(new))
+            return _convert(row, Tenant)
+
+        tenant = await self._run(op)
+        self.cache.evict_tenant(tenant_id)
+        if self._bus is not None:
+            await self._bus.tenant_changed(tenant_id)
+        return tenant
+
+    # --- keys ----------------------------------------------------------------
+
+    async def create_key(self, tenant_id: str, spec: KeyCreate, actor: str) -> CreatedKey:
+        plaintext, key_hash, record = new_key(tenant_id, spec, self._pepper, utcnow())
+        values = msgspec.to_builtins(record)
+
+        async def op(conn: asyncpg.Connection) -> ApiKey:
+            async with conn.transaction():
+                await _tenant(conn, tenant_id, lock=True)
+                try:
+                    row = await conn.fetchrow(
+                        _INSERT_KEY, record.id, tenant_id, key_hash, record.scopes, record.expires_at,
+                        record.priority, values["limits"], values["budgets"], record.created_at,
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise AlreadyExists(f"Key {record.id!r} already exists.") from None
+                stored = _convert(row, ApiKey)
+                await conn.execute(_AUDIT, actor, "key.create", tenant_id, f"key/{record.id}", None, snapshot(stored))
+            return stored
+
+        return CreatedKey(key=plaintext, record=await self._run(op))
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        async def op(conn: asyncpg.Connection) -> list[ApiKey]:
+            await _tenant(conn, tenant_id)
+            rows = await conn.fetch(f"SELECT {_KEY} FROM api_keys WHERE tenant_id = $1 ORDER BY id", tenant_id)
+            return [_convert(r, ApiKey) for r in rows]
+
+        return await self._run(op)
+
+    async def revoke_key(self, tenant_id: str, key_id: str, actor: str) -> ApiKey:
+        async def op(conn: asyncpg.Connection) -> tuple[ApiKey, str]:
+            async with conn.transaction():
+                await _tenant(conn, tenant_id)
+                row = await conn.fetchrow(
+                    f"SELECT {_KEY}, hash FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE", key_id, tenant_id
+                )
+                if row is None:
+                    raise KeyNotFound(f"No key {key_id!r} for tenant {tenant_id!r}.")
+                old = _convert(row, ApiKey)
+                if old.revoked:
+                    return old, row["hash"]
+                new_row = await conn.fetchrow(f"UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING {_KEY}", key_id)
+                new = _convert(new_row, ApiKey)
+                await conn.execute(_AUDIT, actor, "key.revoke", tenant_id, f"key/{key_id}", snapshot(old), snapshot(new))
+            return new, row["hash"]
+
+        record, key_hash = await self._run(op)
+        self.cache.evict_key(key_hash)
+        if self._bus is not None:
+            await self._bus.key_revoked(key_hash)
+        return record
+
+    # --- audit ---------------------------------------------------------------
+
+    async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        query = (
+            "SELECT id, at, actor, action, tenant_id AS tenant, target, old_value AS old, new_value AS new FROM audit_log"
+            " WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY id DESC LIMIT $2"
+        )
+        rows = await self._run(lambda conn: conn.fetch(query, tenant, limit))
+        return [_convert(r, AuditEntry) for r in rows]
+
+
+async def _tenant(conn: asyncpg.Connection, tenant_id: str, *, lock: bool = False) -> Tenant:
+    suffix = " FOR UPDATE" if lock else ""
+    row = await conn.fetchrow(f"SELECT {_TENANT} FROM tenants WHERE id = $1{suffix}", tenant_id)
+    if row is None:
+        raise TenantNotFound.named(tenant_id)
+    return _convert(row, Tenant)
+
+
+def _tenant_values(tenant: Tenant) -> tuple[Any, ...]:
+    raw = msgspec.to_builtins(tenant)
+    return (
+        tenant.id, tenant.name, tenant.disabled, tenant.priority, tenant.weight,
+        raw["limits"], raw["budgets"], tenant.created_at, tenant.updated_at,
+    )
+
+
+def _convert(row: asyncpg.Record, kind: type[T]) -> T:
+    return msgspec.convert(dict(row), kind)
+
+
+def _tenant_and_key(row: asyncpg.Record) -> tuple[Tenant, ApiKey]:
+    fields = dict(row)
+    tenant = {name[2:]: fields.pop(name) for name in list(fields) if name.startswith("t_")}
+    tenant["id"] = fields["tenant"]
+    return msgspec.convert(tenant, Tenant), msgspec.convert(fields, ApiKey)
