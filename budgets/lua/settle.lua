@@ -1,0 +1,70 @@
+-- Settle one request: release what it reserved and charge its actual usage.
+--
+-- KEYS[1]  reservation record of the request (written by admit.lua)
+-- ARGV[1]  key prefix (contains the hash tag, so every key shares one slot)
+-- ARGV[2]  request id
+-- ARGV[3]  JSON {t: {tokens limit key: actual}, b: {budget key: "actual"}}
+-- Budget amounts are decimal strings and only ever reach Redis as strings, so
+-- HINCRBY keeps them exact; Lua never does arithmetic on money.
+--
+-- The record is deleted first, which makes a second settle of the same id (or
+-- a settle of an unknown or long-expired id) a no-op. Returns 1 when settled.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+redis.call('DEL', KEYS[1])
+
+local p = ARGV[1]
+local rid = ARGV[2]
+local record = cjson.decode(raw)
+local actual = cjson.decode(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Release budget reservations whose lease ended (their replica never settled).
+local function reclaim_budget(key)
+  local leases, holds = p .. 'bl:' .. key, p .. 'ba:' .. key
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
+  for _, id in ipairs(expired) do
+    local amount = redis.call('HGET', holds, id)
+    if amount then
+      if amount ~= '0' then redis.call('HINCRBY', p .. 'bs:' .. key, 'reserved', '-' .. amount) end
+      redis.call('HDEL', holds, id)
+    end
+  end
+  if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
+end
+
+for _, key in ipairs(record.c) do
+  local slots = p .. 'c:' .. key
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  redis.call('ZREM', slots, rid)
+end
+
+for _, entry in ipairs(record.t) do
+  local key, wk, estimate = entry[1], entry[2], entry[3]
+  local delta = (actual.t[key] or 0) - estimate
+  -- Only the window the estimate went into is corrected; once it has ended
+  -- its key is gone and the correction no longer matters.
+  if delta ~= 0 and redis.call('EXISTS', wk) == 1 then redis.call('INCRBY', wk, delta) end
+end
+
+for _, entry in ipairs(record.b) do
+  local key, expire_at = entry[1], entry[2]
+  local state, holds = p .. 'bs:' .. key, p .. 'ba:' .. key
+  reclaim_budget(key)
+  local held = redis.call('HGET', holds, rid)
+  if held then
+    redis.call('HDEL', holds, rid)
+    redis.call('ZREM', p .. 'bl:' .. key, rid)
+    if held ~= '0' then redis.call('HINCRBY', state, 'reserved', '-' .. held) end
+  end
+  local charge = actual.b[key]
+  if charge and charge ~= '0' then
+    redis.call('HINCRBY', state, 'spent', charge)
+    if expire_at > 0 then redis.call('PEXPIREAT', state, expire_at) end
+  end
+end
+return 1
