@@ -1,0 +1,187 @@
+"""A request's limits and budgets --> one atomic reservation, then settlement from actual usage.
+
+Before serving: the worst case (prompt estimate + completion allowance) is
+reserved on every rate limit and budget of the tenant and the key in one store
+call. When the client set no ``max_tokens``, budgets are reserved flexibly: as
+much as remains (up to a cap), and the completion is limited to what was
+reserved — upstream via ``max_tokens``, and on the stream itself as a safety
+net. After serving: the actual cost is charged and the rest released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from budgets.prices import cost_pico
+from budgets.store import AdmitRequest, Budget, CounterStore, Limit, Settlement, StoreUnavailable
+from router.auth import Principal
+from router.config import BudgetConfig, LimitsConfig, Price
+from router.errors import InsufficientQuota, Overloaded, RateLimited
+from serving.base import Usage
+
+PICO_PER_MICRO = 10**6
+
+
+@dataclass(slots=True, frozen=True)
+class AccountingSettings:
+    # Completion allowance when the client sets no max_tokens.
+    default_completion_cap: int = 4096
+    lease_ms: int = 900_000
+    # What happens when the shared store cannot be reached.
+    limits_fail_open: bool = True
+    budgets_fail_open: bool = False
+
+
+@dataclass(slots=True)
+class Reservation:
+    request_id: str
+    prompt_estimate: int
+    # Completion tokens this request may produce; None when unbounded by budgets.
+    allowance: int | None
+    tokens_keys: list[str] = field(default_factory=list)
+    token_budgets: list[str] = field(default_factory=list)
+    money_budgets: list[str] = field(default_factory=list)
+    soft_exceeded: list[str] = field(default_factory=list)
+    held: bool = True
+
+
+def needs_accounting(principal: Principal) -> bool:
+    limits = [principal.tenant_limits, principal.key_limits]
+    has_limits = any(l is not None and (l.rpm or l.tpm or l.max_concurrent) for l in limits)
+    return has_limits or bool(principal.tenant_budgets or principal.key_budgets)
+
+
+def needs_token_estimate(principal: Principal) -> bool:
+    limits = [principal.tenant_limits, principal.key_limits]
+    return any(l is not None and l.tpm for l in limits) or bool(principal.tenant_budgets or principal.key_budgets)
+
+
+def period_key(period: str, now: datetime) -> tuple[str, int | None]:
+    """The counter suffix for a budget period, and when the period ends (epoch ms)."""
+    if period == "daily":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return f"day:{start:%Y-%m-%d}", int((start + timedelta(days=1)).timestamp() * 1000)
+    if period == "monthly":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (start + timedelta(days=32)).replace(day=1)
+        return f"month:{start:%Y-%m}", int(following.timestamp() * 1000)
+    return "lifetime", None
+
+
+def budget_key(scope: str, budget: BudgetConfig, now: datetime) -> tuple[str, int | None]:
+    suffix, end = period_key(budget.period, now)
+    return f"budget:{scope}:{budget.kind}:{suffix}", end
+
+
+def _limits(scope: str, limits: LimitsConfig | None, tokens: int) -> Iterable[Limit]:
+    if limits is None:
+        return
+    if limits.rpm:
+        yield Limit(key=f"rpm:{scope}", kind="requests", limit=limits.rpm, amount=1)
+    if limits.tpm:
+        yield Limit(key=f"tpm:{scope}", kind="tokens", limit=limits.tpm, amount=tokens)
+    if limits.max_concurrent:
+        yield Limit(key=f"conc:{scope}", kind="concurrency", limit=limits.max_concurrent, amount=1)
+
+
+class Accountant:
+    def __init__(self, store: CounterStore, settings: AccountingSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings or AccountingSettings()
+
+    async def reserve(
+        self, request_id: str, principal: Principal, prompt_tokens: int, max_completion: int | None, price: Price
+    ) -> Reservation:
+        """Reserve everything the request may consume, or raise the refusal."""
+        # None: the client set no bound; 0: nothing is generated (embeddings).
+        cap = self.settings.default_completion_cap if max_completion is None else max_completion
+        worst_tokens = prompt_tokens + cap
+        tenant_scope = f"t:{principal.tenant}"
+        key_scope = f"k:{principal.tenant}:{principal.key_id}"
+        limits = [*_limits(tenant_scope, principal.tenant_limits, worst_tokens), *_limits(key_scope, principal.key_limits, worst_tokens)]
+        now = datetime.now(timezone.utc)
+        flexible = max_completion is None
+        budgets: list[Budget] = []
+        reservation = Reservation(request_id, prompt_tokens, None if not flexible else cap)
+        for scope, configs in ((tenant_scope, principal.tenant_budgets), (key_scope, principal.key_budgets)):
+            for config in configs:
+                key, end = budget_key(scope, config, now)
+                if config.kind == "tokens":
+                    amount, floor = worst_tokens, prompt_tokens + 1
+                    reservation.token_budgets.append(key)
+                else:
+                    amount = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok
+                    floor = prompt_tokens * price.input_per_mtok + price.output_per_mtok
+                    reservation.money_budgets.append(key)
+                limit = config.limit * (PICO_PER_MICRO if config.kind == "money" else 1)
+                budgets.append(
+                    Budget(key=key, limit=limit, amount=amount, hard=config.hard, period_end_ms=end,
+                           min_amount=floor if flexible and config.hard else None)
+                )
+        reservation.tokens_keys = [l.key for l in limits if l.kind == "tokens"]
+        request = AdmitRequest(request_id=request_id, limits=limits, budgets=budgets, lease_ms=self.settings.lease_ms)
+        try:
+            decision = await self.store.admit(request)
+        except StoreUnavailable:
+            fail_open = self.settings.budgets_fail_open if budgets else self.settings.limits_fail_open
+            if not fail_open:
+                raise Overloaded("Usage limits cannot be checked right now; retry shortly.", retry_after=1.0) from None
+            reservation.held = False
+            return reservation
+        if not decision.allowed:
+            raise self._refusal(decision.reason, decision.retry_after_ms)
+        reservation.soft_exceeded = list(decision.soft_exceeded)
+        if flexible:
+            token_keys = set(reservation.token_budgets)
+            reservation.allowance = self._allowance(cap, prompt_tokens, price, budgets, token_keys, decision.reserved)
+        return reservation
+
+    @staticmethod
+    def _allowance(
+        cap: int, prompt_tokens: int, price: Price, budgets: list[Budget], token_keys: set[str], reserved: dict[str, int]
+    ) -> int:
+        """Completion tokens covered by every budget's (possibly partial) reservation."""
+        allowance = cap
+        for budget in budgets:
+            got = reserved.get(budget.key, budget.amount)
+            if budget.key in token_keys:
+                allowance = min(allowance, got - prompt_tokens)
+            elif price.output_per_mtok:
+                allowance = min(allowance, (got - prompt_tokens * price.input_per_mtok) // price.output_per_mtok)
+        return max(1, allowance)
+
+    @staticmethod
+    def _refusal(reason: str | None, retry_after_ms: int | None) -> Exception:
+        retry = retry_after_ms / 1000 if retry_after_ms else None
+        if reason == "budget":
+            return InsufficientQuota("You exceeded your current quota: the budget for this period is spent.")
+        if reason == "concurrency":
+            return RateLimited("Too many concurrent requests for this tenant or key.", retry_after=retry or 1.0)
+        what = "tokens" if reason == "tokens" else "requests"
+        return RateLimited(f"Rate limit reached for {what} per minute.", retry_after=retry or 1.0)
+
+    async def settle(self, reservation: Reservation, usage: Usage | None, completion_tokens: int, price: Price) -> int:
+        """Charge actual usage; returns the cost in pico-USD. Never raises for store outages."""
+        if usage is None:
+            usage = Usage(
+                prompt_tokens=reservation.prompt_estimate,
+                completion_tokens=completion_tokens,
+                total_tokens=reservation.prompt_estimate + completion_tokens,
+            )
+        cost = cost_pico(usage, price)
+        if not reservation.held:
+            return cost
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        settlement = Settlement(
+            request_id=reservation.request_id,
+            actual_tokens={k: tokens for k in reservation.tokens_keys},
+            actual_budget={**{k: tokens for k in reservation.token_budgets}, **{k: cost for k in reservation.money_budgets}},
+        )
+        try:
+            await self.store.settle(settlement)
+        except StoreUnavailable:
+            # The lease will release the reservation; the ledger still has the row.
+            pass
+        return cost
