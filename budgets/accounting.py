@@ -162,14 +162,8 @@ class Accountant:
         what = "tokens" if reason == "tokens" else "requests"
         return RateLimited(f"Rate limit reached for {what} per minute.", retry_after=retry or 1.0)
 
-    async def settle(self, reservation: Reservation, usage: Usage | None, completion_tokens: int, price: Price) -> int:
+    async def settle(self, reservation: Reservation, usage: Usage, price: Price) -> int:
         """Charge actual usage; returns the cost in pico-USD. Never raises for store outages."""
-        if usage is None:
-            usage = Usage(
-                prompt_tokens=reservation.prompt_estimate,
-                completion_tokens=completion_tokens,
-                total_tokens=reservation.prompt_estimate + completion_tokens,
-            )
         cost = cost_pico(usage, price)
         if not reservation.held:
             return cost
@@ -182,6 +176,6 @@ class Accountant:
         try:
             await self.store.settle(settlement)
         except StoreUnavailable:
-            # The lease will release the reservation; the ledger still has the row.
+            # The lease releases the reservation; the ledger row still records the cost.
             pass
         return cost

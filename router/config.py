@@ -56,6 +56,16 @@ class SecretRef(_Strict):
             raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
 
 
+class BudgetsConfig(_Strict):
+    # Completion allowance reserved when a request sets no max_tokens.
+    default_completion_cap: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    # A replica that dies holding reservations gives them back after this long.
+    lease_s: PositiveFloat = 900.0
+    # When the shared counter store is unreachable: serve anyway (open) or 503 (closed).
+    limits_on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    budgets_on_store_error: Literal["fail_open", "fail_closed"] = "fail_closed"
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_PORT
@@ -184,6 +194,12 @@ class StateConfig(_Strict):
     postgres_dsn: SecretRef | str | None = None
     # Set, replicas tell each other about revoked keys and changed tenants at once.
     redis_url: str | None = None
+    # Rate limits, concurrency and budgets: in this process, or shared in Redis.
+    counters: Literal["memory", "redis"] = "memory"
+    # The cost ledger: a local SQLite file, or PostgreSQL (batched, spooled when down).
+    ledger: Literal["sqlite", "postgres", "off"] = "sqlite"
+    ledger_path: str = "sluicegate-ledger.sqlite"
+    ledger_spool_path: str = "sluicegate-ledger.spool"
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""
@@ -196,6 +212,7 @@ class Config(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
     deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)

@@ -10,7 +10,10 @@ from router.auth import Principal, _bearer, hash_api_key
 from router.config import Config, ConfigError, DeploymentConfig
 from router.errors import AuthenticationFailed
 from router.metrics import Metrics
+from budgets.accounting import Accountant
+from router.billing import Billing
 from router.pipeline import Pipeline
+from router.state import accounting_settings, open_counter_store, open_ledger
 from router.tenants import TenantStore, open_tenant_store
 from serving.base import Engine, EngineSpec, Timeouts
 from serving.health import BreakerSettings, CircuitBreaker
@@ -79,13 +82,20 @@ class Gateway:
             backoff_max_s=r.backoff_max_s,
             max_retry_after_s=r.max_retry_after_s,
         )
-        self.pipeline = Pipeline(self.router, self.metrics, retry)
+        # Limits, budgets and the ledger: embedded by default, Redis/PostgreSQL when configured.
+        self.counters = open_counter_store(config)
+        self.ledger = open_ledger(config)
+        self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
+        self.billing.know(deployments)
+        self.pipeline = Pipeline(self.router, self.metrics, self.billing, retry)
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
 
     async def start(self) -> None:
         await self.tenants.start()
+        if self.ledger is not None:
+            await self.ledger.start()
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         interval = self.config.resilience.health_check_interval_s
         if interval > 0:
@@ -109,6 +119,10 @@ class Gateway:
             if isinstance(result, Exception):
                 log.warning("deployment %s did not close cleanly: %s", name, type(result).__name__)
         await self.tenants.close()
+        await self.billing.drain()
+        if self.ledger is not None:
+            await self.ledger.close()
+        await self.counters.close()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller's principal from ``Authorization: Bearer <key>``; only the keyed hash is looked up."""

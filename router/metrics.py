@@ -66,7 +66,12 @@ class Metrics:
         self.in_flight = Gauge(
             "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
         )
+        self.soft_budget_exceeded = Counter(
+            "sluicegate_soft_budget_exceeded_total", "Requests admitted while over a soft budget, by tenant.",
+            ("tenant",), registry=r,
+        )
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._token_children: dict[str, tuple[Counter, Counter]] = {}
 
     def track_engine_load(self, source: LoadSource) -> None:
         self.registry.register(_EngineLoad(source))
@@ -79,6 +84,14 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_tokens(self, model: str, prompt: int, completion: int) -> None:
+        children = self._token_children.get(model)
+        if children is None:
+            children = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
+            self._token_children[model] = children
+        children[0].inc(prompt)
+        children[1].inc(completion)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

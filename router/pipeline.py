@@ -1,72 +1,53 @@
 """The request pipeline: sequences the steps, owns none of them.
 
-auth and decode happen in the handler; here: route --> serve (with fallback
-before the first byte only) --> settle (metrics, usage).
+auth and decode happen in the handler; here: plan the route --> admit (queue,
+limits, budget reservation) --> serve (fallback and retries before the first
+byte only) --> meter the stream --> settle (metrics, budget, ledger).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-from policies.fair_queue import FairQueue
+import msgspec
+
 from policies.routing import Deployment, RouteHint, Router
 from router.attempts import attempt, unavailable
-from router.auth import Principal
+from router.billing import Billing
+from router.context import CLIENT_CLOSED, RequestContext
 from router.errors import GatewayError, UpstreamError, sse_error_event
 from router.metrics import Metrics
-from serving.base import Completion, EngineRequest, JsonObject, Kind, StreamChunk, Usage
+from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
 
 _DONE = b"data: [DONE]\n\n"
-# Status recorded when the client goes away before the response is complete.
-CLIENT_CLOSED = 499
+_encode = msgspec.json.encode
 
-
-@dataclass(slots=True)
-class RequestContext:
-    request_id: str
-    principal: Principal
-    kind: Kind
-    route: str
-    alias: str
-    body: JsonObject
-    stream: bool = False
-    include_usage: bool = False
-    session_id: str | None = None
-    started: float = field(default_factory=time.perf_counter)
-    deployment: str = ""
-    usage: Usage | None = None
-    status: int = 200
-    ttft: float | None = None
-    queue: FairQueue | None = None
-
-    def engine_request(self, deployment: Deployment) -> EngineRequest:
-        # request --> engine input: the alias becomes the upstream's own model name.
-        body = {**self.body, "model": deployment.config.model}
-        return EngineRequest(
-            kind=self.kind,
-            body=body,
-            request_id=self.request_id,
-            tenant=self.principal.tenant,
-            stream=self.stream,
-            include_usage=self.include_usage,
-            session_id=self.session_id,
-        )
+__all__ = ["CLIENT_CLOSED", "Pipeline", "RequestContext"]
 
 
 class Pipeline:
-    def __init__(self, router: Router, metrics: Metrics, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, router: Router, metrics: Metrics, billing: Billing, retry: RetryPolicy | None = None) -> None:
         self.router = router
         self.metrics = metrics
+        self.billing = billing
         self.retry = retry or RetryPolicy()
 
-    def _plan(self, ctx: RequestContext) -> list[Deployment]:
-        plan = self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body))
-        if not plan:
-            raise unavailable(ctx.alias, self.router.get(ctx.alias).deployments)
-        return plan
+    def begin(self, ctx: RequestContext) -> None:
+        self.metrics.in_flight.inc()
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Queue for the alias (fair between tenants), plan the route, reserve limits and budget."""
+        alias = self.router.get(ctx.alias)
+        if alias.queue is not None:
+            p = ctx.principal
+            await alias.queue.acquire(p.tenant, p.weight, p.priority)
+            ctx.queue = alias.queue
+        ctx.plan = self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body))
+        if not ctx.plan:
+            raise unavailable(ctx.alias, alias.deployments)
+        await self.billing.reserve(ctx, ctx.plan)
 
     async def unary(self, ctx: RequestContext) -> Completion:
         """Serve a non-streamed request, with fallback and retries on retryable failures."""
@@ -77,9 +58,11 @@ class Pipeline:
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
 
-        completion, deployment = await attempt(self._plan(ctx), run, self.retry, self.metrics, ctx.alias)
+        completion, deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias)
         ctx.deployment = deployment.name
         ctx.usage = completion.usage
+        if completion.usage is None:
+            ctx.generated_text = completion_texts(completion.body)
         return completion
 
     async def open_stream(self, ctx: RequestContext) -> AsyncIterator[bytes]:
@@ -101,7 +84,7 @@ class Pipeline:
                 raise
             return first, chunks
 
-        (first, chunks), deployment = await attempt(self._plan(ctx), run, self.retry, self.metrics, ctx.alias)
+        (first, chunks), deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias)
         ctx.deployment = deployment.name
         ctx.ttft = time.perf_counter() - ctx.started
         self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
@@ -115,6 +98,12 @@ class Pipeline:
             while chunk is not None:
                 if chunk.usage is not None:
                     ctx.usage = chunk.usage
+                if chunk.text:
+                    if ctx.allowance is not None and self._over_allowance(ctx, chunk):
+                        for event in self._cut_off(ctx):
+                            yield event
+                        return
+                    ctx.generated_text.append(chunk.text)
                 if include_usage or not chunk.usage_only:
                     yield b"data: " + chunk.data + b"\n\n"
                 chunk = await anext(chunks, None)
@@ -123,6 +112,7 @@ class Pipeline:
         except GatewayError as exc:
             # After the first byte: tell the client in-band, never retry.
             ctx.status = exc.status
+            ctx.error = exc.code
             self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
             yield sse_error_event(exc)
         finally:
@@ -131,27 +121,91 @@ class Pipeline:
                 await aclose()
             self.finish(ctx)
 
-    def begin(self, ctx: RequestContext) -> None:
-        self.metrics.in_flight.inc()
+    @staticmethod
+    def _over_allowance(ctx: RequestContext, chunk: StreamChunk) -> bool:
+        """Meter completion tokens against what the budget reserved.
 
-    async def admit(self, ctx: RequestContext) -> None:
-        """Wait for a place in the alias's queue (fair between tenants) when it has one."""
-        queue = self.router.get(ctx.alias).queue
-        if queue is None:
-            return
-        p = ctx.principal
-        await queue.acquire(p.tenant, p.weight, p.priority)
-        ctx.queue = queue
+        The upstream was asked for at most the allowance; this catches one that
+        ignores it. A chunk that would go past the allowance is not relayed, so
+        what the client receives (and is billed for) stays within the reservation.
+        """
+        if ctx.counter is None or ctx.allowance is None:
+            return False
+        tokens = ctx.counter(chunk.text)
+        if ctx.counted_tokens + tokens > ctx.allowance and chunk.finish_reason is None:
+            return True
+        ctx.counted_tokens += tokens
+        return False
+
+    def _cut_off(self, ctx: RequestContext) -> list[bytes]:
+        """End a stream the budget cannot pay for, as a model would at max_tokens."""
+        ctx.status = 200
+        ctx.error = "budget_cutoff"
+        if ctx.reservation is not None:
+            prompt = ctx.reservation.prompt_estimate
+            ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=ctx.counted_tokens, total_tokens=prompt + ctx.counted_tokens)
+        chat = ctx.kind == "chat"
+        envelope = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{ctx.request_id}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(ctx.wall_started),
+            "model": ctx.alias,
+        }
+        choice = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else {"index": 0, "text": "", "finish_reason": "length"}
+        events = [b"data: " + _encode({**envelope, "choices": [choice]}) + b"\n\n"]
+        if ctx.include_usage and ctx.usage is not None:
+            events.append(b"data: " + _encode({**envelope, "choices": [], "usage": ctx.usage}) + b"\n\n")
+        events.append(_DONE)
+        return events
+
+    def fail(self, ctx: RequestContext, exc: GatewayError) -> None:
+        ctx.status = exc.status
+        ctx.error = exc.code
+        self.finish(ctx)
 
     def finish(self, ctx: RequestContext) -> None:
-        """Settle: one place where a finished request is recorded."""
+        """Settle: the one place where a finished request is recorded, exactly once."""
+        if ctx.finished:
+            return
+        ctx.finished = True
+        ctx.elapsed = time.perf_counter() - ctx.started
         self.metrics.in_flight.dec()
         if ctx.queue is not None:
             ctx.queue.release()
             ctx.queue = None
-        self.metrics.observe(ctx.route, ctx.alias, ctx.status, time.perf_counter() - ctx.started)
+        self.metrics.observe(ctx.route, ctx.alias, ctx.status, ctx.elapsed)
         usage = ctx.usage
         if usage is not None and ctx.status == 200:
-            self.metrics.tokens.labels(ctx.alias, "prompt").inc(usage.prompt_tokens)
-            self.metrics.tokens.labels(ctx.alias, "completion").inc(usage.completion_tokens)
+            self.metrics.count_tokens(ctx.alias, usage.prompt_tokens, usage.completion_tokens)
+        self.billing.settle(ctx)
 
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+    text: str | None = None
+
+
+class _Body(msgspec.Struct):
+    choices: list[_Choice] = []
+
+
+_body_decoder = msgspec.json.Decoder(_Body)
+
+
+def completion_texts(body: bytes) -> list[str]:
+    """Generated text of a response that came without usage, for counting."""
+    try:
+        parsed = _body_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return []
+    out = []
+    for choice in parsed.choices:
+        if choice.message is not None and choice.message.content:
+            out.append(choice.message.content)
+        elif choice.text:
+            out.append(choice.text)
+    return out

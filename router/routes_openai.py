@@ -58,8 +58,7 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
             return Stream(relay, media_type="text/event-stream", headers=_headers(ctx, streaming=True))
         completion = await pipeline.unary(ctx)
     except GatewayError as exc:
-        ctx.status = exc.status
-        pipeline.finish(ctx)
+        pipeline.fail(ctx, exc)
         raise
     pipeline.finish(ctx)
     return Response(completion.body, media_type=JSON, headers=_headers(ctx, streaming=False))

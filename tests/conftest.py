@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -59,5 +60,8 @@ def make_config(upstream_url: str, **overrides: Any) -> Config:
             {"id": "tenant-b", "keys": [{"id": "key-b", "hash": hash_api_key(OTHER_KEY)}]},
         ],
     }
+    # Each config gets its own ledger file, never one in the working directory.
+    ledger_dir = tempfile.mkdtemp(prefix="sluicegate-test-ledger-")
+    raw["state"] = {"ledger_path": f"{ledger_dir}/ledger.sqlite", "ledger_spool_path": f"{ledger_dir}/ledger.spool"}
     raw.update(overrides)
     return msgspec.convert(raw, Config)

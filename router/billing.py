@@ -1,0 +1,133 @@
+"""Admission against limits and budgets before serving; settlement and the ledger row after.
+
+Tenants without limits or budgets pay nothing here beyond the ledger row. For
+the others: the prompt is estimated, the worst case reserved atomically, the
+completion bounded by what the budget could reserve, tokens metered on
+streams, and the actual cost charged once the request ends — whether it
+finished, failed, was cut off, or the client went away. Settlement runs in the
+background so that no response waits on it; ``drain`` waits for all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from budgets.accounting import Accountant, Reservation, needs_accounting, needs_token_estimate
+from budgets.ledger import Ledger, LedgerRow
+from budgets.prices import cost_pico
+from budgets.tokens import Counter, completion_budget, counter_for, estimate_prompt_tokens
+from policies.routing import Deployment
+from router.config import Price
+from router.metrics import Metrics
+from serving.base import Usage
+
+if TYPE_CHECKING:
+    from router.pipeline import RequestContext
+
+log = logging.getLogger("sluicegate.billing")
+
+
+def _max_price(plan: list[Deployment]) -> Price:
+    """Worst case over the deployments a fallback could reach."""
+    prices = [d.config.price for d in plan]
+    return Price(
+        input_per_mtok=max(p.input_per_mtok for p in prices),
+        output_per_mtok=max(p.output_per_mtok for p in prices),
+    )
+
+
+class Billing:
+    def __init__(self, accountant: Accountant, ledger: Ledger | None, metrics: Metrics) -> None:
+        self.accountant = accountant
+        self.ledger = ledger
+        self.metrics = metrics
+        self._pending: set[asyncio.Task[None]] = set()
+        self._deployments: dict[str, Deployment] = {}
+
+    def know(self, deployments: dict[str, Deployment]) -> None:
+        self._deployments = deployments
+
+    async def reserve(self, ctx: RequestContext, plan: list[Deployment]) -> None:
+        principal = ctx.principal
+        if not needs_accounting(principal):
+            return
+        counter = counter_for(plan[0].config.provider)
+        ctx.counter = counter
+        prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, counter) if needs_token_estimate(principal) else 0
+        bounded = ctx.kind == "embedding" or any(ctx.body.get(k) for k in ("max_tokens", "max_completion_tokens"))
+        max_completion = (0 if ctx.kind == "embedding" else completion_budget(ctx.body, 0)) if bounded else None
+        ctx.reservation = await self.accountant.reserve(ctx.request_id, principal, prompt, max_completion, _max_price(plan))
+        allowance = ctx.reservation.allowance
+        if allowance is not None:
+            # The budget bounds the completion: tell the upstream, and meter the stream.
+            n = ctx.body.get("n") if isinstance(ctx.body.get("n"), int) else 1
+            ctx.body = {**ctx.body, "max_tokens": max(1, allowance // max(1, n))}
+            ctx.allowance = allowance
+        for key in ctx.reservation.soft_exceeded:
+            self.metrics.soft_budget_exceeded.labels(principal.tenant).inc()
+            log.warning("soft budget exceeded for tenant %s (%s)", principal.tenant, key.rsplit(":", 2)[-2])
+
+    def settle(self, ctx: RequestContext) -> None:
+        """Charge and record in the background; the response does not wait."""
+        task = asyncio.get_running_loop().create_task(self._settle(ctx))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, ctx: RequestContext) -> None:
+        deployment = self._deployments.get(ctx.deployment)
+        price = deployment.config.price if deployment is not None else Price()
+        usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx)
+        if ctx.reservation is not None:
+            cost = await self.accountant.settle(ctx.reservation, usage, price)
+        else:
+            cost = cost_pico(usage, price)
+        ctx.cost = cost
+        if self.ledger is not None:
+            self.ledger.record(self._row(ctx, deployment, usage, cost))
+
+    @staticmethod
+    async def _measured_usage(ctx: RequestContext) -> Usage:
+        """Usage the upstream did not report: counted from what was generated, if anything was."""
+        if not ctx.generated_text and not ctx.counted_tokens:
+            return Usage()  # nothing was generated: nothing to charge
+        count: Counter = ctx.counter or counter_for("")
+        completion = sum(count(t) for t in ctx.generated_text)
+        reservation = ctx.reservation
+        if reservation is not None and reservation.prompt_estimate:
+            prompt = reservation.prompt_estimate
+        else:
+            prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, count)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    @staticmethod
+    def _row(ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> LedgerRow:
+        started = datetime.fromtimestamp(ctx.wall_started, timezone.utc)
+        return LedgerRow(
+            request_id=ctx.request_id,
+            tenant=ctx.principal.tenant,
+            key_id=ctx.principal.key_id,
+            model=ctx.alias,
+            deployment=ctx.deployment,
+            provider=deployment.config.provider if deployment is not None else "",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=cost,
+            latency_ms=round(ctx.elapsed * 1000, 3),
+            ttft_ms=round(ctx.ttft * 1000, 3) if ctx.ttft is not None else None,
+            status=ctx.status,
+            error=ctx.error,
+            route_reason=ctx.route_reason,
+            pii_entities=dict(ctx.pii_counts),
+            trace_id=ctx.trace_id,
+            stream=ctx.stream,
+            started_at=started,
+            finished_at=started + timedelta(seconds=ctx.elapsed),
+        )
+
+    async def drain(self) -> None:
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

@@ -1,0 +1,68 @@
+"""What the pipeline knows about one request as it moves through the steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from router.auth import Principal
+from serving.base import EngineRequest, JsonObject, Kind, Usage
+
+if TYPE_CHECKING:
+    from budgets.accounting import Reservation
+    from budgets.tokens import Counter
+    from policies.fair_queue import FairQueue
+    from policies.routing import Deployment
+
+# Status recorded when the client goes away before the response is complete.
+CLIENT_CLOSED = 499
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    principal: Principal
+    kind: Kind
+    route: str
+    alias: str
+    body: JsonObject
+    stream: bool = False
+    include_usage: bool = False
+    session_id: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    wall_started: float = field(default_factory=time.time)
+    # routing
+    plan: list[Deployment] = field(default_factory=list)
+    deployment: str = ""
+    route_reason: str | None = None
+    queue: FairQueue | None = None
+    # usage and money
+    reservation: Reservation | None = None
+    counter: Counter | None = None
+    allowance: int | None = None
+    usage: Usage | None = None
+    counted_tokens: int = 0
+    generated_text: list[str] = field(default_factory=list)
+    cost: int = 0
+    # outcome
+    status: int = 200
+    error: str | None = None
+    ttft: float | None = None
+    elapsed: float = 0.0
+    pii_counts: dict[str, int] = field(default_factory=dict)
+    trace_id: str | None = None
+    finished: bool = False
+
+    def engine_request(self, deployment: Deployment) -> EngineRequest:
+        # request --> engine input: the alias becomes the upstream's own model name.
+        body = {**self.body, "model": deployment.config.model}
+        return EngineRequest(
+            kind=self.kind,
+            body=body,
+            request_id=self.request_id,
+            tenant=self.principal.tenant,
+            stream=self.stream,
+            include_usage=self.include_usage,
+            session_id=self.session_id,
+        )
