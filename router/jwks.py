@@ -9,7 +9,8 @@ set: an unreachable provider must not lock everyone out.
 
 Only RSA keys (RS256, at least 2048 bits) and EC P-256 keys (ES256) are used;
 every other key in the document is skipped. A key's algorithm follows from its
-type, never from the token, so a token cannot choose how its key is read.
+type, never from the token, so a token cannot choose how its key is read. The
+token's part here is its header, which names the key (``kid``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import base64
 import binascii
 import logging
 import math
+import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -34,7 +36,10 @@ log = logging.getLogger("sluicegate.jwks")
 SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256"})
 MIN_RSA_BITS = 2048
 MAX_DOCUMENT_BYTES = 1 << 20
+MAX_TOKEN_CHARS = 16 * 1024
 _P256_COORD_BYTES = 32
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_header_decoder = msgspec.json.Decoder()
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
@@ -48,6 +53,18 @@ class SigningKey:
     kid: str
     alg: str  # "RS256" or "ES256", from the key's type
     key: PublicKey
+
+
+def token_header(token: str) -> dict[str, Any] | None:
+    """The JSON header of a compact token (three base64url segments); None for anything else."""
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2 or not _COMPACT_JWS.fullmatch(token):
+        return None
+    segment = token.partition(".")[0]
+    try:
+        value = _header_decoder.decode(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def parse_jwks(document: bytes, algorithms: Collection[str]) -> dict[str, SigningKey]:

@@ -1,23 +1,22 @@
 """Bearer JWTs (OIDC access tokens) as a second way in, next to API keys.
 
-A token is accepted when its signature verifies against the identity provider's
-key set (RS256/ES256 only, see ``router.jwks``), ``iss`` is the issuer, ``aud``
-holds the audience, ``exp``/``nbf``/``iat`` are within ``leeway_s`` of now, its
-``jti`` is not revoked and its tenant exists and is enabled. The tenant gives
-priority, weight, limits and budgets; the token only who (``sub``) and scopes,
-from ``scope`` and/or ``scp`` (list or space-separated), kept if allowed:
-``inference`` (the OpenAI endpoints), ``tenant:read``/``tenant:write`` (the
-caller's own tenant), ``ops:read``/``ops:write`` (gateway-wide state; ``ops:*``
-grants both). A refusal is a 401 naming the reason, never the token or a value.
+Accepted when signed by a key of the provider's set (RS256/ES256, ``router.jwks``),
+``iss`` and ``aud`` match, ``exp``/``nbf``/``iat`` hold within ``leeway_s``, the
+``jti`` is not revoked and the tenant exists and is enabled. The tenant gives
+priority, weight, limits and budgets; the token gives who (``sub``) and scopes
+(``scope``/``scp``), kept only if allowed: ``inference`` (the OpenAI endpoints),
+``tenant:read``/``tenant:write`` (the caller's tenant), ``ops:read``/``ops:write``
+(gateway-wide state; ``ops:*`` grants both). Refusals (401) name only the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import jwt
@@ -26,7 +25,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from router.errors import AuthenticationFailed, GatewayError
-from router.jwks import KeySet, SigningKey
+from router.jwks import KeySet, SigningKey, token_header
 
 # router.config imports this module for JwtConfig, and router.auth imports
 # router.config: importing either here at run time would close a cycle.
@@ -35,10 +34,7 @@ if TYPE_CHECKING:
     from router.config import TenantConfig
 
 ALLOWED_SCOPES = frozenset({"tenant:read", "tenant:write", "ops:*", "ops:read", "ops:write", "inference"})
-MAX_TOKEN_CHARS = 16 * 1024
-MAX_JTI_CHARS = 256
-_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_header_decoder = msgspec.json.Decoder()
+MAX_VERIFIED_TOKENS = 10_000
 
 
 class JwtConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -91,19 +87,16 @@ class MemoryJtiDenylist:
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
-        self._sweep_at = 1024
 
     async def is_revoked(self, jti: str) -> bool:
         until = self._until.get(jti)
         return until is not None and until > time.time()
 
     async def revoke(self, jti: str, until_epoch_s: float) -> None:
+        # Revocations are rare: each one also drops the entries that no longer matter.
         now = time.time()
+        self._until = {j: u for j, u in self._until.items() if u > now}
         self._until[jti] = max(until_epoch_s, self._until.get(jti, 0.0))
-        # Expired entries go in sweeps whose cost is amortised over the revocations.
-        if len(self._until) >= self._sweep_at:
-            self._until = {j: u for j, u in self._until.items() if u > now}
-            self._sweep_at = max(1024, 2 * len(self._until))
 
 
 class RedisJtiDenylist:
@@ -120,10 +113,8 @@ class RedisJtiDenylist:
             raise DenylistUnavailable(f"Token revocations cannot be checked ({type(exc).__name__}).") from None
 
     async def revoke(self, jti: str, until_epoch_s: float) -> None:
-        if until_epoch_s <= time.time():
-            return
         try:
-            # EXAT: Redis drops the entry when it can no longer matter, so the list cleans itself.
+            # EXAT: Redis drops the entry when it can no longer matter (at once if already past).
             await self._redis.set(self.prefix + jti, b"1", exat=math.ceil(until_epoch_s))
         except (RedisError, OSError, TimeoutError) as exc:
             raise DenylistUnavailable(f"The revocation was not stored ({type(exc).__name__}).") from None
@@ -133,20 +124,9 @@ class RedisJtiDenylist:
 
 
 def looks_like_jwt(token: str) -> bool:
-    """Three base64url segments whose first is a JSON header naming an ``alg``; API keys never are."""
-    header = _header_of(token)
+    """A compact token whose header names an ``alg``; an API key (``sk-...``) never is."""
+    header = token_header(token)
     return header is not None and isinstance(header.get("alg"), str)
-
-
-def _header_of(token: str) -> dict[str, Any] | None:
-    """The decoded header of a JWT-shaped token; None for anything else."""
-    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2 or not _SHAPE.fullmatch(token):
-        return None
-    try:
-        value = _header_decoder.decode(jwt.utils.base64url_decode(token.partition(".")[0]))
-    except (ValueError, msgspec.DecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _refused(reason: str, code: str = "invalid_token") -> AuthenticationFailed:
@@ -182,6 +162,30 @@ def claim_at(claims: dict[str, Any], path: str) -> object:
     return value
 
 
+@dataclass(slots=True, frozen=True)
+class _Verified:
+    """What a verified token says; kept so its next use skips parsing and the signature check."""
+
+    key: SigningKey
+    valid_until: float  # exp + leeway
+    tenant_id: str
+    subject: str
+    jti: str | None
+    scopes: frozenset[str]
+
+    @classmethod
+    def of(cls, key: SigningKey, claims: dict[str, Any], config: JwtConfig) -> _Verified:
+        tenant_id = claim_at(claims, config.tenant_claim)
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise _refused("token has no tenant claim")
+        # PyJWT has checked that `sub` and `jti`, when present, are strings.
+        jti: str | None = claims.get("jti") or None
+        subject: str | None = claims.get("sub") or jti
+        if subject is None:
+            raise _refused("token has no subject")
+        return cls(key, float(claims["exp"]) + config.leeway_s, tenant_id, subject, jti, scopes_of(claims))
+
+
 def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
     found: set[str] = set()
     for name in ("scope", "scp"):
@@ -207,6 +211,7 @@ class JwtAuthenticator:
         )
         self._tenant_lookup = tenant_lookup
         self._denylist = denylist
+        self._cache: dict[bytes, _Verified] = {}  # by SHA-256: a client reuses its token many times
 
     async def start(self) -> None:
         """Load the key set; raises ``JwksError`` for an unreadable file (an unreachable URL is retried)."""
@@ -221,25 +226,40 @@ class JwtAuthenticator:
         await self._denylist.revoke(jti, exp_epoch_s + self.config.leeway_s)
 
     async def authenticate(self, token: str) -> Principal:
-        key = await self._signing_key(token)
-        claims = self._verify(token, key)
-        tenant_id = claim_at(claims, self.config.tenant_claim)
-        if not isinstance(tenant_id, str) or not tenant_id:
-            raise _refused("token has no tenant claim")
-        jti = claims.get("jti")
-        if jti is not None and (not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS):
-            raise _refused("malformed token id")
-        subject = claims.get("sub") or jti
-        if not isinstance(subject, str) or not subject:
-            raise _refused("token has no subject")
-        # After the signature check, so forged tokens cost no round trip.
-        if jti is not None and await self._denylist.is_revoked(jti):
+        # Imported here, not at the top: see the note on the imports.
+        from router.auth import Principal
+
+        verified = await self._verified(token)
+        # Checked on every use, after the signature, so forged tokens cost no round trip.
+        if verified.jti is not None and await self._denylist.is_revoked(verified.jti):
             raise _refused("token revoked", code="revoked_token")
-        tenant = await self._tenant(tenant_id)
-        return _principal(tenant, subject, scopes_of(claims))
+        tenant = await self._tenant(verified.tenant_id)
+        return Principal(
+            tenant=tenant.id,
+            key_id="jwt:" + verified.subject,
+            scopes=verified.scopes,
+            priority=tenant.priority,
+            weight=tenant.weight,
+            tenant_limits=tenant.limits,
+            tenant_budgets=tuple(tenant.budgets),
+        )
+
+    async def _verified(self, token: str) -> _Verified:
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._cache.get(digest)
+        # A key withdrawn from the set takes its tokens with it; a reload makes new key
+        # objects, so the identity check also re-verifies every token once per reload.
+        if hit is not None and time.time() < hit.valid_until and self.keys.cached(hit.key.kid) is hit.key:
+            return hit
+        key = await self._signing_key(token)
+        verified = _Verified.of(key, self._verify(token, key), self.config)
+        if len(self._cache) >= MAX_VERIFIED_TOKENS:
+            del self._cache[next(iter(self._cache))]  # the oldest: dicts keep insertion order
+        self._cache[digest] = verified
+        return verified
 
     async def _signing_key(self, token: str) -> SigningKey:
-        header = _header_of(token)
+        header = token_header(token)
         if header is None:
             raise _refused("malformed token")
         if header.get("alg") not in self.config.algorithms:
@@ -256,15 +276,14 @@ class JwtAuthenticator:
         return key
 
     def _verify(self, token: str, key: SigningKey) -> dict[str, Any]:
-        c = self.config
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=[key.alg],
-                audience=c.audience,
-                issuer=c.issuer,
-                leeway=c.leeway_s,
+                audience=self.config.audience,
+                issuer=self.config.issuer,
+                leeway=self.config.leeway_s,
                 options={"require": ["exp", "iss", "aud"]},
             )
         except jwt.PyJWTError as exc:
@@ -275,24 +294,6 @@ class JwtAuthenticator:
     async def _tenant(self, tenant_id: str) -> TenantConfig:
         found = self._tenant_lookup(tenant_id)
         tenant = await found if inspect.isawaitable(found) else found
-        if tenant is None:
-            raise _refused("unknown tenant")
-        if tenant.disabled:
-            raise _refused("tenant disabled")
+        if tenant is None or tenant.disabled:
+            raise _refused("unknown tenant" if tenant is None else "tenant disabled")
         return tenant
-
-
-def _principal(tenant: TenantConfig, subject: str, scopes: frozenset[str]) -> Principal:
-    # Imported here, not at the top: see the note on the imports.
-    from router.auth import Principal
-
-    # Everything but identity and scopes is the tenant's, as for its API keys.
-    return Principal(
-        tenant=tenant.id,
-        key_id="jwt:" + subject,
-        scopes=scopes,
-        priority=tenant.priority,
-        weight=tenant.weight,
-        tenant_limits=tenant.limits,
-        tenant_budgets=tuple(tenant.budgets),
-    )

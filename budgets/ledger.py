@@ -1,0 +1,260 @@
+"""The cost ledger: one append-only row per request, written in batches.
+
+``record()`` only appends to a list, so the request path never waits on a
+database. A background task writes batches to a :class:`LedgerStore`; when a
+write fails the batch goes to a local spool file and is replayed, with
+backoff, once the store answers again. Rows are idempotent on
+``(request_id, started_at)``, so a replayed duplicate is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import msgspec
+
+from budgets.ledger_query import UsageQuery, UsageRow
+from budgets.ledger_spool import Spool, replay_spool, write_or_reject
+
+logger = logging.getLogger(__name__)
+
+
+class LedgerRow(msgspec.Struct, kw_only=True):
+    """What one request cost. Money in pico-USD (1e-12 USD), an exact integer."""
+
+    request_id: str
+    tenant: str
+    key_id: str
+    model: str  # the alias the client asked for
+    deployment: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: int
+    latency_ms: float
+    ttft_ms: float | None
+    status: int  # HTTP status; 499 when the client went away
+    error: str | None  # an error class or code, never a message that could hold user data
+    route_reason: str | None
+    pii_entities: dict[str, int]  # counts by entity type, never the values
+    trace_id: str | None
+    stream: bool
+    started_at: datetime  # UTC
+    finished_at: datetime  # UTC
+
+
+class Ledger(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def record(self, row: LedgerRow) -> None: ...
+    async def flush(self) -> None: ...
+    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+    async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
+    async def ping(self) -> bool: ...
+
+
+class LedgerStore(Protocol):
+    """Where batches end up; each write is one transaction, duplicates ignored."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def write(self, rows: Sequence[LedgerRow]) -> None: ...
+    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+    async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
+    async def ping(self) -> bool: ...
+    def refuses(self, exc: Exception) -> bool:
+        """True when a write failed because of what the rows hold, so retrying cannot help."""
+        ...
+
+
+class LedgerOptions(msgspec.Struct, kw_only=True, frozen=True):
+    flush_interval_s: float = 0.2
+    batch_size: int = 500  # this many pending rows wake the writer before the interval
+    max_batch: int = 5_000  # rows per transaction once a backlog builds: fewer commits
+    max_pending: int = 50_000  # beyond this many buffered rows, spill to the spool
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= self.max_batch:
+            raise ValueError("need 1 <= batch_size <= max_batch")
+        if self.max_pending < self.batch_size:
+            raise ValueError("max_pending must be at least batch_size")
+        if self.flush_interval_s <= 0 or self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:
+            raise ValueError("intervals must be positive and retry_max_s >= retry_initial_s")
+
+
+class BatchingLedger:
+    """A :class:`Ledger` over any :class:`LedgerStore`, with spool and replay."""
+
+    def __init__(self, store: LedgerStore, spool_path: str, options: LedgerOptions | None = None) -> None:
+        self._store = store
+        self._spool = Spool(spool_path)
+        self._opts = options or LedgerOptions()
+        self._buffer: list[LedgerRow] = []
+        self._wake = asyncio.Event()
+        self._drain_lock = asyncio.Lock()  # the loop and flush() never write concurrently
+        self._spills: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._closed = False
+        self._healthy = True
+        self._retry_at = 0.0
+        self._retry_delay = self._opts.retry_initial_s
+        self._spool_pending = False
+        self._spool_gen = 0  # bumped by every completed spool append
+
+    @property
+    def spool(self) -> Spool:
+        return self._spool
+
+    @property
+    def healthy(self) -> bool:
+        """False while writes fail and rows are going to the spool."""
+        return self._healthy
+
+    async def start(self) -> None:
+        await self._store.open()
+        self._spool_pending = await asyncio.to_thread(self._spool.pending)
+        async with self._drain_lock:
+            await self._replay_if_due(force=True)
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self._settle_spills()
+        async with self._drain_lock:
+            await self._write_buffer(force=False)
+        self._closed = True
+        await self._store.close()
+
+    def record(self, row: LedgerRow) -> None:
+        if self._closed:
+            # A request finishing during shutdown: block briefly rather than lose it.
+            try:
+                self._spool.append([row])
+            except OSError:
+                logger.exception("ledger: closed and the spool is not writable; one row lost")
+            return
+        self._buffer.append(row)
+        pending = len(self._buffer)
+        if pending > self._opts.max_pending:
+            self._spill()
+        elif pending >= self._opts.batch_size:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything pending now; a failed write leaves it durable in the spool."""
+        await self._settle_spills()
+        async with self._drain_lock:
+            await self._replay_if_due(force=True)
+            await self._write_buffer(force=True)
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        return await self._store.usage(query)
+
+    async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]:
+        return await self._store.rows(tenant, start, end, limit)
+
+    async def ping(self) -> bool:
+        return await self._store.ping()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._opts.flush_interval_s)
+            self._wake.clear()
+            try:
+                async with self._drain_lock:
+                    await self._replay_if_due(force=False)
+                    await self._write_buffer(force=False)
+            except Exception:
+                # The writer must outlive any one failed round; the next one retries.
+                logger.exception("ledger: writer iteration failed")
+
+    def _spill(self) -> None:
+        """Buffer over its bound: hand it to the spool without blocking the caller."""
+        rows, self._buffer = self._buffer, []
+        task = asyncio.get_running_loop().create_task(self._to_spool(rows))
+        self._spills.add(task)
+        task.add_done_callback(self._spills.discard)
+
+    async def _settle_spills(self) -> None:
+        while self._spills:
+            await asyncio.gather(*list(self._spills))
+
+    async def _to_spool(self, rows: list[LedgerRow]) -> None:
+        try:
+            await asyncio.to_thread(self._spool.append, rows)
+        except OSError:
+            # Nowhere durable to put them: keep them in memory for the next round.
+            logger.exception("ledger: spool append failed; %d rows kept in memory", len(rows))
+            self._buffer[:0] = rows
+            return
+        self._spool_gen += 1
+        self._spool_pending = True
+
+    async def _write_buffer(self, force: bool) -> None:
+        size = self._opts.max_batch
+        while self._buffer:
+            if not self._healthy and not (force or time.monotonic() >= self._retry_at):
+                rows, self._buffer = self._buffer, []
+                await self._to_spool(rows)
+                return
+            batch = self._buffer[:size]
+            del self._buffer[:size]
+            if not await self._write_batch(batch):
+                rows, self._buffer = batch + self._buffer, []
+                await self._to_spool(rows)
+                return
+
+    async def _write_batch(self, batch: list[LedgerRow]) -> bool:
+        try:
+            await write_or_reject(self._store, self._spool, batch)
+        except asyncio.CancelledError:
+            self._spool.append(batch)  # shutting down mid-write: keep the rows, even if it blocks
+            raise
+        except Exception as exc:  # whatever the cause, the rows go to the spool
+            self._mark(ok=False, reason=f"write failed ({type(exc).__name__})")
+            return False
+        self._mark(ok=True, reason="")
+        return True
+
+    async def _replay_if_due(self, force: bool) -> None:
+        if not self._spool_pending or not (force or time.monotonic() >= self._retry_at):
+            return
+        generation = self._spool_gen
+        try:
+            await replay_spool(self._spool, self._store, LedgerRow, self._opts.max_batch)
+        except Exception as exc:  # unreachable store or unreadable spool: both retried later
+            self._mark(ok=False, reason=f"spool replay failed ({type(exc).__name__})")
+            return
+        self._mark(ok=True, reason="")
+        if generation == self._spool_gen:
+            self._spool_pending = False
+
+    def _mark(self, ok: bool, reason: str) -> None:
+        if ok:
+            if not self._healthy:
+                logger.info("ledger: store reachable again")
+            self._healthy = True
+            self._retry_delay = self._opts.retry_initial_s
+            return
+        if self._healthy:
+            logger.warning("ledger: %s; spooling to %s", reason, self._spool.path)
+        self._healthy = False
+        # Jitter keeps many replicas from probing a recovering database in step.
+        self._retry_at = time.monotonic() + self._retry_delay * random.uniform(0.8, 1.2)
+        self._retry_delay = min(self._retry_delay * 2, self._opts.retry_max_s)

@@ -1,0 +1,170 @@
+"""The embedded ledger: SQLite in WAL mode, driven from one dedicated thread.
+
+Times are stored as integer microseconds since the epoch (UTC) so that range
+filters are exact integer comparisons; money and token sums are exact 64-bit
+integers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import TypeVar
+
+import msgspec
+
+from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
+from budgets.ledger_query import UsageQuery, UsageRow, rows_sql, to_epoch_us, usage_rows, usage_sql
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    "request_id", "started_us", "finished_us", "tenant", "key_id", "model", "deployment", "provider",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "latency_ms", "ttft_ms", "status",
+    "error", "route_reason", "pii_entities", "trace_id", "stream",
+)  # fmt: skip
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    request_id TEXT NOT NULL,
+    started_us INTEGER NOT NULL,
+    finished_us INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    ttft_ms REAL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    route_reason TEXT,
+    pii_entities TEXT NOT NULL,
+    trace_id TEXT,
+    stream INTEGER NOT NULL,
+    PRIMARY KEY (request_id, started_us)
+);
+CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
+"""
+
+_INSERT = f"INSERT OR IGNORE INTO ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder(dict[str, int]).decode
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _to_record(row: LedgerRow) -> tuple[object, ...]:
+    # row --> sqlite values, in _COLUMNS order
+    return (
+        row.request_id, to_epoch_us(row.started_at), to_epoch_us(row.finished_at), row.tenant, row.key_id,
+        row.model, row.deployment, row.provider, row.prompt_tokens, row.completion_tokens, row.cached_tokens,
+        row.cost, row.latency_ms, row.ttft_ms, row.status, row.error, row.route_reason,
+        _json_encode(row.pii_entities).decode(), row.trace_id, int(row.stream),
+    )  # fmt: skip
+
+
+def _from_record(rec: sqlite3.Row) -> LedgerRow:
+    return LedgerRow(
+        request_id=rec["request_id"], tenant=rec["tenant"], key_id=rec["key_id"], model=rec["model"],
+        deployment=rec["deployment"], provider=rec["provider"], prompt_tokens=rec["prompt_tokens"],
+        completion_tokens=rec["completion_tokens"], cached_tokens=rec["cached_tokens"], cost=rec["cost"],
+        latency_ms=rec["latency_ms"], ttft_ms=rec["ttft_ms"], status=rec["status"], error=rec["error"],
+        route_reason=rec["route_reason"], pii_entities=_json_decode(rec["pii_entities"]),
+        trace_id=rec["trace_id"], stream=bool(rec["stream"]),
+        started_at=_from_us(rec["started_us"]), finished_at=_from_us(rec["finished_us"]),
+    )  # fmt: skip
+
+
+class SQLiteStore:
+    """A :class:`~budgets.ledger.LedgerStore` on one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None or self._conn is None:
+            raise RuntimeError("SQLite ledger store is not open")
+        conn = self._conn
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        # One thread owns the connection: sqlite3 calls block, and serialising
+        # them here is what SQLite would do anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
+        self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        if self._conn is not None:
+            await self._call(lambda conn: conn.close())
+        self._executor.shutdown(wait=True)
+        self._executor, self._conn = None, None
+
+    async def write(self, rows: Sequence[LedgerRow]) -> None:
+        records = [_to_record(row) for row in rows]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with conn:  # one transaction per batch
+                conn.execute("BEGIN")
+                conn.executemany(_INSERT, records)
+
+        await self._call(insert)
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        sql, params = usage_sql(query, "sqlite")
+        records = await self._call(lambda conn: [tuple(r) for r in conn.execute(sql, params).fetchall()])
+        return usage_rows(query, records)
+
+    async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]:
+        tail, params = rows_sql("sqlite", tenant, start, end, limit)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM ledger {tail}"
+        records = await self._call(lambda conn: conn.execute(sql, params).fetchall())
+        return [_from_record(rec) for rec in records]
+
+    def refuses(self, exc: Exception) -> bool:
+        # An int beyond 64 bits, a NULL in a NOT NULL column, a value sqlite3 cannot bind.
+        return isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError))
+
+    async def ping(self) -> bool:
+        try:
+            return await self._call(lambda conn: conn.execute("SELECT 1").fetchone() is not None)
+        except (sqlite3.Error, RuntimeError):
+            return False
+
+
+class SQLiteLedger(BatchingLedger):
+    """The embedded ledger; the spool defaults to a file beside the database."""
+
+    def __init__(
+        self,
+        path: str = "sluicegate-ledger.sqlite",
+        *,
+        spool_path: str | None = None,
+        options: LedgerOptions | None = None,
+    ) -> None:
+        super().__init__(SQLiteStore(path), spool_path or f"{path}.spool", options)
