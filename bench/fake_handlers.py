@@ -145,7 +145,7 @@ class Handlers:
         early = await self._misbehave(request, behavior, stream)
         if early is not None:
             return early
-        reply = replies.plan_reply(body, self._words(request, behavior, stream))
+        reply = replies.plan_reply(body, self._words(request, behavior, stream), behavior != "ignore_max_tokens")
         call = replies.tool_call(body)
         prompt = replies.chat_prompt_tokens(messages)
         envelope = self._envelope("chatcmpl", "chat.completion.chunk" if stream else "chat.completion", body["model"])
@@ -166,7 +166,7 @@ class Handlers:
         early = await self._misbehave(request, behavior, stream)
         if early is not None:
             return early
-        reply = replies.plan_reply(body, self._words(request, behavior, stream))
+        reply = replies.plan_reply(body, self._words(request, behavior, stream), behavior != "ignore_max_tokens")
         prompt = replies.completion_prompt_tokens(body.get("prompt"))
         envelope = self._envelope("cmpl", "text_completion", body["model"])
         if stream:

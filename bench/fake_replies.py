@@ -35,7 +35,10 @@ ERROR_BEHAVIORS: dict[str, tuple[int, str, str | None, str]] = {
     "error_503": (503, "server_error", None, "The engine is currently overloaded, please try again later."),
 }
 STREAM_BEHAVIORS = frozenset({"error_midstream", "disconnect_midstream"})
-BEHAVIORS = frozenset({"normal", "slow", "huge", "no_usage", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS})
+# ``ignore_max_tokens``: an upstream that does not honour max_tokens (some do not).
+BEHAVIORS = frozenset(
+    {"normal", "slow", "huge", "no_usage", "ignore_max_tokens", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS}
+)
 
 
 def behavior_of(model: str, header: str | None) -> str:
@@ -122,10 +125,10 @@ def _stops(body: JsonObject) -> list[str]:
     return []
 
 
-def plan_reply(body: JsonObject, words: int) -> Reply:
+def plan_reply(body: JsonObject, words: int, honour_max_tokens: bool = True) -> Reply:
     """``words`` words, cut by max_tokens (finish "length") then by a stop string."""
     finish = "stop"
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    limit = (body.get("max_completion_tokens") or body.get("max_tokens")) if honour_max_tokens else None
     if isinstance(limit, int) and 0 < limit < words:
         words, finish = limit, "length"
     text = reply_text(words)

@@ -21,6 +21,7 @@ Behaviour is picked by the header ``x-fake-behavior`` or else by the model name
   without the terminating chunk; non-stream drops it before any response.
 - ``huge``: about 5 MB of content, or 2000 stream chunks.
 - ``no_usage``: no usage in the body, no usage chunk even when asked.
+- ``ignore_max_tokens``: answers as ``normal`` but never stops at ``max_tokens``.
 
 In any stream, ``x-fake-chunk-delay-ms`` sleeps between writes and
 ``x-fake-chunks-per-write`` (default 1, or ``--chunks-per-write``) groups
