@@ -8,6 +8,7 @@ import sys
 
 import msgspec
 
+from router.cli_ledger import add_ledger_commands, run_ledger_command
 from router.config import Config, ConfigError, load_config
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("new", help="create a key: prints it once, with the hash for the config file")
     keys_sub.add_parser("hash", help="hash a key read from standard input for the config file")
+    add_ledger_commands(sub)
     return parser
 
 
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "config":
         return _check(args.file)
+    if args.command == "ledger":
+        return run_ledger_command(args)
     return _keys(args.keys_command)
 
 
