@@ -45,6 +45,8 @@ class Reservation:
     money_budgets: list[str] = field(default_factory=list)
     soft_exceeded: list[str] = field(default_factory=list)
     held: bool = True
+    # Share of the tightest money budget left after this reservation.
+    remaining_fraction: float | None = None
 
 
 def needs_accounting(principal: Principal) -> bool:
@@ -133,6 +135,8 @@ class Accountant:
         if not decision.allowed:
             raise self._refusal(decision.reason, decision.retry_after_ms)
         reservation.soft_exceeded = list(decision.soft_exceeded)
+        fractions = [decision.remaining.get(b.key, 0) / b.limit for b in budgets if b.key in reservation.money_budgets and b.limit]
+        reservation.remaining_fraction = min(fractions) if fractions else None
         if flexible:
             token_keys = set(reservation.token_budgets)
             reservation.allowance = self._allowance(cap, prompt_tokens, price, budgets, token_keys, decision.reserved)

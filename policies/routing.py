@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.fair_queue import FairQueue
-from router.config import DeploymentConfig, ModelConfig
+from router.config import DeploymentConfig, ModelConfig, RoutingPolicy
 from router.errors import ModelNotFound
 from serving.base import Engine
 from serving.health import CircuitBreaker, LatencyTracker
@@ -57,6 +57,14 @@ class Alias:
 
 
 @dataclass(slots=True)
+class RoutePlan:
+    deployments: list[Deployment]
+    reason: str
+    # filter name --> deployments it removed
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class RouteHint:
     """What balancing may look at: the session and the start of the prompt."""
 
@@ -78,16 +86,40 @@ class Router:
             raise ModelNotFound(f"The model `{model[:200]}` does not exist or you do not have access to it.", param="model")
         return alias
 
-    def plan(self, model: str, hint: RouteHint | None = None) -> list[Deployment]:
-        """Deployments to try, best first; open circuits are skipped."""
+    def plan(
+        self, model: str, hint: RouteHint | None = None, policy: RoutingPolicy | None = None, self_hosted_only: bool = False
+    ) -> RoutePlan:
+        """Deployments to try, best first, and why. Filtered: privacy, region, allow-list, health."""
         alias = self.get(model)
-        ordered: list[Deployment] = []
+        policy = policy or _PINNED
+        private = self_hosted_only or policy.self_hosted_only
+        removed: dict[str, int] = {}
+        tiers: list[list[Deployment]] = []
         for tier in alias.tiers:
-            usable = [d for d in tier if d.breaker.would_allow()]
-            if len(usable) > 1:
-                usable = self._balance(alias.config, usable, hint)
-            ordered.extend(usable)
-        return ordered
+            kept = []
+            for deployment in tier:
+                why = _excluded(deployment, policy, private)
+                if why is None:
+                    kept.append(deployment)
+                else:
+                    removed[why] = removed.get(why, 0) + 1
+            tiers.append(kept)
+        ordered = self._rank(alias.config, tiers, policy.strategy, hint)
+        return RoutePlan(ordered, _reason(policy.strategy, ordered, removed, private), removed)
+
+    def _rank(self, config: ModelConfig, tiers: list[list[Deployment]], strategy: str, hint: RouteHint | None) -> list[Deployment]:
+        if strategy == "pinned":
+            return [d for tier in tiers for d in (self._balance(config, tier, hint) if len(tier) > 1 else tier)]
+        keyed: dict[float, list[Deployment]] = {}
+        for rank, tier in enumerate(tiers):
+            for deployment in tier:
+                if strategy == "cheapest":
+                    price = deployment.config.price
+                    key = float(price.input_per_mtok + price.output_per_mtok) + rank / 1000
+                else:
+                    key = deployment.latency.p95() or 0.0
+                keyed.setdefault(key, []).append(deployment)
+        return [d for key in sorted(keyed) for d in (self._balance(config, keyed[key], hint) if len(keyed[key]) > 1 else keyed[key])]
 
     def _balance(self, config: ModelConfig, replicas: list[Deployment], hint: RouteHint | None) -> list[Deployment]:
         shuffled = replicas[:]
@@ -100,6 +132,32 @@ class Router:
             return by_load
         preferred = max(replicas, key=lambda d: _rendezvous(key, d.name))
         return [preferred, *(d for d in by_load if d is not preferred)]
+
+
+_PINNED = RoutingPolicy()
+
+
+def _excluded(deployment: Deployment, policy: RoutingPolicy, private: bool) -> str | None:
+    config = deployment.config
+    if private and config.privacy != "self_hosted":
+        return "privacy"
+    if policy.regions is not None and config.region not in policy.regions:
+        return "region"
+    if policy.allowed_deployments is not None and config.name not in policy.allowed_deployments:
+        return "not_allowed"
+    if not deployment.breaker.would_allow():
+        return "unhealthy"
+    return None
+
+
+def _reason(strategy: str, ordered: list[Deployment], removed: dict[str, int], private: bool) -> str:
+    """A short, stable explanation for the response header and the ledger."""
+    head = f"{strategy}:{ordered[0].name}" if ordered else f"{strategy}:none"
+    parts = [head]
+    if private:
+        parts.append("self_hosted_only")
+    parts += [f"-{name}={count}" for name, count in sorted(removed.items())]
+    return ",".join(parts)
 
 
 def affinity_key(hint: RouteHint, prefix_chars: int) -> str | None:

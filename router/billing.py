@@ -46,6 +46,11 @@ class Billing:
         self.metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
         self._deployments: dict[str, Deployment] = {}
+        # tenant --> share of its tightest money budget left, as of its last request
+        self._remaining: dict[str, float] = {}
+
+    def remaining_fraction(self, tenant: str) -> float | None:
+        return self._remaining.get(tenant)
 
     def know(self, deployments: dict[str, Deployment]) -> None:
         self._deployments = deployments
@@ -60,6 +65,8 @@ class Billing:
         bounded = ctx.kind == "embedding" or any(ctx.body.get(k) for k in ("max_tokens", "max_completion_tokens"))
         max_completion = (0 if ctx.kind == "embedding" else completion_budget(ctx.body, 0)) if bounded else None
         ctx.reservation = await self.accountant.reserve(ctx.request_id, principal, prompt, max_completion, _max_price(plan))
+        if ctx.reservation.remaining_fraction is not None:
+            self._remaining[principal.tenant] = ctx.reservation.remaining_fraction
         allowance = ctx.reservation.allowance
         if allowance is not None:
             # The budget bounds the completion: tell the upstream, and meter the stream.

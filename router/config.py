@@ -175,6 +175,31 @@ class KeyConfig(_Strict):
     budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
 
 
+class DowngradeConfig(_Strict):
+    """Map aliases to cheaper ones once a tenant's money budget runs low."""
+
+    when_remaining_below: Annotated[float, msgspec.Meta(gt=0, lt=1)]
+    aliases: dict[str, str]
+
+
+class RoutingPolicy(_Strict):
+    # pinned: the alias's order; cheapest: lowest price first; lowest_latency: lowest observed p95 first.
+    strategy: Literal["pinned", "cheapest", "lowest_latency"] = "pinned"
+    allowed_deployments: list[str] | None = None
+    regions: list[str] | None = None
+    # Only self-hosted deployments may see this tenant's requests.
+    self_hosted_only: bool = False
+    downgrade: DowngradeConfig | None = None
+
+
+class PoliciesConfig(_Strict):
+    """Defaults for tenants that set none of their own."""
+
+    routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
+    # PII policy, validated by policies.pii.PiiPolicy (action, entities, thresholds, ...).
+    pii: dict[str, Any] | None = None
+
+
 class TenantConfig(_Strict):
     id: Name
     name: str = ""
@@ -185,6 +210,8 @@ class TenantConfig(_Strict):
     weight: PositiveInt = 1
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
+    routing: RoutingPolicy | None = None
+    pii: dict[str, Any] | None = None
 
 
 class StateConfig(_Strict):
@@ -213,6 +240,7 @@ class Config(_Strict):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
     budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
+    policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
     deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
@@ -269,6 +297,15 @@ def cross_check(config: Config) -> list[str]:
             for name in tier:
                 if name not in known:
                     problems.append(f"key `models[{i}].deployments[{j}]`: unknown deployment {name!r}")
+    for i, tenant in enumerate(config.tenants):
+        routing = tenant.routing or config.policies.routing
+        for name in routing.allowed_deployments or ():
+            if name not in known:
+                problems.append(f"key `tenants[{i}].routing.allowed_deployments`: unknown deployment {name!r}")
+        aliases = {m.alias for m in config.models}
+        for source, target in (routing.downgrade.aliases.items() if routing.downgrade else ()):
+            if source not in aliases or target not in aliases:
+                problems.append(f"key `tenants[{i}].routing.downgrade.aliases`: unknown alias in {source!r} -> {target!r}")
     for i, dep in enumerate(config.deployments):
         if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
             problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")

@@ -36,6 +36,8 @@ class RequestContext:
     plan: list[Deployment] = field(default_factory=list)
     deployment: str = ""
     route_reason: str | None = None
+    # PII found under a `restrict` policy: only self-hosted deployments may serve.
+    self_hosted_only: bool = False
     queue: FairQueue | None = None
     # usage and money
     reservation: Reservation | None = None

@@ -11,6 +11,7 @@ from router.config import Config, ConfigError, DeploymentConfig
 from router.errors import AuthenticationFailed
 from router.metrics import Metrics
 from budgets.accounting import Accountant
+from policies.tenant_policy import TenantPolicies
 from router.billing import Billing
 from router.pipeline import Pipeline
 from router.state import accounting_settings, open_counter_store, open_ledger
@@ -87,7 +88,8 @@ class Gateway:
         self.ledger = open_ledger(config)
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
         self.billing.know(deployments)
-        self.pipeline = Pipeline(self.router, self.metrics, self.billing, retry)
+        self.policies = TenantPolicies(config)
+        self.pipeline = Pipeline(self.router, self.metrics, self.billing, self.policies, retry)
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False

@@ -16,7 +16,9 @@ from policies.routing import Deployment, RouteHint, Router
 from router.attempts import attempt, unavailable
 from router.billing import Billing
 from router.context import CLIENT_CLOSED, RequestContext
-from router.errors import GatewayError, UpstreamError, sse_error_event
+from policies.tenant_policy import TenantPolicies
+from router.config import RoutingPolicy
+from router.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from router.metrics import Metrics
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
@@ -28,26 +30,54 @@ __all__ = ["CLIENT_CLOSED", "Pipeline", "RequestContext"]
 
 
 class Pipeline:
-    def __init__(self, router: Router, metrics: Metrics, billing: Billing, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        metrics: Metrics,
+        billing: Billing,
+        policies: TenantPolicies,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.router = router
         self.metrics = metrics
         self.billing = billing
+        self.policies = policies
         self.retry = retry or RetryPolicy()
 
     def begin(self, ctx: RequestContext) -> None:
         self.metrics.in_flight.inc()
 
     async def admit(self, ctx: RequestContext) -> None:
-        """Queue for the alias (fair between tenants), plan the route, reserve limits and budget."""
+        """Route by the tenant's policy, queue for the alias (fair between tenants), reserve limits and budget."""
+        p = ctx.principal
+        policy = self.policies.routing(p.tenant)
+        downgraded = self._downgrade(ctx, policy)
         alias = self.router.get(ctx.alias)
+        plan = self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body), policy, ctx.self_hosted_only)
+        ctx.route_reason = f"{plan.reason},{downgraded}" if downgraded else plan.reason
+        if not plan.deployments:
+            if plan.removed and "unhealthy" not in plan.removed:
+                raise PermissionDenied(
+                    f"No deployment of `{ctx.alias}` may receive this request under the tenant's policy.",
+                    code="no_permitted_deployment",
+                )
+            raise unavailable(ctx.alias, alias.deployments)
+        ctx.plan = plan.deployments
         if alias.queue is not None:
-            p = ctx.principal
             await alias.queue.acquire(p.tenant, p.weight, p.priority)
             ctx.queue = alias.queue
-        ctx.plan = self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body))
-        if not ctx.plan:
-            raise unavailable(ctx.alias, alias.deployments)
         await self.billing.reserve(ctx, ctx.plan)
+
+    def _downgrade(self, ctx: RequestContext, policy: RoutingPolicy) -> str | None:
+        """A tenant whose money budget runs low is moved to the cheaper alias its policy names."""
+        rule = policy.downgrade
+        if rule is None or ctx.alias not in rule.aliases:
+            return None
+        remaining = self.billing.remaining_fraction(ctx.principal.tenant)
+        if remaining is None or remaining >= rule.when_remaining_below:
+            return None
+        original, ctx.alias = ctx.alias, rule.aliases[ctx.alias]
+        return f"downgrade:{original}->{ctx.alias}"
 
     async def unary(self, ctx: RequestContext) -> Completion:
         """Serve a non-streamed request, with fallback and retries on retryable failures."""

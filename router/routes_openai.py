@@ -91,6 +91,8 @@ async def _admit(
 
 def _headers(ctx: RequestContext, *, streaming: bool) -> dict[str, str]:
     headers = {"x-request-id": ctx.request_id, "x-sluicegate-deployment": ctx.deployment}
+    if ctx.route_reason:
+        headers["x-sluicegate-route-reason"] = ctx.route_reason
     if streaming:
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"

@@ -39,33 +39,33 @@ def test_unknown_alias() -> None:
 
 def test_tiers_are_fallback_order_and_pools_least_outstanding() -> None:
     busy, idle, backup = _dep("busy", 5), _dep("idle", 1), _dep("backup")
-    plan = _router([[busy, idle], [backup]]).plan("m")
+    plan = _router([[busy, idle], [backup]]).plan("m").deployments
     assert [d.name for d in plan] == ["idle", "busy", "backup"]
 
 
 def test_ties_are_spread() -> None:
     a, b = _dep("a"), _dep("b")
     router = _router([[a, b]])
-    firsts = Counter(router.plan("m")[0].name for _ in range(200))
+    firsts = Counter(router.plan("m").deployments[0].name for _ in range(200))
     assert firsts["a"] > 50 and firsts["b"] > 50
 
 
 def test_open_circuit_is_skipped() -> None:
     a, b = _dep("a"), _dep("b")
     a.breaker.force_open()
-    assert [d.name for d in _router([[a], [b]]).plan("m")] == ["b"]
+    assert [d.name for d in _router([[a], [b]]).plan("m").deployments] == ["b"]
 
 
 def test_affinity_by_session_and_prefix() -> None:
     replicas = [_dep(f"r{i}") for i in range(4)]
     router = _router([replicas], balance="affinity")
-    picks = {router.plan("m", RouteHint(session_id="user-42"))[0].name for _ in range(20)}
+    picks = {router.plan("m", RouteHint(session_id="user-42")).deployments[0].name for _ in range(20)}
     assert len(picks) == 1
     system = {"role": "system", "content": "You are a helpful assistant for ACME. " * 20}
     first = {
-        router.plan("m", RouteHint(body={"messages": [system, {"role": "user", "content": f"question {i}"}]}))[0].name
+        router.plan("m", RouteHint(body={"messages": [system, {"role": "user", "content": f"question {i}"}]})).deployments[0].name
         for i in range(20)
     }
     assert len(first) == 1  # a shared long system prompt keeps requests together
-    spread = {router.plan("m", RouteHint(session_id=f"s{i}"))[0].name for i in range(40)}
+    spread = {router.plan("m", RouteHint(session_id=f"s{i}")).deployments[0].name for i in range(40)}
     assert len(spread) > 1  # different sessions do not all land on one replica

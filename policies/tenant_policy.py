@@ -1,0 +1,44 @@
+"""Each tenant's routing and PII policies, from the config (defaults under `policies`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from router.config import Config, ConfigError, RoutingPolicy
+
+if TYPE_CHECKING:
+    from policies.pii import PiiPolicy
+
+
+def _pii(raw: dict[str, object] | None, where: str) -> PiiPolicy | None:
+    if raw is None:
+        return None
+    from policies.pii import PiiPolicy
+
+    try:
+        policy = msgspec.convert(raw, PiiPolicy)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"key `{where}`: {exc}") from None
+    return None if policy.action == "off" else policy
+
+
+class TenantPolicies:
+    def __init__(self, config: Config) -> None:
+        self._default_routing = config.policies.routing
+        self._default_pii = _pii(config.policies.pii, "policies.pii")
+        self._routing: dict[str, RoutingPolicy] = {}
+        self._pii: dict[str, PiiPolicy | None] = {}
+        for i, tenant in enumerate(config.tenants):
+            if tenant.routing is not None:
+                self._routing[tenant.id] = tenant.routing
+            if tenant.pii is not None:
+                self._pii[tenant.id] = _pii(tenant.pii, f"tenants[{i}].pii")
+
+    def routing(self, tenant: str) -> RoutingPolicy:
+        return self._routing.get(tenant, self._default_routing)
+
+    def pii(self, tenant: str) -> PiiPolicy | None:
+        """None when PII scanning is off for the tenant: it then costs nothing."""
+        return self._pii.get(tenant, self._default_pii)
