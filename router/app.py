@@ -10,7 +10,7 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 
-from router import routes_admin, routes_openai, routes_ops
+from router import routes_admin, routes_finops, routes_openai, routes_ops
 from router.config import Config, load_config
 from router.defaults import embedded_config
 from router.errors import (
@@ -75,7 +75,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Litestar:
         await gw.stop()
 
     return Litestar(
-        route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES],
+        route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES, *routes_finops.ROUTES],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers={

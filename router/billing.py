@@ -77,23 +77,38 @@ class Billing:
             self.metrics.soft_budget_exceeded.labels(principal.tenant).inc()
             log.warning("soft budget exceeded for tenant %s (%s)", principal.tenant, key.rsplit(":", 2)[-2])
 
-    def settle(self, ctx: RequestContext) -> None:
-        """Charge and record in the background; the response does not wait."""
+    def settle(self, ctx: RequestContext) -> asyncio.Task[None] | None:
+        """Charge, release limits and record, as a task of its own.
+
+        Callers that still hold the client await it, so a concurrency slot is
+        free before the client can send its next request; a client that went
+        away leaves it to finish in the background (``drain`` waits for those).
+        """
+        if ctx.reservation is None and ctx.usage is not None:
+            # Nothing to release and nothing to count: record it here, no task needed.
+            self._record(ctx, ctx.usage)
+            return None
         task = asyncio.get_running_loop().create_task(self._settle(ctx))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _settle(self, ctx: RequestContext) -> None:
-        deployment = self._deployments.get(ctx.deployment)
-        price = deployment.config.price if deployment is not None else Price()
         usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx)
+        cost = None
         if ctx.reservation is not None:
+            deployment = self._deployments.get(ctx.deployment)
+            price = deployment.config.price if deployment is not None else Price()
             cost = await self.accountant.settle(ctx.reservation, usage, price)
-        else:
-            cost = cost_pico(usage, price)
+        self._record(ctx, usage, cost)
+
+    def _record(self, ctx: RequestContext, usage: Usage, cost: int | None = None) -> None:
+        deployment = self._deployments.get(ctx.deployment)
+        if cost is None:
+            cost = cost_pico(usage, deployment.config.price) if deployment is not None else 0
         ctx.cost = cost
         if self.ledger is not None:
-            self.ledger.record(self._row(ctx, deployment, usage, cost))
+            self.ledger.record(self._row(ctx, deployment, usage, ctx.cost))
 
     @staticmethod
     async def _measured_usage(ctx: RequestContext) -> Usage:

@@ -2,12 +2,14 @@
 
 A source is a namespace and a directory of ``NNNN_description.sql`` files
 (``tenancy`` = ``router/migrations``, ``ledger`` = ``budgets/migrations``). All
-sources share one ``schema_migrations`` table keyed by (namespace, version), so
-``tenancy/0001`` and ``ledger/0001`` are distinct. Each file is applied in its
-own transaction; a session advisory lock lets many replicas start at once.
+sources share one ``schema_migrations`` table keyed by (namespace, version) and
+are named by both, e.g. ``ledger/0001``. Each file is applied in its own
+transaction; a session advisory lock lets many replicas start at once.
 
-A ``schema_migrations`` table in the earlier single-directory layout (no
-``namespace`` column; its rows are the ledger's) is upgraded in place.
+Compatibility with the earlier single-directory runner (``budgets.migrate``),
+which knows only ``version``: a table in its layout is upgraded in place, rows
+it inserts get the ``ledger`` namespace by default, and namespaces other than
+the ledger number their files from 1001 so it never mistakes them for its own.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 _BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
-    namespace  text        NOT NULL,
+    namespace  text        NOT NULL DEFAULT 'ledger',
     version    integer     NOT NULL,
     name       text        NOT NULL,
     checksum   text        NOT NULL,
@@ -42,7 +44,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 # The earlier layout recorded only the ledger's migrations, keyed by version alone.
 _UPGRADE_LEGACY = """
 ALTER TABLE schema_migrations ADD COLUMN namespace text NOT NULL DEFAULT 'ledger';
-ALTER TABLE schema_migrations ALTER COLUMN namespace DROP DEFAULT;
 ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;
 ALTER TABLE schema_migrations ADD PRIMARY KEY (namespace, version);
 """
@@ -86,7 +87,8 @@ def load_migrations(sources: list[tuple[str, Path]] = ALL_SOURCES) -> list[Migra
 
 async def _prepare_bookkeeping(conn: asyncpg.Connection) -> None:
     columns = await conn.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
     )
     names = {r["column_name"] for r in columns}
     if names and "namespace" not in names:

@@ -7,6 +7,7 @@ byte only) --> meter the stream --> settle (metrics, budget, ledger).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -130,7 +131,9 @@ class Pipeline:
                     ctx.usage = chunk.usage
                 if chunk.text:
                     if ctx.allowance is not None and self._over_allowance(ctx, chunk):
-                        for event in self._cut_off(ctx):
+                        events = self._cut_off(ctx)
+                        await self.complete(ctx)
+                        for event in events:
                             yield event
                         return
                     ctx.generated_text.append(chunk.text)
@@ -138,12 +141,12 @@ class Pipeline:
                     yield b"data: " + chunk.data + b"\n\n"
                 chunk = await anext(chunks, None)
             ctx.status = 200
+            await self.complete(ctx)
             yield _DONE
         except GatewayError as exc:
             # After the first byte: tell the client in-band, never retry.
-            ctx.status = exc.status
-            ctx.error = exc.code
             self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
+            await self.fail(ctx, exc)
             yield sse_error_event(exc)
         finally:
             aclose = getattr(chunks, "aclose", None)
@@ -188,15 +191,21 @@ class Pipeline:
         events.append(_DONE)
         return events
 
-    def fail(self, ctx: RequestContext, exc: GatewayError) -> None:
+    async def fail(self, ctx: RequestContext, exc: GatewayError) -> None:
         ctx.status = exc.status
         ctx.error = exc.code
-        self.finish(ctx)
+        await self.complete(ctx)
 
-    def finish(self, ctx: RequestContext) -> None:
+    async def complete(self, ctx: RequestContext) -> None:
+        """Finish and wait for settlement: limits are released before the client hears back."""
+        task = self.finish(ctx)
+        if task is not None:
+            await task
+
+    def finish(self, ctx: RequestContext) -> asyncio.Task[None] | None:
         """Settle: the one place where a finished request is recorded, exactly once."""
         if ctx.finished:
-            return
+            return None
         ctx.finished = True
         ctx.elapsed = time.perf_counter() - ctx.started
         self.metrics.in_flight.dec()
@@ -207,7 +216,7 @@ class Pipeline:
         usage = ctx.usage
         if usage is not None and ctx.status == 200:
             self.metrics.count_tokens(ctx.alias, usage.prompt_tokens, usage.completion_tokens)
-        self.billing.settle(ctx)
+        return self.billing.settle(ctx)
 
 
 class _Message(msgspec.Struct):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as redis
@@ -24,12 +24,15 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from router.auth import Principal
+from router.tenants import StoreUnavailable
 
 log = logging.getLogger("sluicegate.revocation")
 
 CHANNEL = "sg:auth:revoked"
 _PUBLISH_TIMEOUT_S = 2.0
 _RECONNECT_MAX_S = 5.0
+# A key's keyed hash --> (principal, wall-clock expiry) for a usable key, None for an unusable one.
+Loader = Callable[[str], Awaitable[tuple[Principal, float | None] | None]]
 
 
 @dataclass(slots=True)
@@ -63,9 +66,6 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, key_hash: str) -> CachedKey | None:
-        return self._entries.get(key_hash)
-
     def fresh(self, key_hash: str) -> Principal | None:
         """The hot path: one dict lookup and two clock reads."""
         entry = self._entries.get(key_hash)
@@ -81,6 +81,33 @@ class KeyCache:
         if entry.expires_at is not None and entry.expires_at <= time.time():
             return None
         return entry.principal
+
+    async def authenticate(self, key_hash: str, load: Loader) -> Principal | None:
+        """Cache first; on a miss ``load`` asks the store, whose failure the cache may cover.
+
+        ``load`` gives (principal, wall-clock expiry) for a usable key, None for an
+        unusable one, or raises ``StoreUnavailable``: then a cached key still
+        within its stale TTL is used and anything else is refused.
+        """
+        principal = self.fresh(key_hash)
+        if principal is not None:
+            return principal
+        if self.refused(key_hash):
+            return None
+        generation = self.generation
+        try:
+            loaded = await load(key_hash)
+        except StoreUnavailable:
+            entry = self._entries.get(key_hash)
+            stale = self.stale(entry) if entry is not None else None
+            if stale is None:
+                raise
+            return stale
+        if loaded is None:
+            self.refuse(key_hash, generation)
+            return None
+        self.put(key_hash, loaded[0], loaded[1], generation)
+        return loaded[0]
 
     def put(self, key_hash: str, principal: Principal, expires_at: float | None, generation: int) -> None:
         if generation != self.generation:
@@ -136,7 +163,6 @@ class RevocationBus:
         self.channel = channel
         self._publisher: redis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
 
     async def key_revoked(self, key_hash: str) -> None:
         await self._publish(f"key:{key_hash}")
@@ -179,10 +205,8 @@ class RevocationBus:
                     # Whatever was published before this subscription is lost to us.
                     cache.evict_all()
                     delay = 0.1
-                    self.subscribed.set()
                     await _consume(pubsub, lambda m: apply_message(cache, m))
             except (RedisError, OSError) as exc:
-                self.subscribed.clear()
                 log.warning("revocation listener lost Redis (%s); retrying", type(exc).__name__)
                 cache.evict_all()
             finally:

@@ -58,9 +58,9 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
             return Stream(relay, media_type="text/event-stream", headers=_headers(ctx, streaming=True))
         completion = await pipeline.unary(ctx)
     except GatewayError as exc:
-        pipeline.fail(ctx, exc)
+        await pipeline.fail(ctx, exc)
         raise
-    pipeline.finish(ctx)
+    await pipeline.complete(ctx)
     return Response(completion.body, media_type=JSON, headers=_headers(ctx, streaming=False))
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import msgspec
 
 from router.auth import Principal, hash_api_key, new_api_key, principal_for
-from router.config import BudgetConfig, Config, KeyConfig, LimitsConfig, Name, PositiveInt, Priority, TenantConfig
+from router.config import BudgetConfig, Config, ConfigError, KeyConfig, LimitsConfig, Name, PositiveInt, Priority, TenantConfig
 from router.errors import GatewayError, InvalidRequest, NotFound
 
 UNSET = msgspec.UNSET
@@ -132,6 +132,12 @@ class KeyCreate(_Input):
 
 
 class TenantStore(Protocol):
+    """Tenants, keys and the audit log. ``actor`` names who made a change ("cli", "<tenant>/<key id>").
+
+    Errors are gateway errors: ``TenantNotFound``/``KeyNotFound`` (404),
+    ``AlreadyExists`` (409), ``InvalidRequest`` (400), ``StoreUnavailable`` (503).
+    """
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -142,12 +148,6 @@ class TenantStore(Protocol):
         Raises ``StoreUnavailable`` when the answer cannot be known in time.
         """
         ...
-
-    def evict_key(self, key_hash: str) -> None: ...
-
-    def evict_tenant(self, tenant_id: str) -> None: ...
-
-    def evict_all(self) -> None: ...
 
     async def list_tenants(self) -> list[Tenant]: ...
 
@@ -166,14 +166,6 @@ class TenantStore(Protocol):
     async def revoke_key(self, tenant_id: str, key_id: str, actor: str) -> ApiKey: ...
 
     async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
-
-
-class RevocationPublisher(Protocol):
-    """Tells the other replicas to drop what they cached (see ``router.revocation``)."""
-
-    async def key_revoked(self, key_hash: str) -> None: ...
-
-    async def tenant_changed(self, tenant_id: str) -> None: ...
 
 
 # --- shared by both stores ---------------------------------------------------
@@ -235,15 +227,9 @@ def principal_of(tenant: Tenant, key: ApiKey, key_hash: str) -> Principal:
     return principal_for(tenant_config, key_config)
 
 
-def refusal(tenant: Tenant, key: ApiKey, now: datetime) -> str | None:
-    """Why a key may not be used now, or None when it may."""
-    if key.revoked:
-        return "revoked"
-    if tenant.disabled:
-        return "tenant_disabled"
-    if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    return None
+def usable(tenant: Tenant, key: ApiKey, now: datetime) -> bool:
+    expired = key.expires_at is not None and key.expires_at <= now
+    return not (key.revoked or tenant.disabled or expired)
 
 
 def snapshot(record: Tenant | ApiKey) -> dict[str, Any]:
@@ -262,8 +248,11 @@ def open_tenant_store(config: Config, pepper: bytes, *, listen: bool = True) -> 
     from router.revocation import RevocationBus
     from router.tenants_postgres import PostgresTenantStore
 
-    dsn = state.dsn()
+    try:
+        dsn = state.dsn()
+    except ConfigError as exc:
+        raise ConfigError(f"key `state.postgres_dsn`: {exc}") from None
     if dsn is None:
-        raise ValueError("state.postgres_dsn is required for the postgres tenant store")
+        raise ConfigError("key `state.postgres_dsn`: required when `state.tenants` is 'postgres'")
     bus = RevocationBus(state.redis_url) if state.redis_url else None
     return PostgresTenantStore(dsn, pepper, bus=bus, listen=listen)

@@ -28,15 +28,16 @@ from router.tenants import (
     TenantCreate,
     TenantNotFound,
     TenantUpdate,
+    as_utc,
     new_key,
     new_tenant,
     patched,
-    as_utc,
     principal_of,
     snapshot,
     utcnow,
 )
 
+Snapshot = dict[str, Any]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -86,16 +87,6 @@ class FileTenantStore:
         if expires_at is not None and expires_at <= time.time():
             return None
         return principal
-
-    # Nothing is cached apart from the data itself, which every change updates.
-    def evict_key(self, key_hash: str) -> None:
-        return None
-
-    def evict_tenant(self, tenant_id: str) -> None:
-        return None
-
-    def evict_all(self) -> None:
-        return None
 
     async def list_tenants(self) -> list[Tenant]:
         return sorted(self._tenants.values(), key=lambda t: t.id)
@@ -181,9 +172,11 @@ class FileTenantStore:
             expires = key.expires_at.timestamp() if key.expires_at is not None else None
             self._usable[key_hash] = (principal_of(tenant, key, key_hash), expires)
 
-    def _record(self, actor: str, action: str, tenant: str, target: str, old: Any, new: Any) -> None:
+    def _record(self, actor: str, action: str, tenant: str, target: str, old: Snapshot | None, new: Snapshot | None) -> None:
         self._audit_ids += 1
-        entry = AuditEntry(id=self._audit_ids, at=utcnow(), actor=actor, action=action, tenant=tenant, target=target, old=old, new=new)
+        entry = AuditEntry(
+            id=self._audit_ids, at=utcnow(), actor=actor, action=action, tenant=tenant, target=target, old=old, new=new
+        )
         self._audit.append(entry)
 
 

@@ -37,8 +37,8 @@ from router.tenants import (
     new_tenant,
     patched,
     principal_of,
-    refusal,
     snapshot,
+    usable,
     utcnow,
 )
 
@@ -50,12 +50,10 @@ _KEY = (
     "id, tenant_id AS tenant, scopes, expires_at, revoked_at IS NOT NULL AS revoked, revoked_at,"
     " priority, limits, budgets, created_at"
 )
+# One round trip for an unknown key: the key and its tenant together.
 _KEY_BY_HASH = (
-    "SELECT k.id, k.tenant_id AS tenant, k.scopes, k.expires_at, k.revoked_at IS NOT NULL AS revoked, k.revoked_at,"
-    " k.priority, k.limits, k.budgets, k.created_at, t.name AS t_name, t.disabled AS t_disabled,"
-    " t.priority AS t_priority, t.weight AS t_weight, t.limits AS t_limits, t.budgets AS t_budgets,"
-    " t.created_at AS t_created_at, t.updated_at AS t_updated_at"
-    " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1"
+    f"SELECT k.*, to_jsonb(t) AS t FROM (SELECT {_KEY}, hash FROM api_keys) k"
+    " JOIN tenants t ON t.id = k.tenant WHERE k.hash = $1"
 )
 _UPDATE_TENANT = (
     "UPDATE tenants SET name = $2, disabled = $3, priority = $4, weight = $5, limits = $6, budgets = $7,"
@@ -65,9 +63,12 @@ _INSERT_KEY = (
     "INSERT INTO api_keys (id, tenant_id, hash, scopes, expires_at, priority, limits, budgets, created_at)"
     f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_KEY}"
 )
-_AUDIT = (
-    "INSERT INTO audit_log (actor, action, tenant_id, target, old_value, new_value) VALUES ($1, $2, $3, $4, $5, $6)"
+_AUDIT = "INSERT INTO audit_log (actor, action, tenant_id, target, old_value, new_value) VALUES ($1, $2, $3, $4, $5, $6)"
+_LIST_AUDIT = (
+    "SELECT id, at, actor, action, tenant_id AS tenant, target, old_value AS old, new_value AS new FROM audit_log"
+    " WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY id DESC LIMIT $2"
 )
+_MIGRATE_TIMEOUT_S = 30.0
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -103,17 +104,23 @@ class PostgresTenantStore:
         self.cache = KeyCache(cache_ttl_s, stale_ttl_s)
 
     async def start(self) -> None:
-        # No connection is made here: a replica starts while PostgreSQL is down and fails closed.
-        self._pool = await asyncpg.create_pool(
-            self._dsn,
-            min_size=0,
-            max_size=self._pool_size,
-            timeout=self._timeout_s,
-            command_timeout=self._timeout_s,
-            init=_init_connection,
+        # A replica starts even while PostgreSQL is down, and then fails closed.
+        t = self._timeout_s
+        self._pool = pool = await asyncpg.create_pool(
+            self._dsn, min_size=0, max_size=self._pool_size, timeout=t, command_timeout=t, init=_init_connection
         )
         if self._bus is not None and self._listen:
             self._bus.listen(self.cache)
+        if not self._migrated:
+            await self._migrate_at_start(pool)
+
+    async def _migrate_at_start(self, pool: asyncpg.Pool) -> None:
+        # Schema changes may wait on another replica's lock: more time than a query gets.
+        try:
+            async with asyncio.timeout(_MIGRATE_TIMEOUT_S), pool.acquire() as conn:
+                await self._migrate(conn)
+        except _UNAVAILABLE as exc:
+            log.warning("tenant store schema not checked at start (%s); retrying on first use", type(exc).__name__)
 
     async def close(self) -> None:
         if self._bus is not None:
@@ -130,11 +137,10 @@ class PostgresTenantStore:
         if self._pool is None:
             raise StoreUnavailable("The tenant store is not started.")
         try:
-            async with asyncio.timeout(self._timeout_s):
-                async with self._pool.acquire() as conn:
-                    if not self._migrated:
-                        await self._migrate(conn)
-                    return await op(conn)
+            async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
+                if not self._migrated:
+                    await self._migrate(conn)
+                return await op(conn)
         except _UNAVAILABLE as exc:
             if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
                 log.warning("tenant store query failed: %s", type(exc).__name__)
@@ -149,40 +155,17 @@ class PostgresTenantStore:
     # --- authentication ----------------------------------------------------
 
     async def authenticate(self, key_hash: str) -> Principal | None:
-        principal = self.cache.fresh(key_hash)
-        if principal is not None:
-            return principal
-        if self.cache.refused(key_hash):
-            return None
-        generation = self.cache.generation
-        try:
-            row = await self._run(lambda conn: conn.fetchrow(_KEY_BY_HASH, key_hash))
-        except StoreUnavailable:
-            entry = self.cache.lookup(key_hash)
-            stale = self.cache.stale(entry) if entry is not None else None
-            if stale is not None:
-                return stale
-            raise
+        return await self.cache.authenticate(key_hash, self._load)
+
+    async def _load(self, key_hash: str) -> tuple[Principal, float | None] | None:
+        row = await self._run(lambda conn: conn.fetchrow(_KEY_BY_HASH, key_hash))
         if row is None:
-            self.cache.refuse(key_hash, generation)
             return None
         tenant, key = _tenant_and_key(row)
-        if refusal(tenant, key, utcnow()) is not None:
-            self.cache.refuse(key_hash, generation)
+        if not usable(tenant, key, utcnow()):
             return None
-        principal = principal_of(tenant, key, key_hash)
         expires = key.expires_at.timestamp() if key.expires_at is not None else None
-        self.cache.put(key_hash, principal, expires, generation)
-        return principal
-
-    def evict_key(self, key_hash: str) -> None:
-        self.cache.evict_key(key_hash)
-
-    def evict_tenant(self, tenant_id: str) -> None:
-        self.cache.evict_tenant(tenant_id)
-
-    def evict_all(self) -> None:
-        self.cache.evict_all()
+        return principal_of(tenant, key, key_hash), expires
 
     # --- tenants -------------------------------------------------------------
 
@@ -241,10 +224,9 @@ class PostgresTenantStore:
             async with conn.transaction():
                 await _tenant(conn, tenant_id, lock=True)
                 try:
-                    row = await conn.fetchrow(
-                        _INSERT_KEY, record.id, tenant_id, key_hash, record.scopes, record.expires_at,
-                        record.priority, values["limits"], values["budgets"], record.created_at,
-                    )
+                    r = record
+                    args = (r.id, tenant_id, key_hash, r.scopes, r.expires_at, r.priority, values["limits"], values["budgets"])
+                    row = await conn.fetchrow(_INSERT_KEY, *args, r.created_at)
                 except asyncpg.UniqueViolationError:
                     raise AlreadyExists(f"Key {record.id!r} already exists.") from None
                 stored = _convert(row, ApiKey)
@@ -287,11 +269,7 @@ class PostgresTenantStore:
     # --- audit ---------------------------------------------------------------
 
     async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        query = (
-            "SELECT id, at, actor, action, tenant_id AS tenant, target, old_value AS old, new_value AS new FROM audit_log"
-            " WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY id DESC LIMIT $2"
-        )
-        rows = await self._run(lambda conn: conn.fetch(query, tenant, limit))
+        rows = await self._run(lambda conn: conn.fetch(_LIST_AUDIT, tenant, limit))
         return [_convert(r, AuditEntry) for r in rows]
 
 
@@ -305,10 +283,8 @@ async def _tenant(conn: asyncpg.Connection, tenant_id: str, *, lock: bool = Fals
 
 def _tenant_values(tenant: Tenant) -> tuple[Any, ...]:
     raw = msgspec.to_builtins(tenant)
-    return (
-        tenant.id, tenant.name, tenant.disabled, tenant.priority, tenant.weight,
-        raw["limits"], raw["budgets"], tenant.created_at, tenant.updated_at,
-    )
+    t = tenant
+    return t.id, t.name, t.disabled, t.priority, t.weight, raw["limits"], raw["budgets"], t.created_at, t.updated_at
 
 
 def _convert(row: asyncpg.Record, kind: type[T]) -> T:
@@ -317,6 +293,6 @@ def _convert(row: asyncpg.Record, kind: type[T]) -> T:
 
 def _tenant_and_key(row: asyncpg.Record) -> tuple[Tenant, ApiKey]:
     fields = dict(row)
-    tenant = {name[2:]: fields.pop(name) for name in list(fields) if name.startswith("t_")}
-    tenant["id"] = fields["tenant"]
+    tenant = fields.pop("t")
+    del fields["hash"]
     return msgspec.convert(tenant, Tenant), msgspec.convert(fields, ApiKey)

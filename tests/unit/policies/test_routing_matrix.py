@@ -10,6 +10,7 @@ import pytest
 from policies.routing import Alias, Deployment, Router
 from router.config import DeploymentConfig, ModelConfig, RoutingPolicy
 from serving.base import Load
+from serving.health import BreakerSettings, CircuitBreaker
 
 
 class StubEngine:
@@ -23,7 +24,9 @@ def dep(name: str, price: int, privacy: str = "cloud", region: str = "us", healt
          "price": {"input_per_mtok": price, "output_per_mtok": price}},
         DeploymentConfig,
     )
-    d = Deployment(config=config, engine=StubEngine())  # type: ignore[arg-type]
+    # An hour-long open state: the circuit must not half-open while the suite runs.
+    breaker = CircuitBreaker(BreakerSettings(open_s=3600))
+    d = Deployment(config=config, engine=StubEngine(), breaker=breaker)  # type: ignore[arg-type]
     if not healthy:
         d.breaker.force_open()
     return d

@@ -1,4 +1,6 @@
 -- Tenants, their API keys and the append-only audit log of every change.
+-- Numbered from 1001 so that, in the shared schema_migrations table, no tenancy
+-- version equals a ledger version (see router/migrate.py).
 -- Keys are stored only as keyed hashes (HMAC-SHA256 with the deployment's pepper).
 CREATE TABLE tenants (
     id         text        PRIMARY KEY,
