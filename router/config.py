@@ -66,6 +66,15 @@ class BudgetsConfig(_Strict):
     budgets_on_store_error: Literal["fail_open", "fail_closed"] = "fail_closed"
 
 
+class TelemetryConfig(_Strict):
+    tracing: bool = False
+    # otlp needs opentelemetry-exporter-otlp-proto-http (extra `otel`); console prints spans.
+    exporter: Literal["otlp", "console", "memory"] = "otlp"
+    otlp_endpoint: str | None = None
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    service_name: str = "sluicegate"
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = DEFAULT_PORT
@@ -241,6 +250,7 @@ class Config(_Strict):
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
     budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
     policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)

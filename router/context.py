@@ -10,6 +10,8 @@ from router.auth import Principal
 from serving.base import EngineRequest, JsonObject, Kind, Usage
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from budgets.accounting import Reservation
     from budgets.tokens import Counter
     from policies.fair_queue import FairQueue
@@ -54,6 +56,7 @@ class RequestContext:
     elapsed: float = 0.0
     pii_counts: dict[str, int] = field(default_factory=dict)
     trace_id: str | None = None
+    span: Span | None = None
     finished: bool = False
 
     def engine_request(self, deployment: Deployment) -> EngineRequest:

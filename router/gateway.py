@@ -13,6 +13,7 @@ from router.metrics import Metrics
 from budgets.accounting import Accountant
 from policies.tenant_policy import TenantPolicies
 from router.billing import Billing
+from router.tracing import Tracing
 from router.pipeline import Pipeline
 from router.state import accounting_settings, open_counter_store, open_ledger
 from router.tenants import TenantStore, open_tenant_store
@@ -89,7 +90,8 @@ class Gateway:
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
         self.billing.know(deployments)
         self.policies = TenantPolicies(config)
-        self.pipeline = Pipeline(self.router, self.metrics, self.billing, self.policies, retry)
+        self.tracing = Tracing(config.telemetry)
+        self.pipeline = Pipeline(self.router, self.metrics, self.billing, self.policies, self.tracing, retry)
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
@@ -125,6 +127,7 @@ class Gateway:
         if self.ledger is not None:
             await self.ledger.close()
         await self.counters.close()
+        self.tracing.shutdown()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller's principal from ``Authorization: Bearer <key>``; only the keyed hash is looked up."""

@@ -21,6 +21,7 @@ from policies.tenant_policy import TenantPolicies
 from router.config import RoutingPolicy
 from router.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from router.metrics import Metrics
+from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
 
@@ -37,16 +38,20 @@ class Pipeline:
         metrics: Metrics,
         billing: Billing,
         policies: TenantPolicies,
+        tracing: Tracing,
         retry: RetryPolicy | None = None,
     ) -> None:
+        self.tracing = tracing
         self.router = router
         self.metrics = metrics
         self.billing = billing
         self.policies = policies
         self.retry = retry or RetryPolicy()
 
-    def begin(self, ctx: RequestContext) -> None:
+    def begin(self, ctx: RequestContext, traceparent: str | None = None) -> None:
         self.metrics.in_flight.inc()
+        if self.tracing.enabled:
+            self.tracing.start(ctx, traceparent)
 
     async def admit(self, ctx: RequestContext) -> None:
         """Route by the tenant's policy, queue for the alias (fair between tenants), reserve limits and budget."""
@@ -216,6 +221,8 @@ class Pipeline:
         usage = ctx.usage
         if usage is not None and ctx.status == 200:
             self.metrics.count_tokens(ctx.alias, usage.prompt_tokens, usage.completion_tokens)
+        if ctx.span is not None:
+            self.tracing.end(ctx)
         return self.billing.settle(ctx)
 
 

@@ -50,7 +50,7 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
         gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
         raise
     pipeline = gateway.pipeline
-    pipeline.begin(ctx)
+    pipeline.begin(ctx, request.headers.get("traceparent"))
     try:
         await pipeline.admit(ctx)
         if ctx.stream:
