@@ -8,6 +8,7 @@ import sys
 
 import msgspec
 
+from router.cli_admin import add_admin_commands, is_admin_command, run_admin_command
 from router.cli_ledger import add_ledger_commands, run_ledger_command
 from router.config import Config, ConfigError, load_config
 
@@ -33,12 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("new", help="create a key: prints it once, with the hash for the config file")
     keys_sub.add_parser("hash", help="hash a key read from standard input for the config file")
+    add_admin_commands(sub, keys_sub)
     add_ledger_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if is_admin_command(args):
+        return run_admin_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "config":

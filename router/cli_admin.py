@@ -246,14 +246,3 @@ def _audit_list(args: argparse.Namespace, config: Config) -> int:
         return 0
 
     return _with_store(config, work)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the admin commands on their own: ``python -m router.cli_admin ...``."""
-    parser = argparse.ArgumentParser(prog="sluicegate", description="Sluicegate operator commands.")
-    add_admin_commands(parser.add_subparsers(dest="command", required=True))
-    return run_admin_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from router.jwt_auth import JwtConfig
+
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
 Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "vllm", "triton", "llamacpp"]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -87,6 +89,8 @@ class ServerConfig(_Strict):
 class AuthConfig(_Strict):
     # Keyed hashing of API keys; without a pepper keys are hashed with an empty key.
     key_pepper: SecretRef | None = None
+    # OIDC/JWT bearer tokens as a second way in (RS256/ES256 against a JWKS).
+    jwt: JwtConfig | None = None
 
 
 class Price(_Strict):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from policies.routing import Alias, Deployment, Router
-from router.auth import Principal, _bearer, hash_api_key
-from router.config import Config, ConfigError, DeploymentConfig
+from router.auth import Principal, bearer_token, hash_api_key
+from router.config import Config, ConfigError, DeploymentConfig, TenantConfig
 from router.errors import AuthenticationFailed
 from router.metrics import Metrics
 from budgets.accounting import Accountant
@@ -16,13 +17,16 @@ from router.billing import Billing
 from router.tracing import Tracing
 from router.pipeline import Pipeline
 from router.state import accounting_settings, open_counter_store, open_ledger
-from router.tenants import TenantStore, open_tenant_store
+from router.jwt_auth import JtiDenylist, JwtAuthenticator, MemoryJtiDenylist, RedisJtiDenylist, looks_like_jwt
+from router.tenants import TenantNotFound, TenantStore, open_tenant_store
 from serving.base import Engine, EngineSpec, Timeouts
 from serving.health import BreakerSettings, CircuitBreaker
 from serving.retry import RetryPolicy
 from serving.registry import ProviderError, build_engine, parse_options
 
 log = logging.getLogger("sluicegate")
+# How long a tenant looked up for a JWT is trusted before it is read again.
+_JWT_TENANT_TTL_S = 5.0
 
 
 def engine_spec(index: int, dep: DeploymentConfig) -> EngineSpec:
@@ -59,6 +63,8 @@ class Gateway:
         self.pepper = pepper
         # Tenants and keys: the config file, or PostgreSQL shared by every replica.
         self.tenants: TenantStore = open_tenant_store(config, pepper)
+        self.jwt = self._jwt(config)
+        self._jwt_tenants: dict[str, tuple[float, TenantConfig | None]] = {}
         self.engines: dict[str, Engine] = {}
         deployments: dict[str, Deployment] = {}
         r = config.resilience
@@ -96,8 +102,38 @@ class Gateway:
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
 
+    def _jwt(self, config: Config) -> JwtAuthenticator | None:
+        if config.auth.jwt is None:
+            return None
+        redis_url = config.state.redis_url
+        # Shared through Redis when there is one, so a revoked token is refused by every replica.
+        self._denylist: JtiDenylist = RedisJtiDenylist(redis_url) if redis_url else MemoryJtiDenylist()
+        return JwtAuthenticator(config.auth.jwt, self._jwt_tenant, self._denylist)
+
+    async def _jwt_tenant(self, tenant_id: str) -> TenantConfig | None:
+        """The tenant a token names, cached briefly: a token-bearing request must not cost a query."""
+        now = time.monotonic()
+        cached = self._jwt_tenants.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            tenant = await self.tenants.get_tenant(tenant_id)
+        except TenantNotFound:
+            found = None
+        else:
+            found = TenantConfig(
+                id=tenant.id, name=tenant.name, disabled=tenant.disabled, priority=tenant.priority,
+                weight=tenant.weight, limits=tenant.limits, budgets=list(tenant.budgets),
+            )
+        if len(self._jwt_tenants) > 10_000:
+            self._jwt_tenants.clear()
+        self._jwt_tenants[tenant_id] = (now + _JWT_TENANT_TTL_S, found)
+        return found
+
     async def start(self) -> None:
         await self.tenants.start()
+        if self.jwt is not None:
+            await self.jwt.start()
         if self.ledger is not None:
             await self.ledger.start()
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
@@ -123,6 +159,10 @@ class Gateway:
             if isinstance(result, Exception):
                 log.warning("deployment %s did not close cleanly: %s", name, type(result).__name__)
         await self.tenants.close()
+        if self.jwt is not None:
+            await self.jwt.close()
+            if isinstance(self._denylist, RedisJtiDenylist):
+                await self._denylist.close()
         await self.billing.drain()
         if self.ledger is not None:
             await self.ledger.close()
@@ -131,7 +171,10 @@ class Gateway:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller's principal from ``Authorization: Bearer <key>``; only the keyed hash is looked up."""
-        principal = await self.tenants.authenticate(hash_api_key(_bearer(authorization), self.pepper))
+        token = bearer_token(authorization)
+        if self.jwt is not None and looks_like_jwt(token):
+            return await self.jwt.authenticate(token)
+        principal = await self.tenants.authenticate(hash_api_key(token, self.pepper))
         if principal is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         return principal

@@ -41,14 +41,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 
-# The earlier layout recorded only the ledger's migrations, keyed by version alone.
-_UPGRADE_LEGACY = """
-ALTER TABLE schema_migrations ADD COLUMN namespace text NOT NULL DEFAULT 'ledger';
-ALTER TABLE schema_migrations DROP CONSTRAINT schema_migrations_pkey;
-ALTER TABLE schema_migrations ADD PRIMARY KEY (namespace, version);
-"""
-
-
 class MigrationError(RuntimeError):
     pass
 
@@ -85,24 +77,12 @@ def load_migrations(sources: list[tuple[str, Path]] = ALL_SOURCES) -> list[Migra
     return out
 
 
-async def _prepare_bookkeeping(conn: asyncpg.Connection) -> None:
-    columns = await conn.fetch(
-        "SELECT column_name FROM information_schema.columns"
-        " WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
-    )
-    names = {r["column_name"] for r in columns}
-    if names and "namespace" not in names:
-        async with conn.transaction():
-            await conn.execute(_UPGRADE_LEGACY)
-    await conn.execute(_BOOKKEEPING)
-
-
 async def apply_migrations(conn: asyncpg.Connection, sources: list[tuple[str, Path]] = ALL_SOURCES) -> list[str]:
     """Apply what is missing; returns the labels (``namespace/NNNN``) applied by this call."""
     migrations = load_migrations(sources)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await _prepare_bookkeeping(conn)
+        await conn.execute(_BOOKKEEPING)
         rows = await conn.fetch("SELECT namespace, version, checksum FROM schema_migrations")
         applied = {(str(r["namespace"]), int(r["version"])): str(r["checksum"]) for r in rows}
         done: list[str] = []

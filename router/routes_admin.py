@@ -13,13 +13,13 @@ Another tenant's resources answer 404 exactly as missing ones do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
 
 from router.auth import Principal
-from router.errors import InvalidRequest, PermissionDenied
+from router.errors import InvalidRequest, NotFound, PermissionDenied
 from router.gateway import Gateway
 from router.tenants import KeyCreate, TenantCreate, TenantNotFound, TenantStore, TenantUpdate, actor_of
 
@@ -179,6 +179,25 @@ async def list_audit(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _listing(await store.list_audit(tenant, _limit(request.query_params.get("limit"))))
 
 
+class TokenRevocation(msgspec.Struct, forbid_unknown_fields=True):
+    jti: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    # The token's `exp`: the denylist entry lives until then (plus leeway).
+    exp: int
+
+
+@post(f"{PREFIX}/tokens/revoke", status_code=200)
+async def revoke_token(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Refuse a JWT by its `jti` on every replica at once (shared through Redis)."""
+    caller, _ = await _caller(request)
+    caller.require_ops()
+    gateway: Gateway = request.app.state.gateway
+    if gateway.jwt is None:
+        raise NotFound("JWT authentication is not configured (auth.jwt).")
+    spec = await _decode(request, TokenRevocation)
+    await gateway.jwt.revoke(spec.jti, spec.exp)
+    return _json({"revoked": True, "jti": spec.jti})
+
+
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 100
@@ -187,4 +206,7 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-ROUTES = [list_tenants, create_tenant, get_tenant, update_tenant, disable_tenant, list_keys, create_key, revoke_key, list_audit]
+ROUTES = [
+    list_tenants, create_tenant, get_tenant, update_tenant, disable_tenant,
+    list_keys, create_key, revoke_key, list_audit, revoke_token,
+]

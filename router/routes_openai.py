@@ -11,7 +11,7 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 
 from router.decode import decode_body
-from router.errors import GatewayError, PayloadTooLarge
+from router.errors import GatewayError, PayloadTooLarge, PermissionDenied
 from router.gateway import Gateway
 from router.pipeline import RequestContext
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Request as WireRequest
@@ -69,6 +69,8 @@ async def _admit(
 ) -> RequestContext:
     """Authenticate, decode and validate; the alias must exist before any work is done."""
     principal = await gateway.authenticate(request.headers.get("authorization"))
+    if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
+        raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
     body = await _read_body(request, gateway.config.server.max_body_bytes)
     raw, validated, unknown = decode_body(body, shape)
     if unknown:

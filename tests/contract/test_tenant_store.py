@@ -419,25 +419,6 @@ async def test_one_runner_one_table_for_every_schema(scratch: str) -> None:
             await conn.close()
 
 
-async def test_runner_upgrades_the_single_directory_bookkeeping_table(scratch: str) -> None:
-    conn = await asyncpg.connect(scratch)
-    try:
-        ledger = [m for m in load_migrations(ALL_SOURCES) if m.namespace == "ledger"]
-        # The earlier layout: versions alone, every row the ledger's.
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for m in ledger:
-            await conn.execute(m.sql)
-            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", m.version, m.name, m.checksum)
-        assert await apply_migrations(conn) == [m.label for m in load_migrations([TENANCY])]
-        namespaces = await conn.fetch("SELECT namespace, count(*) AS n FROM schema_migrations GROUP BY namespace ORDER BY 1")
-        assert [(r["namespace"], r["n"]) for r in namespaces] == [("ledger", len(ledger)), ("tenancy", 1)]
-    finally:
-        await conn.close()
-
-
 @pytest.mark.parametrize("first", ["shared", "ledger_only"])
 async def test_the_ledgers_own_runner_and_the_shared_one_agree(scratch: str, first: str) -> None:
     from budgets import migrate as ledger_runner

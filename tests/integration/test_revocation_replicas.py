@@ -54,7 +54,7 @@ async def _reachable() -> bool:
 
 def _cli(config: Path, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "router.cli_admin", *args, "--config", str(config)],
+        [sys.executable, "-m", "router", *args, "--config", str(config)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
