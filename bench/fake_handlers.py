@@ -89,7 +89,15 @@ class Handlers:
 
     def _record(self, request: web.Request, body: object) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.requests.append({"method": request.method, "path": request.path, "headers": headers, "json": body})
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": headers,
+                "json": body,
+            }
+        )
 
     def _envelope(self, prefix: str, kind: str, model: str) -> JsonObject:
         return {"id": f"{prefix}-fake{next(self._ids)}", "object": kind, "created": int(time.time()), "model": model}

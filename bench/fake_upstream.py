@@ -6,7 +6,10 @@ start it in-process with :func:`start_fake_upstream`.
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both stream
 and non-stream), ``POST /v1/embeddings``, ``GET /v1/models``, and
 ``GET``/``DELETE /_fake/requests`` to read or clear the recorded requests (the
-last 1000: method, path, lower-cased headers, parsed JSON body).
+last 1000: method, path, query parameters, lower-cased headers, parsed JSON
+body). Azure OpenAI's paths, ``POST /openai/deployments/{deployment}/`` +
+``chat/completions``, ``completions`` or ``embeddings`` (with ``?api-version=``),
+answer exactly as their ``/v1`` twins: Azure's wire format is OpenAI's.
 
 Behaviour is picked by the header ``x-fake-behavior`` or else by the model name
 (``fake-<behavior>`` or the bare name); anything else is ``normal``:
@@ -51,6 +54,10 @@ def build_app(handlers: Handlers) -> web.Application:
     app.router.add_post("/v1/chat/completions", handlers.chat)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_post("/v1/embeddings", handlers.embeddings)
+    azure = "/openai/deployments/{deployment}"
+    app.router.add_post(f"{azure}/chat/completions", handlers.chat)
+    app.router.add_post(f"{azure}/completions", handlers.completions)
+    app.router.add_post(f"{azure}/embeddings", handlers.embeddings)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/_fake/requests", handlers.recorded)
     app.router.add_delete("/_fake/requests", handlers.clear)

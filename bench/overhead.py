@@ -32,8 +32,13 @@ from bench.wrk import WrkMissing, find_wrk, run_wrk
 
 BENCH_KEY = "sk-bench-0123456789"
 MODEL = "fake-model"
-TARGETS = ("upstream", "passthrough", "sluicegate")
-LABELS = {"upstream": "upstream direct", "passthrough": "passthrough", "sluicegate": "sluicegate"}
+TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-budgets")
+LABELS = {
+    "upstream": "upstream direct",
+    "passthrough": "passthrough",
+    "sluicegate": "sluicegate",
+    "sluicegate-budgets": "sg+limits+budget",
+}
 _CHAT_PATH = "/v1/chat/completions"
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
@@ -46,6 +51,8 @@ class Row:
     p50_ms: float
     p99_ms: float
     errors: int
+    # Server CPU time (user + system) per request: steadier than req/s on a busy machine.
+    cpu_us: float = 0.0
 
 
 def request_body(stream: bool) -> bytes:
@@ -57,7 +64,7 @@ def request_body(stream: bool) -> bytes:
 
 def request_headers(target: str) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
-    if target == "sluicegate":
+    if target.startswith("sluicegate"):
         headers["Authorization"] = f"Bearer {BENCH_KEY}"
     return headers
 
@@ -69,9 +76,17 @@ def bench_key_hash() -> str:
     return hash_api_key(BENCH_KEY)
 
 
-def sluicegate_config(upstream_url: str, key_hash: str) -> str:
+# The admission and budget path fully on, with limits far above the load so nothing is refused.
+_LIMITED_TENANT = [
+    "    limits: {rpm: 100000000, tpm: 1000000000000, max_concurrent: 100000}",
+    "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, {kind: tokens, period: daily, limit: 1000000000000000}]",
+]
+
+
+def sluicegate_config(upstream_url: str, key_hash: str, limited: bool = False) -> str:
     """The gateway's YAML config; JSON strings are valid YAML scalars."""
     q = json.dumps
+    price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"] if limited else []
     return "\n".join(
         [
             "server: {log_level: warning}",
@@ -80,14 +95,17 @@ def sluicegate_config(upstream_url: str, key_hash: str) -> str:
             "    provider: openai",
             f"    base_url: {q(upstream_url)}",
             f"    model: {q(MODEL)}",
+            *price,
             "models:",
             f"  - alias: {q(MODEL)}",
             "    deployments: [fake]",
             "tenants:",
             "  - id: bench",
+            *(_LIMITED_TENANT if limited else []),
             "    keys:",
             "      - id: bench-key",
             f"        hash: {q(key_hash)}",
+            "state: {ledger_path: ledger.sqlite}",
             "",
         ]
     )
@@ -107,6 +125,10 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
             python, "-m", "router", "serve", "--config", str(work / "sluicegate.yaml"),
             "--host", "127.0.0.1", "--port", str(ports["sluicegate"]), "--workers", "1",
         ],
+        "sluicegate-budgets": [
+            python, "-m", "router", "serve", "--config", str(work / "sluicegate-budgets.yaml"),
+            "--host", "127.0.0.1", "--port", str(ports["sluicegate-budgets"]), "--workers", "1",
+        ],
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
     urls = {name: f"http://127.0.0.1:{port}{_CHAT_PATH}" for name, port in ports.items()}
@@ -114,8 +136,9 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
 
 
 def _start(name: str, server: Server, url: str, work: Path, upstream_url: str) -> None:
-    if name == "sluicegate":
-        (work / "sluicegate.yaml").write_text(sluicegate_config(upstream_url, bench_key_hash()))
+    if name.startswith("sluicegate"):
+        config = sluicegate_config(upstream_url, bench_key_hash(), limited=name == "sluicegate-budgets")
+        (work / f"{name}.yaml").write_text(config)
     server.start()
     for stream in (False, True):
         answer = server.wait_ready(url, request_body(stream), request_headers(name))
@@ -143,29 +166,58 @@ def _measure(name: str, args: argparse.Namespace, servers: dict[str, Server], ur
         cpus = placement[0] if placement else None
         if args.warmup > 0:
             run_wrk(urls[name], body, headers, duration_s=args.warmup, concurrency=args.concurrency, cpus=cpus)
+        before = servers[name].cpu_seconds()
         result = run_wrk(urls[name], body, headers, duration_s=args.duration, concurrency=args.concurrency, cpus=cpus)
+        requests = result.rps * args.duration
+        cpu_us = (servers[name].cpu_seconds() - before) / requests * 1e6 if requests else 0.0
         mode = "stream" if stream else "non-stream"
-        rows.append(Row(LABELS[name], mode, result.rps, result.p50_ms, result.p99_ms, result.errors))
+        rows.append(Row(LABELS[name], mode, result.rps, result.p50_ms, result.p99_ms, result.errors, round(cpu_us, 1)))
         print(f"  {LABELS[name]:<16} {mode:<10} {result.rps:9.1f} req/s", file=sys.stderr, flush=True)
     return rows
 
 
-def percent_of_passthrough(rows: list[Row]) -> dict[str, float]:
+def percent_of_passthrough(rows: list[Row], target: str = "sluicegate", base: str = "passthrough") -> dict[str, float]:
     by_key = {(r.target, r.mode): r.rps for r in rows}
     out = {}
     for mode in ("non-stream", "stream"):
-        floor, ours = by_key.get(("passthrough", mode)), by_key.get(("sluicegate", mode))
+        floor, ours = by_key.get((LABELS.get(base, base), mode)), by_key.get((LABELS.get(target, target), mode))
         if floor and ours is not None:
             out[mode] = round(100 * ours / floor, 1)
     return out
 
 
+def cpu_ratio(rows: list[Row], target: str, base: str) -> dict[str, float]:
+    """Server CPU per request of ``target`` as % of ``base``'s: the cost of the added work."""
+    by_key = {(r.target, r.mode): r.cpu_us for r in rows}
+    out = {}
+    for mode in ("non-stream", "stream"):
+        floor, ours = by_key.get((LABELS[base], mode)), by_key.get((LABELS[target], mode))
+        if floor and ours:
+            out[mode] = round(100 * ours / floor, 1)
+    return out
+
+
 def render(rows: list[Row]) -> str:
-    lines = [f"{'target':<16} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"]
-    lines += [f"{r.target:<16} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}" for r in rows]
-    pct = percent_of_passthrough(rows)
-    if pct:
-        lines.append("sluicegate as % of passthrough: " + ", ".join(f"{m} {v:.1f}%" for m, v in pct.items()))
+    head = f"{'target':<18} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'errors':>7}"
+    lines = [head]
+    lines += [
+        f"{r.target:<18} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:11.1f} {r.errors:7d}"
+        for r in rows
+    ]
+    for target, base, what in (
+        ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough"),
+        ("sluicegate-budgets", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate"),
+    ):
+        pct = percent_of_passthrough(rows, target, base)
+        if pct:
+            lines.append(f"{what}: " + ", ".join(f"{m} {v:.1f}%" for m, v in pct.items()))
+    for target, base, what in (
+        ("sluicegate", "passthrough", "sluicegate CPU/req as % of passthrough"),
+        ("sluicegate-budgets", "sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
+    ):
+        ratio = cpu_ratio(rows, target, base)
+        if ratio:
+            lines.append(f"{what}: " + ", ".join(f"{m} {v:.1f}%" for m, v in ratio.items()))
     return "\n".join(lines)
 
 

@@ -110,6 +110,17 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} did not answer within {timeout_s:.0f}s ({last}); log:\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process and its threads so far."""
+        if self.process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def pin(self, cpus: set[int]) -> None:
         if self.process is not None and self.process.poll() is None:
             pin_tree(self.process.pid, cpus)

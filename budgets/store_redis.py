@@ -70,8 +70,8 @@ class RedisCounterStore:
         *,
         socket_timeout_s: float = 0.5,
         connect_timeout_s: float = 0.5,
-        max_connections: int = 64,
-        pool_timeout_s: float = 1.0,
+        max_connections: int = 128,
+        pool_timeout_s: float = 5.0,
         retries: int = 1,
     ) -> None:
         """``client`` (if given) is used as is and left open by ``close``.

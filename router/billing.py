@@ -23,6 +23,7 @@ from policies.routing import Deployment
 from router.config import Price
 from router.metrics import Metrics
 from serving.base import Usage
+from serving.sse import chunk_text
 
 if TYPE_CHECKING:
     from router.pipeline import RequestContext
@@ -113,10 +114,11 @@ class Billing:
     @staticmethod
     async def _measured_usage(ctx: RequestContext) -> Usage:
         """Usage the upstream did not report: counted from what was generated, if anything was."""
-        if not ctx.generated_text and not ctx.counted_tokens:
+        texts = ctx.generated_text + [t for t in map(chunk_text, ctx.generated) if t]
+        if not texts and not ctx.counted_tokens:
             return Usage()  # nothing was generated: nothing to charge
         count: Counter = ctx.counter or counter_for("")
-        completion = sum(count(t) for t in ctx.generated_text)
+        completion = sum(count(t) for t in texts)
         reservation = ctx.reservation
         if reservation is not None and reservation.prompt_estimate:
             prompt = reservation.prompt_estimate

@@ -22,6 +22,8 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 DEFAULT_PORT = 8300
+# The largest money budget whose pico-USD counter fits a signed 64-bit integer (~9.2M USD).
+MAX_MONEY_MICRO_USD = (2**63 - 1) // 10**6
 
 
 class ConfigError(Exception):
@@ -175,6 +177,12 @@ class BudgetConfig(_Strict):
     limit: Annotated[int, msgspec.Meta(ge=0)]
     # Hard budgets refuse requests; soft budgets alert (metric, log) and allow.
     hard: bool = True
+
+    def __post_init__(self) -> None:
+        # Counters are signed 64-bit integers of tokens or pico-USD (1e6 per micro-USD).
+        ceiling = MAX_MONEY_MICRO_USD if self.kind == "money" else 2**63 - 1
+        if self.limit > ceiling:
+            raise ValueError(f"a {self.kind} budget limit must be at most {ceiling}")
 
 
 class KeyConfig(_Strict):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from router.auth import Principal
-from serving.base import EngineRequest, JsonObject, Kind, Usage
+from serving.base import EngineRequest, JsonObject, Kind, StreamChunk, Usage
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -48,6 +48,8 @@ class RequestContext:
     usage: Usage | None = None
     counted_tokens: int = 0
     generated_text: list[str] = field(default_factory=list)
+    # Streamed chunks, kept so their text can be counted if the upstream reports no usage.
+    generated: list[StreamChunk] = field(default_factory=list)
     cost: int = 0
     # outcome
     status: int = 200

@@ -24,6 +24,7 @@ from router.metrics import Metrics
 from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
+from serving.sse import chunk_text
 
 _DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
@@ -129,30 +130,34 @@ class Pipeline:
     async def _relay(self, ctx: RequestContext, first: StreamChunk, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
         include_usage = ctx.include_usage
         ctx.status = CLIENT_CLOSED
+        pending: list[bytes] = []  # events in hand, written together
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
                 if chunk.usage is not None:
                     ctx.usage = chunk.usage
-                if chunk.text:
-                    if ctx.allowance is not None and self._over_allowance(ctx, chunk):
-                        events = self._cut_off(ctx)
-                        await self.complete(ctx)
-                        for event in events:
-                            yield event
-                        return
-                    ctx.generated_text.append(chunk.text)
+                if ctx.allowance is not None and chunk_text(chunk) and self._over_allowance(ctx, chunk):
+                    events = self._cut_off(ctx)
+                    await self.complete(ctx)
+                    yield b"".join(pending + events)
+                    return
+                ctx.generated.append(chunk)
                 if include_usage or not chunk.usage_only:
-                    yield b"data: " + chunk.data + b"\n\n"
+                    pending.append(b"data: " + chunk.data + b"\n\n")
+                if chunk.batch_end and pending:
+                    yield pending[0] if len(pending) == 1 else b"".join(pending)
+                    pending.clear()
                 chunk = await anext(chunks, None)
             ctx.status = 200
             await self.complete(ctx)
-            yield _DONE
+            pending.append(_DONE)
+            yield b"".join(pending)
         except GatewayError as exc:
             # After the first byte: tell the client in-band, never retry.
             self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
             await self.fail(ctx, exc)
-            yield sse_error_event(exc)
+            pending.append(sse_error_event(exc))
+            yield b"".join(pending)
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -169,7 +174,7 @@ class Pipeline:
         """
         if ctx.counter is None or ctx.allowance is None:
             return False
-        tokens = ctx.counter(chunk.text)
+        tokens = ctx.counter(chunk_text(chunk))
         if ctx.counted_tokens + tokens > ctx.allowance and chunk.finish_reason is None:
             return True
         ctx.counted_tokens += tokens

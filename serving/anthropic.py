@@ -116,7 +116,7 @@ class AnthropicEngine:
         self._running += 1
         try:
             resp = await self._send(payload, request.request_id)
-            async for data in iter_sse_data(aiter(resp.content)):
+            async for data in iter_sse_data(resp.content.iter_any()):
                 for chunk in translator.feed(_decode_event(data, self.name)):
                     yield chunk
                 if translator.done:

@@ -65,8 +65,12 @@ class StreamChunk:
     # True when the chunk exists only to carry usage (empty ``choices``).
     usage_only: bool = False
     # Generated text in this chunk, for counting when an upstream reports no usage.
-    text: str = ""
+    # None: not extracted yet (``serving.sse.chunk_text`` reads it from ``data``).
+    text: str | None = ""
     finish_reason: str | None = None
+    # False when more chunks are already in hand (same network read): the relay
+    # then writes them to the client together, in one send.
+    batch_end: bool = True
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, Load, StreamChunk, Usage
-from serving.sse import UpstreamStreamError, iter_sse_data, peek_chunk
+from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 
@@ -137,8 +137,12 @@ class OpenAIEngine:
             async with session.post(self.url_for(request.kind), data=_encode(body), headers=self._headers) as resp:
                 if resp.status != 200:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
-                async for payload in iter_sse_data(resp.content):
-                    yield peek_chunk(payload)
+                async for batch in iter_sse_batches(resp.content.iter_any()):
+                    last = len(batch) - 1
+                    for i, payload in enumerate(batch):
+                        chunk = peek_chunk(payload)
+                        chunk.batch_end = i == last
+                        yield chunk
         except GatewayError:
             self._consecutive_failures += 1
             raise

@@ -44,8 +44,32 @@ class UpstreamStreamError(Exception):
         self.message = message
 
 
+# A JSON key cannot occur unescaped inside a JSON string, so these byte patterns
+# only match real keys: chunks without them carry no usage and no error.
+_USAGE_KEY = b'"usage":{'
+_ERROR_KEY = b'"error"'
+
+
 def peek_chunk(payload: bytes) -> StreamChunk:
-    """Turn one ``data:`` payload into a StreamChunk without re-encoding it."""
+    """Turn one ``data:`` payload into a StreamChunk without re-encoding it.
+
+    Only chunks that may carry usage or an error are decoded here; the text of
+    the others is read later, and only if something needs it (``chunk_text``).
+    """
+    if _USAGE_KEY not in payload and _ERROR_KEY not in payload:
+        return StreamChunk(data=payload, text=None)
+    return _decoded(payload)
+
+
+def chunk_text(chunk: StreamChunk) -> str:
+    """The generated text of a chunk, decoding it the first time it is asked for."""
+    if chunk.text is None:
+        decoded = _decoded(chunk.data)
+        chunk.text, chunk.finish_reason = decoded.text, decoded.finish_reason
+    return chunk.text or ""
+
+
+def _decoded(payload: bytes) -> StreamChunk:
     try:
         peek = _chunk_decoder.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -71,29 +95,52 @@ def peek_chunk(payload: bytes) -> StreamChunk:
     )
 
 
-async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield each event's data payload; stops at ``[DONE]``.
+async def iter_sse_data(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Each event's data payload, one at a time (see ``iter_sse_batches``)."""
+    async for batch in iter_sse_batches(reads):
+        for data in batch:
+            yield data
 
-    Raises ``EOFError`` when the stream ends without ``[DONE]`` (the upstream went away).
-    Multi-line data fields are joined with newlines as the SSE spec says.
+
+async def iter_sse_batches(reads: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """Each network read's complete events' data payloads, as a list; stops at ``[DONE]``.
+
+    Events are split on blank lines as they arrive, without going line by line
+    through the reader. Raises ``EOFError`` when the stream ends without
+    ``[DONE]`` (the upstream went away). Multi-line data fields are joined with
+    newlines as the SSE spec says; comments and other fields are ignored.
     """
-    parts: list[bytes] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if parts:
-                data = b"\n".join(parts)
-                parts = []
-                if data == b"[DONE]":
-                    return
-                yield data
-            continue
-        if line.startswith(b"data:"):
-            parts.append(line[6:] if line[5:6] == b" " else line[5:])
-        # Comments (":"), "event:", "id:" and "retry:" lines carry nothing we relay.
-    if parts:
-        data = b"\n".join(parts)
-        if data == b"[DONE]":
-            return
-        yield data
+    buffer = b""
+    async for read in reads:
+        buffer = buffer + read if buffer else read
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        start = 0
+        batch: list[bytes] = []
+        while (end := buffer.find(b"\n\n", start)) >= 0:
+            data = _event_data(buffer[start:end])
+            start = end + 2
+            if data == b"[DONE]":
+                if batch:
+                    yield batch
+                return
+            if data is not None:
+                batch.append(data)
+        buffer = buffer[start:]
+        if batch:
+            yield batch
+    data = _event_data(buffer.strip(b"\n")) if buffer.strip() else None
+    if data == b"[DONE]":
+        return
+    if data is not None:
+        yield [data]
     raise EOFError("stream ended before [DONE]")
+
+
+def _event_data(block: bytes) -> bytes | None:
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]  # the usual case: one data line
+    parts = [
+        line[6:] if line[5:6] == b" " else line[5:] for line in block.split(b"\n") if line.startswith(b"data:")
+    ]
+    return b"\n".join(parts) if parts else None

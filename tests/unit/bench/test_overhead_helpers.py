@@ -51,11 +51,15 @@ def test_sluicegate_config_is_accepted_by_the_gateway() -> None:
 
 def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
     rows = [
-        Row("passthrough", "non-stream", 4000.0, 10.0, 20.0, 0),
-        Row("sluicegate", "non-stream", 3000.0, 12.0, 25.0, 0),
-        Row("passthrough", "stream", 2000.0, 30.0, 60.0, 0),
+        Row("passthrough", "non-stream", 4000.0, 10.0, 20.0, 0, 200.0),
+        Row("sluicegate", "non-stream", 3000.0, 12.0, 25.0, 0, 260.0),
+        Row("passthrough", "stream", 2000.0, 30.0, 60.0, 0, 500.0),
+        Row("sg+limits+budget", "non-stream", 2700.0, 13.0, 27.0, 0, 286.0),
     ]
     assert percent_of_passthrough(rows) == {"non-stream": 75.0}
     table = render(rows)
-    assert "sluicegate as % of passthrough: non-stream 75.0%" in table
-    assert table.splitlines()[0].split() == ["target", "mode", "req/s", "p50", "ms", "p99", "ms", "errors"]
+    assert "sluicegate req/s as % of passthrough: non-stream 75.0%" in table
+    assert "with limits+budgets+ledger, req/s as % of sluicegate: non-stream 90.0%" in table
+    assert "sluicegate CPU/req as % of passthrough: non-stream 130.0%" in table
+    assert "limits+budgets+ledger CPU/req as % of sluicegate: non-stream 110.0%" in table
+    assert table.splitlines()[0].split() == ["target", "mode", "req/s", "p50", "ms", "p99", "ms", "CPU", "us/req", "errors"]

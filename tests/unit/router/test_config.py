@@ -97,3 +97,11 @@ def test_secret_resolution_never_echoes_value(monkeypatch, tmp_path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/sluicegate.yaml")
+
+
+def test_money_budget_must_fit_the_counter() -> None:
+    too_big = b"tenants:\n  - id: t\n    budgets: [{kind: money, period: monthly, limit: 10000000000000}]\n"
+    with pytest.raises(ConfigError, match="at most 9223372036854"):
+        decode_config(too_big, "gw.yaml")
+    fits = too_big.replace(b"10000000000000", b"9223372036854")
+    assert decode_config(fits, "gw.yaml").tenants[0].budgets[0].limit == 9_223_372_036_854
