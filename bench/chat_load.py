@@ -115,6 +115,16 @@ def summarize(target: str, mode: str, samples: list[Sample], wall_s: float) -> R
     )
 
 
+def fastest(rows: list[Row], targets: Sequence[str]) -> list[Row]:
+    """Per target and mode, the pass with the most requests/s (the least disturbed), in ``targets`` order."""
+    best: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        key = (row.target, row.mode)
+        if key not in best or row.rps > best[key].rps:
+            best[key] = row
+    return sorted(best.values(), key=lambda row: (targets.index(row.target), row.mode != "non-stream"))
+
+
 def request_body(model: str, index: int, max_tokens: int, stream: bool) -> dict[str, object]:
     """Chat completion number ``index`` of the fixed load: greedy, exactly ``max_tokens`` long."""
     body: dict[str, object] = {

@@ -137,6 +137,11 @@ class Handlers:
             return replies.HUGE_STREAM_WORDS if stream else replies.HUGE_WORDS
         return _int_header(request, "x-fake-chunks", self.default_chunks, 100_000)
 
+    def _reply(self, request: web.Request, body: JsonObject, behavior: str, stream: bool) -> replies.Reply:
+        if behavior == "echo":
+            return replies.echo_reply(body)
+        return replies.plan_reply(body, self._words(request, behavior, stream), behavior != "ignore_max_tokens")
+
     async def _stream(self, request: web.Request, events: list[bytes], behavior: str) -> web.StreamResponse:
         per_write = _int_header(request, "x-fake-chunks-per-write", self.chunks_per_write, 100_000)
         return await _send_stream(request, events, behavior, max(per_write, 1))
@@ -153,7 +158,7 @@ class Handlers:
         early = await self._misbehave(request, behavior, stream)
         if early is not None:
             return early
-        reply = replies.plan_reply(body, self._words(request, behavior, stream), behavior != "ignore_max_tokens")
+        reply = self._reply(request, body, behavior, stream)
         call = replies.tool_call(body)
         prompt = replies.chat_prompt_tokens(messages)
         envelope = self._envelope("chatcmpl", "chat.completion.chunk" if stream else "chat.completion", body["model"])
@@ -174,7 +179,7 @@ class Handlers:
         early = await self._misbehave(request, behavior, stream)
         if early is not None:
             return early
-        reply = replies.plan_reply(body, self._words(request, behavior, stream), behavior != "ignore_max_tokens")
+        reply = self._reply(request, body, behavior, stream)
         prompt = replies.completion_prompt_tokens(body.get("prompt"))
         envelope = self._envelope("cmpl", "text_completion", body["model"])
         if stream:

@@ -36,9 +36,11 @@ ERROR_BEHAVIORS: dict[str, tuple[int, str, str | None, str]] = {
 }
 STREAM_BEHAVIORS = frozenset({"error_midstream", "disconnect_midstream"})
 # ``ignore_max_tokens``: an upstream that does not honour max_tokens (some do not).
+# ``echo``: answers with the last user text (or the prompt), streamed in 4-character pieces.
 BEHAVIORS = frozenset(
-    {"normal", "slow", "huge", "no_usage", "ignore_max_tokens", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS}
+    {"normal", "slow", "huge", "no_usage", "ignore_max_tokens", "echo", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS}
 )
+ECHO_PIECE = 4
 
 
 def behavior_of(model: str, header: str | None) -> str:
@@ -110,10 +112,30 @@ class Reply:
     text: str
     completion_tokens: int
     finish_reason: str
+    # Fixed-size stream pieces instead of words (so a value can be split across chunks).
+    piece_size: int = 0
 
     def pieces(self) -> tuple[str, ...]:
         """The stream deltas, one word each with its leading space; they concatenate to ``text``."""
+        if self.piece_size:
+            return tuple(self.text[i : i + self.piece_size] for i in range(0, len(self.text), self.piece_size))
         return _pieces(self.text)
+
+
+def echo_reply(body: JsonObject) -> Reply:
+    """The last user message's text (chat) or the prompt (completions), back as the answer."""
+    text = ""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        text = prompt
+    elif isinstance(prompt, list):
+        text = " ".join(p for p in prompt if isinstance(p, str))
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+            text = " ".join(p.get("text") or "" for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return Reply(text, count_words(text), "stop", ECHO_PIECE)
 
 
 def _stops(body: JsonObject) -> list[str]:

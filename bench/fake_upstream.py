@@ -25,6 +25,7 @@ Behaviour is picked by the header ``x-fake-behavior`` or else by the model name
 - ``huge``: about 5 MB of content, or 2000 stream chunks.
 - ``no_usage``: no usage in the body, no usage chunk even when asked.
 - ``ignore_max_tokens``: answers as ``normal`` but never stops at ``max_tokens``.
+- ``echo``: answers with the last user text (or the prompt), streamed in 4-character pieces.
 
 In any stream, ``x-fake-chunk-delay-ms`` sleeps between writes and
 ``x-fake-chunks-per-write`` (default 1, or ``--chunks-per-write``) groups

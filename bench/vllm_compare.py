@@ -1,9 +1,11 @@
 """Sluicegate with an in-process vLLM engine next to vLLM's own OpenAI server.
 
 ``python -m bench.vllm_compare [--requests 64] [--concurrency 16] [--max-tokens 32] [--stream] [--json PATH]``
-(``--both`` measures non-streamed and streamed answers in one run, ``--repeat N``
-keeps the fastest of N passes, ``--profile DIR`` adds one pass per mode under
-``py-spy record --subprocesses`` and writes raw stacks to DIR.)
+(``--both`` measures non-streamed and streamed answers in one run; ``--repeat N``
+measures N passes per server start and ``--rounds N`` starts each server N
+times, alternating which goes first, and the fastest pass of each is reported,
+since other work on a shared host only ever slows a pass down; ``--profile DIR``
+adds one pass per mode under ``py-spy record --subprocesses``, raw stacks in DIR.)
 
 Builds the tiny Llama of ``bench.tiny_model`` in a temp directory, then serves
 it twice, one server at a time (a 2-core host cannot run both fairly):
@@ -16,8 +18,10 @@ Both get the same engine settings (``EngineSettings``): dtype float32,
 max_model_len 512, a fixed 1 GiB KV cache (``kv_cache_memory_bytes``; also
 ``VLLM_CPU_KVCACHE_SPACE=1``), max_num_seqs 16, enforce_eager (no torch.compile
 warm-up on CPU), seed 0, vLLM's default prefix caching and engine-core process,
-stats logging and request logging off, no access log. The gateway runs one
-worker with the ledger off.
+request logging off, no access log. Engine stats stay on in both: they are
+vLLM's default, and the gateway's engine reads the scheduler's queue depth
+from them (a stats hook turns them on even with ``disable_log_stats``). The
+gateway runs one worker with the ledger off.
 
 The load is identical for both: the same fixed prompts as chat completions
 (temperature 0, ``max_tokens`` fixed, ``ignore_eos`` so every answer has exactly
@@ -43,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.chat_load import Row, request_body, run_load, summarize
+from bench.chat_load import Row, fastest, request_body, run_load, summarize
 from bench.processes import Server, free_port
 from bench.tiny_model import build_tiny_llama
 
@@ -109,7 +113,7 @@ def vllm_argv(model_dir: Path, port: int, engine: EngineSettings) -> list[str]:
         "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
         "--dtype", engine.dtype, "--max-model-len", str(engine.max_model_len),
         "--kv-cache-memory-bytes", str(engine.kv_cache_gib * _GIB), "--max-num-seqs", str(engine.max_num_seqs),
-        "--seed", str(engine.seed), "--disable-log-stats", "--disable-uvicorn-access-log",
+        "--seed", str(engine.seed), "--disable-uvicorn-access-log",
         "--uvicorn-log-level", "warning",
     ]  # fmt: skip
     return argv + (["--enforce-eager"] if engine.enforce_eager else [])
@@ -199,17 +203,17 @@ async def _load(target: str, url: str, args: argparse.Namespace, stream: bool, c
 
 
 async def _passes(target: str, url: str, pid: int, args: argparse.Namespace) -> list[Row]:
-    """Warm up, then measure each mode (best of --repeat); a profiled pass last if asked."""
+    """Warm up, then measure each mode --repeat times; a profiled pass last if asked."""
     rows = []
     for stream in args.modes:
         await _load(target, url, args, stream, args.warmup)
-        measured = [await _load(target, url, args, stream, args.requests) for _ in range(args.repeat)]
-        best = max(measured, key=lambda row: row.rps)
-        print(f"  {target:<11} {best.mode:<10} {best.rps:7.2f} req/s", file=sys.stderr, flush=True)
-        rows.append(best)
+        for _ in range(args.repeat):
+            row = await _load(target, url, args, stream, args.requests)
+            print(f"  {target:<11} {row.mode:<10} {row.rps:7.2f} req/s", file=sys.stderr, flush=True)
+            rows.append(row)
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
-            profiler = _start_profiler(pid, args.profile / f"{target.replace(' ', '-')}-{best.mode}.txt")
+            profiler = _start_profiler(pid, args.profile / f"{target.replace(' ', '-')}-{rows[-1].mode}.txt")
             try:
                 await _load(target, url, args, stream, args.requests)
             finally:
@@ -217,27 +221,31 @@ async def _passes(target: str, url: str, pid: int, args: argparse.Namespace) -> 
     return rows
 
 
+def _serve_and_measure(target: str, work: Path, model_dir: Path, args: argparse.Namespace) -> list[Row]:
+    server, url = _server(target, work, model_dir, EngineSettings(max_num_seqs=args.max_num_seqs))
+    ready = json.dumps(request_body(MODEL, 0, 4, stream=False)).encode()
+    ready_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
+    try:
+        server.start()
+        server.wait_ready(url, ready, ready_headers, timeout_s=args.start_timeout)
+        assert server.process is not None
+        return asyncio.run(_passes(target, url, server.process.pid, args))
+    finally:
+        server.stop()
+
+
 def run(args: argparse.Namespace) -> list[Row]:
-    """Each server in turn: start, measure every mode, stop."""
+    """Each server in turn (the order alternating by round): start, measure, stop."""
     for key, value in _ENV.items():
         os.environ.setdefault(key, value)
-    engine = EngineSettings(max_num_seqs=args.max_num_seqs)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="sluicegate-vllm-bench-") as tmp:
         work = Path(tmp)
         model_dir = build_tiny_llama(work / "tiny-llama")
-        for target in TARGETS:
-            server, url = _server(target, work, model_dir, engine)
-            ready = json.dumps(request_body(MODEL, 0, 4, stream=False)).encode()
-            ready_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
-            try:
-                server.start()
-                server.wait_ready(url, ready, ready_headers, timeout_s=args.start_timeout)
-                assert server.process is not None
-                rows += asyncio.run(_passes(target, url, server.process.pid, args))
-            finally:
-                server.stop()
-    return rows
+        for round_index in range(args.rounds):
+            for target in TARGETS if round_index % 2 == 0 else TARGETS[::-1]:
+                rows += _serve_and_measure(target, work, model_dir, args)
+    return fastest(rows, TARGETS)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -248,15 +256,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream", action="store_true", help="stream the answers (measures TTFT)")
     parser.add_argument("--both", action="store_true", help="measure non-streamed and streamed answers")
     parser.add_argument("--warmup", type=int, default=32, help="requests sent before measuring each mode")
-    parser.add_argument("--repeat", type=int, default=1, help="measured passes per mode; the fastest is kept")
+    parser.add_argument("--repeat", type=int, default=1, help="measured passes per mode and server start")
+    parser.add_argument("--rounds", type=int, default=1, help="starts of each server, alternating which goes first")
     parser.add_argument("--max-num-seqs", type=int, default=_DEFAULT_ENGINE.max_num_seqs, help="engine batch limit")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds for a server to answer")
     parser.add_argument("--pass-timeout", type=float, default=600.0, help="seconds for one pass of requests")
     parser.add_argument("--profile", type=Path, help="after measuring, one more pass per mode under py-spy into DIR")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    if min(args.requests, args.concurrency, args.max_tokens, args.repeat, args.max_num_seqs) < 1:
-        parser.error("--requests, --concurrency, --max-tokens, --repeat and --max-num-seqs must be at least 1")
+    if min(args.requests, args.concurrency, args.max_tokens, args.repeat, args.rounds, args.max_num_seqs) < 1:
+        parser.error("--requests, --concurrency, --max-tokens, --repeat, --rounds and --max-num-seqs must be positive")
     if args.max_tokens >= _DEFAULT_ENGINE.max_model_len - 64:
         parser.error(f"--max-tokens must leave room for the prompt in {_DEFAULT_ENGINE.max_model_len} tokens")
     args.modes = [False, True] if args.both else [args.stream]

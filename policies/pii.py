@@ -3,9 +3,9 @@
 ``scan_request`` is the one entry point. With ``off`` it returns at once and
 never loads the analyzer. Otherwise every text of the request (chat messages of
 every role, text parts, tool-call arguments, completion prompts, embedding
-inputs) goes through the pre-filter on the event loop, and only texts that could
-hold a requested entity are analysed, in a small thread pool so the loop never
-blocks. Findings become typed, numbered placeholders (``<EMAIL_ADDRESS_1>``; the
+inputs) goes through a cheap pre-filter, and only texts that could hold a
+requested entity are analysed, in a small thread pool so the loop never blocks
+(requests over 16 KiB of text are pre-filtered in the pool too). Findings become typed, numbered placeholders (``<EMAIL_ADDRESS_1>``; the
 same value keeps its placeholder within a request) in a new body; the caller's
 body is never modified. Only entity types and counts leave this module: no value
 is logged or put in a message.
@@ -22,18 +22,13 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from policies import pii_engine
-from policies.pii_engine import (
-    NER_ENTITIES,
-    PATTERN_ENTITIES,
-    SUPPORTED_ENTITIES,
-    Finding,
-)
+from policies.pii_engine import Finding
 from policies.pii_restore import Restorer
-from router.errors import GatewayError, PermissionDenied
+from router.errors import GatewayError, InvalidRequest
 
 Kind = Literal["chat", "completion", "embedding"]
 Action = Literal["off", "redact", "mask_and_restore", "block", "restrict"]
-DEFAULT_ENTITIES = (*PATTERN_ENTITIES, *NER_ENTITIES)
+DEFAULT_ENTITIES = (*pii_engine.PATTERN_ENTITIES, *pii_engine.NER_ENTITIES)
 _T = TypeVar("_T")
 
 
@@ -53,9 +48,9 @@ class PiiPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     on_analyzer_error: Literal["fail_closed", "restrict"] = "fail_closed"
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.entities) - SUPPORTED_ENTITIES)
+        unknown = sorted(set(self.entities) - pii_engine.SUPPORTED_ENTITIES)
         if unknown:
-            raise ValueError(f"unknown PII entities {unknown}; supported: {sorted(SUPPORTED_ENTITIES)}")
+            raise ValueError(f"unknown PII entities {unknown}; supported: {sorted(pii_engine.SUPPORTED_ENTITIES)}")
         if not set(self.thresholds) <= set(self.entities):
             raise ValueError("`thresholds` names entities that are not in `entities`")
         if not all(0.0 <= t <= 1.0 for t in (self.score_threshold, *self.thresholds.values())):
@@ -73,7 +68,9 @@ class PiiAnalyzerError(GatewayError):
     code = "pii_analyzer_unavailable"
 
 
-class BlockedForPii(PermissionDenied):
+class BlockedForPii(InvalidRequest):
+    """400, naming the entity types found (never the values)."""
+
     code = "pii_blocked"
 
     def __init__(self, counts: Mapping[str, int]) -> None:
@@ -104,6 +101,8 @@ class _Text:
     findings: list[Finding] = field(default_factory=list)
 
 
+_Job = tuple[_Text, dict[str, float]]
+_INLINE_PREFILTER_CHARS = 16 * 1024
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -126,25 +125,36 @@ async def scan_request(kind: Kind, body: dict[str, Any], policy: PiiPolicy) -> S
         return ScanResult(counts={}, body=body)
     min_scores = policy.min_scores()
     texts, decoded = _collect(kind, body)
-    jobs = [(t, {e: min_scores[e] for e in pii_engine.candidate_entities(t.text, min_scores)}) for t in texts]
-    jobs = [(t, scores) for t, scores in jobs if scores]
-    if not jobs:
+
+    # The pre-filter is cheap enough for the loop on small requests, where it
+    # often spares the hop to the pool; large requests are filtered in the pool.
+    planned = _plan(texts, min_scores) if sum(len(t.text) for t in texts) <= _INLINE_PREFILTER_CHARS else None
+    if planned == []:
         return ScanResult(counts={}, body=body)
 
-    def analyze() -> list[list[Finding]]:
-        return pii_engine.get_engine().analyze([(t.text, scores) for t, scores in jobs])
+    def analyze() -> list[_Text]:
+        jobs = planned if planned is not None else _plan(texts, min_scores)
+        if jobs:
+            findings = pii_engine.get_engine().analyze([(t.text, scores) for t, scores in jobs])
+            for (text, _), found in zip(jobs, findings):
+                text.findings = found
+        return [t for t, _ in jobs]
 
-    for (text, _), findings in zip(jobs, await _run_engine(analyze)):
-        text.findings = findings
+    scanned = await _run_engine(analyze)
     counts: dict[str, int] = {}
-    for text, _ in jobs:
-        for finding in text.findings:
-            counts[finding.entity] = counts.get(finding.entity, 0) + 1
+    for finding in (f for t in scanned for f in t.findings):
+        counts[finding.entity] = counts.get(finding.entity, 0) + 1
     if not counts or policy.action in ("block", "restrict"):
         return ScanResult(counts=counts, body=body, found=bool(counts))
-    new_body, mapping = _masked(body, [t for t, _ in jobs], decoded)
+    new_body, mapping = _masked(body, scanned, decoded)
     restorer = Restorer(mapping) if policy.action == "mask_and_restore" else None
     return ScanResult(counts=counts, body=new_body, restorer=restorer, found=True)
+
+
+def _plan(texts: list[_Text], min_scores: dict[str, float]) -> list[_Job]:
+    """The texts worth analysing, each with the entities it could hold."""
+    jobs = [(t, {e: min_scores[e] for e in pii_engine.candidate_entities(t.text, min_scores)}) for t in texts]
+    return [(t, scores) for t, scores in jobs if scores]
 
 
 async def _run_engine(work: Callable[[], _T]) -> _T:

@@ -51,10 +51,13 @@ class Finding:
 
 # --- pre-filter ----------------------------------------------------------------
 
-# Digit runs joined by at most four non-digits: a phone candidate's digit blocks
-# are separated by at most four punctuation characters, so every candidate's
-# digits lie inside one such cluster.
-_DIGIT_CLUSTER = re.compile(r"\d+(?:\D{0,4}\d+)*")
+# The characters python-phonenumbers allows between the digit blocks of a number
+# (its matcher ignores case, hence 'X'); tests compare it with the library's.
+PHONE_PUNCTUATION = "-xX\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000()\uff08\uff09\uff3b\uff3d.\\[\\]/~\u2053\u223c\uff5e"
+# Digit runs joined by at most four of those: a phone number's digits always lie
+# inside one such cluster. Commas, colons, newlines and letters end a cluster, so
+# number lists and tables make many small clusters rather than one huge one.
+_DIGIT_CLUSTER = re.compile(rf"\d+(?:[{PHONE_PUNCTUATION}]{{0,4}}\d+)*")
 _NON_DIGIT = re.compile(r"\D+")
 # The card pattern is 13-19 digits with at most one '-' or ' ' between them.
 _CARD = re.compile(r"\d(?:[- ]?\d){12}")
@@ -62,9 +65,9 @@ _CARD_MIN_DIGITS = 13
 # An IBAN starts with a two-letter country code and two check digits (upper case:
 # Presidio's IBAN pattern is case-sensitive).
 _IBAN = re.compile(r"[A-Z]{2}[0-9]{2}")
-# IPv4 has a digit-dot-digit; every IPv6 form has two colons at most four hex
-# digits apart.
-IP_ANCHOR = r"\d\.\d|:[0-9A-Fa-f]{0,4}:"
+# Every IPv4 match has two dots between digits; every IPv6 form has two colons at
+# most four hex digits apart.
+IP_ANCHOR = r"\d\.\d{1,3}\.\d|:[0-9A-Fa-f]{0,4}:"
 _IP = re.compile(IP_ANCHOR)
 # Every secret pattern in pii_recognizers contains one of these, in some letter case.
 _SECRET_LITERALS = (

@@ -52,17 +52,11 @@ _SECRET_VALUE = r"[^\s\"'`,;<>()\[\]{}]{16,}"
 _SECRET_KEYWORD = r"(?i:api[_-]?key|apikey|secret|token|passw(?:or)?d|pwd|credential|private[_-]?key)"
 
 
-def shannon_entropy(value: str) -> float:
-    """Bits per character of ``value``'s own character distribution."""
-    counts = Counter(value)
-    return -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
-
-
 def looks_random(value: str) -> bool:
-    """A key-like token: long, letters and digits mixed, high entropy (not a word or a slug)."""
-    has_digit = any(c.isdigit() for c in value)
-    has_alpha = any(c.isalpha() for c in value)
-    return len(value) >= 16 and has_digit and has_alpha and shannon_entropy(value) >= 3.0
+    """A key-like token: long, letters and digits mixed, >= 3 bits of entropy per character."""
+    if len(value) < 16 or not any(c.isdigit() for c in value) or not any(c.isalpha() for c in value):
+        return False
+    return -sum(n / len(value) * math.log2(n / len(value)) for n in Counter(value).values()) >= 3.0
 
 
 class SecretRecognizer(PatternRecognizer):
@@ -95,8 +89,13 @@ def secret_recognizers() -> list[SecretRecognizer]:
     # "sk-" and keyword assignments also start ordinary slugs and prose: the value must look random.
     random_valued = [
         Pattern("openai_anthropic_key", r"\bsk-(?:ant-|proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", 0.9),
-        Pattern("assigned_secret", rf"(?<={_SECRET_KEYWORD}[\w.-]*[\"']?\s*[:=]\s*[\"']?){_SECRET_VALUE}", 0.9),
-        Pattern("bearer_token", r"(?<=\b[Bb]earer\s+)[A-Za-z0-9._~+/-]{16,}=*", 0.9),
+        # Bounded look-behinds keep the scan linear on long blobs (a look-behind is tried at every position).
+        Pattern(
+            "assigned_secret",
+            rf"(?<={_SECRET_KEYWORD}[\w.-]{{0,32}}[\"']?\s{{0,4}}[:=]\s{{0,4}}[\"']?){_SECRET_VALUE}",
+            0.9,
+        ),
+        Pattern("bearer_token", r"(?<=\b[Bb]earer\s{1,4})[A-Za-z0-9._~+/-]{16,}=*", 0.9),
     ]
     return [
         SecretRecognizer("SecretPrefixRecognizer", prefixed, None),
@@ -118,16 +117,18 @@ class OfflineEmailRecognizer(EmailRecognizer):
 class AnchoredRecognizer(LocalRecognizer):
     """Runs a pattern recognizer only in windows around what its matches must contain.
 
-    Every match of ``inner`` contains a match of ``anchor`` and reaches less than
-    ``reach`` characters beyond it, so the windows hold every match a whole-text
-    scan finds; long texts with few anchors are scanned at a fraction of the cost.
+    Every match of ``inner`` contains a match of ``anchor`` and starts less than
+    ``before`` characters ahead of it and ends less than ``after`` beyond it, so
+    the windows hold every match a whole-text scan finds; long texts with few
+    anchors are scanned at a fraction of the cost.
     """
 
-    def __init__(self, inner: PatternRecognizer, anchor: str, reach: int) -> None:
-        super().__init__(supported_entities=inner.supported_entities, name=inner.name)
+    def __init__(self, inner: PatternRecognizer, anchor: str, before: int, after: int) -> None:
+        super().__init__(supported_entities=inner.supported_entities, name=f"Anchored{type(inner).__name__}")
         self.inner = inner
         self.anchor = re.compile(anchor)
-        self.reach = reach
+        self.before = before
+        self.after = after
 
     def load(self) -> None:
         """The wrapped recognizer is already loaded."""
@@ -137,7 +138,7 @@ class AnchoredRecognizer(LocalRecognizer):
     ) -> list[RecognizerResult]:
         windows: list[tuple[int, int]] = []
         for m in self.anchor.finditer(text):
-            low, high = max(0, m.start() - self.reach), min(len(text), m.end() + self.reach)
+            low, high = max(0, m.start() - self.before), min(len(text), m.end() + self.after)
             if windows and low <= windows[-1][1]:
                 windows[-1] = (windows[-1][0], high)
             else:
@@ -154,12 +155,12 @@ class RegionFilteredPhoneRecognizer(LocalRecognizer):
 
     A region's matcher parses every digit group of the text it is given, which
     makes whole-text matching the costliest recognizer by far. Instead each
-    cluster of nearby digits is matched on its own, in a window reaching to the
-    neighbouring clusters (a number's digit blocks are at most four characters
-    apart, so no number spans two clusters), only in the regions whose shortest
+    cluster of digits is matched on its own, in a window reaching to the
+    neighbouring clusters (a number's digit blocks are at most four punctuation
+    characters apart, so no number spans two clusters), only in the regions whose shortest
     valid number fits its digit count, and only until every digit of the cluster
-    is inside a match. An extension written more than four characters after its
-    number falls outside the number's span.
+    is inside a match. An extension ("ext. 12") is a cluster of its own, outside
+    its number's span.
 
     A match is scored 0.6: VALID leniency already checks it against the region's
     numbering plan, and Presidio's 0.4 assumes its context enhancer, which needs
@@ -185,8 +186,8 @@ class RegionFilteredPhoneRecognizer(LocalRecognizer):
         for i, (start, end, digits) in enumerate(clusters):
             low = max(start - self.BEFORE, clusters[i - 1][1] if i else 0)
             high = min(end + self.AFTER, clusters[i + 1][0] if i + 1 < len(clusters) else len(text))
-            results += [RecognizerResult("PHONE_NUMBER", low + s, low + e, self.SCORE) for s, e in
-                        self._match(text[low:high], phone_regions_for(digits))]
+            for s, e in self._match(text[low:high], phone_regions_for(digits)):
+                results.append(RecognizerResult("PHONE_NUMBER", low + s, low + e, self.SCORE))
         return EntityRecognizer.remove_duplicates(results)
 
     @staticmethod
@@ -226,12 +227,12 @@ def build_pattern_recognizers() -> PatternRecognizers:
     return PatternRecognizers(
         {
             # RFC 5321 caps the local part at 64 characters and the domain at 255.
-            "EMAIL_ADDRESS": [AnchoredRecognizer(email, "@", reach=256)],
+            "EMAIL_ADDRESS": [AnchoredRecognizer(email, "@", before=65, after=256)],
             "PHONE_NUMBER": [RegionFilteredPhoneRecognizer()],
             "CREDIT_CARD": [CreditCardRecognizer()],
             "IBAN_CODE": [IbanRecognizer()],
             # An IPv6 address with a zone and a prefix length stays well within 64.
-            "IP_ADDRESS": [AnchoredRecognizer(IpRecognizer(), IP_ANCHOR, reach=64)],
+            "IP_ADDRESS": [AnchoredRecognizer(IpRecognizer(), IP_ANCHOR, before=64, after=64)],
             "SECRET": list(secret_recognizers()),
         }
     )
@@ -271,10 +272,6 @@ class NerRunner:
         self.engine = engine
         self.entities = sorted(set(_NER_LABELS.values()))
         self.recognizer = SpacyRecognizer(supported_entities=self.entities)
-
-    @property
-    def pipe_names(self) -> list[str]:
-        return list(self.engine.get_nlp("en").pipe_names)
 
     def analyze(self, texts: list[str]) -> list[list[Finding]]:
         # The memory zone frees the strings and lexemes each text adds to the

@@ -39,6 +39,16 @@ class TenantPolicies:
     def routing(self, tenant: str) -> RoutingPolicy:
         return self._routing.get(tenant, self._default_routing)
 
+    async def preload(self) -> None:
+        """Load the analyzers the policies need now, not on a tenant's first request."""
+        policies = [p for p in [self._default_pii, *self._pii.values()] if p is not None]
+        if not policies:
+            return
+        from policies.pii import preload
+
+        for policy in policies:
+            await preload(policy)
+
     def pii(self, tenant: str) -> PiiPolicy | None:
         """None when PII scanning is off for the tenant: it then costs nothing."""
         return self._pii.get(tenant, self._default_pii)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from budgets.accounting import Reservation
     from budgets.tokens import Counter
     from policies.fair_queue import FairQueue
+    from policies.pii_restore import Restorer
     from policies.routing import Deployment
 
 # Status recorded when the client goes away before the response is complete.
@@ -40,6 +41,9 @@ class RequestContext:
     route_reason: str | None = None
     # PII found under a `restrict` policy: only self-hosted deployments may serve.
     self_hosted_only: bool = False
+    # Under redact / mask_and_restore: what cloud deployments get instead of `body`.
+    cloud_body: JsonObject | None = None
+    restorer: Restorer | None = None
     queue: FairQueue | None = None
     # usage and money
     reservation: Reservation | None = None
@@ -62,8 +66,10 @@ class RequestContext:
     finished: bool = False
 
     def engine_request(self, deployment: Deployment) -> EngineRequest:
-        # request --> engine input: the alias becomes the upstream's own model name.
-        body = {**self.body, "model": deployment.config.model}
+        # request --> engine input: the alias becomes the upstream's own model name,
+        # and a cloud deployment never sees what the PII policy took out.
+        source = self.body if self.cloud_body is None or deployment.config.privacy == "self_hosted" else self.cloud_body
+        body = {**source, "model": deployment.config.model}
         return EngineRequest(
             kind=self.kind,
             body=body,

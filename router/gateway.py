@@ -136,6 +136,7 @@ class Gateway:
             await self.jwt.start()
         if self.ledger is not None:
             await self.ledger.start()
+        await self.policies.preload()
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         interval = self.config.resilience.health_check_interval_s
         if interval > 0:

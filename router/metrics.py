@@ -66,6 +66,13 @@ class Metrics:
         self.in_flight = Gauge(
             "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
         )
+        self.pii_entities = Counter(
+            "sluicegate_pii_entities_total", "Personal data found in requests, by entity type (never values).",
+            ("entity",), registry=r,
+        )
+        self.pii_failures = Counter(
+            "sluicegate_pii_analyzer_failures_total", "Requests whose PII scan failed.", registry=r,
+        )
         self.soft_budget_exceeded = Counter(
             "sluicegate_soft_budget_exceeded_total", "Requests admitted while over a soft budget, by tenant.",
             ("tenant",), registry=r,

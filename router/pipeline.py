@@ -21,6 +21,7 @@ from policies.tenant_policy import TenantPolicies
 from router.config import RoutingPolicy
 from router.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from router.metrics import Metrics
+from router.privacy import apply_pii
 from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
@@ -57,6 +58,9 @@ class Pipeline:
     async def admit(self, ctx: RequestContext) -> None:
         """Route by the tenant's policy, queue for the alias (fair between tenants), reserve limits and budget."""
         p = ctx.principal
+        pii = self.policies.pii(p.tenant)
+        if pii is not None:
+            await apply_pii(ctx, pii, self.metrics)
         policy = self.policies.routing(p.tenant)
         downgraded = self._downgrade(ctx, policy)
         alias = self.router.get(ctx.alias)
@@ -100,6 +104,8 @@ class Pipeline:
         ctx.usage = completion.usage
         if completion.usage is None:
             ctx.generated_text = completion_texts(completion.body)
+        if ctx.restorer is not None and deployment.config.privacy == "cloud":
+            completion.body = ctx.restorer.restore_completion(completion.body)
         return completion
 
     async def open_stream(self, ctx: RequestContext) -> AsyncIterator[bytes]:
@@ -123,6 +129,8 @@ class Pipeline:
 
         (first, chunks), deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias)
         ctx.deployment = deployment.name
+        if ctx.restorer is None or deployment.config.privacy != "cloud":
+            ctx.restorer = None  # nothing was masked on the way to this deployment
         ctx.ttft = time.perf_counter() - ctx.started
         self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
         return self._relay(ctx, first, chunks)
@@ -131,6 +139,7 @@ class Pipeline:
         include_usage = ctx.include_usage
         ctx.status = CLIENT_CLOSED
         pending: list[bytes] = []  # events in hand, written together
+        restore = ctx.restorer.stream() if ctx.restorer is not None else None
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
@@ -143,13 +152,17 @@ class Pipeline:
                     return
                 ctx.generated.append(chunk)
                 if include_usage or not chunk.usage_only:
-                    pending.append(b"data: " + chunk.data + b"\n\n")
+                    data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
+                    pending.append(b"data: " + data + b"\n\n")
                 if chunk.batch_end and pending:
                     yield pending[0] if len(pending) == 1 else b"".join(pending)
                     pending.clear()
                 chunk = await anext(chunks, None)
             ctx.status = 200
             await self.complete(ctx)
+            held = restore.flush() if restore is not None else None
+            if held is not None:
+                pending.append(b"data: " + held + b"\n\n")
             pending.append(_DONE)
             yield b"".join(pending)
         except GatewayError as exc:

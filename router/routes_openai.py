@@ -8,7 +8,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.response import Stream
+from litestar.datastructures import Headers
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import ASGIApp
 
 from router.decode import decode_body
 from router.errors import GatewayError, PayloadTooLarge, PermissionDenied
@@ -30,8 +33,8 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     return gateway
 
 
-async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
-    length = request.headers.get("content-length")
+async def _read_body(request: Request[Any, Any, Any], headers: Headers, limit: int) -> bytes:
+    length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
     body = await request.body()
@@ -40,38 +43,51 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     return body
 
 
-async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape: type[WireRequest]) -> Response[bytes] | Stream:
+# Handlers return ASGI responses directly, with headers already encoded: the
+# hot path skips the framework's response conversion and header machinery.
+# The annotation is ASGIApp so that Litestar passes them through untouched.
+Answer = ASGIApp
+
+
+async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape: type[WireRequest]) -> Answer:
     gateway = _gateway(request)
     started = time.perf_counter()
+    headers = request.headers
     try:
-        ctx = await _admit(request, gateway, kind, route, shape, started)
+        ctx = await _admit(request, headers, gateway, kind, route, shape, started)
     except GatewayError as exc:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
         raise
     pipeline = gateway.pipeline
-    pipeline.begin(ctx, request.headers.get("traceparent"))
+    pipeline.begin(ctx, headers.get("traceparent"))
     try:
         await pipeline.admit(ctx)
         if ctx.stream:
             relay = await pipeline.open_stream(ctx)
-            return Stream(relay, media_type="text/event-stream", headers=_headers(ctx, streaming=True))
+            return ASGIStreamingResponse(iterator=relay, encoded_headers=_headers(ctx, streaming=True), status_code=200)
         completion = await pipeline.unary(ctx)
     except GatewayError as exc:
         await pipeline.fail(ctx, exc)
         raise
     await pipeline.complete(ctx)
-    return Response(completion.body, media_type=JSON, headers=_headers(ctx, streaming=False))
+    return ASGIResponse(body=completion.body, encoded_headers=_headers(ctx, streaming=False), status_code=200)
 
 
 async def _admit(
-    request: Request[Any, Any, Any], gateway: Gateway, kind: Kind, route: str, shape: type[WireRequest], started: float
+    request: Request[Any, Any, Any],
+    headers: Headers,
+    gateway: Gateway,
+    kind: Kind,
+    route: str,
+    shape: type[WireRequest],
+    started: float,
 ) -> RequestContext:
     """Authenticate, decode and validate; the alias must exist before any work is done."""
-    principal = await gateway.authenticate(request.headers.get("authorization"))
+    principal = await gateway.authenticate(headers.get("authorization"))
     if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
         raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
-    body = await _read_body(request, gateway.config.server.max_body_bytes)
+    body = await _read_body(request, headers, gateway.config.server.max_body_bytes)
     raw, validated, unknown = decode_body(body, shape)
     if unknown:
         gateway.metrics.unknown_fields.labels(route).inc(unknown)
@@ -86,33 +102,38 @@ async def _admit(
         body=raw,
         stream=bool(getattr(validated, "stream", False)),
         include_usage=bool(options is not None and options.include_usage),
-        session_id=request.headers.get("x-session-id"),
+        session_id=headers.get("x-session-id"),
         started=started,
     )
 
 
-def _headers(ctx: RequestContext, *, streaming: bool) -> dict[str, str]:
-    headers = {"x-request-id": ctx.request_id, "x-sluicegate-deployment": ctx.deployment}
+_JSON_TYPE = (b"content-type", b"application/json")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+def _headers(ctx: RequestContext, *, streaming: bool) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-request-id", ctx.request_id.encode()), (b"x-sluicegate-deployment", ctx.deployment.encode())]
     if ctx.route_reason:
-        headers["x-sluicegate-route-reason"] = ctx.route_reason
+        headers.append((b"x-sluicegate-route-reason", ctx.route_reason.encode()))
     if streaming:
-        headers["cache-control"] = "no-cache"
-        headers["x-accel-buffering"] = "no"
+        headers += _SSE_HEADERS
+    else:
+        headers.append(_JSON_TYPE)
     return headers
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+async def chat_completions(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "chat", "chat", ChatRequest)
 
 
 @post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+async def completions(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "completion", "completions", CompletionRequest)
 
 
 @post("/v1/embeddings", status_code=200)
-async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+async def embeddings(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "embedding", "embeddings", EmbeddingRequest)
 
 

@@ -339,7 +339,7 @@ def test_block_message_names_types_and_counts_never_values() -> None:
     message = block_message({"PHONE_NUMBER": 1, "EMAIL_ADDRESS": 2})
     assert message == "The request contains personal data that policy does not allow: EMAIL_ADDRESS (2), PHONE_NUMBER (1)."
     error = BlockedForPii({"EMAIL_ADDRESS": 2})
-    assert error.status == 403 and error.code == "pii_blocked" and "EMAIL_ADDRESS (2)" in error.message
+    assert error.status == 400 and error.code == "pii_blocked" and "EMAIL_ADDRESS (2)" in error.message
 
 
 async def test_block_message_from_a_scan_holds_no_values() -> None:
