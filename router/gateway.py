@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -138,6 +139,10 @@ class Gateway:
             await self.ledger.start()
         await self.policies.preload()
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
+        # What start-up allocated (engines, models, tokenizers) lives as long as the
+        # process: keep it out of every later garbage collection's work.
+        gc.collect()
+        gc.freeze()
         interval = self.config.resilience.health_check_interval_s
         if interval > 0:
             self._health_task = asyncio.create_task(self._check_health(interval))

@@ -126,6 +126,9 @@ class StreamEncoder:
                 chunks.extend(self._chat_chunks(index, output, reason))
             elif output.text or reason or (self.meta.top_logprobs is not None and output.token_ids):
                 chunks.append(self._text_chunk(index, output, reason))
+        # One engine step's chunks reach the client in one write.
+        for chunk in chunks[:-1]:
+            chunk.batch_end = False
         return chunks
 
     def usage(self) -> Usage:
