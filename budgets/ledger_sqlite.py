@@ -54,7 +54,18 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
 """
 
-_INSERT = f"INSERT OR IGNORE INTO ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
+# Rows per INSERT: sqlite3 releases the GIL around every statement, so one
+# statement per row makes the writer thread and the event loop trade the GIL
+# hundreds of times per batch. Kept under SQLite's oldest limit of 999 variables.
+_ROWS_PER_STATEMENT = 999 // len(_COLUMNS)
+
+
+def _insert_sql(rows: int) -> str:
+    return f"INSERT OR IGNORE INTO ledger ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
+
+
+_INSERT_FULL = _insert_sql(_ROWS_PER_STATEMENT)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(dict[str, int]).decode
@@ -127,11 +138,17 @@ class SQLiteStore:
 
     async def write(self, rows: Sequence[LedgerRow]) -> None:
         records = [_to_record(row) for row in rows]
+        step = _ROWS_PER_STATEMENT
+        statements = [
+            (_INSERT_FULL if len(part) == step else _insert_sql(len(part)), [v for record in part for v in record])
+            for part in (records[i : i + step] for i in range(0, len(records), step))
+        ]
 
         def insert(conn: sqlite3.Connection) -> None:
             with conn:  # one transaction per batch
                 conn.execute("BEGIN")
-                conn.executemany(_INSERT, records)
+                for sql, values in statements:
+                    conn.execute(sql, values)
 
         await self._call(insert)
 

