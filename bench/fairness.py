@@ -1,6 +1,6 @@
 """Fairness under a flood: does one tenant's burst raise another tenant's latency?
 
-``python -m bench.fairness [--duration 10] [--capacity 4] [--service-ms 20] [--flood 64] [--steady-rps 20]``
+``python -m bench.fairness [--duration 10] [--capacity 4] [--service-ms 50] [--flood 64] [--steady-rps 20]``
 
 Starts the fake upstream and Sluicegate (one worker) with an alias whose queue
 admits ``--capacity`` requests at once; each takes ``--service-ms`` upstream,
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--capacity", type=int, default=4)
-    parser.add_argument("--service-ms", type=int, default=20)
+    parser.add_argument("--service-ms", type=int, default=50)
     parser.add_argument("--flood", type=int, default=64)
     parser.add_argument("--steady-rps", type=float, default=20.0)
     args = parser.parse_args(argv)
