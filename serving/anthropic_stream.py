@@ -11,7 +11,8 @@ import time
 import msgspec
 
 from router.errors import UpstreamError
-from serving.anthropic_translate import STOP_REASONS, to_usage, usage_json
+from serving.anthropic_translate import STOP_REASONS, to_usage
+from serving.base import usage_json
 from serving.base import JsonObject, StreamChunk
 
 _encode = msgspec.json.Encoder().encode

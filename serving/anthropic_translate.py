@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from router.errors import InvalidRequest
-from serving.base import JsonObject, PromptTokensDetails, Usage
+from serving.base import JsonObject, Usage, make_usage, usage_json
 
 STOP_REASONS = {
     "end_turn": "stop",
@@ -266,21 +266,7 @@ def to_usage(raw: object) -> Usage:
     cached = int(fields.get("cache_read_input_tokens") or 0)
     prompt = int(fields.get("input_tokens") or 0) + cached + int(fields.get("cache_creation_input_tokens") or 0)
     completion = int(fields.get("output_tokens") or 0)
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-    )
-
-
-def usage_json(usage: Usage) -> JsonObject:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
+    return make_usage(prompt, completion, cached)
 
 
 def to_openai_response(message: JsonObject, *, created: int | None = None) -> tuple[JsonObject, Usage]:

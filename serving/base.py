@@ -34,6 +34,25 @@ class Usage(msgspec.Struct, omit_defaults=True):
         return details.cached_tokens if details is not None else 0
 
 
+def make_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+    )
+
+
+def usage_json(usage: Usage) -> JsonObject:
+    """OpenAI's usage object. Spelled out because ``Usage`` omits zero fields, and clients expect all of them."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
 @dataclass(slots=True)
 class EngineRequest:
     kind: Kind

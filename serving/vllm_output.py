@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from router.errors import UpstreamError
-from serving.base import Completion, JsonObject, PromptTokensDetails, StreamChunk, Usage
+from serving.base import Completion, JsonObject, StreamChunk, Usage, make_usage, usage_json
 
 if TYPE_CHECKING:
     from vllm.logprobs import Logprob
@@ -42,25 +42,6 @@ class ResponseMeta:
         else:
             name = "text_completion"
         return {"id": self.response_id, "object": name, "created": self.created, "model": self.model}
-
-
-def make_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
-    )
-
-
-def usage_json(usage: Usage) -> JsonObject:
-    # Spelled out because ``Usage`` omits zero fields, and clients expect all of them.
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
 
 
 def finish_reason(output: CompletionOutput) -> str | None:

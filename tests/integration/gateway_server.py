@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 import uvicorn
 
 from router.app import create_app
@@ -39,3 +40,18 @@ async def running_gateway(config: Config) -> AsyncIterator[tuple[str, Gateway]]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+async def wait_healthy(base: str, timeout_s: float = 15.0) -> None:
+    """Poll a gateway started as a subprocess until /healthz answers (bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                async with http.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} did not start")

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from bench.fake_upstream import FakeUpstream
 from router.auth import hash_api_key
 from router.config import Config
-from tests.integration.gateway_server import free_port, running_gateway
+from tests.integration.gateway_server import free_port, running_gateway, wait_healthy
 from tests.integration.test_ledger_postgres_outage import TcpProxy
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -76,19 +76,6 @@ def replicas(fake_upstream: FakeUpstream, tenant: str, tmp_path: Path) -> Iterat
         process.wait(timeout=30)
 
 
-async def _up(base: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(150):
-            try:
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} did not start")
-
-
 async def _burst(bases: list[str], per_replica: int) -> list[tuple[int, str | None]]:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -109,7 +96,7 @@ def _clear_of_minute_boundary() -> None:
 
 async def test_two_replicas_enforce_one_global_rpm(replicas: Any) -> None:
     bases = replicas({"rpm": 25})
-    await asyncio.gather(*(_up(b) for b in bases))
+    await asyncio.gather(*(wait_healthy(b) for b in bases))
     _clear_of_minute_boundary()
     results = await _burst(bases, 40)
     assert sum(1 for status, _ in results if status == 200) == 25
@@ -119,7 +106,7 @@ async def test_two_replicas_enforce_one_global_rpm(replicas: Any) -> None:
 
 async def test_two_replicas_enforce_one_global_concurrency_limit(replicas: Any) -> None:
     bases = replicas({"max_concurrent": 3})
-    await asyncio.gather(*(_up(b) for b in bases))
+    await asyncio.gather(*(wait_healthy(b) for b in bases))
     # Every request holds its slot for the upstream's 300 ms, so at most 3 of this burst fit.
     results = await _burst(bases, 10)
     assert sum(1 for status, _ in results if status == 200) == 3

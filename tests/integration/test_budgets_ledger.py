@@ -24,7 +24,7 @@ from budgets.store_redis import RedisCounterStore
 from router.auth import hash_api_key
 from router.config import Config
 from tests.contract.test_ledger import database_dsn
-from tests.integration.gateway_server import free_port, running_gateway
+from tests.integration.gateway_server import free_port, running_gateway, wait_healthy
 from tests.integration.test_ledger_postgres_outage import TcpProxy, database, proxy  # noqa: F401 (fixtures)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -137,19 +137,6 @@ def _start_gateway(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def _wait_healthy(base: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(150):
-            try:
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} did not come up")
-
-
 async def test_two_replicas_share_one_budget(
     fake_upstream: FakeUpstream, database: str, tenant: str, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -167,7 +154,7 @@ async def test_two_replicas_share_one_budget(
             path.write_bytes(msgspec.yaml.encode(raw))
             processes.append(_start_gateway(path, tmp_path / f"r{i}" / "log"))
             bases.append(f"http://127.0.0.1:{port}")
-        await asyncio.gather(*(_wait_healthy(b) for b in bases))
+        await asyncio.gather(*(wait_healthy(b) for b in bases))
         both = await asyncio.gather(fire(bases[0], 250), fire(bases[1], 250))
     finally:
         for process in processes:
