@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from bench.fake_upstream import FakeUpstream
 from router.auth import hash_api_key
@@ -36,18 +34,6 @@ def _config(upstream: str, tenant: str, limits: dict[str, int], redis_url: str =
         "tenants": [{"id": tenant, "keys": [{"id": "k", "hash": hash_api_key(KEY)}], "limits": limits, **extra}],
         "state": {"counters": "redis", "redis_url": redis_url, "ledger": "off"},
     }
-
-
-@pytest.fixture
-async def tenant() -> AsyncIterator[str]:
-    name = f"adm-{secrets.token_hex(4)}"
-    yield name
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"*{name}*"):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import msgspec
-import pytest
-import redis.asyncio as aioredis
 
 from bench.fake_upstream import FakeUpstream
 from budgets.store_redis import RedisCounterStore
@@ -88,18 +84,6 @@ async def spent_and_reserved(tenant: str) -> tuple[int, int]:
         return await store.budget_state(f"budget:t:{tenant}:money:month:{month}")
     finally:
         await store.close()
-
-
-@pytest.fixture
-async def tenant() -> AsyncIterator[str]:
-    name = f"budget-{secrets.token_hex(4)}"
-    yield name
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"*{name}*"):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 async def test_concurrent_requests_never_overspend_and_everything_agrees(
