@@ -66,7 +66,8 @@ def spawn(args: list[str], log: Path, url: str, ready_path: str) -> Process:
     """Start ``args`` and wait (bounded) until ``url + ready_path`` answers 200."""
     env = {**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
     handle = log.open("wb")
-    popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    # The gateway keeps its embedded state (the SQLite ledger) in its working directory.
+    popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent, env={**env, "PYTHONPATH": str(REPO)})
     handle.close()
     proc = Process(popen, log, url)
     deadline = time.monotonic() + START_TIMEOUT_S
