@@ -46,8 +46,13 @@ class PiiPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     score_threshold: float = 0.5
     thresholds: dict[str, float] = msgspec.field(default_factory=dict)
     on_analyzer_error: Literal["fail_closed", "restrict"] = "fail_closed"
+    # Text beyond this many characters is refused rather than scanned: scanning
+    # cost grows with the text, and an unscanned remainder must not go out.
+    max_scan_chars: int = 262_144
 
     def __post_init__(self) -> None:
+        if self.max_scan_chars < 1:
+            raise ValueError("`max_scan_chars` must be at least 1")
         unknown = sorted(set(self.entities) - pii_engine.SUPPORTED_ENTITIES)
         if unknown:
             raise ValueError(f"unknown PII entities {unknown}; supported: {sorted(pii_engine.SUPPORTED_ENTITIES)}")

@@ -141,3 +141,19 @@ async def test_analyzer_failure_fails_closed(pii_gateway, fake_upstream, monkeyp
     status, raw, _ = await _post(base, "broken", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": TEXT}]})
     assert status == 503 and msgspec.json.decode(raw)["error"]["code"] == "pii_analyzer_unavailable"
     assert list(fake_upstream.requests) == []  # nothing unscanned left the building
+
+
+async def test_text_beyond_the_scan_limit_is_refused_not_sent(fake_upstream: FakeUpstream) -> None:
+    config = _config(fake_upstream.url)
+    tenants = [msgspec.to_builtins(t) for t in config.tenants]
+    tenants[0]["pii"]["max_scan_chars"] = 1000
+    config = make_config(fake_upstream.url, deployments=[msgspec.to_builtins(d) for d in config.deployments],
+                         models=[msgspec.to_builtins(m) for m in config.models], tenants=tenants)
+    async with running_gateway(config) as (base, _):
+        fake_upstream.requests.clear()
+        body = {"model": "echo", "messages": [{"role": "user", "content": "1 " * 600}]}
+        status, raw, _ = await _post(base, "redact", "/v1/chat/completions", body)
+        assert status == 400 and msgspec.json.decode(raw)["error"]["code"] == "pii_scan_too_large"
+        assert list(fake_upstream.requests) == []
+        status, _, _ = await _post(base, "redact", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": TEXT}]})
+        assert status == 200
