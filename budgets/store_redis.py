@@ -54,7 +54,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 def _script(name: str) -> str:
-    return files("budgets").joinpath("lua", name).read_text(encoding="utf-8")
+    """A script with the shared lease-reclaiming function in front of it."""
+    lua = files("budgets").joinpath("lua")
+    return lua.joinpath("reclaim.lua").read_text(encoding="utf-8") + "\n" + lua.joinpath(name).read_text(encoding="utf-8")
 
 
 def _text(value: bytes | str) -> str:

@@ -70,20 +70,6 @@ local function less(x, y)
   return xh < yh or (xh == yh and xl < yl)
 end
 
--- Release budget reservations whose lease ended (their replica never settled).
-local function reclaim_budget(key)
-  local leases, holds = p .. 'bl:' .. key, p .. 'ba:' .. key
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
-  for _, id in ipairs(expired) do
-    local amount = redis.call('HGET', holds, id)
-    if amount then
-      if amount ~= '0' then redis.call('HINCRBY', p .. 'bs:' .. key, 'reserved', '-' .. amount) end
-      redis.call('HDEL', holds, id)
-    end
-  end
-  if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
-end
-
 local function window_key(kind, key, window)
   local index = math.floor(now / window)
   local tag = (kind == 'requests') and 'r:' or 't:'
@@ -119,7 +105,7 @@ for _, l in ipairs(req.limits) do
 end
 local take = {}
 for i, b in ipairs(req.budgets) do
-  reclaim_budget(b[1])
+  reclaim_budget(p, now, b[1])
   take[i] = b[3]
   if b[4] == 1 then
     local s = redis.call('HMGET', p .. 'bs:' .. b[1], 'spent', 'reserved')

@@ -23,20 +23,6 @@ local actual = cjson.decode(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
--- Release budget reservations whose lease ended (their replica never settled).
-local function reclaim_budget(key)
-  local leases, holds = p .. 'bl:' .. key, p .. 'ba:' .. key
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 256)
-  for _, id in ipairs(expired) do
-    local amount = redis.call('HGET', holds, id)
-    if amount then
-      if amount ~= '0' then redis.call('HINCRBY', p .. 'bs:' .. key, 'reserved', '-' .. amount) end
-      redis.call('HDEL', holds, id)
-    end
-  end
-  if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
-end
-
 for _, key in ipairs(record.c) do
   local slots = p .. 'c:' .. key
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
@@ -54,7 +40,7 @@ end
 for _, entry in ipairs(record.b) do
   local key, expire_at = entry[1], entry[2]
   local state, holds = p .. 'bs:' .. key, p .. 'ba:' .. key
-  reclaim_budget(key)
+  reclaim_budget(p, now, key)
   local held = redis.call('HGET', holds, rid)
   if held then
     redis.call('HDEL', holds, rid)
