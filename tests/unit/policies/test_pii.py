@@ -276,14 +276,16 @@ class SpyEngine:
         self.error = error
         self.calls: list[list[tuple[str, Mapping[str, float]]]] = []
         self.threads: list[str] = []
+        self.scopes: list[str] = []
 
-    def analyze(self, jobs: Sequence[tuple[str, Mapping[str, float]]]) -> list[list[Finding]]:
+    def analyze(self, jobs: Sequence[tuple[str, Mapping[str, float]]], ner_scope: str = "cased") -> list[list[Finding]]:
         self.calls.append(list(jobs))
+        self.scopes.append(ner_scope)
         self.threads.append(threading.current_thread().name)
         if self.error is not None:
             raise self.error
         assert self.real is not None
-        return self.real.analyze(jobs)
+        return self.real.analyze(jobs, ner_scope)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -303,6 +305,16 @@ async def test_prefilter_skips_the_analyzer_for_texts_that_cannot_match(spy: Spy
     # Only the text that could match went to the analyzer, for the entity it could hold, off the loop.
     assert spy.calls == [[(f"but {EMAIL} here", {"EMAIL_ADDRESS": 0.5})]]
     assert spy.threads[0].startswith("pii") and spy.threads[0] != threading.current_thread().name
+
+
+async def test_the_policy_chooses_where_ner_runs(spy: SpyEngine) -> None:
+    body = {"messages": [{"role": "user", "content": "Forward it to Maria Garcia in Lisbon."}]}
+    for scope in ("cased", "full"):
+        result = await scan_request("chat", body, PiiPolicy(action="redact", entities=["PERSON", "LOCATION"], ner_scope=scope))
+        assert result.counts == {"PERSON": 1, "LOCATION": 1}
+    assert spy.scopes == ["cased", "full"]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"action": "redact", "ner_scope": "sometimes"}, PiiPolicy)
 
 
 async def test_large_requests_are_filtered_in_the_pool_and_still_skip_the_analyzer(spy: SpyEngine) -> None:
