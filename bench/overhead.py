@@ -2,12 +2,20 @@
 
 ``python -m bench.overhead [--duration 10] [--concurrency 64] [--stream-chunks 20]``
 
-Starts three servers as subprocesses on free loopback ports: the fake upstream,
-the minimal pass-through (``bench.passthrough``) and Sluicegate (one worker),
-all pointed at the same fake. Then, for each target and for non-streamed and
-streamed chat completions, it runs ``wrk -t1 -c<concurrency> -d<duration>s``
-after a short warm-up and prints req/s, p50 and p99 latency, and Sluicegate's
-throughput as a percentage of the pass-through's.
+Starts the servers as subprocesses on free loopback ports: the fake upstream,
+the minimal pass-through (``bench.passthrough``), and Sluicegate (one worker)
+three times over, all pointed at the same fake:
+
+- ``sluicegate``: the foundation: auth, validation, routing, metrics; no
+  limits, no budgets, no ledger;
+- ``sluicegate-limits``: plus the admission path: per-tenant RPM, TPM and
+  concurrency limits (in-process counter store), far above the load;
+- ``sluicegate-budgets``: plus a money and a token budget and the SQLite ledger.
+
+Then, for each target and for non-streamed and streamed chat completions, it
+runs ``wrk -t1 -c<concurrency> -d<duration>s`` after a short warm-up and prints
+req/s, p50 and p99 latency, the server's CPU time per request, and the ratios:
+the foundation against the pass-through, the others against the foundation.
 
 CPU placement (``--pin``, the default when at least two CPUs are available):
 the server being measured owns the last CPU; wrk and the fake upstream share
@@ -32,13 +40,16 @@ from bench.wrk import WrkMissing, find_wrk, run_wrk
 
 BENCH_KEY = "sk-bench-0123456789"
 MODEL = "fake-model"
-TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-budgets")
+TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets")
 LABELS = {
     "upstream": "upstream direct",
     "passthrough": "passthrough",
     "sluicegate": "sluicegate",
+    "sluicegate-limits": "sg+limits",
     "sluicegate-budgets": "sg+limits+budget",
 }
+# Which features each Sluicegate target turns on.
+FEATURES = {"sluicegate": "plain", "sluicegate-limits": "limits", "sluicegate-budgets": "budgets"}
 _CHAT_PATH = "/v1/chat/completions"
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
@@ -77,16 +88,18 @@ def bench_key_hash() -> str:
 
 
 # The admission and budget path fully on, with limits far above the load so nothing is refused.
-_LIMITED_TENANT = [
-    "    limits: {rpm: 100000000, tpm: 1000000000000, max_concurrent: 100000}",
-    "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, {kind: tokens, period: daily, limit: 1000000000000000}]",
-]
+_LIMITS = "    limits: {rpm: 100000000, tpm: 1000000000000, max_concurrent: 100000}"
+_BUDGETS = "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, {kind: tokens, period: daily, limit: 1000000000000000}]"
 
 
-def sluicegate_config(upstream_url: str, key_hash: str, limited: bool = False) -> str:
-    """The gateway's YAML config; JSON strings are valid YAML scalars."""
+def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain") -> str:
+    """The gateway's YAML config (``features``: plain, limits or budgets); JSON strings are valid YAML scalars."""
+    if features not in ("plain", "limits", "budgets"):
+        raise ValueError(f"unknown feature set {features!r}")
     q = json.dumps
-    price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"] if limited else []
+    tenant = {"plain": [], "limits": [_LIMITS], "budgets": [_LIMITS, _BUDGETS]}[features]
+    ledger = "state: {ledger: sqlite, ledger_path: ledger.sqlite}" if features == "budgets" else "state: {ledger: \"off\"}"
+    price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"]
     return "\n".join(
         [
             "server: {log_level: warning}",
@@ -101,11 +114,11 @@ def sluicegate_config(upstream_url: str, key_hash: str, limited: bool = False) -
             "    deployments: [fake]",
             "tenants:",
             "  - id: bench",
-            *(_LIMITED_TENANT if limited else []),
+            *tenant,
             "    keys:",
             "      - id: bench-key",
             f"        hash: {q(key_hash)}",
-            "state: {ledger_path: ledger.sqlite}",
+            ledger,
             "",
         ]
     )
@@ -125,10 +138,13 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
             python, "-m", "router", "serve", "--config", str(work / "sluicegate.yaml"),
             "--host", "127.0.0.1", "--port", str(ports["sluicegate"]), "--workers", "1",
         ],
-        "sluicegate-budgets": [
-            python, "-m", "router", "serve", "--config", str(work / "sluicegate-budgets.yaml"),
-            "--host", "127.0.0.1", "--port", str(ports["sluicegate-budgets"]), "--workers", "1",
-        ],
+        **{
+            name: [
+                python, "-m", "router", "serve", "--config", str(work / f"{name}.yaml"),
+                "--host", "127.0.0.1", "--port", str(ports[name]), "--workers", "1",
+            ]
+            for name in ("sluicegate-limits", "sluicegate-budgets")
+        },
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
     urls = {name: f"http://127.0.0.1:{port}{_CHAT_PATH}" for name, port in ports.items()}
@@ -137,7 +153,7 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
 
 def _start(name: str, server: Server, url: str, work: Path, upstream_url: str) -> None:
     if name.startswith("sluicegate"):
-        config = sluicegate_config(upstream_url, bench_key_hash(), limited=name == "sluicegate-budgets")
+        config = sluicegate_config(upstream_url, bench_key_hash(), FEATURES[name])
         (work / f"{name}.yaml").write_text(config)
     server.start()
     for stream in (False, True):
@@ -206,6 +222,7 @@ def render(rows: list[Row]) -> str:
     ]
     for target, base, what in (
         ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough"),
+        ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate"),
         ("sluicegate-budgets", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate"),
     ):
         pct = percent_of_passthrough(rows, target, base)
@@ -213,6 +230,7 @@ def render(rows: list[Row]) -> str:
             lines.append(f"{what}: " + ", ".join(f"{m} {v:.1f}%" for m, v in pct.items()))
     for target, base, what in (
         ("sluicegate", "passthrough", "sluicegate CPU/req as % of passthrough"),
+        ("sluicegate-limits", "sluicegate", "limits CPU/req as % of sluicegate"),
         ("sluicegate-budgets", "sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
     ):
         ratio = cpu_ratio(rows, target, base)

@@ -10,7 +10,8 @@ net. After serving: the actual cost is charged and the rest released.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -47,6 +48,8 @@ class Reservation:
     held: bool = True
     # Share of the tightest money budget left after this reservation.
     remaining_fraction: float | None = None
+    # False when prompt_estimate is an upper bound rather than the count.
+    prompt_exact: bool = True
 
 
 def needs_accounting(principal: Principal) -> bool:
@@ -88,10 +91,84 @@ def _limits(scope: str, limits: LimitsConfig | None, tokens: int) -> Iterable[Li
         yield Limit(key=f"conc:{scope}", kind="concurrency", limit=limits.max_concurrent, amount=1)
 
 
+@dataclass(slots=True)
+class _BudgetSpec:
+    scope: str
+    config: BudgetConfig
+    limit: int  # in counter units: tokens, or pico-USD
+    key: str = ""
+    period_end_ms: int | None = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a principal's requests reserve, worked out once per principal.
+
+    Budget keys name their period; they are recomputed once the earliest
+    period among them has ended.
+    """
+
+    principal: Principal
+    # Request and concurrency limits take the same amount each time: built once.
+    # A tokens limit's amount is the request's estimate: (key, limit) to build from.
+    fixed_limits: list[Limit]
+    token_limits: list[tuple[str, int]]
+    budgets: list[_BudgetSpec]
+    refresh_at_ms: float = -1.0
+    hard_budgets: bool = False
+
+    def refresh(self, now_ms: float) -> None:
+        now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
+        ends = []
+        for spec in self.budgets:
+            spec.key, spec.period_end_ms = budget_key(spec.scope, spec.config, now)
+            if spec.period_end_ms is not None:
+                ends.append(spec.period_end_ms)
+        self.refresh_at_ms = min(ends) if ends else float("inf")
+
+
+def _plan_for(principal: Principal) -> _Plan:
+    tenant_scope = f"t:{principal.tenant}"
+    key_scope = f"k:{principal.tenant}:{principal.key_id}"
+    limits = [
+        limit
+        for scope, config in ((tenant_scope, principal.tenant_limits), (key_scope, principal.key_limits))
+        for limit in _limits(scope, config, 0)
+    ]
+    budgets = [
+        _BudgetSpec(scope, config, config.limit * (PICO_PER_MICRO if config.kind == "money" else 1))
+        for scope, configs in ((tenant_scope, principal.tenant_budgets), (key_scope, principal.key_budgets))
+        for config in configs
+    ]
+    return _Plan(
+        principal,
+        fixed_limits=[limit for limit in limits if limit.kind != "tokens"],
+        token_limits=[(limit.key, limit.limit) for limit in limits if limit.kind == "tokens"],
+        budgets=budgets,
+        hard_budgets=any(spec.config.hard for spec in budgets),
+    )
+
+
 class Accountant:
     def __init__(self, store: CounterStore, settings: AccountingSettings | None = None) -> None:
         self.store = store
         self.settings = settings or AccountingSettings()
+        # (tenant, key id) --> the plan of the principal last seen for it
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._settle_now: Callable[[Settlement], None] | None = getattr(store, "settle_now", None)
+
+    def _plan(self, principal: Principal) -> _Plan:
+        ident = (principal.tenant, principal.key_id)
+        plan = self._plans.get(ident)
+        # Principals are cached by the key stores; a new object means new settings.
+        if plan is None or plan.principal is not principal:
+            if len(self._plans) >= 65_536:
+                self._plans.clear()
+            plan = self._plans[ident] = _plan_for(principal)
+        now_ms = time.time() * 1000
+        if now_ms >= plan.refresh_at_ms:
+            plan.refresh(now_ms)
+        return plan
 
     async def reserve(
         self, request_id: str, principal: Principal, prompt_tokens: int, max_completion: int | None, price: Price
@@ -100,29 +177,29 @@ class Accountant:
         # None: the client set no bound; 0: nothing is generated (embeddings).
         cap = self.settings.default_completion_cap if max_completion is None else max_completion
         worst_tokens = prompt_tokens + cap
-        tenant_scope = f"t:{principal.tenant}"
-        key_scope = f"k:{principal.tenant}:{principal.key_id}"
-        limits = [*_limits(tenant_scope, principal.tenant_limits, worst_tokens), *_limits(key_scope, principal.key_limits, worst_tokens)]
-        now = datetime.now(timezone.utc)
-        flexible = max_completion is None
+        plan = self._plan(principal)
+        limits = plan.fixed_limits
+        if plan.token_limits:
+            limits = [*limits, *(Limit(key=key, kind="tokens", limit=limit, amount=worst_tokens) for key, limit in plan.token_limits)]
+        # Only a hard budget bounds the completion itself; rate limits are
+        # corrected after the fact, and the cap is merely what they reserve.
+        flexible = max_completion is None and plan.hard_budgets
         budgets: list[Budget] = []
-        reservation = Reservation(request_id, prompt_tokens, None if not flexible else cap)
-        for scope, configs in ((tenant_scope, principal.tenant_budgets), (key_scope, principal.key_budgets)):
-            for config in configs:
-                key, end = budget_key(scope, config, now)
-                if config.kind == "tokens":
-                    amount, floor = worst_tokens, prompt_tokens + 1
-                    reservation.token_budgets.append(key)
-                else:
-                    amount = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok
-                    floor = prompt_tokens * price.input_per_mtok + price.output_per_mtok
-                    reservation.money_budgets.append(key)
-                limit = config.limit * (PICO_PER_MICRO if config.kind == "money" else 1)
-                budgets.append(
-                    Budget(key=key, limit=limit, amount=amount, hard=config.hard, period_end_ms=end,
-                           min_amount=floor if flexible and config.hard else None)
-                )
-        reservation.tokens_keys = [l.key for l in limits if l.kind == "tokens"]
+        reservation = Reservation(request_id, prompt_tokens, cap if flexible else None)
+        for spec in plan.budgets:
+            config = spec.config
+            if config.kind == "tokens":
+                amount, floor = worst_tokens, prompt_tokens + 1
+                reservation.token_budgets.append(spec.key)
+            else:
+                amount = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok
+                floor = prompt_tokens * price.input_per_mtok + price.output_per_mtok
+                reservation.money_budgets.append(spec.key)
+            budgets.append(
+                Budget(key=spec.key, limit=spec.limit, amount=amount, hard=config.hard, period_end_ms=spec.period_end_ms,
+                       min_amount=floor if flexible and config.hard else None)
+            )
+        reservation.tokens_keys = [key for key, _ in plan.token_limits]
         request = AdmitRequest(request_id=request_id, limits=limits, budgets=budgets, lease_ms=self.settings.lease_ms)
         try:
             decision = await self.store.admit(request)
@@ -166,20 +243,38 @@ class Accountant:
         what = "tokens" if reason == "tokens" else "requests"
         return RateLimited(f"Rate limit reached for {what} per minute.", retry_after=retry or 1.0)
 
+    def _settlement(self, reservation: Reservation, usage: Usage, cost: int) -> Settlement:
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        actual_budget = dict.fromkeys(reservation.token_budgets, tokens)
+        for key in reservation.money_budgets:
+            actual_budget[key] = cost
+        return Settlement(
+            request_id=reservation.request_id,
+            actual_tokens=dict.fromkeys(reservation.tokens_keys, tokens),
+            actual_budget=actual_budget,
+        )
+
     async def settle(self, reservation: Reservation, usage: Usage, price: Price) -> int:
         """Charge actual usage; returns the cost in pico-USD. Never raises for store outages."""
         cost = cost_pico(usage, price)
         if not reservation.held:
             return cost
-        tokens = usage.prompt_tokens + usage.completion_tokens
-        settlement = Settlement(
-            request_id=reservation.request_id,
-            actual_tokens={k: tokens for k in reservation.tokens_keys},
-            actual_budget={**{k: tokens for k in reservation.token_budgets}, **{k: cost for k in reservation.money_budgets}},
-        )
         try:
-            await self.store.settle(settlement)
+            await self.store.settle(self._settlement(reservation, usage, cost))
         except StoreUnavailable:
             # The lease releases the reservation; the ledger row still records the cost.
             pass
+        return cost
+
+    @property
+    def settles_inline(self) -> bool:
+        """Whether ``settle_now`` can be used: the store works without I/O."""
+        return self._settle_now is not None
+
+    def settle_now(self, reservation: Reservation, usage: Usage, price: Price) -> int:
+        """``settle`` for an in-process store, without a coroutine or a task."""
+        assert self._settle_now is not None
+        cost = cost_pico(usage, price)
+        if reservation.held:
+            self._settle_now(self._settlement(reservation, usage, cost))
         return cost

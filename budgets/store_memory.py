@@ -89,6 +89,15 @@ class MemoryCounterStore:
         self._budget_heap: list[tuple[int, str]] = []
 
     async def admit(self, request: AdmitRequest) -> Decision:
+        return self.admit_now(request)
+
+    async def settle(self, settlement: Settlement) -> None:
+        self.settle_now(settlement)
+
+    # The synchronous forms: callers on the event loop may skip the await (and,
+    # for settle, the task a store with I/O would need).
+
+    def admit_now(self, request: AdmitRequest) -> Decision:
         now = request.now_ms if request.now_ms is not None else self._clock()
         self._purge(now)
         record = self._records.get(request.request_id)
@@ -102,7 +111,7 @@ class MemoryCounterStore:
             self._reserve(request, now, takes or [])
         return self._allowed(request.budgets, request.request_id)
 
-    async def settle(self, settlement: Settlement) -> None:
+    def settle_now(self, settlement: Settlement) -> None:
         now = self._clock()
         self._purge(now)
         record = self._records.pop(settlement.request_id, None)

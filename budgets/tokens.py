@@ -23,6 +23,12 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
 # Texts longer than this are tokenized on a worker thread, off the event loop.
 OFFLOAD_CHARS = 16_384
+# Prompts up to this many bytes of text are bounded at admission rather than
+# tokenized: no cl100k token is shorter than one byte, so the byte count is an
+# upper bound, and it costs nothing, where tokenizing a short text still costs
+# 10-30 us once the tokenizer's tables have gone cold in the CPU caches between
+# requests. Reservations are settled against real usage either way.
+BOUND_BYTES = 256
 
 Counter = Callable[[str], int]
 
@@ -84,6 +90,7 @@ def _message_texts(message: dict[str, Any]) -> list[str]:
 
 
 async def estimate_prompt_tokens(kind: str, body: dict[str, Any], count: Counter) -> int:
+    """The prompt's tokens, counted (off the loop for long texts)."""
     texts, overhead = request_texts(kind, body)
     total_chars = sum(len(t) for t in texts)
     if total_chars > OFFLOAD_CHARS:
@@ -91,6 +98,34 @@ async def estimate_prompt_tokens(kind: str, body: dict[str, Any], count: Counter
     else:
         counted = sum(count(t) for t in texts)
     return counted + overhead
+
+
+def count_prompt_tokens(kind: str, body: dict[str, Any], count: Counter) -> int:
+    """The prompt's tokens, counted on the caller's thread (for texts known to be short)."""
+    texts, overhead = request_texts(kind, body)
+    return sum(count(t) for t in texts) + overhead
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+async def admission_prompt_tokens(kind: str, body: dict[str, Any], count: Counter) -> tuple[int, bool]:
+    """(tokens to reserve for the prompt, whether that is the exact count).
+
+    With tiktoken, a prompt of at most ``BOUND_BYTES`` bytes is reserved at its
+    byte count, an upper bound; anything else is counted.
+    """
+    if count is tiktoken_count:
+        texts, overhead = request_texts(kind, body)
+        size = 0
+        for text in texts:
+            size += _utf8_len(text)
+            if size > BOUND_BYTES:
+                break
+        else:
+            return size + overhead, False
+    return await estimate_prompt_tokens(kind, body, count), True
 
 
 def completion_budget(body: dict[str, Any], default_cap: int) -> int:

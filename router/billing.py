@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from budgets.accounting import Accountant, Reservation, needs_accounting, needs_token_estimate
 from budgets.ledger import Ledger, LedgerRow
 from budgets.prices import cost_pico
-from budgets.tokens import Counter, completion_budget, counter_for, estimate_prompt_tokens
+from budgets.tokens import Counter, admission_prompt_tokens, completion_budget, count_prompt_tokens, counter_for, estimate_prompt_tokens
 from policies.routing import Deployment
 from router.config import Price
 from router.metrics import Metrics
@@ -33,6 +33,8 @@ log = logging.getLogger("sluicegate.billing")
 
 def _max_price(plan: list[Deployment]) -> Price:
     """Worst case over the deployments a fallback could reach."""
+    if len(plan) == 1:
+        return plan[0].config.price
     prices = [d.config.price for d in plan]
     return Price(
         input_per_mtok=max(p.input_per_mtok for p in prices),
@@ -62,10 +64,11 @@ class Billing:
             return
         counter = counter_for(plan[0].config.provider)
         ctx.counter = counter
-        prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, counter) if needs_token_estimate(principal) else 0
+        prompt, exact = await admission_prompt_tokens(ctx.kind, ctx.body, counter) if needs_token_estimate(principal) else (0, True)
         bounded = ctx.kind == "embedding" or any(ctx.body.get(k) for k in ("max_tokens", "max_completion_tokens"))
         max_completion = (0 if ctx.kind == "embedding" else completion_budget(ctx.body, 0)) if bounded else None
         ctx.reservation = await self.accountant.reserve(ctx.request_id, principal, prompt, max_completion, _max_price(plan))
+        ctx.reservation.prompt_exact = exact
         if ctx.reservation.remaining_fraction is not None:
             self._remaining[principal.tenant] = ctx.reservation.remaining_fraction
         allowance = ctx.reservation.allowance
@@ -85,10 +88,15 @@ class Billing:
         free before the client can send its next request; a client that went
         away leaves it to finish in the background (``drain`` waits for those).
         """
-        if ctx.reservation is None and ctx.usage is not None:
-            # Nothing to release and nothing to count: record it here, no task needed.
-            self._record(ctx, ctx.usage)
-            return None
+        if ctx.usage is not None:
+            if ctx.reservation is None:
+                # Nothing to release and nothing to count: record it here, no task needed.
+                self._record(ctx, ctx.usage)
+                return None
+            if self.accountant.settles_inline:
+                # An in-process store settles without I/O: no task needed either.
+                self._record(ctx, ctx.usage, self.accountant.settle_now(ctx.reservation, ctx.usage, self._price(ctx)))
+                return None
         task = asyncio.get_running_loop().create_task(self._settle(ctx))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -98,10 +106,12 @@ class Billing:
         usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx)
         cost = None
         if ctx.reservation is not None:
-            deployment = self._deployments.get(ctx.deployment)
-            price = deployment.config.price if deployment is not None else Price()
-            cost = await self.accountant.settle(ctx.reservation, usage, price)
+            cost = await self.accountant.settle(ctx.reservation, usage, self._price(ctx))
         self._record(ctx, usage, cost)
+
+    def _price(self, ctx: RequestContext) -> Price:
+        deployment = self._deployments.get(ctx.deployment)
+        return deployment.config.price if deployment is not None else Price()
 
     def _record(self, ctx: RequestContext, usage: Usage, cost: int | None = None) -> None:
         deployment = self._deployments.get(ctx.deployment)
@@ -120,7 +130,7 @@ class Billing:
         count: Counter = ctx.counter or counter_for("")
         completion = sum(count(t) for t in texts)
         reservation = ctx.reservation
-        if reservation is not None and reservation.prompt_estimate:
+        if reservation is not None and reservation.prompt_estimate and reservation.prompt_exact:
             prompt = reservation.prompt_estimate
         else:
             prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, count)

@@ -25,7 +25,8 @@ from router.privacy import apply_pii
 from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
-from serving.sse import chunk_text
+from serving.sse import chunk_text, text_bytes_bound
+from budgets.tokens import count_prompt_tokens
 
 _DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
@@ -185,13 +186,14 @@ class Pipeline:
         ignores it. A chunk that would go past the allowance is not relayed, so
         what the client receives (and is billed for) stays within the reservation.
         Tokenizing waits until it matters: a token is at least one byte of text,
-        and a chunk's text is never longer than its JSON, so while the counted
-        tokens plus the unmetered chunks' sizes fit, nothing can be over.
+        and ``text_bytes_bound`` bounds a chunk's text without decoding it, so
+        while the counted tokens plus the unmetered chunks' bounds fit, nothing
+        can be over.
         """
         allowance = ctx.allowance
         if allowance is None:
             return False
-        size = len(chunk.data)
+        size = text_bytes_bound(chunk)
         if ctx.counted_tokens + ctx.unmetered_bytes + size <= allowance:
             ctx.unmetered.append(chunk)
             ctx.unmetered_bytes += size
@@ -199,7 +201,9 @@ class Pipeline:
         count = ctx.counter
         if count is None:
             return False
-        ctx.counted_tokens += sum(count(chunk_text(c)) for c in ctx.unmetered)
+        # One count of the text so far rather than one per chunk: as the model
+        # produced it, and one call instead of dozens.
+        ctx.counted_tokens += count("".join(filter(None, map(chunk_text, ctx.unmetered))))
         ctx.unmetered.clear()
         ctx.unmetered_bytes = 0
         tokens = count(chunk_text(chunk))
@@ -213,7 +217,9 @@ class Pipeline:
         ctx.status = 200
         ctx.error = "budget_cutoff"
         if ctx.reservation is not None:
-            prompt = ctx.reservation.prompt_estimate
+            reservation = ctx.reservation
+            # A bound is not a count: what is reported and billed is the count (of a short prompt).
+            prompt = reservation.prompt_estimate if reservation.prompt_exact or ctx.counter is None else count_prompt_tokens(ctx.kind, ctx.body, ctx.counter)
             ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=ctx.counted_tokens, total_tokens=prompt + ctx.counted_tokens)
         chat = ctx.kind == "chat"
         envelope = {

@@ -61,6 +61,26 @@ def peek_chunk(payload: bytes) -> StreamChunk:
     return _decoded(payload)
 
 
+def text_bytes_bound(chunk: StreamChunk) -> int:
+    """An upper bound on the UTF-8 bytes of ``chunk_text(chunk)``, without decoding it.
+
+    The text is in ``"content"`` or ``"text"`` members; a JSON string is never
+    shorter raw than decoded, so everything from the first such key to the end
+    of the event bounds it. A ``\\u`` escape anywhere (a key could be spelled
+    with one) falls back to the whole event.
+    """
+    text = chunk.text
+    if text is not None:
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
+    data = chunk.data
+    if b"\\u" in data:
+        return len(data)
+    content, plain = data.find(b'"content"'), data.find(b'"text"')
+    if content < 0:
+        return len(data) - plain if plain >= 0 else 0
+    return len(data) - (content if plain < 0 else min(content, plain))
+
+
 def chunk_text(chunk: StreamChunk) -> str:
     """The generated text of a chunk, decoding it the first time it is asked for."""
     if chunk.text is None:

@@ -47,6 +47,20 @@ def test_sluicegate_config_is_accepted_by_the_gateway() -> None:
     assert config.deployments[0].base_url == "http://127.0.0.1:9100/v1"
     assert config.models[0].alias == "fake-model"
     assert config.tenants[0].keys[0].hash == key_hash
+    # The foundation: no limits, no budgets, no ledger.
+    tenant = config.tenants[0]
+    assert (tenant.limits.rpm, tenant.budgets, config.state.ledger) == (None, [], "off")
+
+
+def test_each_feature_set_turns_on_what_it_names() -> None:
+    limits = decode_config(sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "limits").encode(), "l.yaml")
+    assert limits.tenants[0].limits.rpm and limits.tenants[0].limits.tpm and limits.tenants[0].limits.max_concurrent
+    assert (limits.tenants[0].budgets, limits.state.ledger) == ([], "off")
+    budgets = decode_config(sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "budgets").encode(), "b.yaml")
+    assert {b.kind for b in budgets.tenants[0].budgets} == {"money", "tokens"} and budgets.tenants[0].limits.rpm
+    assert budgets.state.ledger == "sqlite"
+    with pytest.raises(ValueError):
+        sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "everything")
 
 
 def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
@@ -55,6 +69,7 @@ def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
         Row("sluicegate", "non-stream", 3000.0, 12.0, 25.0, 0, 260.0),
         Row("passthrough", "stream", 2000.0, 30.0, 60.0, 0, 500.0),
         Row("sg+limits+budget", "non-stream", 2700.0, 13.0, 27.0, 0, 286.0),
+        Row("sg+limits", "non-stream", 2850.0, 13.0, 27.0, 0, 273.0),
     ]
     assert percent_of_passthrough(rows) == {"non-stream": 75.0}
     table = render(rows)
@@ -62,4 +77,6 @@ def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
     assert "with limits+budgets+ledger, req/s as % of sluicegate: non-stream 90.0%" in table
     assert "sluicegate CPU/req as % of passthrough: non-stream 130.0%" in table
     assert "limits+budgets+ledger CPU/req as % of sluicegate: non-stream 110.0%" in table
+    assert "with limits, req/s as % of sluicegate: non-stream 95.0%" in table
+    assert "limits CPU/req as % of sluicegate: non-stream 105.0%" in table
     assert table.splitlines()[0].split() == ["target", "mode", "req/s", "p50", "ms", "p99", "ms", "CPU", "us/req", "errors"]

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 
-from serving.sse import UpstreamStreamError, chunk_text, iter_sse_data, peek_chunk
+from serving.base import StreamChunk
+from serving.sse import UpstreamStreamError, chunk_text, iter_sse_data, peek_chunk, text_bytes_bound
 
 
 async def _lines(*items: bytes) -> AsyncIterator[bytes]:
@@ -77,3 +79,42 @@ async def test_events_of_one_read_come_as_one_batch() -> None:
             yield r
 
     assert [b async for b in iter_sse_batches(gen())] == [[b'{"a":1}', b'{"b":2}'], [b'{"c":3}']]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": "héllo wörld ✓ 😀"}}]},
+        {"choices": [{"index": 0, "delta": {"content": 'quotes " and \\ and \n newlines'}}]},
+        {"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "bcd"}}]},
+        {"choices": [{"index": 0, "text": "completion text"}]},
+        {"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+        {"id": "x", "choices": [{"index": 0, "delta": {"content": "text"}, "logprobs": {"text": "zz"}}]},
+    ],
+)
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_text_bytes_bound_never_undercounts(event: dict[str, object], ensure_ascii: bool) -> None:
+    data = json.dumps(event, ensure_ascii=ensure_ascii).encode()
+    text = chunk_text(StreamChunk(data=data, text=None))
+    bound = text_bytes_bound(StreamChunk(data=data, text=None))
+    assert len(text.encode()) <= bound <= len(data)
+    compact = json.dumps(event, ensure_ascii=ensure_ascii, separators=(",", ":")).encode()
+    assert len(text.encode()) <= text_bytes_bound(StreamChunk(data=compact, text=None))
+
+
+def test_text_bytes_bound_is_tight_for_a_typical_chunk() -> None:
+    data = (
+        b'{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1700000000,"model":"m",'
+        b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}'
+    )
+    assert text_bytes_bound(StreamChunk(data=data, text=None)) == len(data) - data.index(b'"content"') < 50
+    # No text member at all: nothing to count.
+    assert text_bytes_bound(StreamChunk(data=b'{"choices":[{"delta":{"role":"assistant"}}]}', text=None)) == 0
+    # A key spelled with an escape is still bounded (by the whole event).
+    escaped = b'{"choices":[{"delta":{"\\u0063ontent":"Hello"}}]}'
+    assert chunk_text(StreamChunk(data=escaped, text=None)) == "Hello"
+    assert text_bytes_bound(StreamChunk(data=escaped, text=None)) == len(escaped)
+    # Decoded text is used as is.
+    assert text_bytes_bound(StreamChunk(data=b"{}", text="é")) == 2
