@@ -10,7 +10,9 @@ three times over, all pointed at the same fake:
   limits, no budgets, no ledger;
 - ``sluicegate-limits``: plus the admission path: per-tenant RPM, TPM and
   concurrency limits (in-process counter store), far above the load;
-- ``sluicegate-budgets``: plus a money and a token budget and the SQLite ledger.
+- ``sluicegate-budgets``: the foundation plus a money and a token budget and
+  the SQLite ledger;
+- ``sluicegate-all``: limits, budgets and the ledger together.
 
 Then, for each target and for non-streamed and streamed chat completions, it
 runs ``wrk -t1 -c<concurrency> -d<duration>s`` after a short warm-up and prints
@@ -40,16 +42,17 @@ from bench.wrk import WrkMissing, find_wrk, run_wrk
 
 BENCH_KEY = "sk-bench-0123456789"
 MODEL = "fake-model"
-TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets")
+TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
 LABELS = {
     "upstream": "upstream direct",
     "passthrough": "passthrough",
     "sluicegate": "sluicegate",
     "sluicegate-limits": "sg+limits",
-    "sluicegate-budgets": "sg+limits+budget",
+    "sluicegate-budgets": "sg+budgets+ledger",
+    "sluicegate-all": "sg+all",
 }
 # Which features each Sluicegate target turns on.
-FEATURES = {"sluicegate": "plain", "sluicegate-limits": "limits", "sluicegate-budgets": "budgets"}
+FEATURES = {"sluicegate": "plain", "sluicegate-limits": "limits", "sluicegate-budgets": "budgets", "sluicegate-all": "all"}
 _CHAT_PATH = "/v1/chat/completions"
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 
@@ -93,12 +96,12 @@ _BUDGETS = "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, 
 
 
 def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain") -> str:
-    """The gateway's YAML config (``features``: plain, limits or budgets); JSON strings are valid YAML scalars."""
-    if features not in ("plain", "limits", "budgets"):
+    """The gateway's YAML config (``features``: plain, limits, budgets or all); JSON strings are valid YAML scalars."""
+    if features not in ("plain", "limits", "budgets", "all"):
         raise ValueError(f"unknown feature set {features!r}")
     q = json.dumps
-    tenant = {"plain": [], "limits": [_LIMITS], "budgets": [_LIMITS, _BUDGETS]}[features]
-    ledger = "state: {ledger: sqlite, ledger_path: ledger.sqlite}" if features == "budgets" else "state: {ledger: \"off\"}"
+    tenant = {"plain": [], "limits": [_LIMITS], "budgets": [_BUDGETS], "all": [_LIMITS, _BUDGETS]}[features]
+    ledger = "state: {ledger: \"off\"}" if features in ("plain", "limits") else "state: {ledger: sqlite, ledger_path: ledger.sqlite}"
     price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"]
     return "\n".join(
         [
@@ -143,7 +146,7 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
                 python, "-m", "router", "serve", "--config", str(work / f"{name}.yaml"),
                 "--host", "127.0.0.1", "--port", str(ports[name]), "--workers", "1",
             ]
-            for name in ("sluicegate-limits", "sluicegate-budgets")
+            for name in ("sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
         },
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
@@ -223,7 +226,8 @@ def render(rows: list[Row]) -> str:
     for target, base, what in (
         ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough"),
         ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate"),
-        ("sluicegate-budgets", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate"),
+        ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate"),
+        ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate"),
     ):
         pct = percent_of_passthrough(rows, target, base)
         if pct:
@@ -231,7 +235,8 @@ def render(rows: list[Row]) -> str:
     for target, base, what in (
         ("sluicegate", "passthrough", "sluicegate CPU/req as % of passthrough"),
         ("sluicegate-limits", "sluicegate", "limits CPU/req as % of sluicegate"),
-        ("sluicegate-budgets", "sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
+        ("sluicegate-budgets", "sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
+        ("sluicegate-all", "sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
     ):
         ratio = cpu_ratio(rows, target, base)
         if ratio:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from budgets.prices import cost_pico
-from budgets.store import AdmitRequest, Budget, CounterStore, Limit, Settlement, StoreUnavailable
+from budgets.store import AdmitRequest, Budget, CounterStore, Decision, Limit, Settlement, StoreUnavailable
 from router.auth import Principal
 from router.config import BudgetConfig, LimitsConfig, Price
 from router.errors import InsufficientQuota, Overloaded, RateLimited
@@ -116,6 +116,13 @@ class _Plan:
     budgets: list[_BudgetSpec]
     refresh_at_ms: float = -1.0
     hard_budgets: bool = False
+    # Whether requests need a prompt estimate (a TPM limit or any budget).
+    estimate: bool = False
+    tokens_keys: list[str] = field(default_factory=list)
+    # Current budget keys by kind; replaced (never changed in place) at refresh,
+    # so reservations may share them.
+    token_budget_keys: list[str] = field(default_factory=list)
+    money_budget_keys: list[str] = field(default_factory=list)
 
     def refresh(self, now_ms: float) -> None:
         now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
@@ -124,6 +131,8 @@ class _Plan:
             spec.key, spec.period_end_ms = budget_key(spec.scope, spec.config, now)
             if spec.period_end_ms is not None:
                 ends.append(spec.period_end_ms)
+        self.token_budget_keys = [spec.key for spec in self.budgets if spec.config.kind == "tokens"]
+        self.money_budget_keys = [spec.key for spec in self.budgets if spec.config.kind == "money"]
         self.refresh_at_ms = min(ends) if ends else float("inf")
 
 
@@ -146,6 +155,8 @@ def _plan_for(principal: Principal) -> _Plan:
         token_limits=[(limit.key, limit.limit) for limit in limits if limit.kind == "tokens"],
         budgets=budgets,
         hard_budgets=any(spec.config.hard for spec in budgets),
+        estimate=bool(budgets) or any(limit.kind == "tokens" for limit in limits),
+        tokens_keys=[limit.key for limit in limits if limit.kind == "tokens"],
     )
 
 
@@ -155,7 +166,14 @@ class Accountant:
         self.settings = settings or AccountingSettings()
         # (tenant, key id) --> the plan of the principal last seen for it
         self._plans: dict[tuple[str, str], _Plan] = {}
+        # An in-process store also offers synchronous forms: no coroutine, no task.
+        self._admit_now: Callable[[AdmitRequest], Decision] | None = getattr(store, "admit_now", None)
         self._settle_now: Callable[[Settlement], None] | None = getattr(store, "settle_now", None)
+
+    def needs(self, principal: Principal) -> tuple[bool, bool]:
+        """(whether requests of ``principal`` are accounted at all, whether they need a prompt estimate)."""
+        plan = self._plan(principal)
+        return bool(plan.fixed_limits or plan.token_limits or plan.budgets), plan.estimate
 
     def _plan(self, principal: Principal) -> _Plan:
         ident = (principal.tenant, principal.key_id)
@@ -185,24 +203,24 @@ class Accountant:
         # corrected after the fact, and the cap is merely what they reserve.
         flexible = max_completion is None and plan.hard_budgets
         budgets: list[Budget] = []
-        reservation = Reservation(request_id, prompt_tokens, cap if flexible else None)
+        reservation = Reservation(
+            request_id, prompt_tokens, cap if flexible else None,
+            tokens_keys=plan.tokens_keys, token_budgets=plan.token_budget_keys, money_budgets=plan.money_budget_keys,
+        )  # fmt: skip
         for spec in plan.budgets:
             config = spec.config
             if config.kind == "tokens":
                 amount, floor = worst_tokens, prompt_tokens + 1
-                reservation.token_budgets.append(spec.key)
             else:
                 amount = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok
                 floor = prompt_tokens * price.input_per_mtok + price.output_per_mtok
-                reservation.money_budgets.append(spec.key)
             budgets.append(
                 Budget(key=spec.key, limit=spec.limit, amount=amount, hard=config.hard, period_end_ms=spec.period_end_ms,
                        min_amount=floor if flexible and config.hard else None)
             )
-        reservation.tokens_keys = [key for key, _ in plan.token_limits]
         request = AdmitRequest(request_id=request_id, limits=limits, budgets=budgets, lease_ms=self.settings.lease_ms)
         try:
-            decision = await self.store.admit(request)
+            decision = self._admit_now(request) if self._admit_now is not None else await self.store.admit(request)
         except StoreUnavailable:
             fail_open = self.settings.budgets_fail_open if budgets else self.settings.limits_fail_open
             if not fail_open:
@@ -211,6 +229,8 @@ class Accountant:
             return reservation
         if not decision.allowed:
             raise self._refusal(decision.reason, decision.retry_after_ms)
+        if not budgets:
+            return reservation
         reservation.soft_exceeded = list(decision.soft_exceeded)
         fractions = [decision.remaining.get(b.key, 0) / b.limit for b in budgets if b.key in reservation.money_budgets and b.limit]
         reservation.remaining_fraction = min(fractions) if fractions else None

@@ -23,6 +23,10 @@ from budgets.store import (
 )
 
 
+# What an admit with no budgets answers (nothing in it is ever modified).
+_ALLOWED = Decision(allowed=True)
+
+
 def _epoch_ms() -> int:
     # Epoch time, not monotonic: windows align to the same boundaries as in Redis.
     return time.time_ns() // 1_000_000
@@ -148,7 +152,8 @@ class MemoryCounterStore:
     def _check_limits(self, limits: list[Limit], now: int) -> Decision | None:
         for limit in limits:
             if limit.kind == "concurrency":
-                if self._slot_count(limit.key, now) + 1 > limit.limit:
+                slots = self._slots.get(limit.key)
+                if slots is not None and len(slots.until) + 1 > limit.limit and self._slot_count(limit.key, now) + 1 > limit.limit:
                     return Decision(allowed=False, reason="concurrency", key=limit.key)
                 continue
             index = now // limit.window_ms
@@ -180,7 +185,10 @@ class MemoryCounterStore:
         record = _Record(expiry + RECORD_GRACE_MS, [], [], [])
         for limit in request.limits:
             if limit.kind == "concurrency":
-                self._slots.setdefault(limit.key, _Leases()).add(request_id, expiry)
+                slots = self._slots.get(limit.key)
+                if slots is None:
+                    slots = self._slots[limit.key] = _Leases()
+                slots.add(request_id, expiry)
                 record.concurrency.append(limit.key)
                 continue
             index = now // limit.window_ms
@@ -195,8 +203,9 @@ class MemoryCounterStore:
             state.reserved += take
             state.holds[request_id] = take
             state.leases.add(request_id, expiry)
-            self._set_expiry(budget.key, state, budget.expire_at_ms())
-            record.budgets.append((budget.key, budget.expire_at_ms()))
+            expire_at = budget.expire_at_ms()
+            self._set_expiry(budget.key, state, expire_at)
+            record.budgets.append((budget.key, expire_at))
         self._records[request_id] = record
         heapq.heappush(self._record_heap, (record.expire_at, request_id))
         if len(self._record_heap) > 2 * len(self._records) + 64:
@@ -204,6 +213,8 @@ class MemoryCounterStore:
             heapq.heapify(self._record_heap)
 
     def _allowed(self, budgets: list[Budget], request_id: str) -> Decision:
+        if not budgets:
+            return _ALLOWED
         soft_exceeded: list[str] = []
         remaining: dict[str, int] = {}
         held: dict[str, int] = {}
@@ -235,11 +246,11 @@ class MemoryCounterStore:
         slots = self._slots.get(key)
         if slots is None:
             return 0
-        slots.expired(now)
+        if slots.heap and slots.heap[0][0] <= now:
+            slots.expired(now)
         if release is not None:
             slots.until.pop(release, None)
-        if not slots.until:
-            del self._slots[key]
+        # An empty entry stays (one per tenant or key): the next request reuses it.
         return len(slots.until)
 
     def _reclaimed_budget(self, key: str, now: int) -> _Budget | None:

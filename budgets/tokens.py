@@ -106,26 +106,21 @@ def count_prompt_tokens(kind: str, body: dict[str, Any], count: Counter) -> int:
     return sum(count(t) for t in texts) + overhead
 
 
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-async def admission_prompt_tokens(kind: str, body: dict[str, Any], count: Counter) -> tuple[int, bool]:
-    """(tokens to reserve for the prompt, whether that is the exact count).
+def prompt_bound(kind: str, body: dict[str, Any], count: Counter) -> int | None:
+    """Tokens to reserve for a short prompt without tokenizing it, or None to count it.
 
     With tiktoken, a prompt of at most ``BOUND_BYTES`` bytes is reserved at its
-    byte count, an upper bound; anything else is counted.
+    byte count, an upper bound (every token is at least one byte).
     """
-    if count is tiktoken_count:
-        texts, overhead = request_texts(kind, body)
-        size = 0
-        for text in texts:
-            size += _utf8_len(text)
-            if size > BOUND_BYTES:
-                break
-        else:
-            return size + overhead, False
-    return await estimate_prompt_tokens(kind, body, count), True
+    if count is not tiktoken_count:
+        return None
+    texts, overhead = request_texts(kind, body)
+    size = 0
+    for text in texts:
+        size += len(text) if text.isascii() else len(text.encode("utf-8"))
+        if size > BOUND_BYTES:
+            return None
+    return size + overhead
 
 
 def completion_budget(body: dict[str, Any], default_cap: int) -> int:

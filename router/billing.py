@@ -15,10 +15,10 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from budgets.accounting import Accountant, Reservation, needs_accounting, needs_token_estimate
+from budgets.accounting import Accountant, Reservation
 from budgets.ledger import Ledger, LedgerRow
 from budgets.prices import cost_pico
-from budgets.tokens import Counter, admission_prompt_tokens, completion_budget, count_prompt_tokens, counter_for, estimate_prompt_tokens
+from budgets.tokens import Counter, completion_budget, counter_for, estimate_prompt_tokens, prompt_bound
 from policies.routing import Deployment
 from router.config import Price
 from router.metrics import Metrics
@@ -60,12 +60,20 @@ class Billing:
 
     async def reserve(self, ctx: RequestContext, plan: list[Deployment]) -> None:
         principal = ctx.principal
-        if not needs_accounting(principal):
+        accounted, estimate = self.accountant.needs(principal)
+        if not accounted:
             return
         counter = counter_for(plan[0].config.provider)
         ctx.counter = counter
-        prompt, exact = await admission_prompt_tokens(ctx.kind, ctx.body, counter) if needs_token_estimate(principal) else (0, True)
-        bounded = ctx.kind == "embedding" or any(ctx.body.get(k) for k in ("max_tokens", "max_completion_tokens"))
+        prompt, exact = 0, True
+        if estimate:
+            bound = prompt_bound(ctx.kind, ctx.body, counter)
+            if bound is None:
+                prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, counter)
+            else:
+                prompt, exact = bound, False
+        body = ctx.body
+        bounded = ctx.kind == "embedding" or bool(body.get("max_tokens") or body.get("max_completion_tokens"))
         max_completion = (0 if ctx.kind == "embedding" else completion_budget(ctx.body, 0)) if bounded else None
         ctx.reservation = await self.accountant.reserve(ctx.request_id, principal, prompt, max_completion, _max_price(plan))
         ctx.reservation.prompt_exact = exact

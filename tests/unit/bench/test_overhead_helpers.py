@@ -57,8 +57,10 @@ def test_each_feature_set_turns_on_what_it_names() -> None:
     assert limits.tenants[0].limits.rpm and limits.tenants[0].limits.tpm and limits.tenants[0].limits.max_concurrent
     assert (limits.tenants[0].budgets, limits.state.ledger) == ([], "off")
     budgets = decode_config(sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "budgets").encode(), "b.yaml")
-    assert {b.kind for b in budgets.tenants[0].budgets} == {"money", "tokens"} and budgets.tenants[0].limits.rpm
+    assert {b.kind for b in budgets.tenants[0].budgets} == {"money", "tokens"} and budgets.tenants[0].limits.rpm is None
     assert budgets.state.ledger == "sqlite"
+    every = decode_config(sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "all").encode(), "a.yaml")
+    assert every.tenants[0].limits.rpm and len(every.tenants[0].budgets) == 2 and every.state.ledger == "sqlite"
     with pytest.raises(ValueError):
         sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "everything")
 
@@ -68,7 +70,7 @@ def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
         Row("passthrough", "non-stream", 4000.0, 10.0, 20.0, 0, 200.0),
         Row("sluicegate", "non-stream", 3000.0, 12.0, 25.0, 0, 260.0),
         Row("passthrough", "stream", 2000.0, 30.0, 60.0, 0, 500.0),
-        Row("sg+limits+budget", "non-stream", 2700.0, 13.0, 27.0, 0, 286.0),
+        Row("sg+all", "non-stream", 2700.0, 13.0, 27.0, 0, 286.0),
         Row("sg+limits", "non-stream", 2850.0, 13.0, 27.0, 0, 273.0),
     ]
     assert percent_of_passthrough(rows) == {"non-stream": 75.0}
