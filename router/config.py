@@ -86,6 +86,13 @@ class ServerConfig(_Strict):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
     grace_period_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The garbage collector's thresholds once started (Python's default is
+    # 700, 10, 10). Each request allocates a few hundred short-lived objects, so
+    # at the default the youngest generation is collected every few requests:
+    # measured here, collections took about 17 us of CPU per request.
+    gc_thresholds: Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=3, max_length=3)] = msgspec.field(
+        default_factory=lambda: [10_000, 20, 20]
+    )
 
 
 class AuthConfig(_Strict):

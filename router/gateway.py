@@ -146,6 +146,7 @@ class Gateway:
         # process: keep it out of every later garbage collection's work.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*self.config.server.gc_thresholds)
         interval = self.config.resilience.health_check_interval_s
         if interval > 0:
             self._health_task = asyncio.create_task(self._check_health(interval))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -59,6 +60,11 @@ async def _stream_events(http: aiohttp.ClientSession, base: str, model: str, **e
 
 def _recorded_models(upstream: FakeUpstream) -> list[str]:
     return [r["json"]["model"] for r in upstream.requests if isinstance(r.get("json"), dict)]
+
+
+async def test_started_gateway_applies_its_gc_thresholds(gateway) -> None:
+    _, gw = gateway
+    assert gc.get_threshold() == tuple(gw.config.server.gc_thresholds) == (10_000, 20, 20)
 
 
 async def test_non_stream_relays_body_and_usage(gateway, http) -> None:

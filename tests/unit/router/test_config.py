@@ -105,3 +105,12 @@ def test_money_budget_must_fit_the_counter() -> None:
         decode_config(too_big, "gw.yaml")
     fits = too_big.replace(b"10000000000000", b"9223372036854")
     assert decode_config(fits, "gw.yaml").tenants[0].budgets[0].limit == 9_223_372_036_854
+
+
+def test_gc_thresholds_default_and_validation() -> None:
+    assert decode_config(GOOD, "gw.yaml").server.gc_thresholds == [10_000, 20, 20]
+    custom = decode_config(GOOD.replace(b"server: {port: 9000}", b"server: {port: 9000, gc_thresholds: [700, 10, 10]}"), "gw.yaml")
+    assert custom.server.gc_thresholds == [700, 10, 10]
+    for bad in (b"[700, 10]", b"[0, 10, 10]", b"[700, 10, 10, 10]"):
+        with pytest.raises(ConfigError, match="gc_thresholds"):
+            decode_config(GOOD.replace(b"server: {port: 9000}", b"server: {gc_thresholds: " + bad + b"}"), "gw.yaml")
