@@ -9,7 +9,9 @@ paragraph), scanned with:
 - ``off``: the policy's action is off (never touches the analyzer);
 - ``redact patterns``: EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE,
   IP_ADDRESS and SECRET (no NLP pipeline);
-- ``redact ner``: PERSON and LOCATION (trimmed spaCy NER pipeline);
+- ``redact ner``: PERSON and LOCATION (trimmed spaCy NER pipeline, run on
+  windows around capitalised words: ``ner_scope: cased``, the default);
+- ``redact ner full``: the same with ``ner_scope: full`` (NER on the whole text);
 - ``redact all``: the default entity set, both paths;
 - ``ref: full spaCy``: for scale, the model's whole spaCy pipeline on the same
   text, run directly; out-of-the-box Presidio runs it on every call, whatever
@@ -57,6 +59,7 @@ SCENARIOS: dict[str, PiiPolicy] = {
     "off": PiiPolicy(action="off"),
     "redact patterns": PiiPolicy(action="redact", entities=list(PATTERN_ENTITIES)),
     "redact ner": PiiPolicy(action="redact", entities=list(NER_ENTITIES)),
+    "redact ner full": PiiPolicy(action="redact", entities=list(NER_ENTITIES), ner_scope="full"),
     "redact all": PiiPolicy(action="redact"),
 }
 
