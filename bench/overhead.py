@@ -223,24 +223,18 @@ def render(rows: list[Row]) -> str:
         f"{r.target:<18} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:11.1f} {r.errors:7d}"
         for r in rows
     ]
-    for target, base, what in (
-        ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough"),
-        ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate"),
-        ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate"),
-        ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate"),
-    ):
-        pct = percent_of_passthrough(rows, target, base)
-        if pct:
-            lines.append(f"{what}: " + ", ".join(f"{m} {v:.1f}%" for m, v in pct.items()))
-    for target, base, what in (
-        ("sluicegate", "passthrough", "sluicegate CPU/req as % of passthrough"),
-        ("sluicegate-limits", "sluicegate", "limits CPU/req as % of sluicegate"),
-        ("sluicegate-budgets", "sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
-        ("sluicegate-all", "sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
-    ):
-        ratio = cpu_ratio(rows, target, base)
-        if ratio:
-            lines.append(f"{what}: " + ", ".join(f"{m} {v:.1f}%" for m, v in ratio.items()))
+    # (target, base, what the req/s ratio says, what the CPU ratio says)
+    comparisons = (
+        ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough", "sluicegate CPU/req as % of passthrough"),
+        ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate", "limits CPU/req as % of sluicegate"),
+        ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
+        ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
+    )
+    for ratio_of, column in ((percent_of_passthrough, 2), (cpu_ratio, 3)):
+        for comparison in comparisons:
+            ratio = ratio_of(rows, comparison[0], comparison[1])
+            if ratio:
+                lines.append(f"{comparison[column]}: " + ", ".join(f"{m} {v:.1f}%" for m, v in ratio.items()))
     return "\n".join(lines)
 
 

@@ -52,17 +52,6 @@ class Reservation:
     prompt_exact: bool = True
 
 
-def needs_accounting(principal: Principal) -> bool:
-    limits = [principal.tenant_limits, principal.key_limits]
-    has_limits = any(l is not None and (l.rpm or l.tpm or l.max_concurrent) for l in limits)
-    return has_limits or bool(principal.tenant_budgets or principal.key_budgets)
-
-
-def needs_token_estimate(principal: Principal) -> bool:
-    limits = [principal.tenant_limits, principal.key_limits]
-    return any(l is not None and l.tpm for l in limits) or bool(principal.tenant_budgets or principal.key_budgets)
-
-
 def period_key(period: str, now: datetime) -> tuple[str, int | None]:
     """The counter suffix for a budget period, and when the period ends (epoch ms)."""
     if period == "daily":

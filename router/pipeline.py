@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from budgets.tokens import count_prompt_tokens
 from policies.routing import Deployment, RouteHint, Router
 from router.attempts import attempt, unavailable
 from router.billing import Billing
@@ -26,7 +27,6 @@ from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
 from serving.sse import chunk_text, text_bytes_bound
-from budgets.tokens import count_prompt_tokens
 
 _DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from budgets.accounting import Accountant, AccountingSettings, budget_key, needs_accounting, period_key
+from budgets.accounting import Accountant, AccountingSettings, budget_key, period_key
 from budgets.store_memory import MemoryCounterStore
 from router.auth import Principal
 from router.config import BudgetConfig, LimitsConfig, Price
@@ -27,9 +27,12 @@ def test_period_keys() -> None:
 
 
 def test_accounting_is_skipped_without_limits_or_budgets() -> None:
-    assert not needs_accounting(_principal())
-    assert needs_accounting(_principal(tenant_limits=LimitsConfig(rpm=5)))
-    assert needs_accounting(_principal(key_budgets=(BudgetConfig(kind="tokens", period="daily", limit=5),)))
+    accountant = Accountant(MemoryCounterStore())
+    assert accountant.needs(_principal()) == (False, False)
+    # RPM alone needs no prompt estimate; TPM and budgets do.
+    assert accountant.needs(_principal(tenant_limits=LimitsConfig(rpm=5))) == (True, False)
+    assert accountant.needs(_principal(tenant_limits=LimitsConfig(tpm=5))) == (True, True)
+    assert accountant.needs(_principal(key_budgets=(BudgetConfig(kind="tokens", period="daily", limit=5),))) == (True, True)
 
 
 async def test_rpm_refusal_is_a_429_with_retry_after() -> None:
