@@ -1,8 +1,8 @@
-"""Admit + settle round trips per second for each counter store.
+"""Reserve + settle round trips per second for each counter store.
 
 ``python -m bench.store_bench [--duration 3] [--concurrency 1,32] [--redis-url URL] [--no-redis]``
 
-Every round trip is what one gateway request costs the store: an admit that
+Every round trip is what one gateway request costs the store: a reserve that
 checks and reserves a requests window, a tokens window, a concurrency slot and
 a hard budget, then the settle that corrects tokens and charges the budget.
 For each store and each concurrency level, that many coroutines loop for
@@ -21,25 +21,25 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from budgets.store import AdmitRequest, Budget, CounterStore, Limit, Settlement
+from budgets.store import BudgetRule, CounterStore, LimitRule, Plan
 from budgets.store_memory import MemoryCounterStore
 from budgets.store_redis import RedisCounterStore
 
-_LIMITS = [
-    Limit("bench:key:rpm", "requests", limit=10**15, amount=1),
-    Limit("bench:key:tpm", "tokens", limit=10**15, amount=500),
-    Limit("bench:key:conc", "concurrency", limit=10**6, amount=1),
-]
-_BUDGET = Budget("bench:tenant:money:month", limit=10**18, amount=2_000_000)
+_PLAN = Plan(
+    limits=(
+        LimitRule("bench:key:rpm", "requests", limit=10**15),
+        LimitRule("bench:key:tpm", "tokens", limit=10**15),
+        LimitRule("bench:key:conc", "concurrency", limit=10**6),
+    ),
+    budgets=(BudgetRule("bench:tenant:money:month", "money", limit=10**18),),
+)
 
 
 async def _round_trip(store: CounterStore, request_id: str) -> None:
-    decision = await store.admit(AdmitRequest(request_id, _LIMITS, [_BUDGET], lease_ms=60_000))
-    if not decision.allowed:
-        raise RuntimeError(f"benchmark request refused by {decision.reason}")
-    await store.settle(
-        Settlement(request_id, actual_tokens={"bench:key:tpm": 320}, actual_budget={_BUDGET.key: 1_250_000})
-    )
+    admission = await store.reserve(_PLAN, request_id, 500, 2_000_000, lease_ms=60_000)
+    if not admission.allowed:
+        raise RuntimeError(f"benchmark request refused by {admission.reason}")
+    await store.settle(request_id, 320, 1_250_000)
 
 
 async def measure(store: CounterStore, duration_s: float, concurrency: int) -> tuple[float, float, float]:
@@ -95,7 +95,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def _parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Admit + settle round trips per second for each counter store.")
+    parser = argparse.ArgumentParser(description="Reserve + settle round trips per second for each counter store.")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
     parser.add_argument(
         "--concurrency",

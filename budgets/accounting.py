@@ -11,12 +11,12 @@ net. After serving: the actual cost is charged and the rest released.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from budgets.prices import cost_pico
-from budgets.store import AdmitRequest, Budget, CounterStore, Decision, Limit, Settlement, StoreUnavailable
+from budgets.store import MAX_AMOUNT, Admission, BudgetRule, CounterStore, Floors, LimitRule, Plan, StoreUnavailable
 from router.auth import Principal
 from router.config import BudgetConfig, LimitsConfig, Price
 from router.errors import InsufficientQuota, Overloaded, RateLimited
@@ -41,11 +41,10 @@ class Reservation:
     prompt_estimate: int
     # Completion tokens this request may produce; None when unbounded by budgets.
     allowance: int | None
-    tokens_keys: list[str] = field(default_factory=list)
-    token_budgets: list[str] = field(default_factory=list)
-    money_budgets: list[str] = field(default_factory=list)
-    soft_exceeded: list[str] = field(default_factory=list)
+    # What was reserved (budget keys name their period): settlement goes by the same.
+    plan: Plan
     held: bool = True
+    soft_exceeded: tuple[str, ...] = ()
     # Share of the tightest money budget left after this reservation.
     remaining_fraction: float | None = None
     # False when prompt_estimate is an upper bound rather than the count.
@@ -69,83 +68,75 @@ def budget_key(scope: str, budget: BudgetConfig, now: datetime) -> tuple[str, in
     return f"budget:{scope}:{budget.kind}:{suffix}", end
 
 
-def _limits(scope: str, limits: LimitsConfig | None, tokens: int) -> Iterable[Limit]:
+def _limit_rules(scope: str, limits: LimitsConfig | None) -> list[LimitRule]:
     if limits is None:
-        return
+        return []
+    rules = []
     if limits.rpm:
-        yield Limit(key=f"rpm:{scope}", kind="requests", limit=limits.rpm, amount=1)
+        rules.append(LimitRule(key=f"rpm:{scope}", kind="requests", limit=limits.rpm))
     if limits.tpm:
-        yield Limit(key=f"tpm:{scope}", kind="tokens", limit=limits.tpm, amount=tokens)
+        rules.append(LimitRule(key=f"tpm:{scope}", kind="tokens", limit=limits.tpm))
     if limits.max_concurrent:
-        yield Limit(key=f"conc:{scope}", kind="concurrency", limit=limits.max_concurrent, amount=1)
+        rules.append(LimitRule(key=f"conc:{scope}", kind="concurrency", limit=limits.max_concurrent))
+    return rules
 
 
 @dataclass(slots=True)
-class _BudgetSpec:
-    scope: str
-    config: BudgetConfig
-    limit: int  # in counter units: tokens, or pico-USD
-    key: str = ""
-    period_end_ms: int | None = None
-
-
-@dataclass(slots=True)
-class _Plan:
+class _Account:
     """What a principal's requests reserve, worked out once per principal.
 
-    Budget keys name their period; they are recomputed once the earliest
-    period among them has ended.
+    Budget keys name their period: the store plan is rebuilt once the earliest
+    period among them has ended (never changed in place, so reservations may
+    keep the plan they were made under).
     """
 
     principal: Principal
-    # Request and concurrency limits take the same amount each time: built once.
-    # A tokens limit's amount is the request's estimate: (key, limit) to build from.
-    fixed_limits: list[Limit]
-    token_limits: list[tuple[str, int]]
-    budgets: list[_BudgetSpec]
+    limits: tuple[LimitRule, ...]
+    # (scope, config) of each budget, in plan order
+    budgets: list[tuple[str, BudgetConfig]]
+    plan: Plan = field(default_factory=Plan)
     refresh_at_ms: float = -1.0
-    hard_budgets: bool = False
+    accounted: bool = False
     # Whether requests need a prompt estimate (a TPM limit or any budget).
     estimate: bool = False
-    tokens_keys: list[str] = field(default_factory=list)
-    # Current budget keys by kind; replaced (never changed in place) at refresh,
-    # so reservations may share them.
-    token_budget_keys: list[str] = field(default_factory=list)
-    money_budget_keys: list[str] = field(default_factory=list)
+    hard_budgets: bool = False
+    has_money: bool = False
+    # (position in plan.budgets, limit) of every money budget: for the share left.
+    money_limits: tuple[tuple[int, int], ...] = ()
 
     def refresh(self, now_ms: float) -> None:
         now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
-        ends = []
-        for spec in self.budgets:
-            spec.key, spec.period_end_ms = budget_key(spec.scope, spec.config, now)
-            if spec.period_end_ms is not None:
-                ends.append(spec.period_end_ms)
-        self.token_budget_keys = [spec.key for spec in self.budgets if spec.config.kind == "tokens"]
-        self.money_budget_keys = [spec.key for spec in self.budgets if spec.config.kind == "money"]
+        rules, ends = [], []
+        for scope, config in self.budgets:
+            key, end = budget_key(scope, config, now)
+            limit = config.limit * (PICO_PER_MICRO if config.kind == "money" else 1)
+            rules.append(BudgetRule(key=key, unit=config.kind, limit=min(limit, MAX_AMOUNT), hard=config.hard, period_end_ms=end))
+            if end is not None:
+                ends.append(end)
+        self.plan = Plan(limits=self.limits, budgets=tuple(rules))
         self.refresh_at_ms = min(ends) if ends else float("inf")
 
 
-def _plan_for(principal: Principal) -> _Plan:
+def _account_for(principal: Principal) -> _Account:
     tenant_scope = f"t:{principal.tenant}"
     key_scope = f"k:{principal.tenant}:{principal.key_id}"
-    limits = [
-        limit
-        for scope, config in ((tenant_scope, principal.tenant_limits), (key_scope, principal.key_limits))
-        for limit in _limits(scope, config, 0)
-    ]
-    budgets = [
-        _BudgetSpec(scope, config, config.limit * (PICO_PER_MICRO if config.kind == "money" else 1))
-        for scope, configs in ((tenant_scope, principal.tenant_budgets), (key_scope, principal.key_budgets))
-        for config in configs
-    ]
-    return _Plan(
+    limits = tuple(_limit_rules(tenant_scope, principal.tenant_limits) + _limit_rules(key_scope, principal.key_limits))
+    budgets = [(tenant_scope, config) for config in principal.tenant_budgets]
+    budgets += [(key_scope, config) for config in principal.key_budgets]
+    configs = [config for _, config in budgets]
+    return _Account(
         principal,
-        fixed_limits=[limit for limit in limits if limit.kind != "tokens"],
-        token_limits=[(limit.key, limit.limit) for limit in limits if limit.kind == "tokens"],
+        limits=limits,
         budgets=budgets,
-        hard_budgets=any(spec.config.hard for spec in budgets),
+        accounted=bool(limits or budgets),
         estimate=bool(budgets) or any(limit.kind == "tokens" for limit in limits),
-        tokens_keys=[limit.key for limit in limits if limit.kind == "tokens"],
+        hard_budgets=any(config.hard for config in configs),
+        has_money=any(config.kind == "money" for config in configs),
+        money_limits=tuple(
+            (i, min(config.limit * PICO_PER_MICRO, MAX_AMOUNT))
+            for i, config in enumerate(configs)
+            if config.kind == "money" and config.limit
+        ),
     )
 
 
@@ -153,90 +144,75 @@ class Accountant:
     def __init__(self, store: CounterStore, settings: AccountingSettings | None = None) -> None:
         self.store = store
         self.settings = settings or AccountingSettings()
-        # (tenant, key id) --> the plan of the principal last seen for it
-        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._lease_ms = self.settings.lease_ms
+        # (tenant, key id) --> the account of the principal last seen for it
+        self._accounts: dict[tuple[str, str], _Account] = {}
         # An in-process store also offers synchronous forms: no coroutine, no task.
-        self._admit_now: Callable[[AdmitRequest], Decision] | None = getattr(store, "admit_now", None)
-        self._settle_now: Callable[[Settlement], None] | None = getattr(store, "settle_now", None)
+        self._reserve_now: Callable[..., Admission] | None = getattr(store, "reserve_now", None)
+        self._settle_now: Callable[[str, int, int], None] | None = getattr(store, "settle_now", None)
 
     def needs(self, principal: Principal) -> tuple[bool, bool]:
         """(whether requests of ``principal`` are accounted at all, whether they need a prompt estimate)."""
-        plan = self._plan(principal)
-        return bool(plan.fixed_limits or plan.token_limits or plan.budgets), plan.estimate
+        account = self._account(principal)
+        return account.accounted, account.estimate
 
-    def _plan(self, principal: Principal) -> _Plan:
+    def _account(self, principal: Principal) -> _Account:
         ident = (principal.tenant, principal.key_id)
-        plan = self._plans.get(ident)
+        account = self._accounts.get(ident)
         # Principals are cached by the key stores; a new object means new settings.
-        if plan is None or plan.principal is not principal:
-            if len(self._plans) >= 65_536:
-                self._plans.clear()
-            plan = self._plans[ident] = _plan_for(principal)
+        if account is None or account.principal is not principal:
+            if len(self._accounts) >= 65_536:
+                self._accounts.clear()
+            account = self._accounts[ident] = _account_for(principal)
         now_ms = time.time() * 1000
-        if now_ms >= plan.refresh_at_ms:
-            plan.refresh(now_ms)
-        return plan
+        if now_ms >= account.refresh_at_ms:
+            account.refresh(now_ms)
+        return account
 
     async def reserve(
         self, request_id: str, principal: Principal, prompt_tokens: int, max_completion: int | None, price: Price
     ) -> Reservation:
         """Reserve everything the request may consume, or raise the refusal."""
+        account = self._account(principal)
+        plan = account.plan
         # None: the client set no bound; 0: nothing is generated (embeddings).
         cap = self.settings.default_completion_cap if max_completion is None else max_completion
-        worst_tokens = prompt_tokens + cap
-        plan = self._plan(principal)
-        limits = plan.fixed_limits
-        if plan.token_limits:
-            limits = [*limits, *(Limit(key=key, kind="tokens", limit=limit, amount=worst_tokens) for key, limit in plan.token_limits)]
+        tokens = prompt_tokens + cap
+        money = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok if account.has_money else 0
         # Only a hard budget bounds the completion itself; rate limits are
         # corrected after the fact, and the cap is merely what they reserve.
-        flexible = max_completion is None and plan.hard_budgets
-        budgets: list[Budget] = []
-        reservation = Reservation(
-            request_id, prompt_tokens, cap if flexible else None,
-            tokens_keys=plan.tokens_keys, token_budgets=plan.token_budget_keys, money_budgets=plan.money_budget_keys,
-        )  # fmt: skip
-        for spec in plan.budgets:
-            config = spec.config
-            if config.kind == "tokens":
-                amount, floor = worst_tokens, prompt_tokens + 1
-            else:
-                amount = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok
-                floor = prompt_tokens * price.input_per_mtok + price.output_per_mtok
-            budgets.append(
-                Budget(key=spec.key, limit=spec.limit, amount=amount, hard=config.hard, period_end_ms=spec.period_end_ms,
-                       min_amount=floor if flexible and config.hard else None)
-            )
-        request = AdmitRequest(request_id=request_id, limits=limits, budgets=budgets, lease_ms=self.settings.lease_ms)
+        flexible = max_completion is None and account.hard_budgets
+        floors: Floors | None = None
+        if flexible:
+            floors = (prompt_tokens + 1, prompt_tokens * price.input_per_mtok + price.output_per_mtok if account.has_money else 0)
+        if money > MAX_AMOUNT:  # a worst case no budget could hold: it reserves all of one
+            money, floors = MAX_AMOUNT, None if floors is None else (floors[0], min(floors[1], MAX_AMOUNT))
         try:
-            decision = self._admit_now(request) if self._admit_now is not None else await self.store.admit(request)
+            if self._reserve_now is not None:
+                admission = self._reserve_now(plan, request_id, tokens, money, self._lease_ms, floors)
+            else:
+                admission = await self.store.reserve(plan, request_id, tokens, money, self._lease_ms, floors)
         except StoreUnavailable:
-            fail_open = self.settings.budgets_fail_open if budgets else self.settings.limits_fail_open
+            fail_open = self.settings.budgets_fail_open if plan.budgets else self.settings.limits_fail_open
             if not fail_open:
                 raise Overloaded("Usage limits cannot be checked right now; retry shortly.", retry_after=1.0) from None
-            reservation.held = False
-            return reservation
-        if not decision.allowed:
-            raise self._refusal(decision.reason, decision.retry_after_ms)
-        if not budgets:
-            return reservation
-        reservation.soft_exceeded = list(decision.soft_exceeded)
-        fractions = [decision.remaining.get(b.key, 0) / b.limit for b in budgets if b.key in reservation.money_budgets and b.limit]
-        reservation.remaining_fraction = min(fractions) if fractions else None
+            return Reservation(request_id, prompt_tokens, cap if flexible else None, plan, held=False)
+        if not admission.allowed:
+            raise self._refusal(admission.reason, admission.retry_after_ms)
+        reservation = Reservation(request_id, prompt_tokens, None, plan, soft_exceeded=admission.soft_exceeded)
+        if account.money_limits:
+            remaining = admission.remaining
+            reservation.remaining_fraction = min(remaining[i] / limit for i, limit in account.money_limits)
         if flexible:
-            token_keys = set(reservation.token_budgets)
-            reservation.allowance = self._allowance(cap, prompt_tokens, price, budgets, token_keys, decision.reserved)
+            reservation.allowance = self._allowance(cap, prompt_tokens, price, plan.budgets, admission.held)
         return reservation
 
     @staticmethod
-    def _allowance(
-        cap: int, prompt_tokens: int, price: Price, budgets: list[Budget], token_keys: set[str], reserved: dict[str, int]
-    ) -> int:
+    def _allowance(cap: int, prompt_tokens: int, price: Price, budgets: tuple[BudgetRule, ...], held: tuple[int, ...]) -> int:
         """Completion tokens covered by every budget's (possibly partial) reservation."""
         allowance = cap
-        for budget in budgets:
-            got = reserved.get(budget.key, budget.amount)
-            if budget.key in token_keys:
+        for budget, got in zip(budgets, held):
+            if budget.unit == "tokens":
                 allowance = min(allowance, got - prompt_tokens)
             elif price.output_per_mtok:
                 allowance = min(allowance, (got - prompt_tokens * price.input_per_mtok) // price.output_per_mtok)
@@ -252,24 +228,13 @@ class Accountant:
         what = "tokens" if reason == "tokens" else "requests"
         return RateLimited(f"Rate limit reached for {what} per minute.", retry_after=retry or 1.0)
 
-    def _settlement(self, reservation: Reservation, usage: Usage, cost: int) -> Settlement:
-        tokens = usage.prompt_tokens + usage.completion_tokens
-        actual_budget = dict.fromkeys(reservation.token_budgets, tokens)
-        for key in reservation.money_budgets:
-            actual_budget[key] = cost
-        return Settlement(
-            request_id=reservation.request_id,
-            actual_tokens=dict.fromkeys(reservation.tokens_keys, tokens),
-            actual_budget=actual_budget,
-        )
-
     async def settle(self, reservation: Reservation, usage: Usage, price: Price) -> int:
         """Charge actual usage; returns the cost in pico-USD. Never raises for store outages."""
         cost = cost_pico(usage, price)
         if not reservation.held:
             return cost
         try:
-            await self.store.settle(self._settlement(reservation, usage, cost))
+            await self.store.settle(reservation.request_id, usage.prompt_tokens + usage.completion_tokens, min(cost, MAX_AMOUNT))
         except StoreUnavailable:
             # The lease releases the reservation; the ledger row still records the cost.
             pass
@@ -285,5 +250,5 @@ class Accountant:
         assert self._settle_now is not None
         cost = cost_pico(usage, price)
         if reservation.held:
-            self._settle_now(self._settlement(reservation, usage, cost))
+            self._settle_now(reservation.request_id, usage.prompt_tokens + usage.completion_tokens, min(cost, MAX_AMOUNT))
         return cost

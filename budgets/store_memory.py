@@ -1,8 +1,14 @@
 """In-process counter store for the embedded (single replica) mode.
 
 Every method runs to completion without awaiting, so on one event loop each
-admit and settle is atomic without a lock. Expired leases, records and budget
-counters are dropped lazily with heaps, the same way Redis drops expired keys.
+reserve and settle is atomic without a lock.
+
+Expired leases and records are dropped lazily, the way Redis drops expired
+keys, and cheaply: each set of leases keeps a lower bound on its earliest
+expiry (``due``). Nothing is scanned until that moment has passed; a sweep then
+drops what has expired and makes the bound exact again. With leases far longer
+than requests, a sweep happens about once per lease period, so admission costs
+a few dictionary operations per limit or budget and no heap work.
 """
 
 from __future__ import annotations
@@ -14,58 +20,25 @@ from dataclasses import dataclass, field
 
 from budgets.store import (
     RECORD_GRACE_MS,
-    AdmitRequest,
-    Budget,
-    Decision,
-    Limit,
-    Settlement,
+    Admission,
+    BudgetRule,
+    Floors,
+    LimitRule,
+    Plan,
     budget_view,
+    check_charge,
+    check_claim,
 )
 
-
-# What an admit with no budgets answers (nothing in it is ever modified).
-_ALLOWED = Decision(allowed=True)
+# What a reservation with no budgets answers (nothing in it is ever modified).
+_ALLOWED = Admission(allowed=True)
+_NEVER = float("inf")
+_NO_HOLD = (0, 0)
 
 
 def _epoch_ms() -> int:
     # Epoch time, not monotonic: windows align to the same boundaries as in Redis.
     return time.time_ns() // 1_000_000
-
-
-@dataclass(slots=True)
-class _Leases:
-    """Request ids holding something, each until an expiry (ms)."""
-
-    until: dict[str, int] = field(default_factory=dict)
-    heap: list[tuple[int, str]] = field(default_factory=list)
-
-    def add(self, request_id: str, expiry: int) -> None:
-        self.until[request_id] = expiry
-        heapq.heappush(self.heap, (expiry, request_id))
-        # Settled ids leave stale entries behind; rebuild before they dominate.
-        if len(self.heap) > 2 * len(self.until) + 64:
-            self.heap = [(until, held_by) for held_by, until in self.until.items()]
-            heapq.heapify(self.heap)
-
-    def expired(self, now: int) -> list[str]:
-        """Remove and return the ids whose lease ended at or before ``now``."""
-        gone: list[str] = []
-        while self.heap and self.heap[0][0] <= now:
-            expiry, request_id = heapq.heappop(self.heap)
-            # Heap entries of settled ids are stale; only a matching expiry counts.
-            if self.until.get(request_id) == expiry:
-                del self.until[request_id]
-                gone.append(request_id)
-        return gone
-
-
-@dataclass(slots=True)
-class _Budget:
-    spent: int = 0
-    reserved: int = 0
-    holds: dict[str, int] = field(default_factory=dict)
-    leases: _Leases = field(default_factory=_Leases)
-    expire_at: int | None = None
 
 
 @dataclass(slots=True)
@@ -75,71 +48,126 @@ class _Window:
 
 
 @dataclass(slots=True)
+class _Slots:
+    """Concurrency slots: holder request id --> lease expiry (ms)."""
+
+    holders: dict[str, int] = field(default_factory=dict)
+    due: float = _NEVER  # no holder's lease ends before this
+
+    def sweep(self, now: int) -> None:
+        holders = self.holders
+        for request_id in [rid for rid, until in holders.items() if until <= now]:
+            del holders[request_id]
+        self.due = min(holders.values(), default=_NEVER)
+
+
+@dataclass(slots=True)
+class _Budget:
+    spent: int = 0
+    reserved: int = 0
+    # request id --> (amount held, lease expiry ms)
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    due: float = _NEVER  # no hold's lease ends before this
+    expire_at: int | None = None
+
+    def sweep(self, now: int) -> None:
+        """Release the holds whose lease has ended (their replica is gone)."""
+        holds = self.holds
+        for request_id in [rid for rid, (_, until) in holds.items() if until <= now]:
+            self.reserved -= holds.pop(request_id)[0]
+        self.due = min((until for _, until in holds.values()), default=_NEVER)
+
+
+@dataclass(slots=True)
 class _Record:
+    """What settle works from: every counter one admitted request holds."""
+
     expire_at: int
-    concurrency: list[str]
-    tokens: list[tuple[str, int, int]]  # limit key, window index, estimate
-    budgets: list[tuple[str, int | None]]  # budget key, counter expiry
+    slots: list[_Slots]
+    tokens: list[tuple[_Window, int, int]]  # window, its index then, estimate
+    budgets: tuple[BudgetRule, ...]
 
 
 class MemoryCounterStore:
     def __init__(self, clock: Callable[[], int] | None = None) -> None:
         self._clock = clock or _epoch_ms
         self._windows: dict[tuple[str, str], _Window] = {}
-        self._slots: dict[str, _Leases] = {}
+        self._slots: dict[str, _Slots] = {}
         self._budgets: dict[str, _Budget] = {}
         self._records: dict[str, _Record] = {}
-        self._record_heap: list[tuple[int, str]] = []
+        self._records_due: float = _NEVER
         self._budget_heap: list[tuple[int, str]] = []
 
-    async def admit(self, request: AdmitRequest) -> Decision:
-        return self.admit_now(request)
+    async def reserve(
+        self,
+        plan: Plan,
+        request_id: str,
+        tokens: int,
+        money: int,
+        lease_ms: int,
+        floors: Floors | None = None,
+        now_ms: int | None = None,
+    ) -> Admission:
+        return self.reserve_now(plan, request_id, tokens, money, lease_ms, floors, now_ms)
 
-    async def settle(self, settlement: Settlement) -> None:
-        self.settle_now(settlement)
+    async def settle(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
+        self.settle_now(request_id, tokens, money)
 
     # The synchronous forms: callers on the event loop may skip the await (and,
     # for settle, the task a store with I/O would need).
 
-    def admit_now(self, request: AdmitRequest) -> Decision:
-        now = request.now_ms if request.now_ms is not None else self._clock()
-        self._purge(now)
-        record = self._records.get(request.request_id)
+    def reserve_now(
+        self,
+        plan: Plan,
+        request_id: str,
+        tokens: int,
+        money: int,
+        lease_ms: int,
+        floors: Floors | None = None,
+        now_ms: int | None = None,
+    ) -> Admission:
+        check_claim(request_id, tokens, money, lease_ms, floors)
+        now = now_ms if now_ms is not None else self._clock()
+        if self._records_due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
+            self._purge(now)
+        record = self._records.get(request_id)
         if record is None or record.expire_at <= now:
-            refusal = self._check_limits(request.limits, now)
-            takes = self._check_budgets(request.budgets, now) if refusal is None else None
+            refusal = self._check_limits(plan.limits, tokens, now)
             if refusal is not None:
                 return refusal
-            if isinstance(takes, Decision):
+            takes = self._check_budgets(plan.budgets, tokens, money, floors, now) if plan.budgets else []
+            if isinstance(takes, Admission):
                 return takes
-            self._reserve(request, now, takes or [])
-        return self._allowed(request.budgets, request.request_id)
+            self._reserve(plan, request_id, tokens, now, now + lease_ms, takes)
+        if not plan.budgets:
+            return _ALLOWED
+        return self._allowed(plan.budgets, request_id)
 
-    def settle_now(self, settlement: Settlement) -> None:
+    def settle_now(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
+        check_charge(tokens, money)
         now = self._clock()
-        self._purge(now)
-        record = self._records.pop(settlement.request_id, None)
+        if self._records_due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
+            self._purge(now)
+        record = self._records.pop(request_id, None)
         if record is None or record.expire_at <= now:
             return
-        request_id = settlement.request_id
-        for key in record.concurrency:
-            self._slot_count(key, now, release=request_id)
-        for key, index, estimate in record.tokens:
-            window = self._windows.get(("tokens", key))
+        for slots in record.slots:
+            slots.holders.pop(request_id, None)
+        for window, index, estimate in record.tokens:
             # Corrections only matter inside the window the estimate went into.
-            if window is not None and window.index == index:
-                window.used += settlement.actual_tokens.get(key, 0) - estimate
-        for key, expire_at in record.budgets:
-            self._settle_budget(key, expire_at, request_id, settlement.actual_budget.get(key, 0), now)
+            if window.index == index:
+                window.used += tokens - estimate
+        for rule in record.budgets:
+            self._settle_budget(rule, request_id, tokens if rule.unit == "tokens" else money, now)
 
     async def release(self, request_id: str) -> None:
-        await self.settle(Settlement(request_id=request_id))
+        self.settle_now(request_id)
 
     async def budget_state(self, key: str) -> tuple[int, int]:
-        state = self._budgets.get(key)
-        if state is None or (state.expire_at is not None and state.expire_at <= self._clock()):
-            return 0, 0
-        return state.spent, state.reserved
+        now = self._clock()
+        self._purge(now)
+        state = self._budget_now(key, now)
+        return (0, 0) if state is None else (state.spent, state.reserved)
 
     async def ping(self) -> bool:
         return True
@@ -147,123 +175,120 @@ class MemoryCounterStore:
     async def close(self) -> None:
         return None
 
-    # -- admit helpers ---------------------------------------------------------
+    # -- reserve helpers -------------------------------------------------------
 
-    def _check_limits(self, limits: list[Limit], now: int) -> Decision | None:
+    def _check_limits(self, limits: tuple[LimitRule, ...], tokens: int, now: int) -> Admission | None:
         for limit in limits:
-            if limit.kind == "concurrency":
+            kind = limit.kind
+            if kind == "concurrency":
                 slots = self._slots.get(limit.key)
-                if slots is not None and len(slots.until) + 1 > limit.limit and self._slot_count(limit.key, now) + 1 > limit.limit:
-                    return Decision(allowed=False, reason="concurrency", key=limit.key)
+                if slots is None or len(slots.holders) < limit.limit:
+                    continue
+                if slots.due <= now:
+                    slots.sweep(now)
+                if len(slots.holders) >= limit.limit:
+                    return Admission(allowed=False, reason="concurrency", key=limit.key)
                 continue
             index = now // limit.window_ms
-            window = self._windows.get((limit.kind, limit.key))
+            window = self._windows.get((kind, limit.key))
             used = window.used if window is not None and window.index == index else 0
-            if used + limit.amount > limit.limit:
+            if used + (tokens if kind == "tokens" else 1) > limit.limit:
                 retry_after = (index + 1) * limit.window_ms - now
-                return Decision(allowed=False, reason=limit.kind, key=limit.key, retry_after_ms=retry_after)
+                return Admission(allowed=False, reason=kind, key=limit.key, retry_after_ms=retry_after)
         return None
 
-    def _check_budgets(self, budgets: list[Budget], now: int) -> Decision | list[int]:
+    def _check_budgets(
+        self, budgets: tuple[BudgetRule, ...], tokens: int, money: int, floors: Floors | None, now: int
+    ) -> Admission | list[int]:
         """A refusal, or the amount to take from each budget (less than asked when flexible)."""
         takes: list[int] = []
         for budget in budgets:
-            state = self._reclaimed_budget(budget.key, now)
-            used = state.spent + state.reserved if state is not None else 0
-            take = budget.amount
-            if budget.hard and used + budget.amount > budget.limit:
-                room = budget.limit - used
-                if budget.min_amount is None or room < budget.min_amount:
-                    return Decision(allowed=False, reason="budget", key=budget.key)
-                take = room
+            tokens_unit = budget.unit == "tokens"
+            take = tokens if tokens_unit else money
+            # Expired leases are released on soft budgets too: they report what is used.
+            state = self._budget_now(budget.key, now)
+            if budget.hard:
+                used = state.spent + state.reserved if state is not None else 0
+                if used + take > budget.limit:
+                    room = budget.limit - used
+                    if floors is None or room < floors[0 if tokens_unit else 1]:
+                        return Admission(allowed=False, reason="budget", key=budget.key)
+                    take = room
             takes.append(take)
         return takes
 
-    def _reserve(self, request: AdmitRequest, now: int, takes: list[int]) -> None:
-        request_id = request.request_id
-        expiry = now + request.lease_ms
-        record = _Record(expiry + RECORD_GRACE_MS, [], [], [])
-        for limit in request.limits:
-            if limit.kind == "concurrency":
+    def _reserve(self, plan: Plan, request_id: str, tokens: int, now: int, expiry: int, takes: list[int]) -> None:
+        record = _Record(expiry + RECORD_GRACE_MS, [], [], plan.budgets)
+        for limit in plan.limits:
+            kind = limit.kind
+            if kind == "concurrency":
                 slots = self._slots.get(limit.key)
                 if slots is None:
-                    slots = self._slots[limit.key] = _Leases()
-                slots.add(request_id, expiry)
-                record.concurrency.append(limit.key)
+                    slots = self._slots[limit.key] = _Slots()
+                slots.holders[request_id] = expiry
+                if expiry < slots.due:
+                    slots.due = expiry
+                record.slots.append(slots)
                 continue
             index = now // limit.window_ms
-            window = self._windows.get((limit.kind, limit.key))
-            if window is None or window.index != index:
-                window = self._windows[(limit.kind, limit.key)] = _Window(index)
-            window.used += limit.amount
-            if limit.kind == "tokens":
-                record.tokens.append((limit.key, index, limit.amount))
-        for budget, take in zip(request.budgets, takes):
-            state = self._budget(budget.key)
+            window = self._windows.get((kind, limit.key))
+            if window is None:
+                window = self._windows[(kind, limit.key)] = _Window(index)
+            elif window.index != index:
+                window.index, window.used = index, 0
+            if kind == "tokens":
+                window.used += tokens
+                record.tokens.append((window, index, tokens))
+            else:
+                window.used += 1
+        budgets = self._budgets
+        for budget, take in zip(plan.budgets, takes):
+            state = budgets.get(budget.key)
+            if state is None:
+                state = budgets[budget.key] = _Budget()
             state.reserved += take
-            state.holds[request_id] = take
-            state.leases.add(request_id, expiry)
-            expire_at = budget.expire_at_ms()
-            self._set_expiry(budget.key, state, expire_at)
-            record.budgets.append((budget.key, expire_at))
+            state.holds[request_id] = (take, expiry)
+            if expiry < state.due:
+                state.due = expiry
+            if budget.period_end_ms is not None and state.expire_at is None:
+                self._set_expiry(budget.key, state, budget.expire_at_ms())
         self._records[request_id] = record
-        heapq.heappush(self._record_heap, (record.expire_at, request_id))
-        if len(self._record_heap) > 2 * len(self._records) + 64:
-            self._record_heap = [(held.expire_at, held_id) for held_id, held in self._records.items()]
-            heapq.heapify(self._record_heap)
+        if record.expire_at < self._records_due:
+            self._records_due = record.expire_at
 
-    def _allowed(self, budgets: list[Budget], request_id: str) -> Decision:
-        if not budgets:
-            return _ALLOWED
+    def _allowed(self, budgets: tuple[BudgetRule, ...], request_id: str) -> Admission:
         soft_exceeded: list[str] = []
-        remaining: dict[str, int] = {}
-        held: dict[str, int] = {}
+        remaining: list[int] = []
+        held: list[int] = []
         for budget in budgets:
-            state = self._budget(budget.key)
-            remaining[budget.key], over = budget_view(budget, state.spent, state.reserved)
-            held[budget.key] = state.holds.get(request_id, 0)
+            state = self._budgets[budget.key]
+            left, over = budget_view(budget, state.spent, state.reserved)
+            remaining.append(left)
+            held.append(state.holds.get(request_id, _NO_HOLD)[0])
             if over:
                 soft_exceeded.append(budget.key)
-        return Decision(allowed=True, soft_exceeded=soft_exceeded, remaining=remaining, reserved=held)
+        return Admission(allowed=True, remaining=tuple(remaining), held=tuple(held), soft_exceeded=tuple(soft_exceeded))
 
     # -- shared state helpers --------------------------------------------------
 
-    def _settle_budget(self, key: str, expire_at: int | None, request_id: str, actual: int, now: int) -> None:
-        state = self._reclaimed_budget(key, now)
+    def _settle_budget(self, rule: BudgetRule, request_id: str, actual: int, now: int) -> None:
+        state = self._budget_now(rule.key, now)
         if state is not None:
-            held = state.holds.pop(request_id, None)
-            if held is not None:
-                state.leases.until.pop(request_id, None)
-                state.reserved -= held
+            hold = state.holds.pop(request_id, None)
+            if hold is not None:
+                state.reserved -= hold[0]
         if actual:
             # A counter that expired meanwhile starts again, as HINCRBY would.
-            state = state or self._budget(key)
+            if state is None:
+                state = self._budgets[rule.key] = _Budget()
             state.spent += actual
-            self._set_expiry(key, state, expire_at)
+            self._set_expiry(rule.key, state, rule.expire_at_ms())
 
-    def _slot_count(self, key: str, now: int, release: str | None = None) -> int:
-        """Slots held on ``key`` after reclaiming expired leases (and freeing ``release``)."""
-        slots = self._slots.get(key)
-        if slots is None:
-            return 0
-        if slots.heap and slots.heap[0][0] <= now:
-            slots.expired(now)
-        if release is not None:
-            slots.until.pop(release, None)
-        # An empty entry stays (one per tenant or key): the next request reuses it.
-        return len(slots.until)
-
-    def _reclaimed_budget(self, key: str, now: int) -> _Budget | None:
+    def _budget_now(self, key: str, now: int) -> _Budget | None:
+        """A budget's state with expired leases released, or None if it has none."""
         state = self._budgets.get(key)
-        if state is not None:
-            for request_id in state.leases.expired(now):
-                state.reserved -= state.holds.pop(request_id, 0)
-        return state
-
-    def _budget(self, key: str) -> _Budget:
-        state = self._budgets.get(key)
-        if state is None:
-            state = self._budgets[key] = _Budget()
+        if state is not None and state.due <= now:
+            state.sweep(now)
         return state
 
     def _set_expiry(self, key: str, state: _Budget, expire_at: int | None) -> None:
@@ -273,13 +298,14 @@ class MemoryCounterStore:
 
     def _purge(self, now: int) -> None:
         """Forget records and budget counters past their expiry."""
-        while self._record_heap and self._record_heap[0][0] <= now:
-            expire_at, request_id = heapq.heappop(self._record_heap)
-            record = self._records.get(request_id)
-            if record is not None and record.expire_at == expire_at:
-                del self._records[request_id]
-        while self._budget_heap and self._budget_heap[0][0] <= now:
-            expire_at, key = heapq.heappop(self._budget_heap)
+        if self._records_due <= now:
+            records = self._records
+            for request_id in [rid for rid, record in records.items() if record.expire_at <= now]:
+                del records[request_id]
+            self._records_due = min((record.expire_at for record in records.values()), default=_NEVER)
+        heap = self._budget_heap
+        while heap and heap[0][0] <= now:
+            expire_at, key = heapq.heappop(heap)
             state = self._budgets.get(key)
             if state is not None and state.expire_at == expire_at:
                 del self._budgets[key]

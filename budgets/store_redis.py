@@ -32,12 +32,14 @@ from redis.commands.core import AsyncScript
 
 from budgets.store import (
     RECORD_GRACE_MS,
-    AdmitRequest,
-    Budget,
-    Decision,
-    Settlement,
+    Admission,
+    BudgetRule,
+    Floors,
+    Plan,
     StoreUnavailable,
     budget_view,
+    check_charge,
+    check_claim,
 )
 
 # Errors that mean "the store cannot serve this now", as opposed to a bug.
@@ -103,41 +105,49 @@ class RedisCounterStore:
         """Every key this store writes starts with this string."""
         return self._base
 
-    async def admit(self, request: AdmitRequest) -> Decision:
+    async def reserve(
+        self,
+        plan: Plan,
+        request_id: str,
+        tokens: int,
+        money: int,
+        lease_ms: int,
+        floors: Floors | None = None,
+        now_ms: int | None = None,
+    ) -> Admission:
+        check_claim(request_id, tokens, money, lease_ms, floors)
         payload = msgspec.json.encode(
             {
-                "rid": request.request_id,
-                "lease": request.lease_ms,
-                "now": -1 if request.now_ms is None else request.now_ms,
+                "rid": request_id,
+                "lease": lease_ms,
+                "now": -1 if now_ms is None else now_ms,
                 "grace": RECORD_GRACE_MS,
-                "limits": [[lim.kind, lim.key, lim.limit, lim.amount, lim.window_ms] for lim in request.limits],
-                "budgets": [_budget_args(budget) for budget in request.budgets],
+                "limits": [
+                    [lim.kind, lim.key, lim.limit, tokens if lim.kind == "tokens" else 1, lim.window_ms]
+                    for lim in plan.limits
+                ],
+                "budgets": [_budget_args(budget, tokens, money, floors) for budget in plan.budgets],
             }
         )
-        reply = await self._call(self._admit_script, self._record_key(request.request_id), self._base, payload)
+        reply = await self._call(self._admit_script, self._record_key(request_id), self._base, payload)
         if int(reply[0]) == 0:
             retry_after = int(reply[3])
-            return Decision(
+            return Admission(
                 allowed=False,
                 reason=_text(reply[1]),
                 key=_text(reply[2]),
                 retry_after_ms=retry_after if retry_after >= 0 else None,
             )
-        return _allowed(request.budgets, [int(value) for value in reply[1:]])
+        return _allowed(plan.budgets, [int(value) for value in reply[1:]])
 
-    async def settle(self, settlement: Settlement) -> None:
-        payload = msgspec.json.encode(
-            {
-                "t": settlement.actual_tokens,
-                # strings: Lua would round large integers through doubles
-                "b": {key: str(value) for key, value in settlement.actual_budget.items()},
-            }
-        )
-        record_key = self._record_key(settlement.request_id)
-        await self._call(self._settle_script, record_key, self._base, settlement.request_id, payload)
+    async def settle(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
+        check_charge(tokens, money)
+        # strings: Lua would round large integers through doubles
+        payload = msgspec.json.encode({"t": str(tokens), "m": str(money)})
+        await self._call(self._settle_script, self._record_key(request_id), self._base, request_id, payload)
 
     async def release(self, request_id: str) -> None:
-        await self.settle(Settlement(request_id=request_id))
+        await self.settle(request_id)
 
     async def budget_state(self, key: str) -> tuple[int, int]:
         try:
@@ -167,26 +177,31 @@ class RedisCounterStore:
             raise StoreUnavailable(f"counter store unavailable ({type(exc).__name__})") from exc
 
 
-def _budget_args(budget: Budget) -> list[str | int]:
+def _budget_args(budget: BudgetRule, tokens: int, money: int, floors: Floors | None) -> list[str | int]:
     expire_at = budget.expire_at_ms()
+    tokens_unit = budget.unit == "tokens"
+    floor = None if floors is None else floors[0 if tokens_unit else 1]
     return [
         budget.key,
         str(budget.limit),
-        str(budget.amount),
+        str(tokens if tokens_unit else money),
         1 if budget.hard else 0,
         -1 if expire_at is None else expire_at,
-        "-1" if budget.min_amount is None else str(budget.min_amount),
+        "-1" if floor is None else str(floor),
+        "t" if tokens_unit else "m",
     ]
 
 
-def _allowed(budgets: list[Budget], states: list[int]) -> Decision:
-    """Decision from the (spent, reserved, held) triples the script read after reserving."""
+def _allowed(budgets: tuple[BudgetRule, ...], states: list[int]) -> Admission:
+    """Admission from the (spent, reserved, held) triples the script read after reserving."""
     soft_exceeded: list[str] = []
-    remaining: dict[str, int] = {}
-    held: dict[str, int] = {}
+    remaining: list[int] = []
+    held: list[int] = []
     for index, budget in enumerate(budgets):
-        spent, reserved, held[budget.key] = states[3 * index : 3 * index + 3]
-        remaining[budget.key], over = budget_view(budget, spent, reserved)
+        spent, reserved, holding = states[3 * index : 3 * index + 3]
+        left, over = budget_view(budget, spent, reserved)
+        remaining.append(left)
+        held.append(holding)
         if over:
             soft_exceeded.append(budget.key)
-    return Decision(allowed=True, soft_exceeded=soft_exceeded, remaining=remaining, reserved=held)
+    return Admission(allowed=True, remaining=tuple(remaining), held=tuple(held), soft_exceeded=tuple(soft_exceeded))

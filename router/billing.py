@@ -133,7 +133,7 @@ class Billing:
     async def _measured_usage(ctx: RequestContext) -> Usage:
         """Usage the upstream did not report: counted from what was generated, if anything was."""
         texts = ctx.generated_text + [t for t in map(chunk_text, ctx.generated) if t]
-        if not texts and not ctx.counted_tokens:
+        if not texts:
             return Usage()  # nothing was generated: nothing to charge
         count: Counter = ctx.counter or counter_for("")
         completion = sum(count(t) for t in texts)

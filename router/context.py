@@ -50,10 +50,6 @@ class RequestContext:
     counter: Counter | None = None
     allowance: int | None = None
     usage: Usage | None = None
-    counted_tokens: int = 0
-    # Streamed chunks not tokenized yet, and an upper bound on their tokens.
-    unmetered: list[StreamChunk] = field(default_factory=list)
-    unmetered_bytes: int = 0
     generated_text: list[str] = field(default_factory=list)
     # Streamed chunks, kept so their text can be counted if the upstream reports no usage.
     generated: list[StreamChunk] = field(default_factory=list)

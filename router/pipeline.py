@@ -26,7 +26,7 @@ from router.privacy import apply_pii
 from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
-from serving.sse import chunk_text, text_bytes_bound
+from router.stream_meter import StreamMeter
 
 _DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
@@ -141,13 +141,14 @@ class Pipeline:
         ctx.status = CLIENT_CLOSED
         pending: list[bytes] = []  # events in hand, written together
         restore = ctx.restorer.stream() if ctx.restorer is not None else None
+        meter = None if ctx.allowance is None else StreamMeter(ctx.allowance, ctx.counter, ctx.generated)
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
                 if chunk.usage is not None:
                     ctx.usage = chunk.usage
-                if ctx.allowance is not None and self._over_allowance(ctx, chunk):
-                    events = self._cut_off(ctx)
+                if meter is not None and not meter.admits(chunk):
+                    events = self._cut_off(ctx, meter.exact())
                     await self.complete(ctx)
                     yield b"".join(pending + events)
                     return
@@ -178,41 +179,7 @@ class Pipeline:
                 await aclose()
             self.finish(ctx)
 
-    @staticmethod
-    def _over_allowance(ctx: RequestContext, chunk: StreamChunk) -> bool:
-        """Meter completion tokens against what the budget reserved.
-
-        The upstream was asked for at most the allowance; this catches one that
-        ignores it. A chunk that would go past the allowance is not relayed, so
-        what the client receives (and is billed for) stays within the reservation.
-        Tokenizing waits until it matters: a token is at least one byte of text,
-        and ``text_bytes_bound`` bounds a chunk's text without decoding it, so
-        while the counted tokens plus the unmetered chunks' bounds fit, nothing
-        can be over.
-        """
-        allowance = ctx.allowance
-        if allowance is None:
-            return False
-        size = text_bytes_bound(chunk)
-        if ctx.counted_tokens + ctx.unmetered_bytes + size <= allowance:
-            ctx.unmetered.append(chunk)
-            ctx.unmetered_bytes += size
-            return False
-        count = ctx.counter
-        if count is None:
-            return False
-        # One count of the text so far rather than one per chunk: as the model
-        # produced it, and one call instead of dozens.
-        ctx.counted_tokens += count("".join(filter(None, map(chunk_text, ctx.unmetered))))
-        ctx.unmetered.clear()
-        ctx.unmetered_bytes = 0
-        tokens = count(chunk_text(chunk))
-        if ctx.counted_tokens + tokens > allowance and chunk.finish_reason is None:
-            return True
-        ctx.counted_tokens += tokens
-        return False
-
-    def _cut_off(self, ctx: RequestContext) -> list[bytes]:
+    def _cut_off(self, ctx: RequestContext, completion_tokens: int) -> list[bytes]:
         """End a stream the budget cannot pay for, as a model would at max_tokens."""
         ctx.status = 200
         ctx.error = "budget_cutoff"
@@ -220,7 +187,7 @@ class Pipeline:
             reservation = ctx.reservation
             # A bound is not a count: what is reported and billed is the count (of a short prompt).
             prompt = reservation.prompt_estimate if reservation.prompt_exact or ctx.counter is None else count_prompt_tokens(ctx.kind, ctx.body, ctx.counter)
-            ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=ctx.counted_tokens, total_tokens=prompt + ctx.counted_tokens)
+            ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
         chat = ctx.kind == "chat"
         envelope = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{ctx.request_id}",

@@ -5,7 +5,7 @@
 -- ARGV[2]  JSON {rid, lease, now (-1: server TIME), grace,
 --                limits: [[kind, key, limit, amount, window_ms]],
 --                budgets: [[key, limit, amount, hard (0/1), expire_at_ms (-1: none),
---                           min_amount ("-1": fixed amount)]]}
+--                           min_amount ("-1": fixed amount), unit ("t" tokens | "m" money)]]}
 -- A budget with a min_amount is flexible: it reserves as much of `amount` as
 -- remains, refusing only when less than min_amount remains.
 -- Money travels as decimal strings: Lua numbers are doubles and would round
@@ -138,7 +138,7 @@ for _, l in ipairs(req.limits) do
   end
 end
 for i, b in ipairs(req.budgets) do
-  local key, amount, expire_at = b[1], take[i], b[5]
+  local key, amount, expire_at, unit = b[1], take[i], b[5], b[7]
   local state, holds, leases = p .. 'bs:' .. key, p .. 'ba:' .. key, p .. 'bl:' .. key
   redis.call('HINCRBY', state, 'reserved', amount)
   redis.call('HSET', holds, rid, amount)
@@ -148,7 +148,7 @@ for i, b in ipairs(req.budgets) do
     redis.call('PEXPIREAT', holds, expire_at)
     redis.call('PEXPIREAT', leases, expire_at)
   end
-  record.b[#record.b + 1] = {key, expire_at}
+  record.b[#record.b + 1] = {key, expire_at, unit}
 end
 redis.call('SET', record_key, cjson.encode(record), 'PX', req.lease + req.grace)
 return budget_states()

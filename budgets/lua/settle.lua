@@ -3,8 +3,9 @@
 -- KEYS[1]  reservation record of the request (written by admit.lua)
 -- ARGV[1]  key prefix (contains the hash tag, so every key shares one slot)
 -- ARGV[2]  request id
--- ARGV[3]  JSON {t: {tokens limit key: actual}, b: {budget key: "actual"}}
--- Budget amounts are decimal strings and only ever reach Redis as strings, so
+-- ARGV[3]  JSON {t: "actual tokens", m: "actual money"}: token windows are
+--          corrected to t, token budgets charged t and money budgets m.
+-- Amounts are decimal strings and only ever reach Redis as strings, so
 -- HINCRBY keeps them exact; Lua never does arithmetic on money.
 --
 -- The record is deleted first, which makes a second settle of the same id (or
@@ -30,15 +31,15 @@ for _, key in ipairs(record.c) do
 end
 
 for _, entry in ipairs(record.t) do
-  local key, wk, estimate = entry[1], entry[2], entry[3]
-  local delta = (actual.t[key] or 0) - estimate
+  local wk, estimate = entry[2], entry[3]
+  local delta = tonumber(actual.t) - estimate
   -- Only the window the estimate went into is corrected; once it has ended
   -- its key is gone and the correction no longer matters.
   if delta ~= 0 and redis.call('EXISTS', wk) == 1 then redis.call('INCRBY', wk, delta) end
 end
 
 for _, entry in ipairs(record.b) do
-  local key, expire_at = entry[1], entry[2]
+  local key, expire_at, unit = entry[1], entry[2], entry[3]
   local state, holds = p .. 'bs:' .. key, p .. 'ba:' .. key
   reclaim_budget(p, now, key)
   local held = redis.call('HGET', holds, rid)
@@ -47,8 +48,8 @@ for _, entry in ipairs(record.b) do
     redis.call('ZREM', p .. 'bl:' .. key, rid)
     if held ~= '0' then redis.call('HINCRBY', state, 'reserved', '-' .. held) end
   end
-  local charge = actual.b[key]
-  if charge and charge ~= '0' then
+  local charge = (unit == 't') and actual.t or actual.m
+  if charge ~= '0' then
     redis.call('HINCRBY', state, 'spent', charge)
     if expire_at > 0 then redis.call('PEXPIREAT', state, expire_at) end
   end

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from budgets.store import AdmitRequest, Budget, Limit
+from budgets.store import BudgetRule, LimitRule, Plan
 from budgets.store_redis import RedisCounterStore
 
 REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -30,19 +30,21 @@ HOUR_MS = 3_600_000
 
 REPLICA = r"""
 import asyncio, json, os, sys, time
-from budgets.store import AdmitRequest, Budget, Limit
+from budgets.store import BudgetRule, LimitRule, Plan
 from budgets.store_redis import RedisCounterStore
 
 async def main(cfg):
     store = RedisCounterStore(cfg["url"], prefix=cfg["prefix"], socket_timeout_s=5, pool_timeout_s=10)
-    limits = [Limit(**item) for item in cfg["limits"]]
-    budgets = [Budget(**item) for item in cfg["budgets"]]
-    requests = [AdmitRequest(f"{cfg['name']}-{n}", limits, budgets, cfg["lease_ms"]) for n in range(cfg["n"])]
+    plan = Plan(
+        limits=tuple(LimitRule(**item) for item in cfg["limits"]),
+        budgets=tuple(BudgetRule(**item) for item in cfg["budgets"]),
+    )
+    names = [f"{cfg['name']}-{n}" for n in range(cfg["n"])]
     assert await store.ping()
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     began = time.time()
-    decisions = await asyncio.gather(*(store.admit(request) for request in requests))
+    decisions = await asyncio.gather(*(store.reserve(plan, name, 0, cfg["money"], cfg["lease_ms"]) for name in names))
     span = [began, time.time()]
     reasons = sorted({d.reason for d in decisions if d.reason})
     print(json.dumps({"allowed": sum(d.allowed for d in decisions), "reasons": reasons, "span": span}), flush=True)
@@ -116,7 +118,11 @@ async def run_replicas(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
-def replica(prefix: str, name: str, n: int, limits: list[Limit], budgets: list[Budget], **extra: Any) -> dict[str, Any]:
+# What each request of a replica reserves on the money budget.
+MONEY = 10_000
+
+
+def replica(prefix: str, name: str, n: int, plan: Plan, **extra: Any) -> dict[str, Any]:
     return {
         "url": REDIS_URL,
         "prefix": prefix,
@@ -124,11 +130,9 @@ def replica(prefix: str, name: str, n: int, limits: list[Limit], budgets: list[B
         "n": n,
         "lease_ms": 30_000,
         "crash": False,
-        "limits": [
-            {"key": lim.key, "kind": lim.kind, "limit": lim.limit, "amount": lim.amount, "window_ms": lim.window_ms}
-            for lim in limits
-        ],
-        "budgets": [{"key": b.key, "limit": b.limit, "amount": b.amount} for b in budgets],
+        "money": MONEY,
+        "limits": [{"key": lim.key, "kind": lim.kind, "limit": lim.limit, "window_ms": lim.window_ms} for lim in plan.limits],
+        "budgets": [{"key": b.key, "unit": b.unit, "limit": b.limit} for b in plan.budgets],
         **extra,
     }
 
@@ -141,30 +145,34 @@ def replica(prefix: str, name: str, n: int, limits: list[Limit], budgets: list[B
 async def test_two_replicas_never_admit_past_a_shared_limit(
     prefix: str, rpm: int, budget_limit: int, expected: int, reason: str
 ) -> None:
-    limits = [Limit("key:shared:rpm", "requests", limit=rpm, amount=1, window_ms=HOUR_MS)]
-    budgets = [Budget("tenant:shared:money", limit=budget_limit, amount=10_000)]
+    plan = Plan(
+        limits=(LimitRule("key:shared:rpm", "requests", limit=rpm, window_ms=HOUR_MS),),
+        budgets=(BudgetRule("tenant:shared:money", "money", limit=budget_limit),),
+    )
     await clear_of_window_edge()
-    results = await run_replicas([replica(prefix, name, 250, limits, budgets) for name in ("replica-a", "replica-b")])
+    results = await run_replicas([replica(prefix, name, 250, plan) for name in ("replica-a", "replica-b")])
     assert sum(result["allowed"] for result in results) == expected
     first, second = (result["span"] for result in results)
     assert first[0] <= second[1] and second[0] <= first[1]  # the two bursts overlapped
     assert {r for result in results for r in result["reasons"]} == {reason}
     store = RedisCounterStore(REDIS_URL, prefix=prefix)
-    assert await store.budget_state("tenant:shared:money") == (0, expected * 10_000)
+    assert await store.budget_state("tenant:shared:money") == (0, expected * MONEY)
     await store.close()
 
 
 async def test_a_dead_replicas_reservations_return_after_the_lease(prefix: str) -> None:
-    slots = [Limit("key:shared:conc", "concurrency", limit=20, amount=1)]
-    budgets = [Budget("tenant:shared:money", limit=200_000, amount=10_000)]
-    dead = await run_replicas([replica(prefix, "dead", 20, slots, budgets, lease_ms=1500, crash=True)])
+    plan = Plan(
+        limits=(LimitRule("key:shared:conc", "concurrency", limit=20),),
+        budgets=(BudgetRule("tenant:shared:money", "money", limit=200_000),),
+    )
+    dead = await run_replicas([replica(prefix, "dead", 20, plan, lease_ms=1500, crash=True)])
     assert dead[0]["allowed"] == 20
     store = RedisCounterStore(REDIS_URL, prefix=prefix)
     assert await store.budget_state("tenant:shared:money") == (0, 200_000)
-    held = await store.admit(AdmitRequest("probe", slots, budgets, lease_ms=30_000))
+    held = await store.reserve(plan, "probe", 0, MONEY, lease_ms=30_000)
     assert held.reason == "concurrency"
     await asyncio.sleep(1.6)
-    survivor = await run_replicas([replica(prefix, "survivor", 20, slots, budgets)])
+    survivor = await run_replicas([replica(prefix, "survivor", 20, plan)])
     assert survivor[0]["allowed"] == 20
     assert await store.budget_state("tenant:shared:money") == (0, 200_000)
     await store.close()

@@ -54,7 +54,7 @@ async def test_money_budget_charges_actual_cost_exactly() -> None:
     assert reservation.allowance is None  # the client bounded the completion itself
     cost = await accountant.settle(reservation, Usage(prompt_tokens=100, completion_tokens=20, total_tokens=120), PRICE)
     assert cost == 100 * 1_000_000 + 20 * 2_000_000
-    key = reservation.money_budgets[0]
+    key = reservation.plan.budgets[0].key
     assert await store.budget_state(key) == (cost, 0)
 
 

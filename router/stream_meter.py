@@ -1,0 +1,80 @@
+"""Completion tokens of a stream, metered against what the budget reserved.
+
+The upstream was asked for at most the allowance; the meter catches one that
+ignores it. A chunk that would take the stream past the allowance is not
+relayed, so what the client receives (and is billed for) stays within the
+reservation.
+
+Tokenizing waits until it could matter. A token is at least one byte of text,
+and a chunk's text is never longer than the chunk's raw bytes, so while the
+counted tokens plus the bytes of the chunks not yet counted fit, nothing can
+be over. That costs one addition per chunk. Only once the raw bytes no longer
+fit are the pending chunks bounded more tightly (``text_bytes_bound``: the
+text's part of the event, still without decoding), and only once even that
+bound no longer fits is the pending text tokenized: chunk by chunk, as the
+ledger counts a stream whose upstream reports no usage, so that what is billed
+is what was metered.
+"""
+
+from __future__ import annotations
+
+from budgets.tokens import Counter
+from serving.base import StreamChunk
+from serving.sse import chunk_text, text_bytes_bound
+
+
+class StreamMeter:
+    __slots__ = ("allowance", "_count", "_chunks", "counted", "_counted_upto", "_tight", "_bounded_upto", "_raw")
+
+    def __init__(self, allowance: int, count: Counter | None, chunks: list[StreamChunk]) -> None:
+        """``chunks`` is the stream's list of relayed chunks, which the caller appends to."""
+        self.allowance = allowance
+        self._count = count
+        self._chunks = chunks
+        # Exact completion tokens of chunks[:_counted_upto].
+        self.counted = 0
+        self._counted_upto = 0
+        # Text-bytes bound of chunks[_counted_upto:_bounded_upto], and raw bytes of the rest.
+        self._tight = 0
+        self._bounded_upto = 0
+        self._raw = 0
+
+    def admits(self, chunk: StreamChunk) -> bool:
+        """Whether ``chunk`` (about to be appended to the chunks) stays within the allowance."""
+        raw = len(chunk.data)
+        if self.counted + self._tight + self._raw + raw <= self.allowance:
+            self._raw += raw
+            return True
+        return self._admits_closer(chunk)
+
+    def _admits_closer(self, chunk: StreamChunk) -> bool:
+        chunks, end = self._chunks, len(self._chunks)
+        # Tighter bounds for the chunks only bounded by their raw bytes so far.
+        self._tight += sum(text_bytes_bound(c) for c in chunks[self._bounded_upto :])
+        self._bounded_upto, self._raw = end, 0
+        size = text_bytes_bound(chunk)
+        if self.counted + self._tight + size <= self.allowance:
+            self._tight += size
+            self._bounded_upto = end + 1
+            return True
+        count = self._count
+        if count is None:
+            return True
+        self.counted += sum(map(count, filter(None, map(chunk_text, chunks[self._counted_upto :]))))
+        tokens = count(chunk_text(chunk))
+        self._tight, self._counted_upto = 0, end
+        self._bounded_upto = end
+        if self.counted + tokens > self.allowance and chunk.finish_reason is None:
+            return False
+        self.counted += tokens
+        self._counted_upto = self._bounded_upto = end + 1
+        return True
+
+    def exact(self) -> int:
+        """Completion tokens of every chunk so far, counted (for a stream cut off here)."""
+        count, chunks = self._count, self._chunks
+        if count is not None and self._counted_upto < len(chunks):
+            self.counted += sum(map(count, filter(None, map(chunk_text, chunks[self._counted_upto :]))))
+            self._counted_upto = self._bounded_upto = len(chunks)
+            self._tight = self._raw = 0
+        return self.counted
