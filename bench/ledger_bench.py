@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -29,10 +29,11 @@ import asyncpg
 
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
 from budgets.ledger_postgres import PostgresLedger, WriteMethod
+from budgets.ledger_query import to_epoch_us
 from budgets.ledger_sqlite import SQLiteLedger
 
 CHUNK = 5_000
-_T0 = datetime(2025, 1, 31, 12, tzinfo=timezone.utc)
+_T0_US = to_epoch_us(datetime(2025, 1, 31, 12, tzinfo=timezone.utc))
 _OPTIONS = LedgerOptions(flush_interval_s=0.2, batch_size=500, max_pending=1_000_000)
 
 
@@ -46,7 +47,7 @@ def make_rows(start: int, count: int) -> list[LedgerRow]:
             latency_ms=412.75, ttft_ms=88.5, status=200 if n % 50 else 429,
             error=None if n % 50 else "rate_limited", route_reason="cost", pii_entities={"EMAIL_ADDRESS": 1},
             trace_id=f"{n:032x}", stream=bool(n % 2),
-            started_at=_T0 + timedelta(milliseconds=n), finished_at=_T0 + timedelta(milliseconds=n + 412),
+            started_us=_T0_US + 1000 * n, finished_us=_T0_US + 1000 * (n + 412),
         )
         for n in range(start, start + count)
     ]

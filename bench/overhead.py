@@ -1,6 +1,6 @@
 """What the gateway costs per request, next to the cheapest possible Python hop.
 
-``python -m bench.overhead [--duration 10] [--concurrency 64] [--stream-chunks 20]``
+``python -m bench.overhead [--rounds 3] [--duration 5] [--concurrency 64] [--stream-chunks 20]``
 
 Starts the servers as subprocesses on free loopback ports: the fake upstream,
 the minimal pass-through (``bench.passthrough``), and Sluicegate (one worker)
@@ -19,6 +19,14 @@ runs ``wrk -t1 -c<concurrency> -d<duration>s`` after a short warm-up and prints
 req/s, p50 and p99 latency, the server's CPU time per request, and the ratios:
 the foundation against the pass-through, the others against the foundation.
 
+Every server is started once; the measurements then go round the targets
+``--rounds`` times. A shared machine drifts (other tenants, frequency, cache
+pressure) by more than the differences being measured, so one pass per target
+would compare moments as much as servers. Each round starts one target further
+on, so that none always goes first. The table gives each figure's median over
+the rounds; each ratio is taken within a round (targets measured minutes apart
+are never compared) and reported as the median with its range.
+
 CPU placement (``--pin``, the default when at least two CPUs are available):
 the server being measured owns the last CPU; wrk and the fake upstream share
 the first one. wrk is cheap next to any Python server, and giving the hop under
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -191,62 +200,99 @@ def _measure(name: str, args: argparse.Namespace, servers: dict[str, Server], ur
         cpu_us = (servers[name].cpu_seconds() - before) / requests * 1e6 if requests else 0.0
         mode = "stream" if stream else "non-stream"
         rows.append(Row(LABELS[name], mode, result.rps, result.p50_ms, result.p99_ms, result.errors, round(cpu_us, 1)))
-        print(f"  {LABELS[name]:<16} {mode:<10} {result.rps:9.1f} req/s", file=sys.stderr, flush=True)
+        print(f"  {LABELS[name]:<16} {mode:<10} {result.rps:9.1f} req/s {cpu_us:7.1f} us/req", file=sys.stderr, flush=True)
     return rows
 
 
-def percent_of_passthrough(rows: list[Row], target: str = "sluicegate", base: str = "passthrough") -> dict[str, float]:
-    by_key = {(r.target, r.mode): r.rps for r in rows}
-    out = {}
-    for mode in ("non-stream", "stream"):
-        floor, ours = by_key.get((LABELS.get(base, base), mode)), by_key.get((LABELS.get(target, target), mode))
-        if floor and ours is not None:
-            out[mode] = round(100 * ours / floor, 1)
-    return out
+def median_rows(rounds: list[list[Row]]) -> list[Row]:
+    """Each (target, mode)'s median figures over the rounds; errors are summed."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for rows in rounds:
+        for row in rows:
+            groups.setdefault((row.target, row.mode), []).append(row)
+    return [
+        Row(
+            target,
+            mode,
+            rps=statistics.median(r.rps for r in group),
+            p50_ms=statistics.median(r.p50_ms for r in group),
+            p99_ms=statistics.median(r.p99_ms for r in group),
+            errors=sum(r.errors for r in group),
+            cpu_us=round(statistics.median(r.cpu_us for r in group), 1),
+        )
+        for (target, mode), group in groups.items()
+    ]
 
 
-def cpu_ratio(rows: list[Row], target: str, base: str) -> dict[str, float]:
-    """Server CPU per request of ``target`` as % of ``base``'s: the cost of the added work."""
-    by_key = {(r.target, r.mode): r.cpu_us for r in rows}
+def _ratio(rows: list[Row], target: str, base: str, metric: str) -> dict[str, float]:
+    values = {(r.target, r.mode): getattr(r, metric) for r in rows}
     out = {}
     for mode in ("non-stream", "stream"):
-        floor, ours = by_key.get((LABELS[base], mode)), by_key.get((LABELS[target], mode))
+        floor, ours = values.get((LABELS.get(base, base), mode)), values.get((LABELS.get(target, target), mode))
         if floor and ours:
             out[mode] = round(100 * ours / floor, 1)
     return out
 
 
-def render(rows: list[Row]) -> str:
+def percent_of_passthrough(rows: list[Row], target: str = "sluicegate", base: str = "passthrough") -> dict[str, float]:
+    return _ratio(rows, target, base, "rps")
+
+
+def cpu_ratio(rows: list[Row], target: str, base: str) -> dict[str, float]:
+    """Server CPU per request of ``target`` as % of ``base``'s: the cost of the added work."""
+    return _ratio(rows, target, base, "cpu_us")
+
+
+def paired(rounds: list[list[Row]], target: str, base: str, metric: str) -> dict[str, tuple[float, float, float]]:
+    """A ratio taken within each round: mode --> (median, lowest, highest) over the rounds."""
+    per_mode: dict[str, list[float]] = {}
+    for rows in rounds:
+        for mode, value in _ratio(rows, target, base, metric).items():
+            per_mode.setdefault(mode, []).append(value)
+    return {mode: (round(statistics.median(v), 1), min(v), max(v)) for mode, v in per_mode.items()}
+
+
+# (target, base, what the req/s ratio says, what the CPU ratio says)
+_COMPARISONS = (
+    ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough", "sluicegate CPU/req as % of passthrough"),
+    ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate", "limits CPU/req as % of sluicegate"),
+    ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
+    ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
+)
+
+
+def render(rounds: list[list[Row]]) -> str:
+    rows = median_rows(rounds)
     head = f"{'target':<18} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'errors':>7}"
     lines = [head]
     lines += [
         f"{r.target:<18} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:11.1f} {r.errors:7d}"
         for r in rows
     ]
-    # (target, base, what the req/s ratio says, what the CPU ratio says)
-    comparisons = (
-        ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough", "sluicegate CPU/req as % of passthrough"),
-        ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate", "limits CPU/req as % of sluicegate"),
-        ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
-        ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
-    )
-    for ratio_of, column in ((percent_of_passthrough, 2), (cpu_ratio, 3)):
-        for comparison in comparisons:
-            ratio = ratio_of(rows, comparison[0], comparison[1])
+    if len(rounds) > 1:
+        lines.append(f"medians of {len(rounds)} rounds; ratios: median within-round ratio [lowest-highest]")
+    for metric, column in (("rps", 2), ("cpu_us", 3)):
+        for comparison in _COMPARISONS:
+            ratio = paired(rounds, comparison[0], comparison[1], metric)
             if ratio:
-                lines.append(f"{comparison[column]}: " + ", ".join(f"{m} {v:.1f}%" for m, v in ratio.items()))
+                parts = [
+                    f"{mode} {mid:.1f}%" + (f" [{low:.1f}-{high:.1f}]" if len(rounds) > 1 else "")
+                    for mode, (mid, low, high) in ratio.items()
+                ]
+                lines.append(f"{comparison[column]}: " + ", ".join(parts))
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
-    """Measure every reachable target; the failures come back as messages."""
-    rows: list[Row] = []
+def run(args: argparse.Namespace) -> tuple[list[list[Row]], list[str]]:
+    """Measure every reachable target, ``args.rounds`` times over; the failures come back as messages."""
+    rounds: list[list[Row]] = []
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp:
         work = Path(tmp)
         servers, urls = _servers(work, args.stream_chunks)
         upstream_url = urls["upstream"].removesuffix("/chat/completions")
         try:
+            started = []
             for name in ["upstream", *(t for t in args.targets if t != "upstream")]:
                 try:
                     _start(name, servers[name], urls[name], work, upstream_url)
@@ -255,18 +301,25 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
                         raise
                     failures.append(f"{LABELS[name]} skipped: {exc}")
                     continue
-                if name in args.targets:
-                    rows += _measure(name, args, servers, urls)
+                started.append(name)
+            measured = [name for name in started if name in args.targets]
+            for number in range(args.rounds):
+                print(f"round {number + 1} of {args.rounds}", file=sys.stderr, flush=True)
+                # Each round starts one target further on: no target always goes first.
+                shift = number % len(measured) if measured else 0
+                order = measured[shift:] + measured[:shift]
+                rounds.append([row for name in order for row in _measure(name, args, servers, urls)])
         finally:
             for server in servers.values():
                 server.stop()
-    return rows, failures
+    return rounds, failures
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all targets; figures are medians")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of load before each measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="open connections")
     parser.add_argument("--stream-chunks", type=int, default=20, help="content chunks per streamed reply")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ", ".join(TARGETS))
@@ -274,8 +327,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if args.duration < 1 or args.concurrency < 1:
-        parser.error("--duration and --concurrency must be at least 1")
+    if args.duration < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--rounds, --duration and --concurrency must be at least 1")
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
@@ -289,18 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     except WrkMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows, failures = run(args)
-    print(render(rows))
+    rounds, failures = run(args)
+    print(render(rounds))
     for failure in failures:
         print(f"warning: {failure}", file=sys.stderr)
     if args.json is not None:
         payload = {
+            "rounds": args.rounds,
             "duration_s": args.duration,
             "concurrency": args.concurrency,
             "stream_chunks": args.stream_chunks,
             "pinned": _placement(args.pin) is not None,
-            "results": [asdict(r) for r in rows],
-            "sluicegate_pct_of_passthrough": percent_of_passthrough(rows),
+            "medians": [asdict(r) for r in median_rows(rounds)],
+            "rounds_results": [[asdict(r) for r in rows] for rows in rounds],
+            "sluicegate_pct_of_passthrough": {m: v[0] for m, v in paired(rounds, "sluicegate", "passthrough", "rps").items()},
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 1 if failures else 0

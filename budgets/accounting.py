@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import msgspec
+
 from budgets.prices import cost_pico
 from budgets.store import MAX_AMOUNT, Admission, BudgetRule, CounterStore, Floors, LimitRule, Plan, StoreUnavailable
 from router.auth import Principal
@@ -23,6 +25,7 @@ from router.errors import InsufficientQuota, Overloaded, RateLimited
 from serving.base import Usage
 
 PICO_PER_MICRO = 10**6
+_NEVER = float("inf")
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,8 +38,7 @@ class AccountingSettings:
     budgets_fail_open: bool = False
 
 
-@dataclass(slots=True)
-class Reservation:
+class Reservation(msgspec.Struct):
     request_id: str
     prompt_estimate: int
     # Completion tokens this request may produce; None when unbounded by budgets.
@@ -82,7 +84,7 @@ def _limit_rules(scope: str, limits: LimitsConfig | None) -> list[LimitRule]:
 
 
 @dataclass(slots=True)
-class _Account:
+class Account:
     """What a principal's requests reserve, worked out once per principal.
 
     Budget keys name their period: the store plan is rebuilt once the earliest
@@ -95,7 +97,7 @@ class _Account:
     # (scope, config) of each budget, in plan order
     budgets: list[tuple[str, BudgetConfig]]
     plan: Plan = field(default_factory=Plan)
-    refresh_at_ms: float = -1.0
+    refresh_at_ms: float = -1.0  # when the plan is next rebuilt; never once no budget has a period
     accounted: bool = False
     # Whether requests need a prompt estimate (a TPM limit or any budget).
     estimate: bool = False
@@ -114,17 +116,17 @@ class _Account:
             if end is not None:
                 ends.append(end)
         self.plan = Plan(limits=self.limits, budgets=tuple(rules))
-        self.refresh_at_ms = min(ends) if ends else float("inf")
+        self.refresh_at_ms = min(ends) if ends else _NEVER
 
 
-def _account_for(principal: Principal) -> _Account:
+def _account_for(principal: Principal) -> Account:
     tenant_scope = f"t:{principal.tenant}"
     key_scope = f"k:{principal.tenant}:{principal.key_id}"
     limits = tuple(_limit_rules(tenant_scope, principal.tenant_limits) + _limit_rules(key_scope, principal.key_limits))
     budgets = [(tenant_scope, config) for config in principal.tenant_budgets]
     budgets += [(key_scope, config) for config in principal.key_budgets]
     configs = [config for _, config in budgets]
-    return _Account(
+    return Account(
         principal,
         limits=limits,
         budgets=budgets,
@@ -146,17 +148,14 @@ class Accountant:
         self.settings = settings or AccountingSettings()
         self._lease_ms = self.settings.lease_ms
         # (tenant, key id) --> the account of the principal last seen for it
-        self._accounts: dict[tuple[str, str], _Account] = {}
+        self._accounts: dict[tuple[str, str], Account] = {}
         # An in-process store also offers synchronous forms: no coroutine, no task.
         self._reserve_now: Callable[..., Admission] | None = getattr(store, "reserve_now", None)
         self._settle_now: Callable[[str, int, int], None] | None = getattr(store, "settle_now", None)
 
-    def needs(self, principal: Principal) -> tuple[bool, bool]:
-        """(whether requests of ``principal`` are accounted at all, whether they need a prompt estimate)."""
-        account = self._account(principal)
-        return account.accounted, account.estimate
-
-    def _account(self, principal: Principal) -> _Account:
+    def account(self, principal: Principal) -> Account:
+        """What requests of ``principal`` reserve: ``accounted`` says whether they reserve anything,
+        ``estimate`` whether that needs a prompt estimate."""
         ident = (principal.tenant, principal.key_id)
         account = self._accounts.get(ident)
         # Principals are cached by the key stores; a new object means new settings.
@@ -164,59 +163,78 @@ class Accountant:
             if len(self._accounts) >= 65_536:
                 self._accounts.clear()
             account = self._accounts[ident] = _account_for(principal)
-        now_ms = time.time() * 1000
-        if now_ms >= account.refresh_at_ms:
-            account.refresh(now_ms)
+        if account.refresh_at_ms != _NEVER:
+            now_ms = time.time() * 1000
+            if now_ms >= account.refresh_at_ms:
+                account.refresh(now_ms)
         return account
 
-    async def reserve(
-        self, request_id: str, principal: Principal, prompt_tokens: int, max_completion: int | None, price: Price
-    ) -> Reservation:
-        """Reserve everything the request may consume, or raise the refusal."""
-        account = self._account(principal)
-        plan = account.plan
+    def _claim(
+        self, account: Account, prompt_tokens: int, max_completion: int | None, price: Price
+    ) -> tuple[int, int, Floors | None, int]:
+        """(tokens, money, floors, completion cap) the request reserves at worst."""
         # None: the client set no bound; 0: nothing is generated (embeddings).
         cap = self.settings.default_completion_cap if max_completion is None else max_completion
         tokens = prompt_tokens + cap
         money = prompt_tokens * price.input_per_mtok + cap * price.output_per_mtok if account.has_money else 0
+        floors: Floors | None = None
         # Only a hard budget bounds the completion itself; rate limits are
         # corrected after the fact, and the cap is merely what they reserve.
-        flexible = max_completion is None and account.hard_budgets
-        floors: Floors | None = None
-        if flexible:
+        if max_completion is None and account.hard_budgets:
             floors = (prompt_tokens + 1, prompt_tokens * price.input_per_mtok + price.output_per_mtok if account.has_money else 0)
         if money > MAX_AMOUNT:  # a worst case no budget could hold: it reserves all of one
             money, floors = MAX_AMOUNT, None if floors is None else (floors[0], min(floors[1], MAX_AMOUNT))
+        return tokens, money, floors, cap
+
+    async def reserve(
+        self, request_id: str, account: Account, prompt_tokens: int, max_completion: int | None, price: Price
+    ) -> Reservation:
+        """Reserve everything the request may consume, or raise the refusal."""
+        tokens, money, floors, cap = self._claim(account, prompt_tokens, max_completion, price)
         try:
-            if self._reserve_now is not None:
-                admission = self._reserve_now(plan, request_id, tokens, money, self._lease_ms, floors)
-            else:
-                admission = await self.store.reserve(plan, request_id, tokens, money, self._lease_ms, floors)
+            admission = await self.store.reserve(account.plan, request_id, tokens, money, self._lease_ms, floors)
         except StoreUnavailable:
-            fail_open = self.settings.budgets_fail_open if plan.budgets else self.settings.limits_fail_open
+            fail_open = self.settings.budgets_fail_open if account.plan.budgets else self.settings.limits_fail_open
             if not fail_open:
                 raise Overloaded("Usage limits cannot be checked right now; retry shortly.", retry_after=1.0) from None
-            return Reservation(request_id, prompt_tokens, cap if flexible else None, plan, held=False)
+            return Reservation(request_id, prompt_tokens, cap if floors is not None else None, account.plan, held=False)
+        return self._reservation(request_id, account, prompt_tokens, price, admission, cap if floors is not None else None)
+
+    @property
+    def reserves_inline(self) -> bool:
+        """Whether ``reserve_now`` can be used: the store works without I/O (and never fails)."""
+        return self._reserve_now is not None
+
+    def reserve_now(
+        self, request_id: str, account: Account, prompt_tokens: int, max_completion: int | None, price: Price
+    ) -> Reservation:
+        """``reserve`` for an in-process store, without a coroutine."""
+        assert self._reserve_now is not None
+        tokens, money, floors, cap = self._claim(account, prompt_tokens, max_completion, price)
+        admission = self._reserve_now(account.plan, request_id, tokens, money, self._lease_ms, floors)
+        return self._reservation(request_id, account, prompt_tokens, price, admission, cap if floors is not None else None)
+
+    def _reservation(
+        self, request_id: str, account: Account, prompt_tokens: int, price: Price, admission: Admission, flexible_cap: int | None
+    ) -> Reservation:
         if not admission.allowed:
             raise self._refusal(admission.reason, admission.retry_after_ms)
-        reservation = Reservation(request_id, prompt_tokens, None, plan, soft_exceeded=admission.soft_exceeded)
+        fraction: float | None = None
         if account.money_limits:
-            remaining = admission.remaining
-            reservation.remaining_fraction = min(remaining[i] / limit for i, limit in account.money_limits)
-        if flexible:
-            reservation.allowance = self._allowance(cap, prompt_tokens, price, plan.budgets, admission.held)
-        return reservation
-
-    @staticmethod
-    def _allowance(cap: int, prompt_tokens: int, price: Price, budgets: tuple[BudgetRule, ...], held: tuple[int, ...]) -> int:
-        """Completion tokens covered by every budget's (possibly partial) reservation."""
-        allowance = cap
-        for budget, got in zip(budgets, held):
-            if budget.unit == "tokens":
-                allowance = min(allowance, got - prompt_tokens)
-            elif price.output_per_mtok:
-                allowance = min(allowance, (got - prompt_tokens * price.input_per_mtok) // price.output_per_mtok)
-        return max(1, allowance)
+            remaining, fraction = admission.remaining, 1.0
+            for i, limit in account.money_limits:
+                fraction = min(fraction, remaining[i] / limit)
+        allowance: int | None = None
+        if flexible_cap is not None:
+            # The completion tokens every budget's (possibly partial) reservation covers.
+            allowance = flexible_cap
+            for budget, got in zip(account.plan.budgets, admission.held):
+                if budget.unit == "tokens":
+                    allowance = min(allowance, got - prompt_tokens)
+                elif price.output_per_mtok:
+                    allowance = min(allowance, (got - prompt_tokens * price.input_per_mtok) // price.output_per_mtok)
+            allowance = max(1, allowance)
+        return Reservation(request_id, prompt_tokens, allowance, account.plan, True, admission.soft_exceeded, fraction)
 
     @staticmethod
     def _refusal(reason: str | None, retry_after_ms: int | None) -> Exception:

@@ -23,7 +23,7 @@ import asyncpg
 import msgspec
 
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
-from budgets.ledger_query import UsageQuery, UsageRow, as_utc, rows_sql, usage_rows, usage_sql
+from budgets.ledger_query import UsageQuery, UsageRow, from_epoch_us, rows_sql, to_epoch_us, usage_rows, usage_sql
 from budgets.migrate import apply_migrations
 
 WriteMethod = Literal["copy", "unnest"]
@@ -64,7 +64,7 @@ _json_decode = msgspec.json.Decoder(dict[str, int]).decode
 def _to_record(row: LedgerRow) -> tuple[object, ...]:
     # row --> COPY/unnest values, in _COLUMNS order
     return (
-        row.request_id, as_utc(row.started_at), as_utc(row.finished_at), row.tenant, row.key_id, row.model,
+        row.request_id, from_epoch_us(row.started_us), from_epoch_us(row.finished_us), row.tenant, row.key_id, row.model,
         row.deployment, row.provider, row.prompt_tokens, row.completion_tokens, row.cached_tokens, row.cost,
         row.latency_ms, row.ttft_ms, row.status, row.error, row.route_reason,
         _json_encode(row.pii_entities).decode(), row.trace_id, row.stream,
@@ -74,6 +74,8 @@ def _to_record(row: LedgerRow) -> tuple[object, ...]:
 def _from_record(rec: asyncpg.Record) -> LedgerRow:
     values = dict(rec.items())
     values["pii_entities"] = _json_decode(values["pii_entities"])
+    values["started_us"] = to_epoch_us(values.pop("started_at"))
+    values["finished_us"] = to_epoch_us(values.pop("finished_at"))
     return msgspec.convert(values, LedgerRow)
 
 

@@ -66,6 +66,11 @@ def to_epoch_us(value: datetime) -> int:
     return (value - _EPOCH) // _MICROSECOND
 
 
+def from_epoch_us(value: int) -> datetime:
+    """The UTC datetime of integer microseconds since the epoch, exactly."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
 class UsageQuery(msgspec.Struct, kw_only=True):
     """Aggregate ledger rows with ``start <= started_at < end``."""
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -50,9 +50,9 @@ def _append_lines(path: Path, payload: bytes) -> None:
 class SpoolReader:
     """Reads a claimed spool file batch by batch (blocking; run in a thread)."""
 
-    def __init__(self, path: Path, row_type: type[LedgerRow]) -> None:
+    def __init__(self, path: Path, decode: Callable[[bytes], LedgerRow]) -> None:
         self._fh: IO[bytes] = open(path, "rb")
-        self._decoder = msgspec.json.Decoder(row_type)
+        self._decode = decode
         self.skipped = 0
 
     def next_batch(self, size: int) -> list[LedgerRow]:
@@ -64,7 +64,7 @@ class SpoolReader:
             if not line.strip():
                 continue
             try:
-                batch.append(self._decoder.decode(line))
+                batch.append(self._decode(line))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self.skipped += 1
         return batch
@@ -149,13 +149,13 @@ async def write_or_reject(store: LedgerStore, spool: Spool, batch: list[LedgerRo
             logger.error("ledger: %d rows refused by the store, kept in %s", len(rejected), spool.rejected_path)
 
 
-async def replay_spool(spool: Spool, store: LedgerStore, row_type: type[LedgerRow], batch_size: int) -> None:
+async def replay_spool(spool: Spool, store: LedgerStore, decode: Callable[[bytes], LedgerRow], batch_size: int) -> None:
     """Write every spooled row to the store; raises (leaving the rest spooled) if the store fails."""
     while True:
         claimed = await asyncio.to_thread(spool.claim)
         if claimed is None:
             return
-        reader = await asyncio.to_thread(SpoolReader, claimed, row_type)
+        reader = await asyncio.to_thread(SpoolReader, claimed, decode)
         try:
             replayed = 0
             while batch := await asyncio.to_thread(reader.next_batch, batch_size):

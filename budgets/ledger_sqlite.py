@@ -18,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from itertools import chain
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import TypeVar
 
 import msgspec
 
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
-from budgets.ledger_query import UsageQuery, UsageRow, rows_sql, to_epoch_us, usage_rows, usage_sql
+from budgets.ledger_query import UsageQuery, UsageRow, rows_sql, usage_rows, usage_sql
 
 T = TypeVar("T")
 
@@ -76,7 +77,6 @@ def _insert_sql(rows: int) -> str:
 
 
 _INSERT_FULL = _insert_sql(_ROWS_PER_STATEMENT)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(dict[str, int]).decode
 
@@ -86,17 +86,13 @@ def _checkpoint_passive(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def _from_us(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
 def _to_record(row: LedgerRow) -> tuple[object, ...]:
     # row --> sqlite values, in _COLUMNS order
     return (
-        row.request_id, to_epoch_us(row.started_at), to_epoch_us(row.finished_at), row.tenant, row.key_id,
+        row.request_id, row.started_us, row.finished_us, row.tenant, row.key_id,
         row.model, row.deployment, row.provider, row.prompt_tokens, row.completion_tokens, row.cached_tokens,
         row.cost, row.latency_ms, row.ttft_ms, row.status, row.error, row.route_reason,
-        _json_encode(row.pii_entities).decode(), row.trace_id, int(row.stream),
+        _json_encode(row.pii_entities).decode() if row.pii_entities else "{}", row.trace_id, int(row.stream),
     )  # fmt: skip
 
 
@@ -108,7 +104,7 @@ def _from_record(rec: sqlite3.Row) -> LedgerRow:
         latency_ms=rec["latency_ms"], ttft_ms=rec["ttft_ms"], status=rec["status"], error=rec["error"],
         route_reason=rec["route_reason"], pii_entities=_json_decode(rec["pii_entities"]),
         trace_id=rec["trace_id"], stream=bool(rec["stream"]),
-        started_at=_from_us(rec["started_us"]), finished_at=_from_us(rec["finished_us"]),
+        started_us=rec["started_us"], finished_us=rec["finished_us"],
     )  # fmt: skip
 
 
@@ -182,7 +178,7 @@ class SQLiteStore:
                     await asyncio.sleep(0)  # let requests run between statements
                 part = records[i : i + step]
                 sql = _INSERT_FULL if len(part) == step else _insert_sql(len(part))
-                conn.execute(sql, [v for record in part for v in record])
+                conn.execute(sql, list(chain.from_iterable(part)))
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

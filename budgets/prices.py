@@ -15,7 +15,8 @@ PICO_PER_MICRO = 10**6
 
 
 def cost_pico(usage: Usage, price: Price) -> int:
-    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    details = usage.prompt_tokens_details
+    cached = min(details.cached_tokens, usage.prompt_tokens) if details is not None else 0
     cached_price = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
     return (
         (usage.prompt_tokens - cached) * price.input_per_mtok

@@ -3,12 +3,14 @@
 Every method runs to completion without awaiting, so on one event loop each
 reserve and settle is atomic without a lock.
 
-Expired leases and records are dropped lazily, the way Redis drops expired
-keys, and cheaply: each set of leases keeps a lower bound on its earliest
-expiry (``due``). Nothing is scanned until that moment has passed; a sweep then
-drops what has expired and makes the bound exact again. With leases far longer
-than requests, a sweep happens about once per lease period, so admission costs
-a few dictionary operations per limit or budget and no heap work.
+A plan's counters are looked up once and kept with it (``_Bound``), so the hot
+path touches no dictionary by key. Counters are plain sums; what each request
+holds lives in its record, and the record is also its lease: once the lease
+ends, everything it held is released, the way Redis reclaims the reservations
+of a replica that died. Records are swept lazily and cheaply: the store keeps
+a lower bound on the next moment any record needs attention (``_due``), and
+nothing is scanned before it has passed. With leases far longer than requests,
+that is about once per lease period.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import msgspec
 
 from budgets.store import (
     RECORD_GRACE_MS,
@@ -31,72 +35,67 @@ from budgets.store import (
 )
 
 # What a reservation with no budgets answers (nothing in it is ever modified).
-_ALLOWED = Admission(allowed=True)
+_ALLOWED = Admission(True)
 _NEVER = float("inf")
-_NO_HOLD = (0, 0)
-
-
-def _epoch_ms() -> int:
-    # Epoch time, not monotonic: windows align to the same boundaries as in Redis.
-    return time.time_ns() // 1_000_000
+# Kinds of limit, as the bound plan keeps them.
+_REQUESTS, _TOKENS, _CONCURRENCY = 0, 1, 2
+_KIND = {"requests": _REQUESTS, "tokens": _TOKENS, "concurrency": _CONCURRENCY}
 
 
 @dataclass(slots=True)
-class _Window:
-    index: int
+class _Counter:
+    """A limit's state: a fixed window (``index``, ``used``), or concurrency slots in use (``used``)."""
+
+    index: int = -1
     used: int = 0
-
-
-@dataclass(slots=True)
-class _Slots:
-    """Concurrency slots: holder request id --> lease expiry (ms)."""
-
-    holders: dict[str, int] = field(default_factory=dict)
-    due: float = _NEVER  # no holder's lease ends before this
-
-    def sweep(self, now: int) -> None:
-        holders = self.holders
-        for request_id in [rid for rid, until in holders.items() if until <= now]:
-            del holders[request_id]
-        self.due = min(holders.values(), default=_NEVER)
 
 
 @dataclass(slots=True)
 class _Budget:
     spent: int = 0
     reserved: int = 0
-    # request id --> (amount held, lease expiry ms)
-    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
-    due: float = _NEVER  # no hold's lease ends before this
     expire_at: int | None = None
-
-    def sweep(self, now: int) -> None:
-        """Release the holds whose lease has ended (their replica is gone)."""
-        holds = self.holds
-        for request_id in [rid for rid, (_, until) in holds.items() if until <= now]:
-            self.reserved -= holds.pop(request_id)[0]
-        self.due = min((until for _, until in holds.values()), default=_NEVER)
 
 
 @dataclass(slots=True)
-class _Record:
-    """What settle works from: every counter one admitted request holds."""
+class _Bound:
+    """A plan with its counters, in the plan's order."""
 
-    expire_at: int
-    slots: list[_Slots]
-    tokens: list[tuple[_Window, int, int]]  # window, its index then, estimate
-    budgets: tuple[BudgetRule, ...]
+    plan: Plan
+    limits: list[tuple[int, _Counter, LimitRule]]  # (kind, counter, rule)
+    slots: list[_Counter]
+    tokens: list[tuple[_Counter, int]]  # token windows and their length (ms)
+    budgets: list[tuple[_Budget, BudgetRule]]
+    # Set once a budget counter it holds was dropped: charges then go to a fresh binding.
+    stale: bool = False
+
+
+class _Record(msgspec.Struct):
+    """One admitted request: what it holds, and until when."""
+
+    lease_end: int
+    expire_at: int  # the lease end plus the grace in which a late settle still charges
+    bound: _Bound
+    reserved_at: int
+    tokens: int  # what it reserved on token windows
+    takes: tuple[int, ...]  # what it holds on each budget
+    held: bool = True  # False once the lease ended and everything was released
 
 
 class MemoryCounterStore:
     def __init__(self, clock: Callable[[], int] | None = None) -> None:
-        self._clock = clock or _epoch_ms
-        self._windows: dict[tuple[str, str], _Window] = {}
-        self._slots: dict[str, _Slots] = {}
+        """``clock`` gives epoch milliseconds (tests move time by hand); the default is the wall clock."""
+        self._clock = clock
+        self._counters: dict[tuple[str, str], _Counter] = {}
         self._budgets: dict[str, _Budget] = {}
+        self._bound: dict[int, _Bound] = {}
         self._records: dict[str, _Record] = {}
-        self._records_due: float = _NEVER
+        self._due: float = _NEVER  # no lease ends and no record expires before this
         self._budget_heap: list[tuple[int, str]] = []
+
+    def _now_ms(self) -> int:
+        # Epoch time, not monotonic: windows align to the same boundaries as in Redis.
+        return self._clock() if self._clock is not None else time.time_ns() // 1_000_000
 
     async def reserve(
         self,
@@ -108,13 +107,15 @@ class MemoryCounterStore:
         floors: Floors | None = None,
         now_ms: int | None = None,
     ) -> Admission:
+        check_claim(request_id, tokens, money, lease_ms, floors)
         return self.reserve_now(plan, request_id, tokens, money, lease_ms, floors, now_ms)
 
     async def settle(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
+        check_charge(tokens, money)
         self.settle_now(request_id, tokens, money)
 
-    # The synchronous forms: callers on the event loop may skip the await (and,
-    # for settle, the task a store with I/O would need).
+    # The synchronous forms, for callers on the event loop that build their
+    # arguments themselves (the accountant): no await, no task, no checks.
 
     def reserve_now(
         self,
@@ -126,47 +127,76 @@ class MemoryCounterStore:
         floors: Floors | None = None,
         now_ms: int | None = None,
     ) -> Admission:
-        check_claim(request_id, tokens, money, lease_ms, floors)
-        now = now_ms if now_ms is not None else self._clock()
-        if self._records_due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
+        if now_ms is not None:
+            now = now_ms
+        else:
+            now = time.time_ns() // 1_000_000 if self._clock is None else self._clock()
+        if self._due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
             self._purge(now)
+        bound = self._bound.get(id(plan))
+        if bound is None or bound.plan is not plan:
+            bound = self._bind(plan)
         record = self._records.get(request_id)
-        if record is None or record.expire_at <= now:
-            refusal = self._check_limits(plan.limits, tokens, now)
+        if record is not None:
+            return self._held(bound, record)  # a repeated call reserves nothing more
+        if bound.limits:
+            refusal = self._check_limits(bound, tokens, now)
             if refusal is not None:
                 return refusal
-            takes = self._check_budgets(plan.budgets, tokens, money, floors, now) if plan.budgets else []
-            if isinstance(takes, Admission):
-                return takes
-            self._reserve(plan, request_id, tokens, now, now + lease_ms, takes)
-        if not plan.budgets:
-            return _ALLOWED
-        return self._allowed(plan.budgets, request_id)
+        if bound.budgets:
+            admission = self._reserve_budgets(bound, tokens, money, floors)
+            if not admission.allowed:
+                return admission
+        else:
+            admission = _ALLOWED
+        for kind, counter, rule in bound.limits:
+            if kind == _CONCURRENCY:
+                counter.used += 1
+                continue
+            index = now // rule.window_ms
+            if counter.index != index:
+                counter.index, counter.used = index, 0
+            counter.used += tokens if kind == _TOKENS else 1
+        lease_end = now + lease_ms
+        self._records[request_id] = _Record(lease_end, lease_end + RECORD_GRACE_MS, bound, now, tokens, admission.held)
+        if lease_end < self._due:
+            self._due = lease_end
+        return admission
 
     def settle_now(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
-        check_charge(tokens, money)
-        now = self._clock()
-        if self._records_due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
+        now = time.time_ns() // 1_000_000 if self._clock is None else self._clock()
+        if self._due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
             self._purge(now)
         record = self._records.pop(request_id, None)
-        if record is None or record.expire_at <= now:
+        if record is None:
             return
-        for slots in record.slots:
-            slots.holders.pop(request_id, None)
-        for window, index, estimate in record.tokens:
+        bound = record.bound
+        if record.held:
+            for slots in bound.slots:
+                slots.used -= 1
+            for (state, _), take in zip(bound.budgets, record.takes):
+                state.reserved -= take
+        for window, window_ms in bound.tokens:
             # Corrections only matter inside the window the estimate went into.
-            if window.index == index:
-                window.used += tokens - estimate
-        for rule in record.budgets:
-            self._settle_budget(rule, request_id, tokens if rule.unit == "tokens" else money, now)
+            if window.index == record.reserved_at // window_ms:
+                window.used += tokens - record.tokens
+        if not bound.budgets:
+            return
+        if bound.stale:
+            bound = self._bind(bound.plan)  # a counter that expired meanwhile starts again, as HINCRBY would
+        for state, rule in bound.budgets:
+            actual = tokens if rule.unit == "tokens" else money
+            if actual:
+                state.spent += actual
+                if state.expire_at is None and rule.period_end_ms is not None:
+                    self._set_expiry(rule.key, state, rule.expire_at_ms())
 
     async def release(self, request_id: str) -> None:
         self.settle_now(request_id)
 
     async def budget_state(self, key: str) -> tuple[int, int]:
-        now = self._clock()
-        self._purge(now)
-        state = self._budget_now(key, now)
+        self._purge(self._now_ms())
+        state = self._budgets.get(key)
         return (0, 0) if state is None else (state.spent, state.reserved)
 
     async def ping(self) -> bool:
@@ -177,119 +207,95 @@ class MemoryCounterStore:
 
     # -- reserve helpers -------------------------------------------------------
 
-    def _check_limits(self, limits: tuple[LimitRule, ...], tokens: int, now: int) -> Admission | None:
-        for limit in limits:
-            kind = limit.kind
-            if kind == "concurrency":
-                slots = self._slots.get(limit.key)
-                if slots is None or len(slots.holders) < limit.limit:
-                    continue
-                if slots.due <= now:
-                    slots.sweep(now)
-                if len(slots.holders) >= limit.limit:
-                    return Admission(allowed=False, reason="concurrency", key=limit.key)
+    def _bind(self, plan: Plan) -> _Bound:
+        """Look up (or create) every counter of ``plan`` once; later calls reuse them."""
+        limits: list[tuple[int, _Counter, LimitRule]] = []
+        slots: list[_Counter] = []
+        tokens: list[tuple[_Counter, int]] = []
+        for rule in plan.limits:
+            kind = _KIND[rule.kind]
+            counter = self._counters.get((rule.kind, rule.key))
+            if counter is None:
+                counter = self._counters[(rule.kind, rule.key)] = _Counter()
+            if kind == _CONCURRENCY:
+                slots.append(counter)
+            elif kind == _TOKENS:
+                tokens.append((counter, rule.window_ms))
+            limits.append((kind, counter, rule))
+        budgets = []
+        for budget in plan.budgets:
+            state = self._budgets.get(budget.key)
+            if state is None:
+                state = self._budgets[budget.key] = _Budget()
+            budgets.append((state, budget))
+        if len(self._bound) >= 65_536:
+            self._bound.clear()
+        bound = self._bound[id(plan)] = _Bound(plan, limits, slots, tokens, budgets)
+        return bound
+
+    def _check_limits(self, bound: _Bound, tokens: int, now: int) -> Admission | None:
+        for kind, counter, rule in bound.limits:
+            if kind == _CONCURRENCY:
+                if counter.used >= rule.limit:
+                    return Admission(False, "concurrency", rule.key)
                 continue
-            index = now // limit.window_ms
-            window = self._windows.get((kind, limit.key))
-            used = window.used if window is not None and window.index == index else 0
-            if used + (tokens if kind == "tokens" else 1) > limit.limit:
-                retry_after = (index + 1) * limit.window_ms - now
-                return Admission(allowed=False, reason=kind, key=limit.key, retry_after_ms=retry_after)
+            index = now // rule.window_ms
+            used = counter.used if counter.index == index else 0
+            if used + (tokens if kind == _TOKENS else 1) > rule.limit:
+                return Admission(False, rule.kind, rule.key, (index + 1) * rule.window_ms - now)
         return None
 
-    def _check_budgets(
-        self, budgets: tuple[BudgetRule, ...], tokens: int, money: int, floors: Floors | None, now: int
-    ) -> Admission | list[int]:
-        """A refusal, or the amount to take from each budget (less than asked when flexible)."""
+    def _reserve_budgets(self, bound: _Bound, tokens: int, money: int, floors: Floors | None) -> Admission:
+        """Check every budget, then reserve on all of them; the admission or the refusal."""
         takes: list[int] = []
-        for budget in budgets:
+        for state, budget in bound.budgets:
             tokens_unit = budget.unit == "tokens"
             take = tokens if tokens_unit else money
-            # Expired leases are released on soft budgets too: they report what is used.
-            state = self._budget_now(budget.key, now)
             if budget.hard:
-                used = state.spent + state.reserved if state is not None else 0
+                used = state.spent + state.reserved
                 if used + take > budget.limit:
                     room = budget.limit - used
                     if floors is None or room < floors[0 if tokens_unit else 1]:
-                        return Admission(allowed=False, reason="budget", key=budget.key)
+                        return Admission(False, "budget", budget.key)
                     take = room
             takes.append(take)
-        return takes
-
-    def _reserve(self, plan: Plan, request_id: str, tokens: int, now: int, expiry: int, takes: list[int]) -> None:
-        record = _Record(expiry + RECORD_GRACE_MS, [], [], plan.budgets)
-        for limit in plan.limits:
-            kind = limit.kind
-            if kind == "concurrency":
-                slots = self._slots.get(limit.key)
-                if slots is None:
-                    slots = self._slots[limit.key] = _Slots()
-                slots.holders[request_id] = expiry
-                if expiry < slots.due:
-                    slots.due = expiry
-                record.slots.append(slots)
-                continue
-            index = now // limit.window_ms
-            window = self._windows.get((kind, limit.key))
-            if window is None:
-                window = self._windows[(kind, limit.key)] = _Window(index)
-            elif window.index != index:
-                window.index, window.used = index, 0
-            if kind == "tokens":
-                window.used += tokens
-                record.tokens.append((window, index, tokens))
-            else:
-                window.used += 1
-        budgets = self._budgets
-        for budget, take in zip(plan.budgets, takes):
-            state = budgets.get(budget.key)
-            if state is None:
-                state = budgets[budget.key] = _Budget()
-            state.reserved += take
-            state.holds[request_id] = (take, expiry)
-            if expiry < state.due:
-                state.due = expiry
-            if budget.period_end_ms is not None and state.expire_at is None:
-                self._set_expiry(budget.key, state, budget.expire_at_ms())
-        self._records[request_id] = record
-        if record.expire_at < self._records_due:
-            self._records_due = record.expire_at
-
-    def _allowed(self, budgets: tuple[BudgetRule, ...], request_id: str) -> Admission:
-        soft_exceeded: list[str] = []
         remaining: list[int] = []
-        held: list[int] = []
-        for budget in budgets:
-            state = self._budgets[budget.key]
+        soft_exceeded: list[str] = []
+        for (state, budget), take in zip(bound.budgets, takes):
+            state.reserved += take
+            if state.expire_at is None and budget.period_end_ms is not None:
+                self._set_expiry(budget.key, state, budget.expire_at_ms())
+            used = state.spent + state.reserved
+            remaining.append(budget.limit - used if used < budget.limit else 0)
+            if not budget.hard and used > budget.limit:
+                soft_exceeded.append(budget.key)
+        return Admission(True, None, None, None, tuple(remaining), tuple(takes), tuple(soft_exceeded))
+
+    def _held(self, bound: _Bound, record: _Record) -> Admission:
+        """The admission of a live reservation, as it stands now."""
+        if not bound.budgets:
+            return _ALLOWED
+        remaining: list[int] = []
+        soft_exceeded: list[str] = []
+        for state, budget in bound.budgets:
             left, over = budget_view(budget, state.spent, state.reserved)
             remaining.append(left)
-            held.append(state.holds.get(request_id, _NO_HOLD)[0])
             if over:
                 soft_exceeded.append(budget.key)
-        return Admission(allowed=True, remaining=tuple(remaining), held=tuple(held), soft_exceeded=tuple(soft_exceeded))
+        held = record.takes if record.held else (0,) * len(bound.budgets)
+        return Admission(True, None, None, None, tuple(remaining), held, tuple(soft_exceeded))
 
-    # -- shared state helpers --------------------------------------------------
+    # -- leases and expiry -----------------------------------------------------
 
-    def _settle_budget(self, rule: BudgetRule, request_id: str, actual: int, now: int) -> None:
-        state = self._budget_now(rule.key, now)
-        if state is not None:
-            hold = state.holds.pop(request_id, None)
-            if hold is not None:
-                state.reserved -= hold[0]
-        if actual:
-            # A counter that expired meanwhile starts again, as HINCRBY would.
-            if state is None:
-                state = self._budgets[rule.key] = _Budget()
-            state.spent += actual
-            self._set_expiry(rule.key, state, rule.expire_at_ms())
-
-    def _budget_now(self, key: str, now: int) -> _Budget | None:
-        """A budget's state with expired leases released, or None if it has none."""
-        state = self._budgets.get(key)
-        if state is not None and state.due <= now:
-            state.sweep(now)
-        return state
+    @staticmethod
+    def _release(record: _Record) -> None:
+        """Give back the slots and budget reservations a record holds."""
+        record.held = False
+        bound = record.bound
+        for slots in bound.slots:
+            slots.used -= 1
+        for (state, _), take in zip(bound.budgets, record.takes):
+            state.reserved -= take
 
     def _set_expiry(self, key: str, state: _Budget, expire_at: int | None) -> None:
         if expire_at is not None and expire_at != state.expire_at:
@@ -297,15 +303,28 @@ class MemoryCounterStore:
             heapq.heappush(self._budget_heap, (expire_at, key))
 
     def _purge(self, now: int) -> None:
-        """Forget records and budget counters past their expiry."""
-        if self._records_due <= now:
+        """End the leases that are over, forget expired records and budget counters past their period."""
+        if self._due <= now:
+            due: float = _NEVER
             records = self._records
-            for request_id in [rid for rid, record in records.items() if record.expire_at <= now]:
-                del records[request_id]
-            self._records_due = min((record.expire_at for record in records.values()), default=_NEVER)
+            for request_id, record in list(records.items()):
+                if record.held and record.lease_end <= now:
+                    self._release(record)  # its replica never settled: what it held comes back
+                if record.expire_at <= now:
+                    del records[request_id]
+                else:
+                    due = min(due, record.lease_end if record.held else record.expire_at)
+            self._due = due
         heap = self._budget_heap
+        dropped = False
         while heap and heap[0][0] <= now:
             expire_at, key = heapq.heappop(heap)
             state = self._budgets.get(key)
             if state is not None and state.expire_at == expire_at:
                 del self._budgets[key]
+                dropped = True
+        if dropped:
+            # Bound plans may hold a dropped counter: they bind anew when next used.
+            for bound in self._bound.values():
+                bound.stale = True
+            self._bound.clear()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from budgets.accounting import Accountant, Reservation
@@ -29,6 +28,8 @@ if TYPE_CHECKING:
     from router.pipeline import RequestContext
 
 log = logging.getLogger("sluicegate.billing")
+# What a request costs when its deployment is unknown (it failed before one was chosen).
+_NO_PRICE = Price()
 
 
 def _max_price(plan: list[Deployment]) -> Price:
@@ -49,6 +50,8 @@ class Billing:
         self.metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
         self._deployments: dict[str, Deployment] = {}
+        self._reserves_inline = accountant.reserves_inline
+        self._settles_inline = accountant.settles_inline
         # tenant --> share of its tightest money budget left, as of its last request
         self._remaining: dict[str, float] = {}
 
@@ -60,32 +63,41 @@ class Billing:
 
     async def reserve(self, ctx: RequestContext, plan: list[Deployment]) -> None:
         principal = ctx.principal
-        accounted, estimate = self.accountant.needs(principal)
-        if not accounted:
+        account = self.accountant.account(principal)
+        if not account.accounted:
             return
         counter = counter_for(plan[0].config.provider)
         ctx.counter = counter
+        body, kind = ctx.body, ctx.kind
         prompt, exact = 0, True
-        if estimate:
-            bound = prompt_bound(ctx.kind, ctx.body, counter)
+        if account.estimate:
+            bound = prompt_bound(kind, body, counter)
             if bound is None:
-                prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, counter)
+                prompt = await estimate_prompt_tokens(kind, body, counter)
             else:
                 prompt, exact = bound, False
-        body = ctx.body
-        bounded = ctx.kind == "embedding" or bool(body.get("max_tokens") or body.get("max_completion_tokens"))
-        max_completion = (0 if ctx.kind == "embedding" else completion_budget(ctx.body, 0)) if bounded else None
-        ctx.reservation = await self.accountant.reserve(ctx.request_id, principal, prompt, max_completion, _max_price(plan))
-        ctx.reservation.prompt_exact = exact
-        if ctx.reservation.remaining_fraction is not None:
-            self._remaining[principal.tenant] = ctx.reservation.remaining_fraction
-        allowance = ctx.reservation.allowance
+        if kind == "embedding":
+            max_completion: int | None = 0
+        elif body.get("max_tokens") or body.get("max_completion_tokens"):
+            max_completion = completion_budget(body, 0)
+        else:
+            max_completion = None
+        price = _max_price(plan)
+        if self._reserves_inline:
+            reservation = self.accountant.reserve_now(ctx.request_id, account, prompt, max_completion, price)
+        else:
+            reservation = await self.accountant.reserve(ctx.request_id, account, prompt, max_completion, price)
+        reservation.prompt_exact = exact
+        ctx.reservation = reservation
+        if reservation.remaining_fraction is not None:
+            self._remaining[principal.tenant] = reservation.remaining_fraction
+        allowance = reservation.allowance
         if allowance is not None:
             # The budget bounds the completion: tell the upstream, and meter the stream.
-            n = ctx.body.get("n") if isinstance(ctx.body.get("n"), int) else 1
-            ctx.body = {**ctx.body, "max_tokens": max(1, allowance // max(1, n))}
+            n = body.get("n")
+            ctx.max_tokens = max(1, allowance // (n if isinstance(n, int) and n > 1 else 1))
             ctx.allowance = allowance
-        for key in ctx.reservation.soft_exceeded:
+        for key in reservation.soft_exceeded:
             self.metrics.soft_budget_exceeded.labels(principal.tenant).inc()
             log.warning("soft budget exceeded for tenant %s (%s)", principal.tenant, key.rsplit(":", 2)[-2])
 
@@ -96,14 +108,18 @@ class Billing:
         free before the client can send its next request; a client that went
         away leaves it to finish in the background (``drain`` waits for those).
         """
-        if ctx.usage is not None:
-            if ctx.reservation is None:
+        usage = ctx.usage
+        if usage is not None:
+            reservation = ctx.reservation
+            deployment = self._deployments.get(ctx.deployment)
+            price = deployment.config.price if deployment is not None else _NO_PRICE
+            if reservation is None:
                 # Nothing to release and nothing to count: record it here, no task needed.
-                self._record(ctx, ctx.usage)
+                self._record(ctx, deployment, usage, cost_pico(usage, price))
                 return None
-            if self.accountant.settles_inline:
+            if self._settles_inline:
                 # An in-process store settles without I/O: no task needed either.
-                self._record(ctx, ctx.usage, self.accountant.settle_now(ctx.reservation, ctx.usage, self._price(ctx)))
+                self._record(ctx, deployment, usage, self.accountant.settle_now(reservation, usage, price))
                 return None
         task = asyncio.get_running_loop().create_task(self._settle(ctx))
         self._pending.add(task)
@@ -112,22 +128,18 @@ class Billing:
 
     async def _settle(self, ctx: RequestContext) -> None:
         usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx)
-        cost = None
+        deployment = self._deployments.get(ctx.deployment)
+        price = deployment.config.price if deployment is not None else _NO_PRICE
         if ctx.reservation is not None:
-            cost = await self.accountant.settle(ctx.reservation, usage, self._price(ctx))
-        self._record(ctx, usage, cost)
+            cost = await self.accountant.settle(ctx.reservation, usage, price)
+        else:
+            cost = cost_pico(usage, price)
+        self._record(ctx, deployment, usage, cost)
 
-    def _price(self, ctx: RequestContext) -> Price:
-        deployment = self._deployments.get(ctx.deployment)
-        return deployment.config.price if deployment is not None else Price()
-
-    def _record(self, ctx: RequestContext, usage: Usage, cost: int | None = None) -> None:
-        deployment = self._deployments.get(ctx.deployment)
-        if cost is None:
-            cost = cost_pico(usage, deployment.config.price) if deployment is not None else 0
+    def _record(self, ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> None:
         ctx.cost = cost
         if self.ledger is not None:
-            self.ledger.record(self._row(ctx, deployment, usage, ctx.cost))
+            self.ledger.record(self._row(ctx, deployment, usage, cost))
 
     @staticmethod
     async def _measured_usage(ctx: RequestContext) -> Usage:
@@ -146,28 +158,31 @@ class Billing:
 
     @staticmethod
     def _row(ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> LedgerRow:
-        started = datetime.fromtimestamp(ctx.wall_started, timezone.utc)
+        started = int(ctx.wall_started * 1_000_000)
+        principal, elapsed, ttft = ctx.principal, ctx.elapsed, ctx.ttft
+        details = usage.prompt_tokens_details
+        # positionally, in LedgerRow's field order
         return LedgerRow(
-            request_id=ctx.request_id,
-            tenant=ctx.principal.tenant,
-            key_id=ctx.principal.key_id,
-            model=ctx.alias,
-            deployment=ctx.deployment,
-            provider=deployment.config.provider if deployment is not None else "",
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            cost=cost,
-            latency_ms=round(ctx.elapsed * 1000, 3),
-            ttft_ms=round(ctx.ttft * 1000, 3) if ctx.ttft is not None else None,
-            status=ctx.status,
-            error=ctx.error,
-            route_reason=ctx.route_reason,
-            pii_entities=dict(ctx.pii_counts),
-            trace_id=ctx.trace_id,
-            stream=ctx.stream,
-            started_at=started,
-            finished_at=started + timedelta(seconds=ctx.elapsed),
+            ctx.request_id,
+            principal.tenant,
+            principal.key_id,
+            ctx.alias,
+            ctx.deployment,
+            deployment.config.provider if deployment is not None else "",
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            details.cached_tokens if details is not None else 0,
+            cost,
+            round(elapsed * 1000, 3),
+            round(ttft * 1000, 3) if ttft is not None else None,
+            ctx.status,
+            ctx.error,
+            ctx.route_reason,
+            dict(ctx.pii_counts) if ctx.pii_counts else {},
+            ctx.trace_id,
+            ctx.stream,
+            started,
+            started + int(elapsed * 1_000_000),
         )
 
     async def drain(self) -> None:

@@ -49,6 +49,8 @@ class RequestContext:
     reservation: Reservation | None = None
     counter: Counter | None = None
     allowance: int | None = None
+    # The completion bound the budget sets (per choice), sent upstream as max_tokens.
+    max_tokens: int | None = None
     usage: Usage | None = None
     generated_text: list[str] = field(default_factory=list)
     # Streamed chunks, kept so their text can be counted if the upstream reports no usage.
@@ -68,7 +70,10 @@ class RequestContext:
         # request --> engine input: the alias becomes the upstream's own model name,
         # and a cloud deployment never sees what the PII policy took out.
         source = self.body if self.cloud_body is None or deployment.config.privacy == "self_hosted" else self.cloud_body
-        body = {**source, "model": deployment.config.model}
+        if self.max_tokens is None:
+            body = {**source, "model": deployment.config.model}
+        else:
+            body = {**source, "model": deployment.config.model, "max_tokens": self.max_tokens}
         return EngineRequest(
             kind=self.kind,
             body=body,

@@ -8,10 +8,11 @@ reservation.
 Tokenizing waits until it could matter. A token is at least one byte of text,
 and a chunk's text is never longer than the chunk's raw bytes, so while the
 counted tokens plus the bytes of the chunks not yet counted fit, nothing can
-be over. That costs one addition per chunk. Only once the raw bytes no longer
-fit are the pending chunks bounded more tightly (``text_bytes_bound``: the
-text's part of the event, still without decoding), and only once even that
-bound no longer fits is the pending text tokenized: chunk by chunk, as the
+be over. That costs one subtraction per chunk. Only once the raw bytes no
+longer fit are chunks bounded more tightly (``text_bytes_bound``: the text's
+part of the event, still without decoding), oldest first and only as many as
+it takes to make room, and only once even that bound no longer fits is the
+pending text tokenized: chunk by chunk, as the
 ledger counts a stream whose upstream reports no usage, so that what is billed
 is what was metered.
 """
@@ -24,7 +25,7 @@ from serving.sse import chunk_text, text_bytes_bound
 
 
 class StreamMeter:
-    __slots__ = ("allowance", "_count", "_chunks", "counted", "_counted_upto", "_tight", "_bounded_upto", "_raw")
+    __slots__ = ("allowance", "_count", "_chunks", "counted", "_counted_upto", "_tight", "_bounded_upto", "_room")
 
     def __init__(self, allowance: int, count: Counter | None, chunks: list[StreamChunk]) -> None:
         """``chunks`` is the stream's list of relayed chunks, which the caller appends to."""
@@ -34,27 +35,37 @@ class StreamMeter:
         # Exact completion tokens of chunks[:_counted_upto].
         self.counted = 0
         self._counted_upto = 0
-        # Text-bytes bound of chunks[_counted_upto:_bounded_upto], and raw bytes of the rest.
+        # Text-bytes bound of chunks[_counted_upto:_bounded_upto]; the rest are bounded by their raw bytes.
         self._tight = 0
         self._bounded_upto = 0
-        self._raw = 0
+        # The allowance less everything above and the raw bytes of the rest.
+        self._room = allowance
 
     def admits(self, chunk: StreamChunk) -> bool:
         """Whether ``chunk`` (about to be appended to the chunks) stays within the allowance."""
-        raw = len(chunk.data)
-        if self.counted + self._tight + self._raw + raw <= self.allowance:
-            self._raw += raw
+        size = len(chunk.data)
+        if size <= self._room:
+            self._room -= size
             return True
         return self._admits_closer(chunk)
 
     def _admits_closer(self, chunk: StreamChunk) -> bool:
         chunks, end = self._chunks, len(self._chunks)
-        # Tighter bounds for the chunks only bounded by their raw bytes so far.
-        self._tight += sum(text_bytes_bound(c) for c in chunks[self._bounded_upto :])
-        self._bounded_upto, self._raw = end, 0
-        size = text_bytes_bound(chunk)
-        if self.counted + self._tight + size <= self.allowance:
-            self._tight += size
+        size = len(chunk.data)
+        # Tighter bounds for the chunks only bounded by their raw bytes, until the new one fits.
+        while self._bounded_upto < end:
+            older = chunks[self._bounded_upto]
+            bound = text_bytes_bound(older)
+            self._tight += bound
+            self._room += len(older.data) - bound
+            self._bounded_upto += 1
+            if size <= self._room:
+                self._room -= size
+                return True
+        bound = text_bytes_bound(chunk)
+        if bound <= self._room:
+            self._tight += bound
+            self._room -= bound
             self._bounded_upto = end + 1
             return True
         count = self._count
@@ -62,11 +73,12 @@ class StreamMeter:
             return True
         self.counted += sum(map(count, filter(None, map(chunk_text, chunks[self._counted_upto :]))))
         tokens = count(chunk_text(chunk))
-        self._tight, self._counted_upto = 0, end
-        self._bounded_upto = end
+        self._tight, self._counted_upto, self._bounded_upto = 0, end, end
+        self._room = self.allowance - self.counted
         if self.counted + tokens > self.allowance and chunk.finish_reason is None:
             return False
         self.counted += tokens
+        self._room -= tokens
         self._counted_upto = self._bounded_upto = end + 1
         return True
 
@@ -76,5 +88,6 @@ class StreamMeter:
         if count is not None and self._counted_upto < len(chunks):
             self.counted += sum(map(count, filter(None, map(chunk_text, chunks[self._counted_upto :]))))
             self._counted_upto = self._bounded_upto = len(chunks)
-            self._tight = self._raw = 0
+            self._tight = 0
+            self._room = self.allowance - self.counted
         return self.counted

@@ -73,12 +73,12 @@ def text_bytes_bound(chunk: StreamChunk) -> int:
     if text is not None:
         return len(text) if text.isascii() else len(text.encode("utf-8"))
     data = chunk.data
-    if b"\\u" in data:
+    # (92 is a backslash: a one-byte search first, several times faster than the two-byte one)
+    if 92 in data and b"\\u" in data:
         return len(data)
     content, plain = data.find(b'"content"'), data.find(b'"text"')
-    if content < 0:
-        return len(data) - plain if plain >= 0 else 0
-    return len(data) - (content if plain < 0 else min(content, plain))
+    first = plain if plain >= 0 and (content < 0 or plain < content) else content
+    return len(data) - first if first >= 0 else 0
 
 
 def chunk_text(chunk: StreamChunk) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
 from budgets.ledger_postgres import PostgresLedger
-from budgets.ledger_query import GroupBy, UsageQuery, UsageRow
+from budgets.ledger_query import GroupBy, UsageQuery, UsageRow, to_epoch_us
 from budgets.ledger_sqlite import SQLiteLedger
 from budgets.migrate import migrate
 
@@ -47,8 +47,8 @@ def make_row(n: int, **overrides: object) -> LedgerRow:
         "pii_entities": {"EMAIL": 1},
         "trace_id": None,
         "stream": False,
-        "started_at": started,
-        "finished_at": started + timedelta(milliseconds=12),
+        "started_us": to_epoch_us(started),
+        "finished_us": to_epoch_us(started + timedelta(milliseconds=12)),
     }
     fields.update(overrides)
     return msgspec.convert(fields, LedgerRow)
@@ -279,3 +279,20 @@ def test_usage_query_rejects_unknown_group_by() -> None:
         UsageQuery(start=T0, end=T0, group_by=["cost"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="end must not be before start"):
         UsageQuery(start=T0, end=T0 - timedelta(seconds=1))
+
+
+async def test_rows_spooled_with_datetime_times_are_replayed(new_ledger: LedgerFactory, tmp_path: Path) -> None:
+    """A spool written when rows carried ISO datetimes (an earlier release) still replays, exactly."""
+    rows = [make_row(n, started_at=T0 + timedelta(seconds=n, microseconds=123_457)) for n in range(3)]
+    spool = tmp_path / "legacy-spool.jsonl"
+    lines = []
+    for row in rows:
+        data = msgspec.to_builtins(row)
+        data["started_at"] = row.started_at.isoformat().replace("+00:00", "Z")
+        data["finished_at"] = row.finished_at.isoformat()
+        del data["started_us"], data["finished_us"]
+        lines.append(msgspec.json.encode(data))
+    spool.write_bytes(b"\n".join(lines) + b"\n")
+    ledger = await started(new_ledger, spool=str(spool))
+    assert await ledger.rows(None, *ALL_TIME, limit=10) == rows
+    assert not ledger.spool.pending()

@@ -11,7 +11,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream
 from budgets.report import render
-from budgets.ledger_query import UsageRow
+from budgets.ledger_query import UsageRow, to_epoch_us
 from router.auth import hash_api_key
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway
@@ -126,7 +126,7 @@ def test_cli_report_reads_the_ledger(tmp_path) -> None:
                 request_id=f"r{i}", tenant=tenant, key_id="k", model="m", deployment="d", provider="openai",
                 prompt_tokens=10, completion_tokens=5, cached_tokens=0, cost=1_000_000 * (i + 1), latency_ms=1.0,
                 ttft_ms=None, status=200, error=None, route_reason=None, pii_entities={}, trace_id=None, stream=False,
-                started_at=now, finished_at=now,
+                started_us=to_epoch_us(now), finished_us=to_epoch_us(now),
             ))
         await ledger.close()
 

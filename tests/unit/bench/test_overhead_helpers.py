@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from bench.overhead import Row, bench_key_hash, percent_of_passthrough, render, request_body, sluicegate_config
+from bench.overhead import (
+    Row,
+    bench_key_hash,
+    median_rows,
+    paired,
+    percent_of_passthrough,
+    render,
+    request_body,
+    sluicegate_config,
+)
 from bench.wrk import lua_script, lua_string, parse_output
 from router.config import decode_config
 
@@ -74,7 +83,7 @@ def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
         Row("sg+limits", "non-stream", 2850.0, 13.0, 27.0, 0, 273.0),
     ]
     assert percent_of_passthrough(rows) == {"non-stream": 75.0}
-    table = render(rows)
+    table = render([rows])
     assert "sluicegate req/s as % of passthrough: non-stream 75.0%" in table
     assert "with limits+budgets+ledger, req/s as % of sluicegate: non-stream 90.0%" in table
     assert "sluicegate CPU/req as % of passthrough: non-stream 130.0%" in table
@@ -82,3 +91,20 @@ def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
     assert "with limits, req/s as % of sluicegate: non-stream 95.0%" in table
     assert "limits CPU/req as % of sluicegate: non-stream 105.0%" in table
     assert table.splitlines()[0].split() == ["target", "mode", "req/s", "p50", "ms", "p99", "ms", "CPU", "us/req", "errors"]
+
+
+def test_rounds_give_medians_and_within_round_ratios() -> None:
+    def round_of(scale: float, limits_cpu: float) -> list[Row]:
+        return [
+            Row("sluicegate", "non-stream", 3000.0 / scale, 12.0, 25.0, 0, 200.0 * scale),
+            Row("sg+limits", "non-stream", 2900.0 / scale, 12.0, 25.0, 1, limits_cpu * scale),
+        ]
+
+    # The machine slows down between rounds; each round's ratio still compares like with like.
+    rounds = [round_of(1.0, 210.0), round_of(1.5, 204.0), round_of(1.2, 230.0)]
+    medians = median_rows(rounds)
+    assert [(r.target, r.cpu_us, r.errors) for r in medians] == [("sluicegate", 240.0, 0), ("sg+limits", 276.0, 3)]
+    assert paired(rounds, "sluicegate-limits", "sluicegate", "cpu_us") == {"non-stream": (105.0, 102.0, 115.0)}
+    table = render(rounds)
+    assert "medians of 3 rounds" in table
+    assert "limits CPU/req as % of sluicegate: non-stream 105.0% [102.0-115.0]" in table

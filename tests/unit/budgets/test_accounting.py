@@ -28,20 +28,25 @@ def test_period_keys() -> None:
 
 def test_accounting_is_skipped_without_limits_or_budgets() -> None:
     accountant = Accountant(MemoryCounterStore())
-    assert accountant.needs(_principal()) == (False, False)
+
+    def needs(principal: Principal) -> tuple[bool, bool]:
+        account = accountant.account(principal)
+        return account.accounted, account.estimate
+
+    assert needs(_principal()) == (False, False)
     # RPM alone needs no prompt estimate; TPM and budgets do.
-    assert accountant.needs(_principal(tenant_limits=LimitsConfig(rpm=5))) == (True, False)
-    assert accountant.needs(_principal(tenant_limits=LimitsConfig(tpm=5))) == (True, True)
-    assert accountant.needs(_principal(key_budgets=(BudgetConfig(kind="tokens", period="daily", limit=5),))) == (True, True)
+    assert needs(_principal(tenant_limits=LimitsConfig(rpm=5))) == (True, False)
+    assert needs(_principal(tenant_limits=LimitsConfig(tpm=5))) == (True, True)
+    assert needs(_principal(key_budgets=(BudgetConfig(kind="tokens", period="daily", limit=5),))) == (True, True)
 
 
 async def test_rpm_refusal_is_a_429_with_retry_after() -> None:
     accountant = Accountant(MemoryCounterStore())
     principal = _principal(tenant_limits=LimitsConfig(rpm=2))
     for i in range(2):
-        await accountant.reserve(f"r{i}", principal, 10, 5, PRICE)
+        await accountant.reserve(f"r{i}", accountant.account(principal), 10, 5, PRICE)
     with pytest.raises(RateLimited) as info:
-        await accountant.reserve("r3", principal, 10, 5, PRICE)
+        await accountant.reserve("r3", accountant.account(principal), 10, 5, PRICE)
     assert info.value.status == 429 and 0 < info.value.retry_after <= 60
 
 
@@ -50,7 +55,7 @@ async def test_money_budget_charges_actual_cost_exactly() -> None:
     accountant = Accountant(store)
     # $0.001 = 1000 micro-USD
     principal = _principal(tenant_budgets=(BudgetConfig(kind="money", period="monthly", limit=1000),))
-    reservation = await accountant.reserve("r1", principal, 100, 50, PRICE)
+    reservation = await accountant.reserve("r1", accountant.account(principal), 100, 50, PRICE)
     assert reservation.allowance is None  # the client bounded the completion itself
     cost = await accountant.settle(reservation, Usage(prompt_tokens=100, completion_tokens=20, total_tokens=120), PRICE)
     assert cost == 100 * 1_000_000 + 20 * 2_000_000
@@ -61,19 +66,19 @@ async def test_money_budget_charges_actual_cost_exactly() -> None:
 async def test_budget_exhausted_is_insufficient_quota() -> None:
     accountant = Accountant(MemoryCounterStore())
     principal = _principal(key_budgets=(BudgetConfig(kind="tokens", period="daily", limit=100),))
-    reservation = await accountant.reserve("r1", principal, 60, 30, PRICE)
+    reservation = await accountant.reserve("r1", accountant.account(principal), 60, 30, PRICE)
     await accountant.settle(reservation, Usage(prompt_tokens=60, completion_tokens=30, total_tokens=90), PRICE)
     with pytest.raises(InsufficientQuota) as info:
-        await accountant.reserve("r2", principal, 20, 30, PRICE)
+        await accountant.reserve("r2", accountant.account(principal), 20, 30, PRICE)
     assert (info.value.status, info.value.code, info.value.type) == (429, "insufficient_quota", "insufficient_quota")
 
 
 async def test_without_max_tokens_the_allowance_is_what_the_budget_has_left() -> None:
     accountant = Accountant(MemoryCounterStore(), AccountingSettings(default_completion_cap=1000))
     principal = _principal(tenant_budgets=(BudgetConfig(kind="tokens", period="lifetime", limit=150),))
-    reservation = await accountant.reserve("r1", principal, 100, None, PRICE)
+    reservation = await accountant.reserve("r1", accountant.account(principal), 100, None, PRICE)
     assert reservation.allowance == 50
     money = _principal(tenant_budgets=(BudgetConfig(kind="money", period="lifetime", limit=200),))  # 200 micro-USD
-    reservation = await accountant.reserve("r2", money, 100, None, PRICE)
+    reservation = await accountant.reserve("r2", accountant.account(money), 100, None, PRICE)
     # 200e6 pico - 100 tokens * 1e6 = 100e6 left, at 2e6 per output token
     assert reservation.allowance == 50

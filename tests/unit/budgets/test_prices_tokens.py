@@ -1,7 +1,17 @@
 from __future__ import annotations
 
 from budgets.prices import cost_pico, usd, worst_case_pico
-from budgets.tokens import completion_budget, estimate_prompt_tokens, fallback_count, tiktoken_count
+import pytest
+
+from budgets.tokens import (
+    BOUND_BYTES,
+    completion_budget,
+    estimate_prompt_tokens,
+    fallback_count,
+    prompt_bound,
+    request_texts,
+    tiktoken_count,
+)
 from router.config import Price
 from serving.base import PromptTokensDetails, Usage
 
@@ -48,3 +58,38 @@ def test_completion_budget() -> None:
     assert completion_budget({"max_tokens": 50, "n": 2}, 4096) == 100
     assert completion_budget({"max_completion_tokens": 7}, 4096) == 7
     assert completion_budget({}, 4096) == 4096
+
+
+def _bound_from_texts(kind: str, body: dict[str, object]) -> int | None:
+    """What the bound must be: the UTF-8 bytes of every text sent, plus the fixed overhead."""
+    texts, overhead = request_texts(kind, body)
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    return size + overhead if size <= BOUND_BYTES else None
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("chat", {"messages": [{"role": "user", "content": "Say hello."}]}),
+        ("chat", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Grüß Gott, 東京", "name": "ann"}]}),
+        ("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": " two"}]}]}),
+        ("chat", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}]}),
+        ("chat", {"messages": [{"role": "user", "content": "é" * 128}]}),
+        ("chat", {"messages": [{"role": "user", "content": "a" * 200}, {"role": "user", "content": "b" * 57}]}),
+        ("chat", {"messages": [{"role": "user", "content": "a" * 256}]}),
+        ("chat", {"messages": []}),
+        ("completion", {"prompt": "Once upon a time"}),
+        ("completion", {"prompt": ["one", [1, 2, 3]]}),
+        ("embedding", {"input": "x" * 300}),
+    ],
+)
+def test_prompt_bound_is_the_byte_count_of_what_is_sent(kind: str, body: dict[str, object]) -> None:
+    assert prompt_bound(kind, body, tiktoken_count) == _bound_from_texts(kind, body)
+    bound = prompt_bound(kind, body, tiktoken_count)
+    if bound is not None:
+        texts, overhead = request_texts(kind, body)
+        assert sum(tiktoken_count(t) for t in texts) + overhead <= bound
+
+
+def test_prompt_bound_is_only_for_tiktoken() -> None:
+    assert prompt_bound("chat", {"messages": [{"role": "user", "content": "hi"}]}, fallback_count) is None

@@ -118,3 +118,4 @@ def test_text_bytes_bound_is_tight_for_a_typical_chunk() -> None:
     assert text_bytes_bound(StreamChunk(data=escaped, text=None)) == len(escaped)
     # Decoded text is used as is.
     assert text_bytes_bound(StreamChunk(data=b"{}", text="é")) == 2
+
