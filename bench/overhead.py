@@ -14,6 +14,13 @@ three times over, all pointed at the same fake:
   the SQLite ledger;
 - ``sluicegate-all``: limits, budgets and the ledger together.
 
+Two phases. First, each target alone (the table: req/s, latency, CPU per
+request). Then the paired phase (``bench.paired``): the foundation and one
+feature target at a time under load at the same moment, on the same core, so
+that both see the same machine; it prints each feature's CPU per request as a
+percentage of the foundation's, per round, as a median with its range, and the
+same for a twin of the foundation (what the method reads for no difference).
+
 Then, for each target and for non-streamed and streamed chat completions, it
 runs ``wrk -t1 -c<concurrency> -d<duration>s`` after a short warm-up and prints
 req/s, p50 and p99 latency, the server's CPU time per request, and the ratios:
@@ -40,106 +47,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from bench.overhead_report import Row, median_rows, paired, render
+from bench.overhead_targets import (
+    CHAT_PATH,
+    FEATURES,
+    LABELS,
+    PAIRED,
+    TARGETS,
+    bench_key_hash,
+    request_body,
+    request_headers,
+    sluicegate_config,
+)
+from bench.paired import PairResult, Side, measure_pair, render_pairs
 from bench.processes import Server, free_port
 from bench.wrk import WrkMissing, find_wrk, run_wrk
 
-BENCH_KEY = "sk-bench-0123456789"
-MODEL = "fake-model"
-TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
-LABELS = {
-    "upstream": "upstream direct",
-    "passthrough": "passthrough",
-    "sluicegate": "sluicegate",
-    "sluicegate-limits": "sg+limits",
-    "sluicegate-budgets": "sg+budgets+ledger",
-    "sluicegate-all": "sg+all",
-}
-# Which features each Sluicegate target turns on.
-FEATURES = {"sluicegate": "plain", "sluicegate-limits": "limits", "sluicegate-budgets": "budgets", "sluicegate-all": "all"}
-_CHAT_PATH = "/v1/chat/completions"
-_MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    target: str
-    mode: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    # Server CPU time (user + system) per request: steadier than req/s on a busy machine.
-    cpu_us: float = 0.0
-
-
-def request_body(stream: bool) -> bytes:
-    body: dict[str, object] = {"model": MODEL, "messages": _MESSAGES}
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def request_headers(target: str) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if target.startswith("sluicegate"):
-        headers["Authorization"] = f"Bearer {BENCH_KEY}"
-    return headers
-
-
-def bench_key_hash() -> str:
-    # the gateway's own hashing, so the stored hash matches the key we send
-    from router.auth import hash_api_key
-
-    return hash_api_key(BENCH_KEY)
-
-
-# The admission and budget path fully on, with limits far above the load so nothing is refused.
-_LIMITS = "    limits: {rpm: 100000000, tpm: 1000000000000, max_concurrent: 100000}"
-_BUDGETS = "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, {kind: tokens, period: daily, limit: 1000000000000000}]"
-
-
-def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain") -> str:
-    """The gateway's YAML config (``features``: plain, limits, budgets or all); JSON strings are valid YAML scalars."""
-    if features not in ("plain", "limits", "budgets", "all"):
-        raise ValueError(f"unknown feature set {features!r}")
-    q = json.dumps
-    tenant = {"plain": [], "limits": [_LIMITS], "budgets": [_BUDGETS], "all": [_LIMITS, _BUDGETS]}[features]
-    ledger = "state: {ledger: \"off\"}" if features in ("plain", "limits") else "state: {ledger: sqlite, ledger_path: ledger.sqlite}"
-    price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"]
-    return "\n".join(
-        [
-            "server: {log_level: warning}",
-            "deployments:",
-            "  - name: fake",
-            "    provider: openai",
-            f"    base_url: {q(upstream_url)}",
-            f"    model: {q(MODEL)}",
-            *price,
-            "models:",
-            f"  - alias: {q(MODEL)}",
-            "    deployments: [fake]",
-            "tenants:",
-            "  - id: bench",
-            *tenant,
-            "    keys:",
-            "      - id: bench-key",
-            f"        hash: {q(key_hash)}",
-            ledger,
-            "",
-        ]
-    )
-
-
 def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]]:
-    """The three servers (not yet started) and each one's chat completions URL."""
+    """Every server (not yet started) and each one's chat completions URL."""
     python = sys.executable
-    ports = {name: free_port() for name in TARGETS}
+    ports = {name: free_port() for name in (*TARGETS, "sluicegate-twin")}
     upstream_root = f"http://127.0.0.1:{ports['upstream']}"
     argvs = {
         "upstream": [python, "-m", "bench.fake_upstream", "--port", str(ports["upstream"]), "--chunks", str(chunks)],
@@ -155,11 +87,11 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
                 python, "-m", "router", "serve", "--config", str(work / f"{name}.yaml"),
                 "--host", "127.0.0.1", "--port", str(ports[name]), "--workers", "1",
             ]
-            for name in ("sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
+            for name in ("sluicegate-twin", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
         },
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
-    urls = {name: f"http://127.0.0.1:{port}{_CHAT_PATH}" for name, port in ports.items()}
+    urls = {name: f"http://127.0.0.1:{port}{CHAT_PATH}" for name, port in ports.items()}
     return servers, urls
 
 
@@ -172,6 +104,29 @@ def _start(name: str, server: Server, url: str, work: Path, upstream_url: str) -
         answer = server.wait_ready(url, request_body(stream), request_headers(name))
         if stream and b"[DONE]" not in answer:
             raise RuntimeError(f"{server.name} answered a stream without [DONE]")
+
+
+def _paired(args: argparse.Namespace, servers: dict[str, Server], urls: dict[str, str], started: list[str]) -> list[PairResult]:
+    """The paired phase: each feature target beside the foundation, at the same moment."""
+    if args.pair_rounds < 1 or "sluicegate" not in started:
+        return []
+    results = []
+    for stream in (False, True):
+        body, mode = request_body(stream), "stream" if stream else "non-stream"
+        base = Side(servers["sluicegate"], urls["sluicegate"], body, request_headers("sluicegate"))
+        for name in PAIRED:
+            if name not in started:
+                continue
+            target = Side(servers[name], urls[name], body, request_headers(name))
+            result = measure_pair(
+                base, target, (LABELS[name], LABELS["sluicegate"], mode), rounds=args.pair_rounds,
+                duration_s=args.duration, warmup_s=args.warmup, concurrency=max(1, args.concurrency // 2),
+                cpus=_placement(args.pin),
+            )  # fmt: skip
+            mid, low, high = result.summary()
+            print(f"  paired {LABELS[name]:<18} {mode:<10} {mid:6.1f}% [{low:.1f}-{high:.1f}]", file=sys.stderr, flush=True)
+            results.append(result)
+    return results
 
 
 def _placement(pin: bool) -> tuple[set[int], set[int]] | None:
@@ -204,88 +159,10 @@ def _measure(name: str, args: argparse.Namespace, servers: dict[str, Server], ur
     return rows
 
 
-def median_rows(rounds: list[list[Row]]) -> list[Row]:
-    """Each (target, mode)'s median figures over the rounds; errors are summed."""
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for rows in rounds:
-        for row in rows:
-            groups.setdefault((row.target, row.mode), []).append(row)
-    return [
-        Row(
-            target,
-            mode,
-            rps=statistics.median(r.rps for r in group),
-            p50_ms=statistics.median(r.p50_ms for r in group),
-            p99_ms=statistics.median(r.p99_ms for r in group),
-            errors=sum(r.errors for r in group),
-            cpu_us=round(statistics.median(r.cpu_us for r in group), 1),
-        )
-        for (target, mode), group in groups.items()
-    ]
-
-
-def _ratio(rows: list[Row], target: str, base: str, metric: str) -> dict[str, float]:
-    values = {(r.target, r.mode): getattr(r, metric) for r in rows}
-    out = {}
-    for mode in ("non-stream", "stream"):
-        floor, ours = values.get((LABELS.get(base, base), mode)), values.get((LABELS.get(target, target), mode))
-        if floor and ours:
-            out[mode] = round(100 * ours / floor, 1)
-    return out
-
-
-def percent_of_passthrough(rows: list[Row], target: str = "sluicegate", base: str = "passthrough") -> dict[str, float]:
-    return _ratio(rows, target, base, "rps")
-
-
-def cpu_ratio(rows: list[Row], target: str, base: str) -> dict[str, float]:
-    """Server CPU per request of ``target`` as % of ``base``'s: the cost of the added work."""
-    return _ratio(rows, target, base, "cpu_us")
-
-
-def paired(rounds: list[list[Row]], target: str, base: str, metric: str) -> dict[str, tuple[float, float, float]]:
-    """A ratio taken within each round: mode --> (median, lowest, highest) over the rounds."""
-    per_mode: dict[str, list[float]] = {}
-    for rows in rounds:
-        for mode, value in _ratio(rows, target, base, metric).items():
-            per_mode.setdefault(mode, []).append(value)
-    return {mode: (round(statistics.median(v), 1), min(v), max(v)) for mode, v in per_mode.items()}
-
-
-# (target, base, what the req/s ratio says, what the CPU ratio says)
-_COMPARISONS = (
-    ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough", "sluicegate CPU/req as % of passthrough"),
-    ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate", "limits CPU/req as % of sluicegate"),
-    ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
-    ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
-)
-
-
-def render(rounds: list[list[Row]]) -> str:
-    rows = median_rows(rounds)
-    head = f"{'target':<18} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'errors':>7}"
-    lines = [head]
-    lines += [
-        f"{r.target:<18} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:11.1f} {r.errors:7d}"
-        for r in rows
-    ]
-    if len(rounds) > 1:
-        lines.append(f"medians of {len(rounds)} rounds; ratios: median within-round ratio [lowest-highest]")
-    for metric, column in (("rps", 2), ("cpu_us", 3)):
-        for comparison in _COMPARISONS:
-            ratio = paired(rounds, comparison[0], comparison[1], metric)
-            if ratio:
-                parts = [
-                    f"{mode} {mid:.1f}%" + (f" [{low:.1f}-{high:.1f}]" if len(rounds) > 1 else "")
-                    for mode, (mid, low, high) in ratio.items()
-                ]
-                lines.append(f"{comparison[column]}: " + ", ".join(parts))
-    return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> tuple[list[list[Row]], list[str]]:
-    """Measure every reachable target, ``args.rounds`` times over; the failures come back as messages."""
+def run(args: argparse.Namespace) -> tuple[list[list[Row]], list[PairResult], list[str]]:
+    """Measure every reachable target, ``args.rounds`` times over, then the pairs; failures come back as messages."""
     rounds: list[list[Row]] = []
+    pairs: list[PairResult] = []
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as tmp:
         work = Path(tmp)
@@ -293,7 +170,10 @@ def run(args: argparse.Namespace) -> tuple[list[list[Row]], list[str]]:
         upstream_url = urls["upstream"].removesuffix("/chat/completions")
         try:
             started = []
-            for name in ["upstream", *(t for t in args.targets if t != "upstream")]:
+            wanted = [t for t in args.targets if t != "upstream"]
+            if args.pair_rounds > 0:
+                wanted += [t for t in PAIRED if t not in wanted and (t == "sluicegate-twin" or t in args.targets)]
+            for name in ["upstream", *wanted]:
                 try:
                     _start(name, servers[name], urls[name], work, upstream_url)
                 except (RuntimeError, ImportError, OSError) as exc:
@@ -302,22 +182,25 @@ def run(args: argparse.Namespace) -> tuple[list[list[Row]], list[str]]:
                     failures.append(f"{LABELS[name]} skipped: {exc}")
                     continue
                 started.append(name)
-            measured = [name for name in started if name in args.targets]
+            # The twin goes through the same rounds as the foundation: paired, both then have the same history.
+            measured = [name for name in started if name in args.targets or name == "sluicegate-twin"]
             for number in range(args.rounds):
                 print(f"round {number + 1} of {args.rounds}", file=sys.stderr, flush=True)
                 # Each round starts one target further on: no target always goes first.
                 shift = number % len(measured) if measured else 0
                 order = measured[shift:] + measured[:shift]
                 rounds.append([row for name in order for row in _measure(name, args, servers, urls)])
+            pairs = _paired(args, servers, urls, started)
         finally:
             for server in servers.values():
                 server.stop()
-    return rounds, failures
+    return rounds, pairs, failures
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="passes over all targets; figures are medians")
+    parser.add_argument("--pair-rounds", type=int, default=8, help="rounds of each paired measurement (0: skip the phase)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of load before each measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="open connections")
@@ -327,8 +210,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if args.duration < 1 or args.concurrency < 1 or args.rounds < 1:
-        parser.error("--rounds, --duration and --concurrency must be at least 1")
+    if args.duration < 1 or args.concurrency < 1 or args.rounds < 1 or args.pair_rounds < 0:
+        parser.error("--rounds, --duration and --concurrency must be at least 1, --pair-rounds at least 0")
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
@@ -342,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except WrkMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rounds, failures = run(args)
+    rounds, pairs, failures = run(args)
     print(render(rounds))
+    if pairs:
+        print()
+        print(render_pairs(pairs))
     for failure in failures:
         print(f"warning: {failure}", file=sys.stderr)
     if args.json is not None:
@@ -356,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             "medians": [asdict(r) for r in median_rows(rounds)],
             "rounds_results": [[asdict(r) for r in rows] for rows in rounds],
             "sluicegate_pct_of_passthrough": {m: v[0] for m, v in paired(rounds, "sluicegate", "passthrough", "rps").items()},
-        }
+            "paired": [
+                {"target": p.target, "base": p.base, "mode": p.mode, "median_pct": p.summary()[0],
+                 "base_cpu_us": p.base_cpu_us, "target_cpu_us": p.target_cpu_us}
+                for p in pairs
+            ],
+        }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 1 if failures else 0
 

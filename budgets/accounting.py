@@ -47,10 +47,19 @@ class Reservation(msgspec.Struct):
     plan: Plan
     held: bool = True
     soft_exceeded: tuple[str, ...] = ()
-    # Share of the tightest money budget left after this reservation.
-    remaining_fraction: float | None = None
+    # What each budget of the plan has left once this reservation counts.
+    remaining: tuple[int, ...] = ()
+    # (position in the plan's budgets, limit) of its money budgets.
+    money_limits: tuple[tuple[int, int], ...] = ()
     # False when prompt_estimate is an upper bound rather than the count.
     prompt_exact: bool = True
+
+    @property
+    def remaining_fraction(self) -> float | None:
+        """Share of the tightest money budget left after this reservation (worked out only when asked)."""
+        if not self.money_limits or not self.remaining:
+            return None
+        return min(self.remaining[i] / limit for i, limit in self.money_limits)
 
 
 def period_key(period: str, now: datetime) -> tuple[str, int | None]:
@@ -103,6 +112,9 @@ class Account:
     estimate: bool = False
     hard_budgets: bool = False
     has_money: bool = False
+    # Positions in plan.budgets of the budgets in tokens, and of those in money.
+    token_budgets: tuple[int, ...] = ()
+    money_budgets: tuple[int, ...] = ()
     # (position in plan.budgets, limit) of every money budget: for the share left.
     money_limits: tuple[tuple[int, int], ...] = ()
 
@@ -134,6 +146,8 @@ def _account_for(principal: Principal) -> Account:
         estimate=bool(budgets) or any(limit.kind == "tokens" for limit in limits),
         hard_budgets=any(config.hard for config in configs),
         has_money=any(config.kind == "money" for config in configs),
+        token_budgets=tuple(i for i, config in enumerate(configs) if config.kind == "tokens"),
+        money_budgets=tuple(i for i, config in enumerate(configs) if config.kind == "money"),
         money_limits=tuple(
             (i, min(config.limit * PICO_PER_MICRO, MAX_AMOUNT))
             for i, config in enumerate(configs)
@@ -147,24 +161,24 @@ class Accountant:
         self.store = store
         self.settings = settings or AccountingSettings()
         self._lease_ms = self.settings.lease_ms
-        # (tenant, key id) --> the account of the principal last seen for it
-        self._accounts: dict[tuple[str, str], Account] = {}
+        # id of a principal --> its account
+        self._accounts: dict[int, Account] = {}
         # An in-process store also offers synchronous forms: no coroutine, no task.
         self._reserve_now: Callable[..., Admission] | None = getattr(store, "reserve_now", None)
         self._settle_now: Callable[[str, int, int], None] | None = getattr(store, "settle_now", None)
 
-    def account(self, principal: Principal) -> Account:
+    def account(self, principal: Principal, now_s: float | None = None) -> Account:
         """What requests of ``principal`` reserve: ``accounted`` says whether they reserve anything,
-        ``estimate`` whether that needs a prompt estimate."""
-        ident = (principal.tenant, principal.key_id)
-        account = self._accounts.get(ident)
-        # Principals are cached by the key stores; a new object means new settings.
+        ``estimate`` whether that needs a prompt estimate. ``now_s`` is the request's wall time, if known."""
+        # Principals are cached by the key stores; a new object means new settings. The
+        # account holds its principal, so the id cannot be reused while the entry lives.
+        account = self._accounts.get(id(principal))
         if account is None or account.principal is not principal:
             if len(self._accounts) >= 65_536:
                 self._accounts.clear()
-            account = self._accounts[ident] = _account_for(principal)
+            account = self._accounts[id(principal)] = _account_for(principal)
         if account.refresh_at_ms != _NEVER:
-            now_ms = time.time() * 1000
+            now_ms = (time.time() if now_s is None else now_s) * 1000
             if now_ms >= account.refresh_at_ms:
                 account.refresh(now_ms)
         return account
@@ -219,22 +233,26 @@ class Accountant:
     ) -> Reservation:
         if not admission.allowed:
             raise self._refusal(admission.reason, admission.retry_after_ms)
-        fraction: float | None = None
-        if account.money_limits:
-            remaining, fraction = admission.remaining, 1.0
-            for i, limit in account.money_limits:
-                fraction = min(fraction, remaining[i] / limit)
         allowance: int | None = None
         if flexible_cap is not None:
             # The completion tokens every budget's (possibly partial) reservation covers.
-            allowance = flexible_cap
-            for budget, got in zip(account.plan.budgets, admission.held):
-                if budget.unit == "tokens":
-                    allowance = min(allowance, got - prompt_tokens)
-                elif price.output_per_mtok:
-                    allowance = min(allowance, (got - prompt_tokens * price.input_per_mtok) // price.output_per_mtok)
-            allowance = max(1, allowance)
-        return Reservation(request_id, prompt_tokens, allowance, account.plan, True, admission.soft_exceeded, fraction)
+            allowance, held = flexible_cap, admission.held
+            for i in account.token_budgets:
+                covered = held[i] - prompt_tokens
+                if covered < allowance:
+                    allowance = covered
+            per_token = price.output_per_mtok
+            if per_token:
+                prompt_cost = prompt_tokens * price.input_per_mtok
+                for i in account.money_budgets:
+                    covered = (held[i] - prompt_cost) // per_token
+                    if covered < allowance:
+                        allowance = covered
+            if allowance < 1:
+                allowance = 1
+        return Reservation(
+            request_id, prompt_tokens, allowance, account.plan, True, admission.soft_exceeded, admission.remaining, account.money_limits
+        )
 
     @staticmethod
     def _refusal(reason: str | None, retry_after_ms: int | None) -> Exception:

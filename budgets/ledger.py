@@ -30,10 +30,13 @@ logger = logging.getLogger(__name__)
 class LedgerRow(msgspec.Struct):
     """What one request cost. Money in pico-USD (1e-12 USD), an exact integer.
 
-    Every field is required; the gateway builds rows positionally, in this
-    order (keywords cost several times more per row)."""
+    Every field is required; the gateway builds rows positionally (keywords
+    cost several times more per row). The first twelve fields are the ones
+    FinOps queries filter, group and sum on, in the embedded table's column
+    order; the rest follow."""
 
     request_id: str
+    started_us: int  # UTC, microseconds since the epoch
     tenant: str
     key_id: str
     model: str  # the alias the client asked for
@@ -43,16 +46,15 @@ class LedgerRow(msgspec.Struct):
     completion_tokens: int
     cached_tokens: int
     cost: int
+    status: int  # HTTP status; 499 when the client went away
+    finished_us: int
     latency_ms: float
     ttft_ms: float | None
-    status: int  # HTTP status; 499 when the client went away
     error: str | None  # an error class or code, never a message that could hold user data
     route_reason: str | None
     pii_entities: dict[str, int]  # counts by entity type, never the values
     trace_id: str | None
     stream: bool
-    started_us: int  # UTC, microseconds since the epoch
-    finished_us: int
 
     @property
     def started_at(self) -> datetime:

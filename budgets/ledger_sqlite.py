@@ -10,7 +10,7 @@ reader thread with a connection of their own.
 
 Times are stored as integer microseconds since the epoch (UTC) so that range
 filters are exact integer comparisons; money and token sums are exact 64-bit
-integers.
+integers. The table's layout is in ``budgets.ledger_sqlite_schema``.
 """
 
 from __future__ import annotations
@@ -24,88 +24,30 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TypeVar
 
-import msgspec
-
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
 from budgets.ledger_query import UsageQuery, UsageRow, rows_sql, usage_rows, usage_sql
+from budgets.ledger_sqlite_schema import COLUMNS, from_record, prepare, to_record
 
 T = TypeVar("T")
 
-_COLUMNS = (
-    "request_id", "started_us", "finished_us", "tenant", "key_id", "model", "deployment", "provider",
-    "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "latency_ms", "ttft_ms", "status",
-    "error", "route_reason", "pii_entities", "trace_id", "stream",
-)  # fmt: skip
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    request_id TEXT NOT NULL,
-    started_us INTEGER NOT NULL,
-    finished_us INTEGER NOT NULL,
-    tenant TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    deployment TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL,
-    cost INTEGER NOT NULL,
-    latency_ms REAL NOT NULL,
-    ttft_ms REAL,
-    status INTEGER NOT NULL,
-    error TEXT,
-    route_reason TEXT,
-    pii_entities TEXT NOT NULL,
-    trace_id TEXT,
-    stream INTEGER NOT NULL,
-    PRIMARY KEY (request_id, started_us)
-);
-CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
-"""
-
-_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
+_ROW = f"({', '.join('?' for _ in COLUMNS)})"
 # Rows per INSERT: few statements per batch, each short enough not to hold up
 # the loop. Kept under SQLite's oldest limit of 999 variables.
-_ROWS_PER_STATEMENT = 999 // len(_COLUMNS)
+_ROWS_PER_STATEMENT = 999 // len(COLUMNS)
 # Rows written between WAL checkpoints (run on the reader thread).
 _CHECKPOINT_ROWS = 5_000
 
 
 def _insert_sql(rows: int) -> str:
-    return f"INSERT OR IGNORE INTO ledger ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
+    return f"INSERT OR IGNORE INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
 
 
 _INSERT_FULL = _insert_sql(_ROWS_PER_STATEMENT)
-_json_encode = msgspec.json.Encoder().encode
-_json_decode = msgspec.json.Decoder(dict[str, int]).decode
 
 
 def _checkpoint_passive(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):  # busy or locked: the next one catches up
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-def _to_record(row: LedgerRow) -> tuple[object, ...]:
-    # row --> sqlite values, in _COLUMNS order
-    return (
-        row.request_id, row.started_us, row.finished_us, row.tenant, row.key_id,
-        row.model, row.deployment, row.provider, row.prompt_tokens, row.completion_tokens, row.cached_tokens,
-        row.cost, row.latency_ms, row.ttft_ms, row.status, row.error, row.route_reason,
-        _json_encode(row.pii_entities).decode() if row.pii_entities else "{}", row.trace_id, int(row.stream),
-    )  # fmt: skip
-
-
-def _from_record(rec: sqlite3.Row) -> LedgerRow:
-    return LedgerRow(
-        request_id=rec["request_id"], tenant=rec["tenant"], key_id=rec["key_id"], model=rec["model"],
-        deployment=rec["deployment"], provider=rec["provider"], prompt_tokens=rec["prompt_tokens"],
-        completion_tokens=rec["completion_tokens"], cached_tokens=rec["cached_tokens"], cost=rec["cost"],
-        latency_ms=rec["latency_ms"], ttft_ms=rec["ttft_ms"], status=rec["status"], error=rec["error"],
-        route_reason=rec["route_reason"], pii_entities=_json_decode(rec["pii_entities"]),
-        trace_id=rec["trace_id"], stream=bool(rec["stream"]),
-        started_us=rec["started_us"], finished_us=rec["finished_us"],
-    )  # fmt: skip
 
 
 class SQLiteStore:
@@ -141,7 +83,7 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
         conn.execute("PRAGMA busy_timeout=5000")
         if schema:
-            conn.executescript(_SCHEMA)
+            prepare(conn)
         else:
             # The writer never checkpoints (a checkpoint fsyncs): the reader thread does.
             conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -169,7 +111,7 @@ class SQLiteStore:
         conn = self._writer
         if conn is None:
             raise RuntimeError("SQLite ledger store is not open")
-        records = [_to_record(row) for row in rows]
+        records = [to_record(row) for row in rows]
         step = _ROWS_PER_STATEMENT
         conn.execute("BEGIN IMMEDIATE")  # one transaction per batch
         try:
@@ -201,9 +143,9 @@ class SQLiteStore:
 
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]:
         tail, params = rows_sql("sqlite", tenant, start, end, limit)
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM ledger {tail}"
+        sql = f"SELECT {', '.join(COLUMNS)} FROM ledger {tail}"
         records = await self._call(lambda conn: conn.execute(sql, params).fetchall())
-        return [_from_record(rec) for rec in records]
+        return [from_record(rec) for rec in records]
 
     def refuses(self, exc: Exception) -> bool:
         # An int beyond 64 bits, a NULL in a NOT NULL column, a value sqlite3 cannot bind.

@@ -65,7 +65,7 @@ class _Bound:
     limits: list[tuple[int, _Counter, LimitRule]]  # (kind, counter, rule)
     slots: list[_Counter]
     tokens: list[tuple[_Counter, int]]  # token windows and their length (ms)
-    budgets: list[tuple[_Budget, BudgetRule]]
+    budgets: list[tuple[_Budget, BudgetRule, bool]]  # (counter, rule, whether in tokens)
     # Set once a budget counter it holds was dropped: charges then go to a fresh binding.
     stale: bool = False
 
@@ -174,8 +174,6 @@ class MemoryCounterStore:
         if record.held:
             for slots in bound.slots:
                 slots.used -= 1
-            for (state, _), take in zip(bound.budgets, record.takes):
-                state.reserved -= take
         for window, window_ms in bound.tokens:
             # Corrections only matter inside the window the estimate went into.
             if window.index == record.reserved_at // window_ms:
@@ -183,9 +181,27 @@ class MemoryCounterStore:
         if not bound.budgets:
             return
         if bound.stale:
-            bound = self._bind(bound.plan)  # a counter that expired meanwhile starts again, as HINCRBY would
-        for state, rule in bound.budgets:
-            actual = tokens if rule.unit == "tokens" else money
+            self._settle_stale(record, tokens, money)
+            return
+        held = record.held
+        for (state, rule, tokens_unit), take in zip(bound.budgets, record.takes):
+            if held:
+                state.reserved -= take
+            actual = tokens if tokens_unit else money
+            if actual:
+                state.spent += actual
+                if state.expire_at is None and rule.period_end_ms is not None:
+                    self._set_expiry(rule.key, state, rule.expire_at_ms())
+
+    def _settle_stale(self, record: _Record, tokens: int, money: int) -> None:
+        """Settle on budgets of which one counter was dropped since the reservation."""
+        if record.held:
+            for (state, _, _), take in zip(record.bound.budgets, record.takes):
+                state.reserved -= take  # on the counters the reservation went to, dropped or not
+        # Charges go to the counters as they are now: one that expired is made anew and,
+        # its period being over, dropped again at the next purge, as Redis does.
+        for state, rule, tokens_unit in self._bind(record.bound.plan).budgets:
+            actual = tokens if tokens_unit else money
             if actual:
                 state.spent += actual
                 if state.expire_at is None and rule.period_end_ms is not None:
@@ -227,7 +243,7 @@ class MemoryCounterStore:
             state = self._budgets.get(budget.key)
             if state is None:
                 state = self._budgets[budget.key] = _Budget()
-            budgets.append((state, budget))
+            budgets.append((state, budget, budget.unit == "tokens"))
         if len(self._bound) >= 65_536:
             self._bound.clear()
         bound = self._bound[id(plan)] = _Bound(plan, limits, slots, tokens, budgets)
@@ -248,8 +264,7 @@ class MemoryCounterStore:
     def _reserve_budgets(self, bound: _Bound, tokens: int, money: int, floors: Floors | None) -> Admission:
         """Check every budget, then reserve on all of them; the admission or the refusal."""
         takes: list[int] = []
-        for state, budget in bound.budgets:
-            tokens_unit = budget.unit == "tokens"
+        for state, budget, tokens_unit in bound.budgets:
             take = tokens if tokens_unit else money
             if budget.hard:
                 used = state.spent + state.reserved
@@ -261,7 +276,7 @@ class MemoryCounterStore:
             takes.append(take)
         remaining: list[int] = []
         soft_exceeded: list[str] = []
-        for (state, budget), take in zip(bound.budgets, takes):
+        for (state, budget, _), take in zip(bound.budgets, takes):
             state.reserved += take
             if state.expire_at is None and budget.period_end_ms is not None:
                 self._set_expiry(budget.key, state, budget.expire_at_ms())
@@ -277,7 +292,7 @@ class MemoryCounterStore:
             return _ALLOWED
         remaining: list[int] = []
         soft_exceeded: list[str] = []
-        for state, budget in bound.budgets:
+        for state, budget, _ in bound.budgets:
             left, over = budget_view(budget, state.spent, state.reserved)
             remaining.append(left)
             if over:
@@ -294,7 +309,7 @@ class MemoryCounterStore:
         bound = record.bound
         for slots in bound.slots:
             slots.used -= 1
-        for (state, _), take in zip(bound.budgets, record.takes):
+        for (state, _, _), take in zip(bound.budgets, record.takes):
             state.reserved -= take
 
     def _set_expiry(self, key: str, state: _Budget, expire_at: int | None) -> None:

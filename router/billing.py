@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-from budgets.accounting import Accountant, Reservation
+from budgets.accounting import Account, Accountant, Reservation
 from budgets.ledger import Ledger, LedgerRow
 from budgets.prices import cost_pico
 from budgets.tokens import Counter, completion_budget, counter_for, estimate_prompt_tokens, prompt_bound
@@ -51,55 +52,78 @@ class Billing:
         self._pending: set[asyncio.Task[None]] = set()
         self._deployments: dict[str, Deployment] = {}
         self._reserves_inline = accountant.reserves_inline
+        # provider --> its token counter, looked up once
+        self._counters: dict[str, Counter] = {}
         self._settles_inline = accountant.settles_inline
         # tenant --> share of its tightest money budget left, as of its last request
-        self._remaining: dict[str, float] = {}
+        # tenant --> its last reservation with a money budget (the share left is worked out when asked)
+        self._last: dict[str, Reservation] = {}
 
     def remaining_fraction(self, tenant: str) -> float | None:
-        return self._remaining.get(tenant)
+        last = self._last.get(tenant)
+        return last.remaining_fraction if last is not None else None
 
     def know(self, deployments: dict[str, Deployment]) -> None:
         self._deployments = deployments
+        self._counters = {d.config.provider: counter_for(d.config.provider) for d in deployments.values()}
 
-    async def reserve(self, ctx: RequestContext, plan: list[Deployment]) -> None:
-        principal = ctx.principal
-        account = self.accountant.account(principal)
+    def reserve(self, ctx: RequestContext, plan: list[Deployment]) -> Coroutine[Any, Any, None] | None:
+        """Reserve the request's limits and budgets; a coroutine to await when that needs I/O, else done.
+
+        With the in-process store and a prompt short enough to bound without
+        tokenizing, nothing here awaits: it runs to the end without a coroutine.
+        """
+        account = self.accountant.account(ctx.principal, ctx.wall_started)
         if not account.accounted:
-            return
-        counter = counter_for(plan[0].config.provider)
+            return None
+        counter = self._counters.get(plan[0].config.provider) or counter_for(plan[0].config.provider)
         ctx.counter = counter
-        body, kind = ctx.body, ctx.kind
         prompt, exact = 0, True
         if account.estimate:
-            bound = prompt_bound(kind, body, counter)
+            bound = prompt_bound(ctx.kind, ctx.body, counter)
             if bound is None:
-                prompt = await estimate_prompt_tokens(kind, body, counter)
-            else:
-                prompt, exact = bound, False
-        if kind == "embedding":
-            max_completion: int | None = 0
-        elif body.get("max_tokens") or body.get("max_completion_tokens"):
-            max_completion = completion_budget(body, 0)
-        else:
-            max_completion = None
-        price = _max_price(plan)
-        if self._reserves_inline:
-            reservation = self.accountant.reserve_now(ctx.request_id, account, prompt, max_completion, price)
-        else:
-            reservation = await self.accountant.reserve(ctx.request_id, account, prompt, max_completion, price)
+                return self._reserve_counted(ctx, plan, account, counter)
+            prompt, exact = bound, False
+        if not self._reserves_inline:
+            return self._reserve_async(ctx, plan, account, prompt, exact)
+        max_completion = self._max_completion(ctx)
+        self._hold(ctx, self.accountant.reserve_now(ctx.request_id, account, prompt, max_completion, _max_price(plan)), exact)
+        return None
+
+    async def _reserve_counted(self, ctx: RequestContext, plan: list[Deployment], account: Account, counter: Counter) -> None:
+        """A prompt too long to bound by its bytes: counted (off the loop when long), then reserved."""
+        prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, counter)
+        await self._reserve_async(ctx, plan, account, prompt, True)
+
+    async def _reserve_async(self, ctx: RequestContext, plan: list[Deployment], account: Account, prompt: int, exact: bool) -> None:
+        max_completion = self._max_completion(ctx)
+        self._hold(ctx, await self.accountant.reserve(ctx.request_id, account, prompt, max_completion, _max_price(plan)), exact)
+
+    @staticmethod
+    def _max_completion(ctx: RequestContext) -> int | None:
+        """What the client bounds the completion to: None when it sets no bound; 0 for embeddings."""
+        if ctx.kind == "embedding":
+            return 0
+        body = ctx.body
+        if body.get("max_tokens") or body.get("max_completion_tokens"):
+            return completion_budget(body, 0)
+        return None
+
+    def _hold(self, ctx: RequestContext, reservation: Reservation, exact: bool) -> None:
         reservation.prompt_exact = exact
         ctx.reservation = reservation
-        if reservation.remaining_fraction is not None:
-            self._remaining[principal.tenant] = reservation.remaining_fraction
+        if reservation.money_limits:
+            self._last[ctx.principal.tenant] = reservation
         allowance = reservation.allowance
         if allowance is not None:
             # The budget bounds the completion: tell the upstream, and meter the stream.
-            n = body.get("n")
+            n = ctx.body.get("n")
             ctx.max_tokens = max(1, allowance // (n if isinstance(n, int) and n > 1 else 1))
             ctx.allowance = allowance
         for key in reservation.soft_exceeded:
-            self.metrics.soft_budget_exceeded.labels(principal.tenant).inc()
-            log.warning("soft budget exceeded for tenant %s (%s)", principal.tenant, key.rsplit(":", 2)[-2])
+            tenant = ctx.principal.tenant
+            self.metrics.soft_budget_exceeded.labels(tenant).inc()
+            log.warning("soft budget exceeded for tenant %s (%s)", tenant, key.rsplit(":", 2)[-2])
 
     def settle(self, ctx: RequestContext) -> asyncio.Task[None] | None:
         """Charge, release limits and record, as a task of its own.
@@ -159,11 +183,13 @@ class Billing:
     @staticmethod
     def _row(ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> LedgerRow:
         started = int(ctx.wall_started * 1_000_000)
-        principal, elapsed, ttft = ctx.principal, ctx.elapsed, ctx.ttft
+        principal, ttft = ctx.principal, ctx.ttft
+        elapsed_us = int(ctx.elapsed * 1_000_000)
         details = usage.prompt_tokens_details
         # positionally, in LedgerRow's field order
         return LedgerRow(
             ctx.request_id,
+            started,
             principal.tenant,
             principal.key_id,
             ctx.alias,
@@ -173,16 +199,15 @@ class Billing:
             usage.completion_tokens,
             details.cached_tokens if details is not None else 0,
             cost,
-            round(elapsed * 1000, 3),
-            round(ttft * 1000, 3) if ttft is not None else None,
             ctx.status,
+            started + elapsed_us,
+            elapsed_us / 1000,  # milliseconds, to the microsecond
+            int(ttft * 1_000_000) / 1000 if ttft is not None else None,
             ctx.error,
             ctx.route_reason,
             dict(ctx.pii_counts) if ctx.pii_counts else {},
             ctx.trace_id,
             ctx.stream,
-            started,
-            started + int(elapsed * 1_000_000),
         )
 
     async def drain(self) -> None:

@@ -84,7 +84,7 @@ def _announce(config: Config, path: str | None, embedded: bool) -> None:
     print(f"sluicegate: models: {models}; tenants: {len(config.tenants)}", flush=True)
     if embedded:
         print("sluicegate: the local tenant accepts the development key documented in the README", flush=True)
-    print(f"sluicegate: health at /healthz, readiness at /readyz, metrics at /metrics", flush=True)
+    print("sluicegate: health at /healthz, readiness at /readyz, metrics at /metrics", flush=True)
 
 
 def _check(path: str) -> int:

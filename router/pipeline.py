@@ -78,7 +78,9 @@ class Pipeline:
         if alias.queue is not None:
             await alias.queue.acquire(p.tenant, p.weight, p.priority)
             ctx.queue = alias.queue
-        await self.billing.reserve(ctx, ctx.plan)
+        pending = self.billing.reserve(ctx, ctx.plan)
+        if pending is not None:
+            await pending
 
     def _downgrade(self, ctx: RequestContext, policy: RoutingPolicy) -> str | None:
         """A tenant whose money budget runs low is moved to the cheaper alias its policy names."""

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -420,3 +420,16 @@ async def test_flexible_budget_is_exact_beyond_double_precision(harness: Harness
     got = await reserve(store, "b", big, money=2**61, floors=(0, 1))
     assert got.allowed and got.held == (7,)
     assert await store.budget_state("bigflex") == (0, 2**62 + 7)
+
+
+async def test_a_settle_after_the_budget_counter_expired_leaves_other_counters_right(harness: Harness) -> None:
+    now = await harness.now()
+    old = money("tenant:money:day:y", limit=100, period_end_ms=now - BUDGET_KEY_GRACE_MS + 1000)
+    lasting = BudgetRule("tenant:tokens:lifetime", "tokens", limit=1000)
+    assert (await reserve(harness.store, "a", old, lasting, tokens=300, money=40)).allowed
+    await harness.advance(1200)  # the period's counter is gone; the reservation's record is not
+    assert await harness.store.budget_state(old.key) == (0, 0)
+    await harness.store.settle("a", tokens=120, money=25)
+    # A charge to a period whose counter has expired is not kept (the ledger has it); the rest settles as usual.
+    assert await harness.store.budget_state(old.key) == (0, 0)
+    assert await harness.store.budget_state(lasting.key) == (120, 0)

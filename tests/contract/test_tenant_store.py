@@ -23,7 +23,6 @@ from router.config import BudgetConfig, LimitsConfig, TenantConfig
 from router.errors import InvalidRequest
 from router.migrate import (
     ALL_SOURCES,
-    TENANCY,
     apply_migrations,
     load_migrations,
     migrate,

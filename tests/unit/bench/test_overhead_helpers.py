@@ -6,16 +6,8 @@ import json
 
 import pytest
 
-from bench.overhead import (
-    Row,
-    bench_key_hash,
-    median_rows,
-    paired,
-    percent_of_passthrough,
-    render,
-    request_body,
-    sluicegate_config,
-)
+from bench.overhead_report import Row, median_rows, paired, percent_of_passthrough, render
+from bench.overhead_targets import bench_key_hash, request_body, sluicegate_config
 from bench.wrk import lua_script, lua_string, parse_output
 from router.config import decode_config
 

@@ -1,0 +1,85 @@
+"""The embedded ledger opens a database written in the earlier twenty-column layout and keeps every row."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from budgets.ledger_query import UsageQuery, to_epoch_us
+from budgets.ledger_sqlite import SQLiteLedger
+from budgets.ledger import LedgerRow
+from budgets.ledger_sqlite_schema import COLUMNS, VERSION
+
+_EARLIER = """
+CREATE TABLE ledger (
+    request_id TEXT NOT NULL, started_us INTEGER NOT NULL, finished_us INTEGER NOT NULL, tenant TEXT NOT NULL,
+    key_id TEXT NOT NULL, model TEXT NOT NULL, deployment TEXT NOT NULL, provider TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
+    cost INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL, status INTEGER NOT NULL, error TEXT,
+    route_reason TEXT, pii_entities TEXT NOT NULL, trace_id TEXT, stream INTEGER NOT NULL,
+    PRIMARY KEY (request_id, started_us)
+);
+CREATE INDEX ledger_tenant_started ON ledger (tenant, started_us);
+"""
+T0 = datetime(2026, 11, 30, 23, 0, tzinfo=timezone.utc)
+BIG = 2**62 + 11  # a double would round it
+
+
+def _earlier_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(_EARLIER)
+    start = to_epoch_us(T0)
+    conn.executemany(
+        "INSERT INTO ledger VALUES (" + ", ".join("?" * 20) + ")",
+        [
+            ("r1", start, start + 1500, "acme", "k1", "gpt", "dep", "openai", 10, 5, 2, BIG, 1.5, 0.25, 200, None, "cheapest", '{"EMAIL_ADDRESS":2}', "ab" * 16, 1),
+            ("r2", start + 10, start + 20, "acme", "k1", "gpt", "dep", "openai", 1, 0, 0, 7, 0.01, None, 499, "client_closed", None, "{}", None, 0),
+        ],
+    )  # fmt: skip
+    conn.commit()
+    conn.close()
+
+
+async def test_an_earlier_layout_is_converted_in_place_and_nothing_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _earlier_database(path)
+    ledger = SQLiteLedger(str(path))
+    await ledger.start()
+    try:
+        rows = await ledger.rows(None, T0 - timedelta(days=1), T0 + timedelta(days=1), limit=10)
+        assert [(r.request_id, r.cost, r.status, r.stream) for r in rows] == [("r1", BIG, 200, True), ("r2", 7, 499, False)]
+        first, second = rows
+        assert (first.finished_us - first.started_us, first.latency_ms, first.ttft_ms) == (1500, 1.5, 0.25)
+        assert (first.pii_entities, first.trace_id, first.route_reason) == ({"EMAIL_ADDRESS": 2}, "ab" * 16, "cheapest")
+        assert (second.error, second.ttft_ms, second.pii_entities) == ("client_closed", None, {})
+        [usage] = await ledger.usage(UsageQuery(start=T0, end=T0 + timedelta(hours=1), group_by=["tenant"]))
+        assert (usage.requests, usage.cost, usage.errors) == (2, BIG + 7, 1)
+    finally:
+        await ledger.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'ledger_v0'").fetchall() == []
+    conn.close()
+
+
+async def test_opening_twice_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    for _ in range(2):
+        ledger = SQLiteLedger(str(path))
+        await ledger.start()
+        await ledger.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
+    assert columns[-1] == "detail" and len(columns) == 13
+    conn.close()
+
+
+def test_a_rows_leading_fields_are_the_tables_columns_in_order() -> None:
+    # Rows are written as their first fields plus the rest as one detail document.
+    fields = LedgerRow.__struct_fields__
+    assert fields[: len(COLUMNS) - 1] == COLUMNS[:-1] and COLUMNS[-1] == "detail"
+    assert fields[len(COLUMNS) - 1 :] == (
+        "finished_us", "latency_ms", "ttft_ms", "error", "route_reason", "pii_entities", "trace_id", "stream",
+    )  # fmt: skip
