@@ -45,7 +45,7 @@ class Alias:
     def __post_init__(self) -> None:
         c = self.config
         if self.queue is None and c.max_concurrent is not None:
-            self.queue = FairQueue(c.max_concurrent, c.max_queue, c.queue_timeout_s)
+            self.queue = FairQueue(c.max_concurrent, c.max_queue, c.queue_timeout_s, c.queue_headroom)
 
     @property
     def name(self) -> str:

@@ -145,6 +145,9 @@ class ModelConfig(_Strict):
     max_concurrent: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 1000
     queue_timeout_s: PositiveFloat = 30.0
+    # Slots no single tenant may take while another tenant is active, so that a
+    # light tenant never waits behind a heavy one's requests (0: none kept back).
+    queue_headroom: Annotated[int, msgspec.Meta(ge=0)] = 1
 
     def tiers(self) -> list[list[str]]:
         return [[t] if isinstance(t, str) else list(t) for t in self.deployments]

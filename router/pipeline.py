@@ -223,7 +223,7 @@ class Pipeline:
         ctx.elapsed = time.perf_counter() - ctx.started
         self.metrics.in_flight.dec()
         if ctx.queue is not None:
-            ctx.queue.release()
+            ctx.queue.release(ctx.principal.tenant)
             ctx.queue = None
         self.metrics.observe(ctx.route, ctx.alias, ctx.status, ctx.elapsed)
         usage = ctx.usage

@@ -12,18 +12,21 @@ async def _served_order(queue: FairQueue, arrivals: list[tuple[str, int, str]]) 
     """Hold the only slot, queue the arrivals, then release one at a time."""
     await queue.acquire("holder")
     order: list[str] = []
+    holders = ["holder"]
 
     async def one(name: str, weight: int, priority: str) -> None:
         await queue.acquire(name.split("#")[0], weight, priority)
         order.append(name)
+        holders.append(name.split("#")[0])
 
     tasks = []
     for name, weight, priority in arrivals:
         tasks.append(asyncio.create_task(one(name, weight, priority)))
         await asyncio.sleep(0)
-    for _ in arrivals:
-        queue.release()
-        await asyncio.sleep(0)
+    for served in range(1, len(arrivals) + 1):
+        queue.release(holders.pop(0))
+        while len(order) < served:  # the next holder takes its slot
+            await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     return order
 
@@ -35,7 +38,7 @@ async def test_capacity_is_respected() -> None:
     third = asyncio.create_task(queue.acquire("a"))
     await asyncio.sleep(0.01)
     assert not third.done() and queue.waiting == 1
-    queue.release()
+    queue.release("a")
     await third
     assert queue.in_use == 2 and queue.waiting == 0
 
@@ -70,7 +73,7 @@ async def test_full_queue_sheds_with_503() -> None:
     with pytest.raises(Overloaded) as info:
         await queue.acquire("b")
     assert info.value.status == 503 and info.value.headers()["retry-after"] == "1"
-    queue.release()
+    queue.release("a")
     await waiter
 
 
@@ -80,7 +83,7 @@ async def test_deadline_sheds_and_frees_the_place() -> None:
     with pytest.raises(Overloaded, match="waited too long"):
         await queue.acquire("b")
     assert queue.waiting == 0
-    queue.release()
+    queue.release("a")
     assert queue.in_use == 0
 
 
@@ -92,6 +95,55 @@ async def test_cancelled_waiter_is_skipped() -> None:
     await asyncio.sleep(0)
     gone.cancel()
     await asyncio.sleep(0)
-    queue.release()
+    queue.release("a")
     await asyncio.wait_for(stays, 1)
     assert queue.in_use == 1 and queue.waiting == 0
+
+
+async def test_a_flooding_tenant_leaves_headroom_for_another() -> None:
+    queue = FairQueue(capacity=4, headroom=1)
+    await queue.acquire("light")
+    queue.release("light")  # light has been seen: it is active
+    for _ in range(3):
+        await queue.acquire("heavy")
+    fourth = asyncio.create_task(queue.acquire("heavy"))
+    await asyncio.sleep(0)
+    assert not fourth.done() and queue.in_use == 3  # the last slot is kept back
+    await asyncio.wait_for(queue.acquire("light"), 0.1)  # and light gets it at once
+    assert queue.in_use == 4
+    queue.release("light")
+    await asyncio.sleep(0)
+    assert not fourth.done()  # still kept back while light is active
+    fourth.cancel()
+
+
+async def test_a_tenant_alone_gets_every_slot() -> None:
+    queue = FairQueue(capacity=4, headroom=1)
+    for _ in range(4):
+        await asyncio.wait_for(queue.acquire("only"), 0.1)
+    assert queue.in_use == 4
+
+
+async def test_a_kept_back_slot_is_handed_out_once_the_other_tenant_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("policies.fair_queue.time.monotonic", lambda: now[0])
+    queue = FairQueue(capacity=2, headroom=1)
+    await queue.acquire("light")
+    queue.release("light")
+    await queue.acquire("heavy")
+    second = asyncio.create_task(queue.acquire("heavy"))
+    await asyncio.sleep(0)
+    assert not second.done()
+    now[0] += 2.0  # light has been quiet for longer than the window
+    third = asyncio.create_task(queue.acquire("heavy"))
+    await asyncio.wait_for(second, 0.1)  # the next arrival finds light gone and hands out the slot
+    assert not third.done() and queue.in_use == 2
+    third.cancel()
+
+
+async def test_headroom_never_keeps_back_a_single_slot() -> None:
+    queue = FairQueue(capacity=1, headroom=3)
+    assert queue.headroom == 0
+    await queue.acquire("a")
+    queue.release("a")
+    await asyncio.wait_for(queue.acquire("b"), 0.1)
