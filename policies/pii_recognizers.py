@@ -270,7 +270,7 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
         # scores: the per-token lemmas and offsets Presidio also collects (for
         # context words) are skipped.
         scores = self._get_scores_for_entities(doc)
-        entities, scores = self._get_updated_entities(doc.ents, scores)
+        entities, scores = self._get_updated_entities(list(doc.ents), scores)
         return NlpArtifacts(entities=entities, tokens=doc, tokens_indices=[], lemmas=[], nlp_engine=self, language=language, scores=scores)
 
 
@@ -296,7 +296,7 @@ class NerRunner:
         # The memory zone frees the strings and lexemes each text adds to the
         # vocabulary, which would otherwise grow for as long as the process runs.
         with self.engine.get_nlp("en").memory_zone():
-            batch = self.engine.process_batch(pieces, "en", batch_size=len(pieces), as_tuples=True)
+            batch = self.engine.process_batch(cast("list[tuple[str, object]]", pieces), "en", batch_size=len(pieces), as_tuples=True)
             for piece, art, (i, offset) in cast("Iterator[tuple[str, NlpArtifacts, tuple[int, int]]]", batch):
                 found[i] += [
                     Finding(r.entity_type, offset + r.start, offset + r.end, r.score)

@@ -38,7 +38,7 @@ def decode_body(body: bytes, kind: type[R]) -> tuple[dict[str, Any], R, int]:
         request = msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
         raise _validation_error(str(exc)) from None
-    unknown = raw.keys() - FIELDS[kind]
+    unknown = raw.keys() - FIELDS[kind]  # type: ignore[index]  # R is one of FIELDS' keys
     if unknown:
         _log_unknown(kind.__name__, unknown)
     return raw, request, len(unknown)

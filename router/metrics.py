@@ -104,6 +104,6 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Several workers: aggregate every worker's files, not just this one's.
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)

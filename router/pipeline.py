@@ -126,7 +126,9 @@ class Pipeline:
             except StopAsyncIteration:
                 raise UpstreamError(f"deployment {deployment.name} sent an empty stream") from None
             except BaseException:
-                await chunks.aclose()
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
                 raise
             return first, chunks
 
