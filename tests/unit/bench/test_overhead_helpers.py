@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+
+from bench.instructions import _total_instructions
 
 from bench.overhead_report import Row, median_rows, paired, percent_of_passthrough, render
 from bench.overhead_targets import bench_key_hash, request_body, sluicegate_config
@@ -100,3 +103,12 @@ def test_rounds_give_medians_and_within_round_ratios() -> None:
     table = render(rounds)
     assert "medians of 3 rounds" in table
     assert "limits CPU/req as % of sluicegate: non-stream 105.0% [102.0-115.0]" in table
+
+
+def test_instruction_totals_are_read_from_a_callgrind_dump(tmp_path: Path) -> None:
+    dump = tmp_path / "x.callgrind.1"
+    dump.write_text("# callgrind format\nversion: 1\nevents: Ir\nfl=(1) a.c\nfn=(1) f\n3 12\nsummary: 1234567\ntotals: 1234567\n")
+    assert _total_instructions(dump) == 1_234_567
+    (tmp_path / "empty").write_text("events: Ir\n")
+    with pytest.raises(RuntimeError, match="no instruction total"):
+        _total_instructions(tmp_path / "empty")
