@@ -4,8 +4,11 @@ Tenants without limits or budgets pay nothing here beyond the ledger row. For
 the others: the prompt is estimated, the worst case reserved atomically, the
 completion bounded by what the budget could reserve, tokens metered on
 streams, and the actual cost charged once the request ends — whether it
-finished, failed, was cut off, or the client went away. Settlement runs in the
-background so that no response waits on it; ``drain`` waits for all of it.
+finished, failed, was cut off, or the client went away. With the in-process
+store both steps run inline, without a coroutine; with Redis, settlement is a
+task the response waits for while the client is there (its concurrency slot is
+free before its next request) and that finishes in the background if the
+client went away; ``drain`` waits for all of them.
 """
 
 from __future__ import annotations
