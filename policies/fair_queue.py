@@ -11,10 +11,11 @@ after at most about one request per competing tenant.
 Fair order alone still makes a light tenant wait for the next slot to come
 free, up to a whole request of the flooding tenant's. Headroom removes that
 wait: slots are kept back for every other tenant active in the last
-``ACTIVE_WINDOW_S`` — as many as it has held at once in that time, at least
-``headroom`` and at most an equal share of the alias — so that a light tenant
-arriving finds one free. A tenant
-never has fewer than one slot, and a tenant alone gets every slot. What is
+``ACTIVE_WINDOW_S`` — ``headroom`` more than it holds now, or as many as it
+has held at once in that time if that is more, and at most an equal share of
+the alias — so that a light tenant's next request finds one free even while
+its last is still being served. A tenant never has fewer than one slot, and a
+tenant alone gets every slot. What is
 kept back and not used is capacity the heavy tenant does not get: the price of
 the light tenant's latency.
 
@@ -155,7 +156,7 @@ class FairQueue:
         for other in others:
             peak, when = self._peak.get(other, (0, now))
             recent = peak if now - when <= ACTIVE_WINDOW_S else 0
-            kept += min(share, max(self.headroom, recent, self._held.get(other, 0)))
+            kept += min(share, max(self.headroom + self._held.get(other, 0), recent))
         return held + 1 > self.capacity - min(kept, self.capacity - 1)
 
     def _dispatch(self) -> None:

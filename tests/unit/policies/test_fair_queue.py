@@ -117,6 +117,19 @@ async def test_a_flooding_tenant_leaves_headroom_for_another() -> None:
     fourth.cancel()
 
 
+async def test_a_light_tenant_being_served_still_finds_a_slot_for_its_next_request() -> None:
+    queue = FairQueue(capacity=4, headroom=1)
+    await queue.acquire("light")  # light's first request is being served
+    await queue.acquire("heavy")
+    await queue.acquire("heavy")
+    third = asyncio.create_task(queue.acquire("heavy"))
+    await asyncio.sleep(0)
+    assert not third.done() and queue.in_use == 3  # one held by light, one kept free for it
+    await asyncio.wait_for(queue.acquire("light"), 0.1)  # light's second request does not wait
+    assert queue.in_use == 4 and not third.done()
+    third.cancel()
+
+
 async def test_a_tenant_alone_gets_every_slot() -> None:
     queue = FairQueue(capacity=4, headroom=1)
     for _ in range(4):
