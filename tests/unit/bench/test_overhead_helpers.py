@@ -112,3 +112,49 @@ def test_instruction_totals_are_read_from_a_callgrind_dump(tmp_path: Path) -> No
     (tmp_path / "empty").write_text("events: Ir\n")
     with pytest.raises(RuntimeError, match="no instruction total"):
         _total_instructions(tmp_path / "empty")
+
+
+class _FakeServer:
+    """CPU seconds that grow by a fixed cost per request of the wrk run that drove it."""
+
+    def __init__(self, cost_us: float) -> None:
+        self.cost_us = cost_us
+        self.cpu = 0.0
+        self.pinned: set[int] | None = None
+
+    def cpu_seconds(self) -> float:
+        return self.cpu
+
+    def pin(self, cpus: set[int]) -> None:
+        self.pinned = cpus
+
+
+def test_pairs_swap_places_every_round_and_keep_base_and_target_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.paired as paired_mod
+    from bench.wrk import WrkResult
+
+    base_server, target_server = _FakeServer(100.0), _FakeServer(110.0)
+    orders: list[list[str]] = []
+
+    def fake_run_together(sides, duration_s, concurrency, cpus):  # type: ignore[no-untyped-def]
+        orders.append([side.url for side in sides])
+        # The first place is 10% dearer, whoever holds it: the swap must cancel that out.
+        results = []
+        for place, side in enumerate(sides):
+            requests = 1000
+            side.server.cpu += side.server.cost_us * (1.1 if place == 0 else 1.0) * requests / 1e6
+            results.append(WrkResult(requests, duration_s, 1.0, 2.0, 0))
+        return results
+
+    monkeypatch.setattr(paired_mod, "run_together", fake_run_together)
+    base = paired_mod.Side(base_server, "base", b"", {})  # type: ignore[arg-type]
+    target = paired_mod.Side(target_server, "target", b"", {})  # type: ignore[arg-type]
+    result = paired_mod.measure_pair(
+        base, target, ("t", "b", "non-stream"), rounds=4, duration_s=1, warmup_s=1, concurrency=1, cpus=({0}, {1})
+    )
+    assert orders[1:] == [["base", "target"], ["target", "base"]] * 2  # after the warm-up, alternating
+    assert result.base_cpu_us == [110.0, 100.0, 110.0, 100.0]
+    assert result.target_cpu_us == [110.0, 121.0, 110.0, 121.0]
+    ratios = sorted(result.ratios)
+    assert ratios[0] == pytest.approx(100.0) and ratios[-1] == pytest.approx(121.0)
+    assert base_server.pinned == target_server.pinned == {1}
