@@ -4,7 +4,7 @@
 
 Starts the servers as subprocesses on free loopback ports: the fake upstream,
 the minimal pass-through (``bench.passthrough``), and Sluicegate (one worker)
-three times over, all pointed at the same fake:
+five times over, all pointed at the same fake:
 
 - ``sluicegate``: the foundation: auth, validation, routing, metrics; no
   limits, no budgets, no ledger;
@@ -12,7 +12,8 @@ three times over, all pointed at the same fake:
   concurrency limits (in-process counter store), far above the load;
 - ``sluicegate-budgets``: the foundation plus a money and a token budget and
   the SQLite ledger;
-- ``sluicegate-all``: limits, budgets and the ledger together.
+- ``sluicegate-all``: limits, budgets and the ledger together;
+- ``sluicegate-twin``: a second foundation, identical to the first.
 
 Two phases. First, each target alone (the table: req/s, latency, CPU per
 request). Then the paired phase (``bench.paired``): the foundation and one
