@@ -27,7 +27,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.overhead_targets import FEATURES, LABELS, bench_key_hash, request_body, request_headers, sluicegate_config
+from bench.overhead_targets import (
+    FEATURES,
+    LABELS,
+    bench_key_hash,
+    request_body,
+    request_headers,
+    serve_argv,
+    sluicegate_config,
+)
 from bench.processes import Server, free_port
 from bench.wrk import WrkMissing, find_wrk, run_wrk
 
@@ -48,11 +56,7 @@ def measure(name: str, work: Path, upstream_url: str, args: argparse.Namespace) 
     config = work / f"{name}.yaml"
     config.write_text(sluicegate_config(upstream_url, bench_key_hash(), FEATURES[name]))
     out = work / f"{name}.callgrind"
-    argv = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-        sys.executable, "-m", "router", "serve", "--config", str(config),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *serve_argv(config, port)]
     server = Server(LABELS[name], argv, work / f"{name}.log", work)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body, headers = request_body(args.stream), request_headers(name)

@@ -63,11 +63,13 @@ from bench.overhead_targets import (
     bench_key_hash,
     request_body,
     request_headers,
+    serve_argv,
     sluicegate_config,
 )
 from bench.paired import PairResult, Side, measure_pair, render_pairs
 from bench.processes import Server, free_port
 from bench.wrk import WrkMissing, find_wrk, run_wrk
+
 
 def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]]:
     """Every server (not yet started) and each one's chat completions URL."""
@@ -79,16 +81,9 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
         "passthrough": [
             python, "-m", "bench.passthrough", "--upstream", upstream_root, "--port", str(ports["passthrough"]),
         ],
-        "sluicegate": [
-            python, "-m", "router", "serve", "--config", str(work / "sluicegate.yaml"),
-            "--host", "127.0.0.1", "--port", str(ports["sluicegate"]), "--workers", "1",
-        ],
         **{
-            name: [
-                python, "-m", "router", "serve", "--config", str(work / f"{name}.yaml"),
-                "--host", "127.0.0.1", "--port", str(ports[name]), "--workers", "1",
-            ]
-            for name in ("sluicegate-twin", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
+            name: serve_argv(work / f"{name}.yaml", ports[name])
+            for name in ("sluicegate", "sluicegate-twin", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
         },
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}

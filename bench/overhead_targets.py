@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 BENCH_KEY = "sk-bench-0123456789"
 MODEL = "fake-model"
@@ -43,6 +45,14 @@ def request_headers(target: str) -> dict[str, str]:
     if target.startswith("sluicegate"):
         headers["Authorization"] = f"Bearer {BENCH_KEY}"
     return headers
+
+
+def serve_argv(config: Path, port: int) -> list[str]:
+    """The command that runs one Sluicegate target: one worker on loopback."""
+    return [
+        sys.executable, "-m", "router", "serve", "--config", str(config),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
 
 
 def bench_key_hash() -> str:

@@ -185,8 +185,9 @@ class Accountant:
 
     def _claim(
         self, account: Account, prompt_tokens: int, max_completion: int | None, price: Price
-    ) -> tuple[int, int, Floors | None, int]:
-        """(tokens, money, floors, completion cap) the request reserves at worst."""
+    ) -> tuple[int, int, Floors | None, int | None]:
+        """(tokens, money, floors, flexible cap) the request reserves at worst; the flexible cap is the
+        completion bound a hard budget may shorten (None when the client bounds the completion itself)."""
         # None: the client set no bound; 0: nothing is generated (embeddings).
         cap = self.settings.default_completion_cap if max_completion is None else max_completion
         tokens = prompt_tokens + cap
@@ -198,21 +199,21 @@ class Accountant:
             floors = (prompt_tokens + 1, prompt_tokens * price.input_per_mtok + price.output_per_mtok if account.has_money else 0)
         if money > MAX_AMOUNT:  # a worst case no budget could hold: it reserves all of one
             money, floors = MAX_AMOUNT, None if floors is None else (floors[0], min(floors[1], MAX_AMOUNT))
-        return tokens, money, floors, cap
+        return tokens, money, floors, cap if floors is not None else None
 
     async def reserve(
         self, request_id: str, account: Account, prompt_tokens: int, max_completion: int | None, price: Price
     ) -> Reservation:
         """Reserve everything the request may consume, or raise the refusal."""
-        tokens, money, floors, cap = self._claim(account, prompt_tokens, max_completion, price)
+        tokens, money, floors, flexible_cap = self._claim(account, prompt_tokens, max_completion, price)
         try:
             admission = await self.store.reserve(account.plan, request_id, tokens, money, self._lease_ms, floors)
         except StoreUnavailable:
             fail_open = self.settings.budgets_fail_open if account.plan.budgets else self.settings.limits_fail_open
             if not fail_open:
                 raise Overloaded("Usage limits cannot be checked right now; retry shortly.", retry_after=1.0) from None
-            return Reservation(request_id, prompt_tokens, cap if floors is not None else None, account.plan, held=False)
-        return self._reservation(request_id, account, prompt_tokens, price, admission, cap if floors is not None else None)
+            return Reservation(request_id, prompt_tokens, flexible_cap, account.plan, held=False)
+        return self._reservation(request_id, account, prompt_tokens, price, admission, flexible_cap)
 
     @property
     def reserves_inline(self) -> bool:
@@ -224,9 +225,9 @@ class Accountant:
     ) -> Reservation:
         """``reserve`` for an in-process store, without a coroutine."""
         assert self._reserve_now is not None
-        tokens, money, floors, cap = self._claim(account, prompt_tokens, max_completion, price)
+        tokens, money, floors, flexible_cap = self._claim(account, prompt_tokens, max_completion, price)
         admission = self._reserve_now(account.plan, request_id, tokens, money, self._lease_ms, floors)
-        return self._reservation(request_id, account, prompt_tokens, price, admission, cap if floors is not None else None)
+        return self._reservation(request_id, account, prompt_tokens, price, admission, flexible_cap)
 
     def _reservation(
         self, request_id: str, account: Account, prompt_tokens: int, price: Price, admission: Admission, flexible_cap: int | None

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from itertools import chain
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from itertools import chain
 from typing import TypeVar
 
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow

@@ -7,10 +7,11 @@ A plan's counters are looked up once and kept with it (``_Bound``), so the hot
 path touches no dictionary by key. Counters are plain sums; what each request
 holds lives in its record, and the record is also its lease: once the lease
 ends, everything it held is released, the way Redis reclaims the reservations
-of a replica that died. Records are swept lazily and cheaply: the store keeps
-a lower bound on the next moment any record needs attention (``_due``), and
-nothing is scanned before it has passed. With leases far longer than requests,
-that is about once per lease period.
+of a replica that died. Records and budget counters past their period are
+dropped lazily and cheaply: the store keeps a lower bound on the next moment
+any of them needs attention (``_due``), and nothing is scanned before it has
+passed. With leases far longer than requests, that is about once per lease
+period.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class MemoryCounterStore:
         self._budgets: dict[str, _Budget] = {}
         self._bound: dict[int, _Bound] = {}
         self._records: dict[str, _Record] = {}
-        self._due: float = _NEVER  # no lease ends and no record expires before this
+        # No lease ends, no record expires and no budget period ends before this.
+        self._due: float = _NEVER
         self._budget_heap: list[tuple[int, str]] = []
 
     def _now_ms(self) -> int:
@@ -131,7 +133,7 @@ class MemoryCounterStore:
             now = now_ms
         else:
             now = time.time_ns() // 1_000_000 if self._clock is None else self._clock()
-        if self._due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
+        if self._due <= now:
             self._purge(now)
         bound = self._bound.get(id(plan))
         if bound is None or bound.plan is not plan:
@@ -165,7 +167,7 @@ class MemoryCounterStore:
 
     def settle_now(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
         now = time.time_ns() // 1_000_000 if self._clock is None else self._clock()
-        if self._due <= now or (self._budget_heap and self._budget_heap[0][0] <= now):
+        if self._due <= now:
             self._purge(now)
         record = self._records.pop(request_id, None)
         if record is None:
@@ -211,7 +213,9 @@ class MemoryCounterStore:
         self.settle_now(request_id)
 
     async def budget_state(self, key: str) -> tuple[int, int]:
-        self._purge(self._now_ms())
+        now = self._now_ms()
+        if self._due <= now:
+            self._purge(now)
         state = self._budgets.get(key)
         return (0, 0) if state is None else (state.spent, state.reserved)
 
@@ -316,20 +320,20 @@ class MemoryCounterStore:
         if expire_at is not None and expire_at != state.expire_at:
             state.expire_at = expire_at
             heapq.heappush(self._budget_heap, (expire_at, key))
+            if expire_at < self._due:
+                self._due = expire_at
 
     def _purge(self, now: int) -> None:
         """End the leases that are over, forget expired records and budget counters past their period."""
-        if self._due <= now:
-            due: float = _NEVER
-            records = self._records
-            for request_id, record in list(records.items()):
-                if record.held and record.lease_end <= now:
-                    self._release(record)  # its replica never settled: what it held comes back
-                if record.expire_at <= now:
-                    del records[request_id]
-                else:
-                    due = min(due, record.lease_end if record.held else record.expire_at)
-            self._due = due
+        due: float = _NEVER
+        records = self._records
+        for request_id, record in list(records.items()):
+            if record.held and record.lease_end <= now:
+                self._release(record)  # its replica never settled: what it held comes back
+            if record.expire_at <= now:
+                del records[request_id]
+            else:
+                due = min(due, record.lease_end if record.held else record.expire_at)
         heap = self._budget_heap
         dropped = False
         while heap and heap[0][0] <= now:
@@ -338,6 +342,7 @@ class MemoryCounterStore:
             if state is not None and state.expire_at == expire_at:
                 del self._budgets[key]
                 dropped = True
+        self._due = min(due, heap[0][0]) if heap else due
         if dropped:
             # Bound plans may hold a dropped counter: they bind anew when next used.
             for bound in self._bound.values():

@@ -114,19 +114,6 @@ def prompt_bound(kind: str, body: dict[str, Any], count: Counter) -> int | None:
     """
     if count is not tiktoken_count:
         return None
-    if kind == "chat":
-        # The usual chat shape, without building the list of texts.
-        size, overhead = 0, REPLY_PRIMING
-        for message in body.get("messages") or ():
-            content = message.get("content")
-            if type(content) is not str or "tool_calls" in message:
-                break
-            size += len(content) if content.isascii() else len(content.encode("utf-8"))
-            if size > BOUND_BYTES:
-                return None
-            overhead += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.get("name") else 0)
-        else:
-            return size + overhead
     texts, overhead = request_texts(kind, body)
     size = 0
     for text in texts:

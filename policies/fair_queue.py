@@ -123,9 +123,9 @@ class FairQueue:
         self.in_use += 1
         held = self._held[tenant] = self._held.get(tenant, 0) + 1
         if self.headroom:
-            peak = self._peak.get(tenant)
-            if peak is None or held >= peak[0] or time.monotonic() - peak[1] > ACTIVE_WINDOW_S:
-                self._peak[tenant] = (held, time.monotonic())
+            peak, now = self._peak.get(tenant), time.monotonic()
+            if peak is None or held >= peak[0] or now - peak[1] > ACTIVE_WINDOW_S:
+                self._peak[tenant] = (held, now)
 
     def _seen(self, tenant: str) -> None:
         active = self._active

@@ -58,7 +58,6 @@ class Billing:
         # provider --> its token counter, looked up once
         self._counters: dict[str, Counter] = {}
         self._settles_inline = accountant.settles_inline
-        # tenant --> share of its tightest money budget left, as of its last request
         # tenant --> its last reservation with a money budget (the share left is worked out when asked)
         self._last: dict[str, Reservation] = {}
 

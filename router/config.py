@@ -145,7 +145,7 @@ class ModelConfig(_Strict):
     max_concurrent: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 1000
     queue_timeout_s: PositiveFloat = 30.0
-    # Slots no single tenant may take while another tenant is active, so that a
+    # Free slots kept for each other active tenant beyond what it holds, so that a
     # light tenant never waits behind a heavy one's requests (0: none kept back).
     queue_headroom: Annotated[int, msgspec.Meta(ge=0)] = 1
 
