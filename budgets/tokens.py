@@ -50,6 +50,18 @@ def fallback_count(text: str) -> int:
     return (len(text.encode("utf-8")) + 3) // 4
 
 
+def count_texts(count: Counter, texts: list[str]) -> int:
+    """Tokens of generated pieces (stream deltas) with ``count``.
+
+    A tokenizer is asked piece by piece, as a model emits about one token per
+    delta. The byte estimate rounds each piece up, which would bill a stream of
+    short deltas for several times its length: it measures the joined text.
+    """
+    if count is fallback_count:
+        return fallback_count("".join(texts))
+    return sum(map(count, texts))
+
+
 def counter_for(provider: str, engine_counter: Counter | None = None) -> Counter:
     if engine_counter is not None:
         return engine_counter

@@ -85,6 +85,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Litestar:
         },
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
+        # Logging is the server's (router.logs): structured, one JSON object a line.
+        logging_config=None,
         debug=False,
     )
 

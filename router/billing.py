@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from budgets.accounting import Account, Accountant, Reservation
 from budgets.ledger import Ledger, LedgerRow
 from budgets.prices import cost_pico
-from budgets.tokens import Counter, completion_budget, counter_for, estimate_prompt_tokens, prompt_bound
+from budgets.tokens import Counter, completion_budget, count_texts, counter_for, estimate_prompt_tokens, prompt_bound
 from policies.routing import Deployment
 from router.config import Price
 from router.metrics import Metrics
@@ -78,8 +78,7 @@ class Billing:
         account = self.accountant.account(ctx.principal, ctx.wall_started)
         if not account.accounted:
             return None
-        counter = self._counters.get(plan[0].config.provider) or counter_for(plan[0].config.provider)
-        ctx.counter = counter
+        ctx.counter = counter = self._counter(plan[0])
         prompt, exact = 0, True
         if account.estimate:
             bound = prompt_bound(ctx.kind, ctx.body, counter)
@@ -153,8 +152,8 @@ class Billing:
         return task
 
     async def _settle(self, ctx: RequestContext) -> None:
-        usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx)
         deployment = self._deployments.get(ctx.deployment)
+        usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx, deployment)
         price = deployment.config.price if deployment is not None else _NO_PRICE
         if ctx.reservation is not None:
             cost = await self.accountant.settle(ctx.reservation, usage, price)
@@ -167,20 +166,28 @@ class Billing:
         if self.ledger is not None:
             self.ledger.record(self._row(ctx, deployment, usage, cost))
 
-    @staticmethod
-    async def _measured_usage(ctx: RequestContext) -> Usage:
-        """Usage the upstream did not report: counted from what was generated, if anything was."""
+    async def _measured_usage(self, ctx: RequestContext, deployment: Deployment | None) -> Usage:
+        """Usage the upstream did not report: counted from what was generated, if anything was.
+
+        Counted with the serving deployment's tokenizer whether or not a budget
+        made the reservation pick one: a request without a budget is billed as
+        one with a budget would be.
+        """
         texts = ctx.generated_text + [t for t in map(chunk_text, ctx.generated) if t]
         if not texts:
             return Usage()  # nothing was generated: nothing to charge
-        count: Counter = ctx.counter or counter_for("")
-        completion = sum(count(t) for t in texts)
+        count: Counter = ctx.counter or self._counter(deployment)
+        completion = count_texts(count, texts)
         reservation = ctx.reservation
         if reservation is not None and reservation.prompt_estimate and reservation.prompt_exact:
             prompt = reservation.prompt_estimate
         else:
             prompt = await estimate_prompt_tokens(ctx.kind, ctx.body, count)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def _counter(self, deployment: Deployment | None) -> Counter:
+        provider = deployment.config.provider if deployment is not None else ""
+        return self._counters.get(provider) or counter_for(provider)
 
     @staticmethod
     def _row(ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> LedgerRow:

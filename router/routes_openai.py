@@ -14,8 +14,9 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp
 
+from router.body import read_body
 from router.decode import decode_body
-from router.errors import GatewayError, PayloadTooLarge, PermissionDenied
+from router.errors import GatewayError, PermissionDenied
 from router.gateway import Gateway
 from router.pipeline import RequestContext
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Request as WireRequest
@@ -38,16 +39,6 @@ def new_request_id() -> str:
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
-
-
-async def _read_body(request: Request[Any, Any, Any], headers: Headers, limit: int) -> bytes:
-    length = headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-    return body
 
 
 # Handlers return ASGI responses directly, with headers already encoded: the
@@ -94,7 +85,7 @@ async def _admit(
     principal = await gateway.authenticate(headers.get("authorization"))
     if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
         raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
-    body = await _read_body(request, headers, gateway.config.server.max_body_bytes)
+    body = await read_body(request, gateway.config.server.max_body_bytes)
     raw, validated, unknown = decode_body(body, shape)
     if unknown:
         gateway.metrics.unknown_fields.labels(route).inc(unknown)

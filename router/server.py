@@ -15,6 +15,8 @@ import uvicorn
 
 from router.app import CONFIG_ENV
 from router.config import Config
+from router.http_protocol import JsonErrorHttpProtocol
+from router.logs import log_config
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -40,10 +42,11 @@ def serve(config: Config, config_path: str | None) -> None:
         port=server.port,
         workers=server.workers,
         loop="uvloop",
-        http="httptools",
+        http=JsonErrorHttpProtocol,
         lifespan="on",
         access_log=False,
         log_level=server.log_level,
+        log_config=log_config(server.log_level),
         timeout_graceful_shutdown=math.ceil(server.grace_period_s),
         timeout_keep_alive=30,
         server_header=False,

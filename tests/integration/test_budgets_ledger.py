@@ -17,6 +17,7 @@ import msgspec
 
 from bench.fake_upstream import FakeUpstream
 from budgets.store_redis import RedisCounterStore
+from budgets.tokens import tiktoken_count
 from router.auth import hash_api_key
 from router.config import Config
 from tests.contract.test_ledger import database_dsn
@@ -280,3 +281,51 @@ async def test_client_disconnect_mid_stream_is_billed_for_what_was_generated(
     assert row.cost == row.prompt_tokens * PRICE["input_per_mtok"] + row.completion_tokens * PRICE["output_per_mtok"]
     assert (spent, reserved) == (row.cost, 0)
 
+
+
+async def test_client_disconnect_without_a_budget_is_billed_with_the_deployments_tokenizer(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # No budget: nothing reserved, so no tokenizer was chosen at admission. The
+    # stream's text must still be counted as the deployment counts it (cl100k for
+    # an OpenAI upstream), not by a per-delta byte estimate that rounds every
+    # one-word delta up to two tokens.
+    raw = {
+        "deployments": [{
+            "name": "d", "provider": "openai", "base_url": fake_upstream.url, "model": "fake-model", "price": PRICE,
+            "options": {"extra_headers": {"x-fake-chunks": "20", "x-fake-chunk-delay-ms": "40"}},
+        }],
+        "models": [{"alias": "free", "deployments": ["d"]}],
+        "tenants": [{"id": "nobudget", "keys": [{"id": "k", "hash": hash_api_key(KEY)}]}],
+        "state": {"ledger_path": str(tmp_path / "ledger.sqlite"), "ledger_spool_path": str(tmp_path / "ledger.spool")},
+    }  # fmt: skip
+    async with running_gateway(msgspec.convert(raw, Config)) as (base, gateway):
+        body = {"model": "free", "messages": CHAT, "stream": True}
+        received: list[str] = []
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"})
+            request_id = resp.headers["x-request-id"]
+            while len(received) < 10:
+                line = await resp.content.readline()
+                if line.startswith(b"data: {"):
+                    delta = msgspec.json.decode(line[6:])["choices"][0]["delta"]
+                    if delta.get("content"):
+                        received.append(delta["content"])
+            resp.close()  # the client goes away half way
+        for _ in range(100):
+            if not gateway.pipeline.metrics.in_flight._value.get():
+                break
+            await asyncio.sleep(0.05)
+        await gateway.billing.drain()
+        assert gateway.ledger is not None
+        await gateway.ledger.flush()
+        rows = [r for r in await gateway.ledger.rows("nobudget", EPOCH, FAR, 10) if r.request_id == request_id]
+    assert len(rows) == 1 and rows[0].status == 499
+    seen = sum(map(tiktoken_count, received))
+    # The gateway may have taken a delta or two more from the upstream than the client read.
+    assert seen <= rows[0].completion_tokens <= seen + 4
+    assert rows[0].cost == row_cost(rows[0])
+
+
+def row_cost(row: Any) -> int:
+    return int(row.prompt_tokens * PRICE["input_per_mtok"] + row.completion_tokens * PRICE["output_per_mtok"])
