@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import time
@@ -23,10 +24,12 @@ from router.errors import (
     error_body,
 )
 from router.gateway import Gateway
+from router.openapi import openapi_config
 
 log = logging.getLogger("sluicegate")
 
 CONFIG_ENV = "SLUICEGATE_CONFIG"
+_VERSION = importlib.metadata.version("sluicegate")
 
 _HTTP_ERRORS: dict[int, type[GatewayError]] = {
     400: InvalidRequest,
@@ -84,7 +87,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Litestar:
             Exception: _on_unexpected,
         },
         request_max_body_size=config.server.max_body_bytes,
-        openapi_config=None,
+        openapi_config=openapi_config(_VERSION),
         # Logging is the server's (router.logs): structured, one JSON object a line.
         logging_config=None,
         debug=False,

@@ -18,6 +18,7 @@ from router.body import read_body
 from router.decode import decode_body
 from router.errors import GatewayError, PermissionDenied
 from router.gateway import Gateway
+from router.openapi import BODY
 from router.pipeline import RequestContext
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Request as WireRequest
 from serving.base import Kind
@@ -120,17 +121,17 @@ def _headers(ctx: RequestContext, *, streaming: bool) -> list[tuple[bytes, bytes
     return headers
 
 
-@post("/v1/chat/completions", status_code=200)
+@post("/v1/chat/completions", status_code=200, opt={BODY: ChatRequest})
 async def chat_completions(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "chat", "chat", ChatRequest)
 
 
-@post("/v1/completions", status_code=200)
+@post("/v1/completions", status_code=200, opt={BODY: CompletionRequest})
 async def completions(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "completion", "completions", CompletionRequest)
 
 
-@post("/v1/embeddings", status_code=200)
+@post("/v1/embeddings", status_code=200, opt={BODY: EmbeddingRequest})
 async def embeddings(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "embedding", "embeddings", EmbeddingRequest)
 

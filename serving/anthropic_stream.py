@@ -36,6 +36,13 @@ class StreamTranslator:
         self._tools: dict[int, int] = {}
 
     def feed(self, event: JsonObject) -> list[StreamChunk]:
+        """The chunks one event gives; a malformed event is the upstream's failure, not a crash."""
+        try:
+            return self._feed(event)
+        except (AttributeError, TypeError, KeyError, ValueError, msgspec.EncodeError):
+            raise UpstreamError("Anthropic sent a stream event of an unexpected shape") from None
+
+    def _feed(self, event: JsonObject) -> list[StreamChunk]:
         kind = event.get("type")
         if kind == "message_start":
             return self._on_message_start(event.get("message") or {})

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from router.errors import InvalidRequest
+from router.errors import InvalidRequest, UpstreamError
 from serving.base import JsonObject, Usage, make_usage, usage_json
 
 STOP_REASONS = {
@@ -270,7 +270,14 @@ def to_usage(raw: object) -> Usage:
 
 
 def to_openai_response(message: JsonObject, *, created: int | None = None) -> tuple[JsonObject, Usage]:
-    """A whole Anthropic Message --> an OpenAI chat.completion and its usage."""
+    """A whole Anthropic Message --> an OpenAI chat.completion and its usage; UpstreamError if malformed."""
+    try:
+        return _openai_response(message, created)
+    except (AttributeError, TypeError, KeyError, ValueError, msgspec.EncodeError):
+        raise UpstreamError("Anthropic returned a message of an unexpected shape") from None
+
+
+def _openai_response(message: JsonObject, created: int | None) -> tuple[JsonObject, Usage]:
     texts: list[str] = []
     tool_calls: list[JsonObject] = []
     for block in message.get("content") or ():
