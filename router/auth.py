@@ -6,8 +6,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from router.config import BudgetConfig, KeyConfig, LimitsConfig, TenantConfig
+from router.config import BudgetConfig, KeyConfig, LimitsConfig, Priority, TenantConfig
 from router.errors import AuthenticationFailed
 
 HASH_PREFIX = "hmac-sha256:"
@@ -16,12 +17,15 @@ KEY_PREFIX = "sk-"
 
 @dataclass(slots=True, frozen=True)
 class Principal:
-    """Who is asking. Everything downstream is scoped by ``tenant``."""
+    """Who is asking. Everything downstream is scoped by ``tenant``; ``key_id`` is unique within it only."""
 
     tenant: str
     key_id: str
     scopes: frozenset[str] = frozenset()
     priority: str = "standard"
+    # The key's own priority and expiry (None: the tenant's priority; no expiry): what a key it mints inherits.
+    key_priority: Priority | None = None
+    expires_at: datetime | None = None
     weight: int = 1
     tenant_limits: LimitsConfig = field(default_factory=LimitsConfig)
     key_limits: LimitsConfig | None = None
@@ -50,6 +54,8 @@ def principal_for(tenant: TenantConfig, key: KeyConfig) -> Principal:
         key_id=key.id,
         scopes=frozenset(key.scopes),
         priority=key.priority or tenant.priority,
+        key_priority=key.priority,
+        expires_at=key.expires_at,
         weight=tenant.weight,
         tenant_limits=tenant.limits,
         key_limits=key.limits,

@@ -321,8 +321,9 @@ def cross_check(config: Config) -> list[str]:
     problems += _duplicates("deployments", [d.name for d in config.deployments])
     problems += _duplicates("models", [m.alias for m in config.models])
     problems += _duplicates("tenants", [t.id for t in config.tenants])
-    key_ids = [k.id for t in config.tenants for k in t.keys]
-    problems += _duplicates("tenants[].keys", key_ids)
+    for i, tenant in enumerate(config.tenants):
+        # Key ids are unique within their tenant only, as in the PostgreSQL store.
+        problems += _duplicates(f"tenants[{i}].keys", [k.id for k in tenant.keys])
     known = {d.name for d in config.deployments}
     for i, model in enumerate(config.models):
         for j, tier in enumerate(model.tiers()):

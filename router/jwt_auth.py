@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import jwt
@@ -239,6 +240,8 @@ class JwtAuthenticator:
             key_id="jwt:" + verified.subject,
             scopes=verified.scopes,
             priority=tenant.priority,
+            # The token's `exp`: a key minted with this token may not outlive it.
+            expires_at=datetime.fromtimestamp(verified.valid_until - self.config.leeway_s, timezone.utc),
             weight=tenant.weight,
             tenant_limits=tenant.limits,
             tenant_budgets=tuple(tenant.budgets),

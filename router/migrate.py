@@ -82,7 +82,10 @@ async def apply_migrations(conn: asyncpg.Connection, sources: list[tuple[str, Pa
     migrations = load_migrations(sources)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(_BOOKKEEPING)
+        # Only when missing: a replica connected as an ordinary role (as it must be
+        # for row-level security to bind it) may read this table, not create one.
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            await conn.execute(_BOOKKEEPING)
         rows = await conn.fetch("SELECT namespace, version, checksum FROM schema_migrations")
         applied = {(str(r["namespace"]), int(r["version"])): str(r["checksum"]) for r in rows}
         done: list[str] = []

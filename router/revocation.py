@@ -7,7 +7,8 @@ last successful validation; unknown keys are refused.
 
 Revoking a key or changing a tenant writes the store, evicts the local cache and
 publishes ``key:<hash>`` or ``tenant:<id>`` on ``sg:auth:revoked``; every
-replica's listener evicts at once. After losing its Redis connection a listener
+replica's listener evicts at once. A key is named by its keyed hash, which is
+unique across tenants, never by its id, which is unique within its tenant only. After losing its Redis connection a listener
 may have missed messages, so on reconnecting it empties the whole cache.
 """
 

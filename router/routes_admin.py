@@ -7,7 +7,9 @@ Who may do what:
 - ``tenant:write``: that, plus create and revoke its own tenant's keys and
   rename its tenant (not limits, priority, weight, budgets or disabling);
 - any other key: 403.
-Another tenant's resources answer 404 exactly as missing ones do.
+Another tenant's resources answer 404 exactly as missing ones do. A key that a
+tenant's own key creates is bounded by it (``router.key_bounds``): never more
+scopes, priority, limits, budgets or lifetime than its maker.
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ from litestar import Request, Response, delete, get, patch, post
 from router.auth import Principal
 from router.errors import InvalidRequest, NotFound, PermissionDenied
 from router.gateway import Gateway
-from router.tenants import KeyCreate, TenantCreate, TenantNotFound, TenantStore, TenantUpdate, actor_of
+from router.key_bounds import bounded_by
+from router.tenants import (
+    OPS_SCOPE,
+    READ_SCOPE,
+    WRITE_SCOPE,
+    KeyCreate,
+    TenantCreate,
+    TenantNotFound,
+    TenantStore,
+    TenantUpdate,
+    actor_of,
+)
 
-OPS_SCOPE = "ops:admin"
-READ_SCOPE = "tenant:read"
-WRITE_SCOPE = "tenant:write"
 MAX_AUDIT_LIMIT = 1000
 JSON = "application/json"
 PREFIX = "/admin/v1"
@@ -140,25 +150,11 @@ async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Respons
     caller.reach(tenant_id, write=True)
     spec = await _decode(request, KeyCreate)
     if not caller.ops:
-        _check_grant(caller.principal, spec)
+        spec = bounded_by(caller.principal, spec)
     created = await store.create_key(tenant_id, spec, caller.actor)
     # The plaintext appears in this one response and nowhere else.
     body = {"key": created.key, **msgspec.to_builtins(created.record)}
     return _json(body, 201)
-
-
-def _check_grant(principal: Principal, spec: KeyCreate) -> None:
-    """A tenant's own key may mint keys no more powerful than itself."""
-    beyond = sorted(s for s in spec.scopes if s.startswith("ops:") or not _holds(principal, s))
-    if beyond:
-        raise PermissionDenied(f"This key may not grant the scope(s) {', '.join(beyond)}.", param="scopes")
-    if spec.priority is not None:
-        raise PermissionDenied("Only operators may set a key's priority.", param="priority")
-
-
-def _holds(principal: Principal, scope: str) -> bool:
-    # Writing a tenant includes reading it.
-    return principal.has_scope(scope) or (scope == READ_SCOPE and principal.has_scope(WRITE_SCOPE))
 
 
 @delete(f"{PREFIX}/tenants/{{tenant_id:str}}/keys/{{key_id:str}}", status_code=200)

@@ -3,8 +3,10 @@
 Two stores implement ``TenantStore``: the config file (embedded default,
 ``router.tenants_file``) and PostgreSQL (production, ``router.tenants_postgres``).
 A store keeps only keyed hashes of API keys; a plaintext key exists once, in the
-answer to ``create_key``. Every change appends an audit entry whose old and new
-values never hold a hash or a key.
+answer to ``create_key``. A key id is unique within its tenant only: another
+tenant's ids are neither refused nor reserved, so a key is named by tenant and
+id. Every change appends an audit entry whose old and new values never hold a
+hash or a key.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from router.errors import GatewayError, InvalidRequest, NotFound
 
 UNSET = msgspec.UNSET
 UnsetType = msgspec.UnsetType
+
+# The admin API's scopes: every tenant (``ops:*`` grants it too), or the key's own tenant.
+OPS_SCOPE = "ops:admin"
+READ_SCOPE = "tenant:read"
+WRITE_SCOPE = "tenant:write"
 
 
 class TenantNotFound(NotFound):
@@ -222,7 +229,13 @@ def principal_of(tenant: Tenant, key: ApiKey, key_hash: str) -> Principal:
         budgets=list(tenant.budgets),
     )
     key_config = KeyConfig(
-        id=key.id, hash=key_hash, scopes=list(key.scopes), priority=key.priority, limits=key.limits, budgets=list(key.budgets)
+        id=key.id,
+        hash=key_hash,
+        scopes=list(key.scopes),
+        expires_at=key.expires_at,
+        priority=key.priority,
+        limits=key.limits,
+        budgets=list(key.budgets),
     )
     return principal_for(tenant_config, key_config)
 

@@ -38,6 +38,7 @@ from router.tenants import (
 )
 
 Snapshot = dict[str, Any]
+KeyName = tuple[str, str]  # (tenant id, key id): key ids are unique within a tenant only
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -45,8 +46,8 @@ class FileTenantStore:
     def __init__(self, tenants: list[TenantConfig], pepper: bytes = b"", *, audit_capacity: int = 10_000) -> None:
         self._pepper = pepper
         self._tenants: dict[str, Tenant] = {}
-        self._keys: dict[str, ApiKey] = {}
-        self._hashes: dict[str, str] = {}  # key id -> keyed hash
+        self._keys: dict[KeyName, ApiKey] = {}
+        self._hashes: dict[KeyName, str] = {}  # -> keyed hash
         # The hot path: keyed hash -> (principal, wall-clock expiry); only usable keys.
         self._usable: dict[str, tuple[Principal, float | None]] = {}
         self._audit: deque[AuditEntry] = deque(maxlen=audit_capacity)
@@ -70,8 +71,8 @@ class FileTenantStore:
             updated_at=_EPOCH,
         )
         for key in config.keys:
-            self._keys[key.id] = _key_from_config(config.id, key)
-            self._hashes[key.id] = key.hash
+            self._keys[config.id, key.id] = _key_from_config(config.id, key)
+            self._hashes[config.id, key.id] = key.hash
 
     async def start(self) -> None:
         return None
@@ -124,10 +125,11 @@ class FileTenantStore:
     async def create_key(self, tenant_id: str, spec: KeyCreate, actor: str) -> CreatedKey:
         await self.get_tenant(tenant_id)
         plaintext, key_hash, record = new_key(tenant_id, spec, self._pepper, utcnow())
-        if record.id in self._keys:
+        name = (tenant_id, record.id)
+        if name in self._keys:
             raise AlreadyExists(f"Key {record.id!r} already exists.")
-        self._keys[record.id] = record
-        self._hashes[record.id] = key_hash
+        self._keys[name] = record
+        self._hashes[name] = key_hash
         self._reindex(tenant_id)
         self._record(actor, "key.create", tenant_id, f"key/{record.id}", None, snapshot(record))
         return CreatedKey(key=plaintext, record=record)
@@ -138,13 +140,13 @@ class FileTenantStore:
 
     async def revoke_key(self, tenant_id: str, key_id: str, actor: str) -> ApiKey:
         await self.get_tenant(tenant_id)
-        old = self._keys.get(key_id)
-        if old is None or old.tenant != tenant_id:
+        old = self._keys.get((tenant_id, key_id))
+        if old is None:
             raise KeyNotFound(f"No key {key_id!r} for tenant {tenant_id!r}.")
         if old.revoked:
             return old
         new = msgspec.structs.replace(old, revoked=True, revoked_at=utcnow())
-        self._keys[key_id] = new
+        self._keys[tenant_id, key_id] = new
         self._reindex(tenant_id)
         self._record(actor, "key.revoke", tenant_id, f"key/{key_id}", snapshot(old), snapshot(new))
         return new
@@ -164,7 +166,7 @@ class FileTenantStore:
         for key in self._keys.values():
             if key.tenant != tenant_id:
                 continue
-            key_hash = self._hashes[key.id]
+            key_hash = self._hashes[tenant_id, key.id]
             if key.revoked or tenant.disabled:
                 self._usable.pop(key_hash, None)
                 continue

@@ -6,6 +6,14 @@ slow or down, cached keys keep working up to ``stale_ttl_s`` after their last
 validation and everything else fails closed with ``StoreUnavailable`` (503).
 Changes are written in one transaction with their audit row, then the local
 cache is evicted and the change is published to the other replicas.
+
+The tables are under row-level security (``core.pg_scope``, migration 1003):
+every unit of work is one transaction scoped to the tenant it names, and to
+every tenant (``ALL``) only for operators' listings and authentication by key
+hash. The gateway connects as an ordinary role, since a superuser bypasses the
+policies; it needs SELECT, INSERT and UPDATE on ``tenants`` and ``api_keys``,
+SELECT and INSERT on ``audit_log`` and USAGE on ``audit_log_id_seq``, and
+SELECT on ``schema_migrations`` (the owner applies the migrations).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
+from core.pg_scope import scope
 from router.auth import Principal
 from router.migrate import TENANCY, apply_migrations
 from router.revocation import KeyCache, RevocationBus
@@ -63,6 +72,8 @@ _INSERT_KEY = (
     "INSERT INTO api_keys (id, tenant_id, hash, scopes, expires_at, priority, limits, budgets, created_at)"
     f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_KEY}"
 )
+# A key id is unique within its tenant only.
+_KEY_NAMED = "tenant_id = $1 AND id = $2"
 _AUDIT = "INSERT INTO audit_log (actor, action, tenant_id, target, old_value, new_value) VALUES ($1, $2, $3, $4, $5, $6)"
 _LIST_AUDIT = (
     "SELECT id, at, actor, action, tenant_id AS tenant, target, old_value AS old, new_value AS new FROM audit_log"
@@ -132,15 +143,20 @@ class PostgresTenantStore:
                 self._pool.terminate()
             self._pool = None
 
-    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """One bounded unit of work on a pooled connection; store trouble becomes StoreUnavailable."""
+    async def _run(self, tenant: str | None, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """One bounded transaction that sees ``tenant``'s rows only (None: every tenant's).
+
+        Store trouble becomes StoreUnavailable.
+        """
         if self._pool is None:
             raise StoreUnavailable("The tenant store is not started.")
         try:
             async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
                 if not self._migrated:
                     await self._migrate(conn)
-                return await op(conn)
+                async with conn.transaction():
+                    await scope(conn, tenant)
+                    return await op(conn)
         except _UNAVAILABLE as exc:
             if isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError):
                 log.warning("tenant store query failed: %s", type(exc).__name__)
@@ -158,7 +174,8 @@ class PostgresTenantStore:
         return await self.cache.authenticate(key_hash, self._load)
 
     async def _load(self, key_hash: str) -> tuple[Principal, float | None] | None:
-        row = await self._run(lambda conn: conn.fetchrow(_KEY_BY_HASH, key_hash))
+        # Whose key it is, is what the lookup finds out: it reads every tenant's.
+        row = await self._run(None, lambda conn: conn.fetchrow(_KEY_BY_HASH, key_hash))
         if row is None:
             return None
         tenant, key = _tenant_and_key(row)
@@ -170,27 +187,26 @@ class PostgresTenantStore:
     # --- tenants -------------------------------------------------------------
 
     async def list_tenants(self) -> list[Tenant]:
-        rows = await self._run(lambda conn: conn.fetch(f"SELECT {_TENANT} FROM tenants ORDER BY id"))
+        rows = await self._run(None, lambda conn: conn.fetch(f"SELECT {_TENANT} FROM tenants ORDER BY id"))
         return [_convert(r, Tenant) for r in rows]
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
-        return await self._run(lambda conn: _tenant(conn, tenant_id))
+        return await self._run(tenant_id, lambda conn: _tenant(conn, tenant_id))
 
     async def create_tenant(self, spec: TenantCreate, actor: str) -> Tenant:
         tenant = new_tenant(spec, utcnow())
 
         async def op(conn: asyncpg.Connection) -> Tenant:
-            async with conn.transaction():
-                try:
-                    await conn.execute(
-                        f"INSERT INTO tenants ({_TENANT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *_tenant_values(tenant)
-                    )
-                except asyncpg.UniqueViolationError:
-                    raise AlreadyExists(f"Tenant {tenant.id!r} already exists.") from None
-                await conn.execute(_AUDIT, actor, "tenant.create", tenant.id, f"tenant/{tenant.id}", None, snapshot(tenant))
+            try:
+                await conn.execute(
+                    f"INSERT INTO tenants ({_TENANT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *_tenant_values(tenant)
+                )
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists(f"Tenant {tenant.id!r} already exists.") from None
+            await conn.execute(_AUDIT, actor, "tenant.create", tenant.id, f"tenant/{tenant.id}", None, snapshot(tenant))
             return tenant
 
-        return await self._run(op)
+        return await self._run(tenant.id, op)
 
     async def update_tenant(self, tenant_id: str, patch: TenantUpdate, actor: str) -> Tenant:
         return await self._change_tenant(tenant_id, patch, actor, "tenant.update")
@@ -200,15 +216,14 @@ class PostgresTenantStore:
 
     async def _change_tenant(self, tenant_id: str, patch: TenantUpdate, actor: str, action: str) -> Tenant:
         async def op(conn: asyncpg.Connection) -> Tenant:
-            async with conn.transaction():
-                old = await _tenant(conn, tenant_id, lock=True)
-                new = patched(old, patch, utcnow())
-                # (id, name, disabled, priority, weight, limits, budgets) then updated_at
-                row = await conn.fetchrow(_UPDATE_TENANT, *_tenant_values(new)[:7], new.updated_at)
-                await conn.execute(_AUDIT, actor, action, tenant_id, f"tenant/{tenant_id}", snapshot(old), snapshot(new))
+            old = await _tenant(conn, tenant_id, lock=True)
+            new = patched(old, patch, utcnow())
+            # (id, name, disabled, priority, weight, limits, budgets) then updated_at
+            row = await conn.fetchrow(_UPDATE_TENANT, *_tenant_values(new)[:7], new.updated_at)
+            await conn.execute(_AUDIT, actor, action, tenant_id, f"tenant/{tenant_id}", snapshot(old), snapshot(new))
             return _convert(row, Tenant)
 
-        tenant = await self._run(op)
+        tenant = await self._run(tenant_id, op)
         self.cache.evict_tenant(tenant_id)
         if self._bus is not None:
             await self._bus.tenant_changed(tenant_id)
@@ -221,19 +236,19 @@ class PostgresTenantStore:
         values = msgspec.to_builtins(record)
 
         async def op(conn: asyncpg.Connection) -> ApiKey:
-            async with conn.transaction():
-                await _tenant(conn, tenant_id, lock=True)
-                try:
-                    r = record
-                    args = (r.id, tenant_id, key_hash, r.scopes, r.expires_at, r.priority, values["limits"], values["budgets"])
-                    row = await conn.fetchrow(_INSERT_KEY, *args, r.created_at)
-                except asyncpg.UniqueViolationError:
-                    raise AlreadyExists(f"Key {record.id!r} already exists.") from None
-                stored = _convert(row, ApiKey)
-                await conn.execute(_AUDIT, actor, "key.create", tenant_id, f"key/{record.id}", None, snapshot(stored))
+            await _tenant(conn, tenant_id, lock=True)
+            try:
+                r = record
+                args = (r.id, tenant_id, key_hash, r.scopes, r.expires_at, r.priority, values["limits"], values["budgets"])
+                row = await conn.fetchrow(_INSERT_KEY, *args, r.created_at)
+            except asyncpg.UniqueViolationError:
+                # Only this tenant's own ids collide: the key is (tenant_id, id).
+                raise AlreadyExists(f"Key {record.id!r} already exists.") from None
+            stored = _convert(row, ApiKey)
+            await conn.execute(_AUDIT, actor, "key.create", tenant_id, f"key/{record.id}", None, snapshot(stored))
             return stored
 
-        return CreatedKey(key=plaintext, record=await self._run(op))
+        return CreatedKey(key=plaintext, record=await self._run(tenant_id, op))
 
     async def list_keys(self, tenant_id: str) -> list[ApiKey]:
         async def op(conn: asyncpg.Connection) -> list[ApiKey]:
@@ -241,26 +256,24 @@ class PostgresTenantStore:
             rows = await conn.fetch(f"SELECT {_KEY} FROM api_keys WHERE tenant_id = $1 ORDER BY id", tenant_id)
             return [_convert(r, ApiKey) for r in rows]
 
-        return await self._run(op)
+        return await self._run(tenant_id, op)
 
     async def revoke_key(self, tenant_id: str, key_id: str, actor: str) -> ApiKey:
         async def op(conn: asyncpg.Connection) -> tuple[ApiKey, str]:
-            async with conn.transaction():
-                await _tenant(conn, tenant_id)
-                row = await conn.fetchrow(
-                    f"SELECT {_KEY}, hash FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE", key_id, tenant_id
-                )
-                if row is None:
-                    raise KeyNotFound(f"No key {key_id!r} for tenant {tenant_id!r}.")
-                old = _convert(row, ApiKey)
-                if old.revoked:
-                    return old, row["hash"]
-                new_row = await conn.fetchrow(f"UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING {_KEY}", key_id)
-                new = _convert(new_row, ApiKey)
-                await conn.execute(_AUDIT, actor, "key.revoke", tenant_id, f"key/{key_id}", snapshot(old), snapshot(new))
+            await _tenant(conn, tenant_id)
+            row = await conn.fetchrow(f"SELECT {_KEY}, hash FROM api_keys WHERE {_KEY_NAMED} FOR UPDATE", tenant_id, key_id)
+            if row is None:
+                raise KeyNotFound(f"No key {key_id!r} for tenant {tenant_id!r}.")
+            old = _convert(row, ApiKey)
+            if old.revoked:
+                return old, row["hash"]
+            revoke = f"UPDATE api_keys SET revoked_at = now() WHERE {_KEY_NAMED} RETURNING {_KEY}"
+            new_row = await conn.fetchrow(revoke, tenant_id, key_id)
+            new = _convert(new_row, ApiKey)
+            await conn.execute(_AUDIT, actor, "key.revoke", tenant_id, f"key/{key_id}", snapshot(old), snapshot(new))
             return new, row["hash"]
 
-        record, key_hash = await self._run(op)
+        record, key_hash = await self._run(tenant_id, op)
         self.cache.evict_key(key_hash)
         if self._bus is not None:
             await self._bus.key_revoked(key_hash)
@@ -269,7 +282,7 @@ class PostgresTenantStore:
     # --- audit ---------------------------------------------------------------
 
     async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        rows = await self._run(lambda conn: conn.fetch(_LIST_AUDIT, tenant, limit))
+        rows = await self._run(tenant, lambda conn: conn.fetch(_LIST_AUDIT, tenant, limit))
         return [_convert(r, AuditEntry) for r in rows]
 
 

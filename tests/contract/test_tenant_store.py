@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from router.auth import hash_api_key
-from router.config import BudgetConfig, LimitsConfig, TenantConfig
+from router.config import BudgetConfig, Config, LimitsConfig, TenantConfig, cross_check
 from router.errors import InvalidRequest
 from router.migrate import (
     ALL_SOURCES,
@@ -257,6 +257,31 @@ async def test_audit_records_every_change_without_secrets(store: TenantStore) ->
     assert {tid, other} <= {e.tenant for e in await store.list_audit(None, 1000)}
 
 
+async def test_key_ids_are_unique_per_tenant_only(store: TenantStore) -> None:
+    a, b = unique(), unique()
+    for tenant in (a, b):
+        await store.create_tenant(TenantCreate(id=tenant), "test")
+    kid = unique("k")
+    first = await store.create_key(a, KeyCreate(id=kid, scopes=["tenant:read"]), "test")
+    # B may take the id A holds: nothing in the answer tells B that A has it.
+    second = await store.create_key(b, KeyCreate(id=kid), "test")
+    assert (second.record.id, second.record.tenant, second.record.scopes) == (kid, b, [])
+    with pytest.raises(AlreadyExists):
+        await store.create_key(a, KeyCreate(id=kid), "test")  # within a tenant an id is still taken
+    hash_a, hash_b = hash_api_key(first.key, PEPPER), hash_api_key(second.key, PEPPER)
+    principal_a, principal_b = await store.authenticate(hash_a), await store.authenticate(hash_b)
+    assert principal_a is not None and (principal_a.tenant, principal_a.key_id, principal_a.scopes) == (a, kid, {"tenant:read"})
+    assert principal_b is not None and (principal_b.tenant, principal_b.key_id, principal_b.scopes) == (b, kid, frozenset())
+    assert [(k.tenant, k.scopes) for k in await store.list_keys(b)] == [(b, [])]
+
+    assert (await store.revoke_key(b, kid, "test")).tenant == b
+    assert await store.authenticate(hash_b) is None
+    assert await store.authenticate(hash_a) is not None  # A's key of the same id is untouched
+    assert [(k.id, k.revoked) for k in await store.list_keys(a)] == [(kid, False)]
+    assert [e.action for e in await store.list_audit(b, 10)] == ["key.revoke", "key.create", "tenant.create"]
+    assert [e.action for e in await store.list_audit(a, 10)] == ["key.create", "tenant.create"]
+
+
 # --- the config-file store ---------------------------------------------------
 
 
@@ -284,6 +309,20 @@ async def test_config_file_tenants_and_keys_are_loaded() -> None:
         assert await store.authenticate(hash_api_key(key, PEPPER)) is None
     assert [k.revoked for k in await store.list_keys("acme")] == [False, True, False]
     assert await store.list_audit() == []
+
+
+async def test_config_file_key_ids_are_unique_within_their_tenant() -> None:
+    def tenant(tid: str, *key_ids: str) -> dict[str, object]:
+        return {"id": tid, "keys": [{"id": k, "hash": hash_api_key(f"sk-{tid}-{n}", PEPPER)} for n, k in enumerate(key_ids)]}
+
+    both = msgspec.convert({"tenants": [tenant("a", "k1"), tenant("b", "k1")]}, Config)
+    assert cross_check(both) == []
+    store = FileTenantStore(both.tenants, PEPPER)
+    for tid in ("a", "b"):
+        principal = await store.authenticate(hash_api_key(f"sk-{tid}-0", PEPPER))
+        assert principal is not None and (principal.tenant, principal.key_id) == (tid, "k1")
+    problems = cross_check(msgspec.convert({"tenants": [tenant("a", "k1"), tenant("b", "k2", "k2")]}, Config))
+    assert problems == ["key `tenants[1].keys`: duplicate name 'k2'"]
 
 
 # --- PostgreSQL only ---------------------------------------------------------
@@ -429,7 +468,7 @@ async def test_the_ledgers_own_runner_and_the_shared_one_agree(scratch: str, fir
             assert await ledger_runner.apply_migrations(conn) == []
         else:
             assert await ledger_runner.apply_migrations(conn) != []
-            assert [m.split("/")[0] for m in await apply_migrations(conn)] == ["tenancy"]
+            assert {m.split("/")[0] for m in await apply_migrations(conn)} == {"tenancy"}
         assert await ledger_runner.apply_migrations(conn) == [] and await apply_migrations(conn) == []
     finally:
         await conn.close()

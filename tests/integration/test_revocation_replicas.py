@@ -203,3 +203,20 @@ async def test_cli_revocation_reaches_running_replicas(cluster: Cluster, http: a
     await asyncio.to_thread(_cli, cluster.config, "keys", "revoke", "--tenant", tenant, "--key", key_id)
     started = time.monotonic()
     assert await _refused_everywhere_within(http, cluster, key, started) <= DEADLINE_S
+
+
+async def test_revoking_a_key_spares_another_tenants_key_of_the_same_id(cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    key_id = f"shared-{secrets.token_hex(3)}"
+    keys = {}
+    for _ in range(2):
+        tenant = f"t-{secrets.token_hex(4)}"
+        await _admin(http, cluster, "POST", "/tenants", {"id": tenant})
+        keys[tenant] = (await _admin(http, cluster, "POST", f"/tenants/{tenant}/keys", {"id": key_id}))["key"]
+    (revoked, key), (other, bystander) = keys.items()
+    assert [await _status(http, base, k) for base in cluster.replicas for k in (key, bystander)] == [200] * 4
+    started = time.monotonic()
+    await _admin(http, cluster, "DELETE", f"/tenants/{revoked}/keys/{key_id}")
+    assert await _refused_everywhere_within(http, cluster, key, started) <= DEADLINE_S
+    assert [await _status(http, base, bystander) for base in cluster.replicas] == [200, 200]
+    listed = await _admin(http, cluster, "GET", f"/tenants/{other}/keys")
+    assert [(k["id"], k["revoked"]) for k in listed["data"]] == [(key_id, False)]  # not just still cached

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
-from router.auth import Principal, bearer_token, hash_api_key, new_api_key
+from router.auth import Principal, bearer_token, hash_api_key, new_api_key, principal_for
+from router.config import KeyConfig, TenantConfig
 from router.errors import AuthenticationFailed
 
 
@@ -37,3 +40,13 @@ def test_ops_wildcard_scope() -> None:
     assert not ops.has_scope("tenant:write")
     reader = Principal(tenant="t", key_id="k", scopes=frozenset({"tenant:read"}))
     assert reader.has_scope("tenant:read") and not reader.has_scope("ops:read")
+
+
+def test_principal_carries_the_keys_own_priority_and_expiry() -> None:
+    # What a key it mints inherits (router.key_bounds): the key's own values, not the tenant's.
+    expires = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    tenant = TenantConfig(id="t", priority="high")
+    own = principal_for(tenant, KeyConfig(id="k", hash=hash_api_key("sk-x"), priority="low", expires_at=expires))
+    assert (own.priority, own.key_priority, own.expires_at) == ("low", "low", expires)
+    inherited = principal_for(tenant, KeyConfig(id="k", hash=hash_api_key("sk-x")))
+    assert (inherited.priority, inherited.key_priority, inherited.expires_at) == ("high", None, None)
