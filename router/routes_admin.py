@@ -21,6 +21,9 @@ import msgspec
 from litestar import Request, Response, delete, get, patch, post
 
 from router.auth import Principal
+from router.body import read_body
+from router.decode import decode_object
+from router.openapi import BODY
 from router.errors import InvalidRequest, NotFound, PermissionDenied
 from router.gateway import Gateway
 from router.key_bounds import bounded_by
@@ -78,13 +81,13 @@ async def _caller(request: Request[Any, Any, Any]) -> tuple[Caller, TenantStore]
 
 
 async def _decode(request: Request[Any, Any, Any], kind: type[T]) -> T:
-    body = await request.body()
+    gateway: Gateway = request.app.state.gateway
+    # The same bounded read and depth-checked decode as the OpenAI routes.
+    raw = decode_object(await read_body(request, gateway.config.server.max_body_bytes))
     try:
-        return msgspec.json.decode(body, type=kind)
+        return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid request body: {exc}.") from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("The request body must be a JSON object.") from None
 
 
 def _json(value: object, status: int = 200) -> Response[bytes]:
@@ -103,7 +106,7 @@ async def list_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _listing([await store.get_tenant(caller.principal.tenant)])
 
 
-@post(f"{PREFIX}/tenants", status_code=201)
+@post(f"{PREFIX}/tenants", status_code=201, opt={BODY: TenantCreate})
 async def create_tenant(request: Request[Any, Any, Any]) -> Response[bytes]:
     caller, store = await _caller(request)
     caller.require_ops()
@@ -118,7 +121,7 @@ async def get_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Respons
     return _json(await store.get_tenant(tenant_id))
 
 
-@patch(f"{PREFIX}/tenants/{{tenant_id:str}}")
+@patch(f"{PREFIX}/tenants/{{tenant_id:str}}", opt={BODY: TenantUpdate})
 async def update_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
     caller, store = await _caller(request)
     caller.reach(tenant_id, write=True)
@@ -144,7 +147,7 @@ async def list_keys(request: Request[Any, Any, Any], tenant_id: str) -> Response
     return _listing(await store.list_keys(tenant_id))
 
 
-@post(f"{PREFIX}/tenants/{{tenant_id:str}}/keys", status_code=201)
+@post(f"{PREFIX}/tenants/{{tenant_id:str}}/keys", status_code=201, opt={BODY: KeyCreate})
 async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
     caller, store = await _caller(request)
     caller.reach(tenant_id, write=True)
@@ -181,7 +184,7 @@ class TokenRevocation(msgspec.Struct, forbid_unknown_fields=True):
     exp: int
 
 
-@post(f"{PREFIX}/tokens/revoke", status_code=200)
+@post(f"{PREFIX}/tokens/revoke", status_code=200, opt={BODY: TokenRevocation})
 async def revoke_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Refuse a JWT by its `jti` on every replica at once (shared through Redis)."""
     caller, _ = await _caller(request)
