@@ -264,16 +264,9 @@ async def test_client_disconnect_mid_stream_is_billed_for_what_was_generated(
             for _ in range(12):
                 await resp.content.readline()
             resp.close()  # the client goes away after a few chunks
-        for _ in range(100):
-            if not gateway.pipeline.metrics.in_flight._value.get():
-                break
-            await asyncio.sleep(0.05)
-        await gateway.billing.drain()
-        assert gateway.ledger is not None
-        await gateway.ledger.flush()
+        rows = await settled_rows(gateway, "gone", request_id)
         month = time.strftime("%Y-%m", time.gmtime())
         spent, reserved = await gateway.counters.budget_state(f"budget:t:gone:money:month:{month}")
-        rows = [r for r in await gateway.ledger.rows("gone", EPOCH, FAR, 10) if r.request_id == request_id]
     assert len(rows) == 1
     row = rows[0]
     assert row.status == 499
@@ -312,19 +305,24 @@ async def test_client_disconnect_without_a_budget_is_billed_with_the_deployments
                     if delta.get("content"):
                         received.append(delta["content"])
             resp.close()  # the client goes away half way
-        for _ in range(100):
-            if not gateway.pipeline.metrics.in_flight._value.get():
-                break
-            await asyncio.sleep(0.05)
-        await gateway.billing.drain()
-        assert gateway.ledger is not None
-        await gateway.ledger.flush()
-        rows = [r for r in await gateway.ledger.rows("nobudget", EPOCH, FAR, 10) if r.request_id == request_id]
+        rows = await settled_rows(gateway, "nobudget", request_id)
     assert len(rows) == 1 and rows[0].status == 499
     seen = sum(map(tiktoken_count, received))
     # The gateway may have taken a delta or two more from the upstream than the client read.
     assert seen <= rows[0].completion_tokens <= seen + 4
     assert rows[0].cost == row_cost(rows[0])
+
+
+async def settled_rows(gateway: Any, tenant: str, request_id: str) -> list[Any]:
+    """The ledger rows of ``request_id`` once the request the client walked away from is settled."""
+    for _ in range(100):
+        if not gateway.pipeline.metrics.in_flight._value.get():
+            break
+        await asyncio.sleep(0.05)
+    await gateway.billing.drain()
+    assert gateway.ledger is not None
+    await gateway.ledger.flush()
+    return [r for r in await gateway.ledger.rows(tenant, EPOCH, FAR, 10) if r.request_id == request_id]
 
 
 def row_cost(row: Any) -> int:
