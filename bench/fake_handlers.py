@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from email.utils import formatdate
 
 import msgspec
 from aiohttp import web
@@ -115,7 +116,7 @@ class Handlers:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _invalid("'model' is required.")
-        return body, replies.behavior_of(model, request.headers.get("x-fake-behavior"))
+        return body, replies.behavior_of(model, request.headers.get("x-fake-behavior"), body)
 
     async def _misbehave(self, request: web.Request, behavior: str, stream: bool) -> web.Response | None:
         """The early answer a behavior forces, if any; sleeps for ``slow``."""
@@ -123,8 +124,7 @@ class Handlers:
             behavior = "error_500"
         if behavior in replies.ERROR_BEHAVIORS:
             status, payload = replies.error_body(behavior)
-            headers = {"Retry-After": "1"} if status == 429 else None
-            return _json_response(payload, status, headers)
+            return _json_response(payload, status, _retry_after(behavior))
         if behavior == "disconnect_midstream" and not stream:
             await _drop(request)
             return web.Response()
@@ -213,6 +213,12 @@ class Handlers:
     async def clear(self, request: web.Request) -> web.StreamResponse:
         self.requests.clear()
         return web.Response(status=204)
+
+
+def _retry_after(behavior: str) -> dict[str, str] | None:
+    if behavior == "error_429_date":
+        return {"Retry-After": formatdate(time.time() + replies.RETRY_AFTER_DATE_S, usegmt=True)}
+    return {"Retry-After": "1"} if behavior == "error_429" else None
 
 
 def _wants_usage(body: JsonObject, behavior: str) -> bool:

@@ -31,6 +31,7 @@ ERROR_BEHAVIORS: dict[str, tuple[int, str, str | None, str]] = {
     "error_400": (400, "invalid_request_error", None, "Invalid request (fake upstream error_400)."),
     "error_401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
     "error_429": (429, "requests", "rate_limit_exceeded", "Rate limit reached (fake upstream error_429)."),
+    "error_429_date": (429, "requests", "rate_limit_exceeded", "Rate limit reached (fake upstream error_429_date)."),
     "error_500": (500, "server_error", None, "The server had an error while processing your request."),
     "error_503": (503, "server_error", None, "The engine is currently overloaded, please try again later."),
 }
@@ -41,14 +42,25 @@ BEHAVIORS = frozenset(
     {"normal", "slow", "huge", "no_usage", "ignore_max_tokens", "echo", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS}
 )
 ECHO_PIECE = 4
+# ``error_429_date`` sends its Retry-After as an HTTP date this far ahead.
+RETRY_AFTER_DATE_S = 30
+# A prompt starting with this picks the behaviour named next (``fake-behavior:error_500 ...``):
+# the model name and headers are the deployment's, the prompt is what a client controls.
+PROMPT_DIRECTIVE = "fake-behavior:"
 
 
-def behavior_of(model: str, header: str | None) -> str:
-    """The header wins; otherwise ``fake-<behavior>`` or the bare behavior name."""
+def behavior_of(model: str, header: str | None, body: JsonObject | None = None) -> str:
+    """The header wins; then ``fake-<behavior>`` or the bare behavior name; then the prompt's directive."""
     if header:
         return header if header in BEHAVIORS else "normal"
     name = model.removeprefix("fake-")
-    return name if name in BEHAVIORS else "normal"
+    if name in BEHAVIORS:
+        return name
+    prompt = request_text(body) if body is not None else ""
+    if prompt.startswith(PROMPT_DIRECTIVE):
+        wanted = prompt.removeprefix(PROMPT_DIRECTIVE).split(maxsplit=1)
+        return wanted[0] if wanted and wanted[0] in BEHAVIORS else "normal"
+    return "normal"
 
 
 def error_body(behavior: str) -> tuple[int, JsonObject]:
@@ -122,19 +134,26 @@ class Reply:
         return _pieces(self.text)
 
 
-def echo_reply(body: JsonObject) -> Reply:
-    """The last user message's text (chat) or the prompt (completions), back as the answer."""
+def request_text(body: JsonObject) -> str:
+    """The last user message's text (chat) or the prompt (completions)."""
     text = ""
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         text = prompt
     elif isinstance(prompt, list):
         text = " ".join(p for p in prompt if isinstance(p, str))
-    for message in body.get("messages") or ():
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
             parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
             text = " ".join(p.get("text") or "" for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return text
+
+
+def echo_reply(body: JsonObject) -> Reply:
+    """The request's text (see ``request_text``) back as the answer."""
+    text = request_text(body)
     return Reply(text, count_words(text), "stop", ECHO_PIECE)
 
 

@@ -9,15 +9,19 @@ and non-stream), ``POST /v1/embeddings``, ``GET /v1/models``, and
 last 1000: method, path, query parameters, lower-cased headers, parsed JSON
 body). Azure OpenAI's paths, ``POST /openai/deployments/{deployment}/`` +
 ``chat/completions``, ``completions`` or ``embeddings`` (with ``?api-version=``),
-answer exactly as their ``/v1`` twins: Azure's wire format is OpenAI's.
+and ``GET /openai/models``, answer exactly as their ``/v1`` twins: Azure's wire
+format is OpenAI's.
 
-Behaviour is picked by the header ``x-fake-behavior`` or else by the model name
-(``fake-<behavior>`` or the bare name); anything else is ``normal``:
+Behaviour is picked by the header ``x-fake-behavior``, else by the model name
+(``fake-<behavior>`` or the bare name), else by a prompt (last user message or
+completion prompt) that starts with ``fake-behavior:<behavior>``, which is how a
+client's own request picks one; anything else is ``normal``:
 
 - ``normal``: ``x-fake-chunks`` words (default 20), one per stream chunk.
 - ``slow``: waits ``x-fake-delay-ms`` (default 2000) before answering.
 - ``error_400``, ``error_401``, ``error_429`` (with ``Retry-After: 1``),
-  ``error_500``, ``error_503``: that status with an OpenAI error body.
+  ``error_500``, ``error_503``: that status with an OpenAI error body;
+  ``error_429_date``: a 429 whose ``Retry-After`` is an HTTP date 30 s ahead.
 - ``error_midstream``: a few chunks, then ``data: {"error": ...}`` and the end;
   non-stream answers like ``error_500``.
 - ``disconnect_midstream``: a few chunks, then the connection is dropped
@@ -60,6 +64,7 @@ def build_app(handlers: Handlers) -> web.Application:
     app.router.add_post(f"{azure}/completions", handlers.completions)
     app.router.add_post(f"{azure}/embeddings", handlers.embeddings)
     app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/openai/models", handlers.models)
     app.router.add_get("/_fake/requests", handlers.recorded)
     app.router.add_delete("/_fake/requests", handlers.clear)
     return app

@@ -3,6 +3,12 @@
 Used for unary calls and for opening streams (an attempt there ends when the
 first chunk exists), so nothing here can ever retry after a byte has reached
 the client.
+
+Breaker accounting: a request counts at most once per deployment however often
+it is retried there; a failure that shows the deployment down counts as it
+comes, one the request may have caused by itself is the breaker's to weigh by
+tenant (``CircuitBreaker.record_suspect``). An open breaker is left through
+the engine's health probe, never through a client request.
 """
 
 from __future__ import annotations
@@ -20,15 +26,39 @@ from serving.retry import RetryPolicy
 T = TypeVar("T")
 
 
-def record_failure(deployment: Deployment, exc: GatewayError, metrics: Metrics) -> None:
+def record_failure(deployment: Deployment, exc: GatewayError, metrics: Metrics, tenant: str, counted: set[str]) -> None:
+    """Book one failed attempt; ``counted`` names the deployments this request already counted against."""
     metrics.upstream_errors.labels(deployment.name, exc.code or "error").inc()
+    breaker = deployment.breaker
     if isinstance(exc, UpstreamRateLimited):
-        deployment.breaker.cool_down(exc.retry_after if exc.retry_after is not None else 1.0)
-    elif exc.retryable:
-        deployment.breaker.record_failure()
-    else:
+        breaker.cool_down(exc.retry_after if exc.retry_after is not None else 1.0)
+    elif not exc.retryable:
         # The upstream answered: it is healthy even if it refused this request.
-        deployment.breaker.record_success()
+        breaker.record_success()
+    elif deployment.name not in counted:
+        counted.add(deployment.name)
+        if exc.deployment_down:
+            breaker.record_failure()
+        else:
+            breaker.record_suspect(tenant)
+
+
+async def ready(deployment: Deployment) -> bool:
+    """May this request go to the deployment now? Runs the health probe when an open breaker is due one."""
+    breaker = deployment.breaker
+    if breaker.available():
+        return True
+    if not breaker.claim_probe():
+        return False
+    try:
+        up = await deployment.engine.health()
+    except Exception:
+        up = False
+    except BaseException:
+        breaker.probe_result(None)  # cancelled: no answer, the next request probes
+        raise
+    breaker.probe_result(up)
+    return breaker.available()
 
 
 def unavailable(alias: str, deployments: list[Deployment]) -> GatewayError:
@@ -46,22 +76,24 @@ async def attempt(
     policy: RetryPolicy,
     metrics: Metrics,
     alias: str,
+    tenant: str,
 ) -> tuple[T, Deployment]:
     attempts = 0
     last: GatewayError | None = None
+    counted: set[str] = set()
     while True:
         tried = attempts
         for deployment in plan:
             if attempts >= policy.max_attempts:
                 break
-            if not deployment.breaker.available():
+            if not await ready(deployment):
                 continue
             attempts += 1
             started = time.perf_counter()
             try:
                 result = await run(deployment)
             except GatewayError as exc:
-                record_failure(deployment, exc, metrics)
+                record_failure(deployment, exc, metrics, tenant, counted)
                 if not exc.retryable:
                     raise
                 last = exc

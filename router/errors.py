@@ -26,6 +26,9 @@ class GatewayError(Exception):
     type: str = "server_error"
     code: str | None = "internal_error"
     retryable: bool = False
+    # The failure shows the deployment is down for every request, not only this one,
+    # so it counts toward the deployment's circuit breaker whoever sent the request.
+    deployment_down: bool = False
 
     def __init__(
         self,
@@ -130,6 +133,13 @@ class UpstreamError(GatewayError):
 
 class UpstreamConnectError(UpstreamError):
     code = "upstream_unreachable"
+    deployment_down = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream says it serves nobody now (502, 503, 529, the gateway's credentials refused)."""
+
+    deployment_down = True
 
 
 class UpstreamRateLimited(UpstreamError):
@@ -142,6 +152,12 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within the connect timeout: the upstream is down, not slow on one request."""
+
+    deployment_down = True
 
 
 class UpstreamRejected(GatewayError):

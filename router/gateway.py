@@ -153,10 +153,14 @@ class Gateway:
         self.started = True
 
     async def _check_health(self, interval: float) -> None:
-        """Active checks: a deployment that says it is unhealthy is open-circuited."""
+        """Active checks: a deployment whose upstream is down is open-circuited.
+
+        ``health()`` asks the upstream itself and ignores how requests fared, so a
+        run of client errors (a 400 for a prompt too long) never opens a breaker here.
+        """
         while True:
             await asyncio.sleep(interval)
-            for name, healthy in (await self.deployment_health()).items():
+            for name, healthy in (await self.deployment_health(wait_s=None)).items():
                 if not healthy:
                     self.deployments[name].breaker.force_open()
 
@@ -200,7 +204,14 @@ class Gateway:
         """Dependencies the gateway needs to serve; upstream health is reported, not required."""
         return {"started": self.started}
 
-    async def deployment_health(self) -> dict[str, bool]:
+    async def deployment_health(self, wait_s: float | None = 0.5) -> dict[str, bool]:
+        """Is each deployment's upstream up, by its engine's health probe.
+
+        A probe still out after ``wait_s`` (None: no limit) counts as down, so that
+        /readyz answers within a kubelet's default 1 s probe timeout whatever an
+        upstream does.
+        """
         names = list(self.engines)
-        results = await asyncio.gather(*(self.engines[n].health() for n in names), return_exceptions=True)
+        probes = (asyncio.wait_for(self.engines[n].health(), wait_s) for n in names)
+        results = await asyncio.gather(*probes, return_exceptions=True)
         return {n: r is True for n, r in zip(names, results)}

@@ -102,7 +102,7 @@ class Pipeline:
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
 
-        completion, deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias)
+        completion, deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias, ctx.principal.tenant)
         ctx.deployment = deployment.name
         ctx.usage = completion.usage
         if completion.usage is None:
@@ -132,7 +132,7 @@ class Pipeline:
                 raise
             return first, chunks
 
-        (first, chunks), deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias)
+        (first, chunks), deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias, ctx.principal.tenant)
         ctx.deployment = deployment.name
         if ctx.restorer is None or deployment.config.privacy != "cloud":
             ctx.restorer = None  # nothing was masked on the way to this deployment

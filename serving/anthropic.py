@@ -2,29 +2,20 @@
 
 Requests are translated to Anthropic's shape on the way out and replies back to
 OpenAI chat completions (or chunks) on the way in, over one pooled keep-alive
-aiohttp session per deployment. The deployment's key goes upstream; it never
-appears in an error message.
+aiohttp session per deployment (``serving.http_transport``, which also maps
+failures and statuses to the gateway's errors). The deployment's key goes
+upstream; it never appears in an error message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-from email.utils import parsedate_to_datetime
 
 import aiohttp
 import msgspec
 
-from router.errors import (
-    GatewayError,
-    InvalidRequest,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
+from router.errors import GatewayError, InvalidRequest, UpstreamConnectError, UpstreamError
 from serving.anthropic_stream import StreamTranslator
 from serving.anthropic_translate import to_anthropic_request, to_openai_response
 from serving.base import (
@@ -36,11 +27,10 @@ from serving.base import (
     StreamChunk,
     Usage,
 )
+from serving.http_transport import ErrorFields, HealthProbe, open_session, status_error, transport_error
 from serving.sse import iter_sse_data
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-# Consecutive upstream failures after which health() reports the deployment down.
-_UNHEALTHY_AFTER = 5
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(dict).decode
 
@@ -61,27 +51,23 @@ class AnthropicEngine:
         self.spec = spec
         self.options = spec.options or AnthropicOptions()
         base = (spec.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        root = base if base.endswith("/v1") else base + "/v1"
+        self._url = root + "/messages"
+        # What the health probe asks: Anthropic's model list, with the same key.
+        self._models_url = root + "/models"
         self._headers = {"content-type": "application/json", "anthropic-version": self.options.api_version}
         if spec.api_key:
             self._headers["x-api-key"] = spec.api_key
         self._session: aiohttp.ClientSession | None = None
         self._running = 0
-        self._consecutive_failures = 0
+        self._probe = HealthProbe(spec.timeouts)
         # request id --> its open upstream response, so abort() can close it.
         self._open: dict[str, aiohttp.ClientResponse] = {}
         self._aborted: set[str] = set()
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        t = self.spec.timeouts
-        connector = aiohttp.TCPConnector(limit=self.spec.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.read_s),
-            skip_auto_headers=("User-Agent",),
-        )
+        if self._session is None:
+            self._session = open_session(self.spec)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -98,15 +84,14 @@ class AnthropicEngine:
             finally:
                 resp.release()
             body, usage = _translate_message(raw, self.name)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._failed(request.request_id, _read_error(exc, self.name)) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failed(request.request_id, self._transport_error(exc)) from None
         except GatewayError as exc:
             raise self._failed(request.request_id, exc) from None
         finally:
             self._running -= 1
             self._open.pop(request.request_id, None)
             self._aborted.discard(request.request_id)
-        self._consecutive_failures = 0
         return Completion(body=_encode(body), usage=usage)
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
@@ -125,8 +110,8 @@ class AnthropicEngine:
             raise self._failed(
                 request.request_id, UpstreamError(f"deployment {self.name} closed the stream early")
             ) from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._failed(request.request_id, _read_error(exc, self.name)) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failed(request.request_id, self._transport_error(exc)) from None
         except GatewayError as exc:
             raise self._failed(request.request_id, exc) from None
         finally:
@@ -140,7 +125,6 @@ class AnthropicEngine:
                     resp.release()
                 else:
                     resp.close()
-        self._consecutive_failures = 0
 
     async def embed(self, request: EngineRequest) -> Completion:
         raise InvalidRequest(
@@ -155,7 +139,8 @@ class AnthropicEngine:
             resp.close()
 
     async def health(self) -> bool:
-        return self._session is not None and self._consecutive_failures < _UNHEALTHY_AFTER
+        """The upstream is up: it answers the probe, whatever requests have failed."""
+        return await self._probe.up(self._session, self._models_url, self._headers)
 
     def load(self) -> Load:
         return Load(running=self._running)
@@ -174,12 +159,7 @@ class AnthropicEngine:
         """POST to /v1/messages; returns a 200 response or raises the mapped error."""
         if self._session is None:
             raise UpstreamConnectError(f"deployment {self.name} is not started")
-        try:
-            resp = await self._session.post(self._url, data=payload, headers=self._headers)
-        except TimeoutError:
-            raise UpstreamTimeout(f"deployment {self.name} timed out before answering") from None
-        except aiohttp.ClientConnectionError:
-            raise UpstreamConnectError(f"deployment {self.name} is unreachable") from None
+        resp = await self._session.post(self._url, data=payload, headers=self._headers)
         if resp.status == 200:
             self._open[request_id] = resp
             return resp
@@ -187,14 +167,16 @@ class AnthropicEngine:
             raw = await resp.read()
         finally:
             resp.release()
-        raise _status_error(resp.status, raw, resp.headers.get("retry-after"), self.name)
+        raise status_error(self.name, resp.status, _error_fields(raw), resp.headers.get("retry-after"))
+
+    def _transport_error(self, exc: BaseException) -> GatewayError:
+        # A request still counted in _running that waits for a connection finds the pool full.
+        return transport_error(exc, self.name, pool_full=self._running > self.spec.max_connections)
 
     def _failed(self, request_id: str, exc: GatewayError) -> GatewayError:
-        """Count failures that say something about the deployment, then hand back the error."""
+        """The error to raise: an aborted request says so, whatever broke when it was cut."""
         if request_id in self._aborted:
             return UpstreamError(f"request to deployment {self.name} was aborted")
-        if isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamRateLimited):
-            self._consecutive_failures += 1
         return exc
 
 
@@ -213,50 +195,17 @@ def _decode_event(data: bytes, name: str) -> JsonObject:
     return event
 
 
-def _read_error(exc: BaseException, name: str) -> GatewayError:
-    if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamTimeout(f"deployment {name} timed out while answering")
-    return UpstreamError(f"deployment {name} failed while answering: {type(exc).__name__}")
-
-
-def _status_error(status: int, raw: bytes, retry_after: str | None, name: str) -> GatewayError:
-    kind, message = _error_fields(raw)
-    where = f"deployment {name} answered {status}"
-    if status == 429:
-        return UpstreamRateLimited(f"{where}: rate limited", retry_after=_parse_retry_after(retry_after))
-    if status in (401, 402, 403):
-        # The gateway's own key or account was refused: not the client's to fix.
-        return UpstreamError(f"{where}: the gateway's Anthropic credentials or billing were refused")
-    if status in (408, 504):
-        return UpstreamTimeout(f"{where}: {kind or 'timeout'}")
-    if 400 <= status < 500:
-        return UpstreamRejected(message or where, status=status, code=kind)
-    # 500 api_error, 529 overloaded_error and the like: another deployment may do.
-    return UpstreamError(f"{where}: {kind or 'server error'}", retry_after=_parse_retry_after(retry_after))
-
-
-def _error_fields(raw: bytes) -> tuple[str | None, str]:
+def _error_fields(raw: bytes) -> ErrorFields:
     """Anthropic errors look like {"type": "error", "error": {"type": ..., "message": ...}}."""
     try:
         error = _decode(raw).get("error")
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return None, ""
+        return ErrorFields()
     if not isinstance(error, dict):
-        return None, ""
+        return ErrorFields()
     kind = error.get("type")
     message = error.get("message")
-    return (kind if isinstance(kind, str) else None), (message[:500] if isinstance(message, str) else "")
+    return ErrorFields(
+        message=message[:500] if isinstance(message, str) else "", code=kind if isinstance(kind, str) else None
+    )
 
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Retry-After is delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

@@ -41,10 +41,14 @@ class AzureOpenAIEngine(OpenAIEngine):
             self._headers["api-key"] = spec.api_key
         deployment = quote(azure.deployment or spec.model, safe="")
         root = spec.base_url.rstrip("/")
+        version = f"api-version={quote(azure.api_version, safe='')}"
         self._urls = {
-            kind: f"{root}/openai/deployments/{deployment}/{path}?api-version={quote(azure.api_version, safe='')}"
-            for kind, path in _AZURE_PATHS.items()
+            kind: f"{root}/openai/deployments/{deployment}/{path}?{version}" for kind, path in _AZURE_PATHS.items()
         }
+        self._models_url = f"{root}/openai/models?{version}"
 
     def url_for(self, kind: str) -> str:
         return self._urls[kind]
+
+    def models_url(self) -> str:
+        return self._models_url

@@ -1,10 +1,20 @@
 """Per-deployment health: a passive circuit breaker and an observed-latency tracker.
 
-The breaker opens on consecutive failures or on an error rate over a sliding
-window, stays open for a cool-down, then lets exactly one probe through
-(half-open); a successful probe closes it, a failed one opens it again. A 429
-does not count as a failure: it puts the deployment in a cool-down for as long
-as its ``Retry-After`` says.
+The breaker counts what shows the deployment is down for everyone (refused or
+timed-out connections, 502/503/529, the gateway's credentials refused:
+``record_failure``) as it comes. A failure a request may have caused by itself
+(a 500 for that request, a body the upstream cannot stream, a read timeout, a
+mid-stream error: ``record_suspect``) counts once per tenant per window, and
+opens the breaker only when more than one tenant saw such failures, so one
+tenant's requests alone can never open the breaker for every tenant. The
+caller counts a request once however often it is retried.
+
+It opens on consecutive failures or on an error rate over a sliding window and
+stays open for a cool-down. Then the engine's health probe, never a client
+request, decides: "down" opens it again, "up" lets traffic back on probation
+(half-open), where the next failure that shows the deployment down re-opens it
+and the next success closes it. A 429 is not a failure: it puts the deployment
+in a cool-down for as long as its ``Retry-After`` says.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from itertools import takewhile
 
 
 class State(str, Enum):
@@ -38,36 +49,50 @@ class CircuitBreaker:
         self.state = State.CLOSED
         self._consecutive = 0
         self._opened_at = 0.0
-        self._probe_in_flight = False
+        self._probing = False
         self._cooldown_until = 0.0
         # (time, failed) outcomes inside the window
         self._outcomes: deque[tuple[float, bool]] = deque()
+        # tenant --> when its last suspect failure counted, oldest first
+        self._suspects: dict[str, float] = {}
 
     def available(self) -> bool:
-        """May routing send a request here now? Claims the probe slot when half-open."""
+        """May a request be sent here now: not open, not cooling down."""
+        return self.state is not State.OPEN and self._clock() >= self._cooldown_until
+
+    def probe_due(self) -> bool:
+        """Open for its whole period, no probe out: the health probe should decide now."""
         now = self._clock()
-        if now < self._cooldown_until:
-            return False
-        if self.state is State.CLOSED:
-            return True
-        if self.state is State.OPEN:
-            if now - self._opened_at < self.settings.open_s:
-                return False
-            self.state = State.HALF_OPEN
-            self._probe_in_flight = False
-        if self._probe_in_flight:
-            return False
-        self._probe_in_flight = True
-        return True
+        return (
+            self.state is State.OPEN
+            and not self._probing
+            and now - self._opened_at >= self.settings.open_s
+            and now >= self._cooldown_until
+        )
 
     def would_allow(self) -> bool:
-        """Like ``available`` without claiming anything: for reporting and filtering."""
-        now = self._clock()
-        if now < self._cooldown_until:
+        """Worth planning a request here: it is available, or a probe may make it so. Claims nothing."""
+        return self.available() or self.probe_due()
+
+    def claim_probe(self) -> bool:
+        """The caller runs the health probe now and reports with ``probe_result``; nobody else may."""
+        if not self.probe_due():
             return False
-        if self.state is State.OPEN:
-            return now - self._opened_at >= self.settings.open_s
-        return not (self.state is State.HALF_OPEN and self._probe_in_flight)
+        self._probing = True
+        return True
+
+    def probe_result(self, up: bool | None) -> None:
+        """The claimed probe's answer; None: it was abandoned, and the next caller probes again."""
+        self._probing = False
+        if up is None or self.state is not State.OPEN:
+            return
+        if up:
+            self.state = State.HALF_OPEN
+            self._consecutive = 0
+            self._outcomes.clear()
+            self._suspects.clear()
+        else:
+            self._open()
 
     def cooldown_remaining(self) -> float:
         return max(0.0, self._cooldown_until - self._clock())
@@ -75,31 +100,53 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._consecutive = 0
         self._remember(False)
-        if self.state is not State.CLOSED:
+        if self.state is State.HALF_OPEN:
             self.state = State.CLOSED
-            self._probe_in_flight = False
-            self._outcomes.clear()
 
     def record_failure(self) -> None:
-        self._consecutive += 1
-        self._remember(True)
+        """A failure that shows the deployment is down for every request."""
+        if self.state is State.OPEN:
+            return  # a request sent before it opened: the probe decides now
+        self._count_failure()
         if self.state is State.HALF_OPEN or self._should_open():
+            self._open()
+
+    def record_suspect(self, tenant: str) -> None:
+        """A failure the request may have caused by itself: counts once per tenant per window."""
+        if self.state is State.OPEN:
+            return
+        now = self._clock()
+        self._forget_suspects(now - self.settings.window_s)
+        if tenant in self._suspects:
+            return
+        self._suspects[tenant] = now
+        self._count_failure()
+        # Whatever the thresholds, one tenant's requests alone never open it.
+        if len(self._suspects) > 1 and self._should_open():
             self._open()
 
     def cool_down(self, seconds: float) -> None:
         """Rate limited upstream: skip it until its Retry-After has passed."""
         self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
-        if self.state is State.HALF_OPEN:
-            self._probe_in_flight = False
 
     def force_open(self) -> None:
+        """The health probe says the upstream is down."""
         self._open()
 
     def _open(self) -> None:
         self.state = State.OPEN
         self._opened_at = self._clock()
-        self._probe_in_flight = False
         self._consecutive = 0
+
+    def _forget_suspects(self, horizon: float) -> None:
+        # Entries are never updated in place, so insertion order is time order.
+        stale = [tenant for tenant, _ in takewhile(lambda item: item[1] < horizon, self._suspects.items())]
+        for tenant in stale:
+            del self._suspects[tenant]
+
+    def _count_failure(self) -> None:
+        self._consecutive += 1
+        self._remember(True)
 
     def _remember(self, failed: bool) -> None:
         now = self._clock()

@@ -77,7 +77,7 @@ def load_copy(path: str, options: LlamaCppOptions) -> ModelCopy:
     try:
         import llama_cpp
     except ImportError as exc:
-        raise InternalError("llama.cpp is not installed; run scripts/install-llamacpp.sh") from exc
+        raise InternalError("llama.cpp is not installed; run scripts/install.sh") from exc
     llm = _open(llama_cpp, path, options, llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
     if options.embedding and llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
         # A generative model declares no pooling, and OpenAI embeddings are one vector per input.

@@ -1,9 +1,10 @@
 """Any OpenAI-compatible HTTP server: OpenAI itself, `vllm serve`, Ollama, TGI.
 
-One pooled keep-alive aiohttp session per deployment. Streams are relayed chunk
-by chunk: each ``data:`` payload is peeked at (usage, text, errors) and passed on
-as the same bytes. The client's own credentials never reach the upstream; the
-deployment's key does.
+One pooled keep-alive aiohttp session per deployment; ``serving.http_transport``
+opens it and maps failures and statuses to the gateway's errors. Streams are
+relayed chunk by chunk: each ``data:`` payload is peeked at (usage, text,
+errors) and passed on as the same bytes. The client's own credentials never
+reach the upstream; the deployment's key does.
 """
 
 from __future__ import annotations
@@ -14,15 +15,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from router.errors import (
-    GatewayError,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
-)
+from router.errors import GatewayError, UpstreamConnectError, UpstreamError
 from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, Load, StreamChunk, Usage
+from serving.http_transport import ErrorFields, HealthProbe, open_session, status_error, transport_error
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
@@ -67,7 +62,7 @@ class OpenAIEngine:
         self._headers = self._build_headers()
         self._session: aiohttp.ClientSession | None = None
         self._running = 0
-        self._consecutive_failures = 0
+        self._probe = HealthProbe(spec.timeouts)
 
     def _build_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -81,19 +76,13 @@ class OpenAIEngine:
     def url_for(self, kind: str) -> str:
         return self._base + _PATHS[kind]
 
+    def models_url(self) -> str:
+        """What the health probe asks: the model list every OpenAI-compatible server has."""
+        return self._base + "/models"
+
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        t = self.spec.timeouts
-        connector = aiohttp.TCPConnector(
-            limit=self.spec.max_connections, ttl_dns_cache=300, keepalive_timeout=60, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.read_s),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
+        if self._session is None:
+            self._session = open_session(self.spec)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -114,15 +103,10 @@ class OpenAIEngine:
                 data = await resp.read()
                 if resp.status != 200:
                     raise self._status_error(resp.status, data, resp.headers.get("retry-after"))
-        except GatewayError:
-            self._consecutive_failures += 1
-            raise
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            self._consecutive_failures += 1
             raise self._transport_error(exc) from None
         finally:
             self._running -= 1
-        self._consecutive_failures = 0
         try:
             usage = _usage_decoder.decode(data).usage
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -143,21 +127,14 @@ class OpenAIEngine:
                         chunk = peek_chunk(payload)
                         chunk.batch_end = i == last
                         yield chunk
-        except GatewayError:
-            self._consecutive_failures += 1
-            raise
         except UpstreamStreamError as exc:
-            self._consecutive_failures += 1
             raise UpstreamError(f"deployment {self.name} failed mid-stream: {exc.message}") from None
         except EOFError:
-            self._consecutive_failures += 1
             raise UpstreamError(f"deployment {self.name} closed the stream early") from None
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            self._consecutive_failures += 1
             raise self._transport_error(exc) from None
         finally:
             self._running -= 1
-        self._consecutive_failures = 0
 
     def _stream_body(self, body: JsonObject) -> JsonObject:
         if not self.options.stream_usage:
@@ -173,7 +150,8 @@ class OpenAIEngine:
         return None
 
     async def health(self) -> bool:
-        return self._session is not None and self._consecutive_failures < 5
+        """The upstream is up: it answers the probe, whatever requests have failed."""
+        return await self._probe.up(self._session, self.models_url(), self._headers)
 
     def load(self) -> Load:
         return Load(running=self._running)
@@ -184,46 +162,23 @@ class OpenAIEngine:
         return self._session
 
     def _status_error(self, status: int, data: bytes, retry_after: str | None) -> GatewayError:
-        message, code, param = _upstream_error_fields(data)
-        where = f"deployment {self.name} answered {status}"
-        if status == 429:
-            return UpstreamRateLimited(f"{where}: rate limited", retry_after=_parse_retry_after(retry_after))
-        if status in (401, 403):
-            # The gateway's credentials were refused: not the client's fault.
-            return UpstreamError(f"{where}: the gateway's credentials were refused")
-        if status == 408:
-            return UpstreamTimeout(f"{where}: request timeout")
-        if 400 <= status < 500:
-            return UpstreamRejected(message or f"{where}", status=status, param=param, code=code)
-        return UpstreamError(f"{where}{': ' + message if message else ''}", retry_after=_parse_retry_after(retry_after))
+        return status_error(self.name, status, _upstream_error_fields(data), retry_after)
 
     def _transport_error(self, exc: BaseException) -> GatewayError:
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            return UpstreamTimeout(f"deployment {self.name} timed out")
-        if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.ServerDisconnectedError):
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                return UpstreamConnectError(f"deployment {self.name} is unreachable")
-        return UpstreamError(f"deployment {self.name} failed: {type(exc).__name__}")
+        # A request still counted in _running that waits for a connection finds the pool full.
+        return transport_error(exc, self.name, pool_full=self._running > self.spec.max_connections)
 
 
-def _upstream_error_fields(data: bytes) -> tuple[str, str | None, str | None]:
+def _upstream_error_fields(data: bytes) -> ErrorFields:
     try:
         envelope = _error_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return "", None, None
+        return ErrorFields()
     err = envelope.error
     if isinstance(err, str):
-        return err[:500], None, None
+        return ErrorFields(message=err[:500])
     if err is None:
-        return "", None, None
+        return ErrorFields()
     code = str(err.code) if err.code is not None else None
-    return err.message[:500], code, err.param
+    return ErrorFields(message=err.message[:500], code=code, param=err.param)
 
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

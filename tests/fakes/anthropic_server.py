@@ -1,11 +1,16 @@
 """A fake Anthropic Messages API: POST /v1/messages, replaying the documented wire format.
 
+``GET /v1/models`` answers a one-model list (what the engine's health probe
+asks; counted in ``model_lists``, not recorded in ``requests``).
+
 Behaviour is chosen by the request's model name:
 
 - ``claude-tool``: a text block then a ``tool_use`` block (stop_reason ``tool_use``);
   streamed, the tool input arrives as ``input_json_delta`` fragments.
 - ``claude-status-<code>``: that HTTP status with Anthropic's error body; 429 also
   sends ``retry-after: 7``. ``claude-overloaded`` is ``claude-status-529``.
+- ``claude-ratelimited-date``: a 429 whose ``retry-after`` is an HTTP date
+  ``RETRY_AFTER_DATE_S`` seconds ahead.
 - ``claude-midstream-error``: a stream that sends some text, then an ``error`` event.
 - ``claude-truncated``: a stream that ends without ``message_stop``.
 - ``claude-endless``: a stream of text deltas every 10 ms for ~10 s, recording
@@ -19,7 +24,9 @@ Every request is recorded (headers and decoded body) in ``requests``.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 import msgspec
@@ -30,6 +37,7 @@ REPLY_TEXT = "Hello from the fake Anthropic."
 USAGE = {"input_tokens": 10, "cache_creation_input_tokens": 2, "cache_read_input_tokens": 4, "output_tokens": 6}
 TOOL_INPUT = {"city": "Paris", "unit": "celsius"}
 TOOL_USE_ID = "toolu_fake01"
+RETRY_AFTER_DATE_S = 30
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -57,12 +65,14 @@ class FakeAnthropic:
     api_key: str = API_KEY
     requests: list[RecordedRequest] = field(default_factory=list)
     disconnects: int = 0
+    model_lists: int = 0
     _runner: web.AppRunner | None = None
     base_url: str = ""
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -73,6 +83,14 @@ class FakeAnthropic:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.model_lists += 1
+        if request.headers.get("x-api-key") != self.api_key:
+            return error_response(401, "invalid x-api-key")
+        model = {"type": "model", "id": "claude-text", "display_name": "Claude", "created_at": "2025-01-01T00:00:00Z"}
+        listing = {"data": [model], "has_more": False, "first_id": "claude-text", "last_id": "claude-text"}
+        return web.json_response(listing)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = msgspec.json.decode(await request.read())
@@ -87,6 +105,9 @@ class FakeAnthropic:
         model = body["model"]
         if model == "claude-overloaded":
             return error_response(529, "Overloaded")
+        if model == "claude-ratelimited-date":
+            retry_at = formatdate(time.time() + RETRY_AFTER_DATE_S, usegmt=True)
+            return error_response(429, "rate limited", {"retry-after": retry_at})
         if model.startswith("claude-status-"):
             return error_response(int(model.removeprefix("claude-status-")), f"fake error for {model}")
         if model == "claude-slow":
@@ -124,9 +145,10 @@ class FakeAnthropic:
             self.disconnects += 1
 
 
-def error_response(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
-    headers = {"retry-after": "7"} if status == 429 else None
+    if headers is None and status == 429:
+        headers = {"retry-after": "7"}
     return web.json_response(body, status=status, headers=headers)
 
 

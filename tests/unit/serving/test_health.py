@@ -14,7 +14,7 @@ class Clock:
         return self.now
 
 
-def test_opens_after_consecutive_failures_then_half_open_probe() -> None:
+def test_opens_after_consecutive_failures_then_the_probe_decides() -> None:
     clock = Clock()
     breaker = CircuitBreaker(BreakerSettings(consecutive_failures=3, open_s=10), clock)
     for _ in range(2):
@@ -22,11 +22,15 @@ def test_opens_after_consecutive_failures_then_half_open_probe() -> None:
     assert breaker.available()
     breaker.record_failure()
     assert breaker.state is State.OPEN
-    assert not breaker.available()
+    assert not breaker.available() and not breaker.would_allow()
     clock.now += 10
-    assert breaker.available()  # the single probe
-    assert breaker.state is State.HALF_OPEN
-    assert not breaker.available()  # nobody else while the probe is out
+    # Due for a probe: planned, but no request goes until the probe says "up".
+    assert breaker.would_allow() and not breaker.available()
+    assert breaker.claim_probe()
+    assert not breaker.claim_probe()  # one probe at a time
+    assert not breaker.would_allow()
+    breaker.probe_result(True)
+    assert breaker.state is State.HALF_OPEN and breaker.available()
     breaker.record_success()
     assert breaker.state is State.CLOSED and breaker.available()
 
@@ -36,11 +40,85 @@ def test_failed_probe_reopens() -> None:
     breaker = CircuitBreaker(BreakerSettings(consecutive_failures=1, open_s=5), clock)
     breaker.record_failure()
     clock.now += 5
-    assert breaker.available()
-    breaker.record_failure()
+    assert breaker.claim_probe()
+    breaker.probe_result(False)
     assert breaker.state is State.OPEN
     clock.now += 4
-    assert not breaker.would_allow()
+    assert not breaker.would_allow() and not breaker.claim_probe()
+    clock.now += 1
+    assert breaker.claim_probe()
+
+
+def test_abandoned_probe_leaves_it_due() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=1, open_s=5), clock)
+    breaker.record_failure()
+    clock.now += 5
+    assert breaker.claim_probe()
+    breaker.probe_result(None)
+    assert breaker.state is State.OPEN and breaker.claim_probe()
+
+
+def test_on_probation_a_down_failure_reopens_a_suspect_one_does_not() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=3, open_s=5), clock)
+    breaker.force_open()
+    clock.now += 5
+    assert breaker.claim_probe()
+    breaker.probe_result(True)
+    breaker.record_suspect("hostile")
+    assert breaker.state is State.HALF_OPEN and breaker.available()
+    breaker.record_failure()
+    assert breaker.state is State.OPEN
+
+
+def test_one_tenant_cannot_open_the_breaker_with_its_own_failures() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=3, min_requests=4, window_s=30), clock)
+    for _ in range(50):
+        breaker.record_suspect("hostile")
+    assert breaker.state is State.CLOSED
+    # The same failure seen by other tenants says more than one request's doing.
+    breaker.record_suspect("b")
+    breaker.record_suspect("c")
+    assert breaker.state is State.OPEN
+
+
+def test_a_tenant_counts_again_once_its_last_suspect_left_the_window() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=3, min_requests=100, window_s=30), clock)
+    breaker.record_suspect("a")
+    clock.now += 31
+    breaker.record_suspect("a")
+    breaker.record_suspect("b")
+    assert breaker.state is State.OPEN
+
+
+def test_a_single_suspect_never_opens_even_at_a_threshold_of_one() -> None:
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=1), Clock())
+    breaker.record_suspect("a")
+    assert breaker.state is State.CLOSED
+    breaker.record_suspect("b")
+    assert breaker.state is State.OPEN
+
+
+def test_suspects_do_not_fill_the_error_rate_window() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=100, error_rate=0.5, min_requests=4), clock)
+    for _ in range(20):
+        breaker.record_suspect("hostile")
+        breaker.record_success()
+    assert breaker.state is State.CLOSED
+
+
+def test_late_failures_do_not_extend_the_open_period() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=1, open_s=5), clock)
+    breaker.record_failure()
+    clock.now += 4
+    breaker.record_failure()  # a request sent before the breaker opened
+    clock.now += 1
+    assert breaker.probe_due()
 
 
 def test_error_rate_window() -> None:
@@ -54,10 +132,13 @@ def test_error_rate_window() -> None:
 def test_old_outcomes_leave_the_window() -> None:
     clock = Clock()
     breaker = CircuitBreaker(BreakerSettings(consecutive_failures=100, error_rate=0.5, min_requests=4, window_s=30), clock)
-    for _ in range(3):
-        breaker.record_failure()
+    for _ in range(2):
         breaker.record_success()
+        breaker.record_success()
+        breaker.record_failure()
     clock.now += 31
+    # 4 failures in 8 would open it, were the first six still in the window.
+    breaker.record_failure()
     breaker.record_failure()
     assert breaker.state is State.CLOSED
 
@@ -66,7 +147,7 @@ def test_cool_down_for_retry_after() -> None:
     clock = Clock()
     breaker = CircuitBreaker(clock=clock)
     breaker.cool_down(2)
-    assert not breaker.available()
+    assert not breaker.available() and not breaker.would_allow()
     clock.now += 2
     assert breaker.available() and breaker.state is State.CLOSED
 
