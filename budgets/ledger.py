@@ -6,6 +6,11 @@ cheap to make for every request; ``started_at``/``finished_at`` give datetimes. 
 write fails the batch goes to a local spool file and is replayed, with
 backoff, once the store answers again. Rows are idempotent on
 ``(request_id, started_at)``, so a replayed duplicate is harmless.
+
+A row is never held in memory for long: every store call has a deadline (the
+store's), so a database that hangs rather than fails sends the rows to the
+spool once that deadline passes, and ``close()`` spools what is pending before
+it waits on anything, then writes what the store takes within ``drain_s``.
 """
 
 from __future__ import annotations
@@ -99,7 +104,9 @@ class LedgerStore(Protocol):
     """Where batches end up; each write is one transaction, duplicates ignored."""
 
     async def open(self) -> None: ...
-    async def close(self) -> None: ...
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Release connections within ``timeout_s`` (None: the store's own deadline)."""
+        ...
     async def write(self, rows: Sequence[LedgerRow]) -> None: ...
     async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
@@ -116,6 +123,8 @@ class LedgerOptions(msgspec.Struct, kw_only=True, frozen=True):
     max_pending: int = 50_000  # beyond this many buffered rows, spill to the spool
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    # close(): pending rows are spooled first; this long is then spent writing to the store.
+    drain_s: float = 3.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= self.max_batch:
@@ -124,6 +133,8 @@ class LedgerOptions(msgspec.Struct, kw_only=True, frozen=True):
             raise ValueError("max_pending must be at least batch_size")
         if self.flush_interval_s <= 0 or self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:
             raise ValueError("intervals must be positive and retry_max_s >= retry_initial_s")
+        if self.drain_s < 0:
+            raise ValueError("drain_s must not be negative")
 
 
 class BatchingLedger:
@@ -156,23 +167,65 @@ class BatchingLedger:
         return self._healthy
 
     async def start(self) -> None:
+        """Start the writer; a spool left by an earlier run is replayed in its first round.
+
+        Nothing here waits on the store, so a database that hangs cannot hold up start-up.
+        """
         await self._store.open()
         self._spool_pending = await asyncio.to_thread(self._spool.pending)
-        async with self._drain_lock:
-            await self._replay_if_due(force=True)
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def close(self) -> None:
-        self._stopping = True
+        """Stop within ``drain_s``, losing nothing.
+
+        Pending rows go to the spool before anything here can wait on the store,
+        so a SIGKILL at any later moment costs no row. Then, with what is left of
+        ``drain_s``, the writer finishes its round and the spool is written to a
+        store that answers; whatever is not written by then stays spooled for the
+        next start. Rows recorded from now on are spooled as they come.
+        """
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._opts.drain_s
+        self._closed = self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
         await self._settle_spills()
-        async with self._drain_lock:
-            await self._write_buffer(force=False)
-        self._closed = True
-        await self._store.close()
+        rows, self._buffer = self._buffer, []
+        await self._to_spool(rows)
+        if await self._stop_writer(deadline):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline), self._drain_lock:
+                    # A store that failed lately is not waited on again unless its retry is due.
+                    await self._replay_if_due(force=self._healthy)
+                    await self._write_buffer(force=self._healthy)
+        await self._keep(self._buffer)
+        try:
+            await self._store.close(max(0.0, deadline - loop.time()))
+        except Exception:  # nothing is left to lose: the store's connections go either way
+            logger.exception("ledger: store did not close cleanly")
+
+    async def _stop_writer(self, deadline: float) -> bool:
+        """Let the writer end its round by ``deadline``, else cancel it; True if it ended in time."""
+        task, self._task = self._task, None
+        if task is None:
+            return True
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        if done:
+            return True
+        task.cancel()  # its batch in flight goes to the spool (see _write_batch)
+        await asyncio.wait({task})
+        return False
+
+    async def _keep(self, rows: list[LedgerRow]) -> None:
+        """Rows still in memory at the end of close(): spooled, or counted as lost."""
+        self._buffer = []
+        if not rows:
+            return
+        try:
+            await asyncio.to_thread(self._spool.append, rows)
+        except OSError:
+            logger.exception("ledger: neither the store nor the spool took %d rows; they are lost", len(rows))
 
     def record(self, row: LedgerRow) -> None:
         if self._closed:
@@ -206,17 +259,24 @@ class BatchingLedger:
         return await self._store.ping()
 
     async def _run(self) -> None:
+        if self._spool_pending:
+            # What an earlier run left: replayed at once, not after the first interval.
+            await self._round(replay_only=True)
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._opts.flush_interval_s)
             self._wake.clear()
-            try:
-                async with self._drain_lock:
-                    await self._replay_if_due(force=False)
+            await self._round(replay_only=False)
+
+    async def _round(self, replay_only: bool) -> None:
+        try:
+            async with self._drain_lock:
+                await self._replay_if_due(force=replay_only)
+                if not replay_only:
                     await self._write_buffer(force=False)
-            except Exception:
-                # The writer must outlive any one failed round; the next one retries.
-                logger.exception("ledger: writer iteration failed")
+        except Exception:
+            # The writer must outlive any one failed round; the next one retries.
+            logger.exception("ledger: writer iteration failed")
 
     def _spill(self) -> None:
         """Buffer over its bound: hand it to the spool without blocking the caller."""
@@ -230,6 +290,8 @@ class BatchingLedger:
             await asyncio.gather(*list(self._spills))
 
     async def _to_spool(self, rows: list[LedgerRow]) -> None:
+        if not rows:
+            return
         try:
             await asyncio.to_thread(self._spool.append, rows)
         except OSError:

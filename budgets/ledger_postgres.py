@@ -10,12 +10,25 @@ table, so it also works behind a transaction-pooling proxy (PgBouncer), but
 
 The pool is created lazily, so a replica starts (and spools) while the
 database is down; migrations run on the first successful connection.
+
+Every call has a deadline: ``timeout_s`` for the writer's calls (connecting,
+migrating, writing a batch, ping, close) and ``query_timeout_s`` for reports.
+``asyncio.timeout`` alone cannot keep one against a server that hangs: the
+cancelled call's clean-up (ROLLBACK, asyncpg's cancel request, the pool's
+reset) talks to the same silent server. So at the deadline the connection is
+cut, and everything waiting on it fails at once.
+
+Row-level security (``core.pg_scope``): each call runs in a transaction bound
+to the tenant it asks about; the writer's batches mix tenants and run under
+``ALL``. Monthly partitions are added through ``ledger_partition()``
+(migration 0002), which puts each under the same policy.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -25,6 +38,7 @@ import msgspec
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
 from budgets.ledger_query import UsageQuery, UsageRow, from_epoch_us, rows_sql, to_epoch_us, usage_rows, usage_sql
 from budgets.migrate import apply_migrations
+from core.pg_scope import scope
 
 WriteMethod = Literal["copy", "unnest"]
 
@@ -54,8 +68,8 @@ _INSERT_UNNEST = (
     + ") ON CONFLICT DO NOTHING"
 )
 _SELECT = f"SELECT {_COLUMN_LIST} FROM ledger"
-# Serialises partition creation across replicas (any fixed key will do).
-_PARTITION_LOCK_KEY = 0x51_0C_65_00_00_00_00_02
+# Creates a month's partition if missing, under the tenant policy, as the table's owner.
+_PARTITION = "SELECT ledger_partition($1, $2)"
 _ROW_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError, OverflowError)
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(dict[str, int]).decode
@@ -79,14 +93,9 @@ def _from_record(rec: asyncpg.Record) -> LedgerRow:
     return msgspec.convert(values, LedgerRow)
 
 
-def _partition_sql(year: int, month: int) -> str:
-    """DDL for one month; built from integers only."""
-    nxt_year, nxt_month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return (
-        f"CREATE TABLE IF NOT EXISTS ledger_y{year:04d}m{month:02d} PARTITION OF ledger "
-        f"FOR VALUES FROM ('{year:04d}-{month:02d}-01 00:00:00+00') "
-        f"TO ('{nxt_year:04d}-{nxt_month:02d}-01 00:00:00+00')"
-    )
+def _answered(exc: BaseException) -> bool:
+    """The server answered (a constraint, a data error): the connection is sound."""
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
 
 
 class PostgresStore:
@@ -97,15 +106,15 @@ class PostgresStore:
         dsn: str,
         *,
         pool_size: int = 4,
-        connect_timeout_s: float = 5.0,
-        command_timeout_s: float = 30.0,
+        timeout_s: float = 5.0,
+        query_timeout_s: float = 30.0,
         auto_migrate: bool = True,
         write_method: WriteMethod = "copy",
     ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
-        self._connect_timeout_s = connect_timeout_s
-        self._command_timeout_s = command_timeout_s
+        self._timeout_s = timeout_s
+        self._query_timeout_s = query_timeout_s
         self._auto_migrate = auto_migrate
         self._write_method = write_method
         self._pool: asyncpg.Pool | None = None
@@ -115,36 +124,50 @@ class PostgresStore:
     async def open(self) -> None:
         """Nothing to do yet: connecting waits for the first use so a down database cannot stop start-up."""
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), timeout=self._command_timeout_s)
-        except (TimeoutError, OSError, asyncpg.PostgresError):
+            async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
+                await pool.close()
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pool.terminate()
 
-    async def _get_pool(self) -> asyncpg.Pool:
+    async def _get_pool(self, deadline: float) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
         async with self._pool_lock:
             if self._pool is not None:
                 return self._pool
+            # min_size=0: creating the pool opens no connection; the first acquire does.
             pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=0,
                 max_size=self._pool_size,
-                timeout=self._connect_timeout_s,
-                command_timeout=self._command_timeout_s,
+                timeout=self._timeout_s,
+                # Also bounds asyncpg's own background cancel requests.
+                command_timeout=self._timeout_s,
                 init=self._init_connection if self._write_method == "copy" else None,
             )
             try:
                 if self._auto_migrate:
-                    async with pool.acquire() as conn:
+                    async with _checkout(pool, deadline) as conn:
                         await apply_migrations(conn)
             except BaseException:
                 pool.terminate()
                 raise
             self._pool = pool
             return pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, timeout_s: float) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one call that ends within ``timeout_s``, connecting included."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        async with asyncio.timeout_at(deadline):
+            pool = await self._get_pool(deadline)
+        async with _checkout(pool, deadline) as conn:
+            yield conn
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -155,23 +178,20 @@ class PostgresStore:
         missing = sorted(months - self._months)
         if not missing:
             return
-        # Created in their own short transaction: the DDL locks the parent table,
-        # which must not be held for the length of a data write.
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK_KEY)
-            for year, month in missing:
-                await conn.execute(_partition_sql(year, month))
+        # Each in a short transaction of its own (the statement's): the DDL locks
+        # the parent table, which must not be held for the length of a data write.
+        for year, month in missing:
+            await conn.execute(_PARTITION, year, month)
         self._months.update(missing)
 
     async def write(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
         records = [_to_record(row) for row in rows]
-        pool = await self._get_pool()
         try:
-            async with pool.acquire() as conn:
+            async with self._connection(self._timeout_s) as conn:
                 await self._ensure_partitions(conn, records)
-                async with conn.transaction():
+                async with _scoped(conn, None):  # a batch mixes tenants
                     if self._write_method == "copy":
                         await conn.copy_records_to_table(_STAGE, records=records, columns=_NAMES)
                         await conn.execute(_MOVE_STAGE)
@@ -182,16 +202,20 @@ class PostgresStore:
             self._months.clear()
             raise
 
+    async def _fetch(self, tenant: str | None, sql: str, params: list[object]) -> list[asyncpg.Record]:
+        """One query in a read-only transaction that sees ``tenant``'s rows only (None: every tenant's)."""
+        async with self._connection(self._query_timeout_s) as conn, _scoped(conn, tenant, readonly=True):
+            records: list[asyncpg.Record] = await conn.fetch(sql, *params, timeout=self._query_timeout_s)
+            return records
+
     async def usage(self, query: UsageQuery) -> list[UsageRow]:
         sql, params = usage_sql(query, "postgres")
-        pool = await self._get_pool()
-        records = await pool.fetch(sql, *params)
+        records = await self._fetch(query.tenant, sql, params)
         return usage_rows(query, [tuple(r.values()) for r in records])
 
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]:
         tail, params = rows_sql("postgres", tenant, start, end, limit)
-        pool = await self._get_pool()
-        return [_from_record(rec) for rec in await pool.fetch(f"{_SELECT} {tail}", *params)]
+        return [_from_record(rec) for rec in await self._fetch(tenant, f"{_SELECT} {tail}", params)]
 
     def refuses(self, exc: Exception) -> bool:
         # Class 22 (data exception) and 23 (integrity) come from the server; the
@@ -200,10 +224,52 @@ class PostgresStore:
 
     async def ping(self) -> bool:
         try:
-            pool = await self._get_pool()
-            return bool(await pool.fetchval("SELECT 1", timeout=self._connect_timeout_s) == 1)
+            async with self._connection(self._timeout_s) as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
         except Exception:  # any failure to answer means "not reachable" here
             return False
+
+
+@contextlib.asynccontextmanager
+async def _checkout(pool: asyncpg.Pool, deadline: float) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from ``pool`` that is cut at ``deadline`` (loop time) if still in use."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout_at(deadline):
+        conn = await pool.acquire()
+    cut = loop.call_at(deadline, conn.terminate)
+    try:
+        yield conn
+    except BaseException as exc:
+        if not _answered(exc):
+            conn.terminate()  # timed out, cut or cancelled: no clean-up round trip to a silent server
+            if loop.time() >= deadline and not isinstance(exc, asyncio.CancelledError):
+                raise TimeoutError("ledger database call ran past its deadline") from exc
+        raise
+    finally:
+        try:
+            await pool.release(conn)  # returns at once for a connection that was cut
+        finally:
+            cut.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _scoped(conn: asyncpg.Connection, tenant: str | None, *, readonly: bool = False) -> AsyncIterator[None]:
+    """A transaction that sees and writes ``tenant``'s rows only (None: every tenant's).
+
+    Rolled back with a ROLLBACK only when the server answered with an error;
+    otherwise ``_checkout`` cuts the connection next, which rolls it back
+    without a round trip to a server that may not answer.
+    """
+    transaction = conn.transaction(readonly=readonly)
+    await transaction.start()
+    try:
+        await scope(conn, tenant)
+        yield
+    except BaseException as exc:
+        if _answered(exc):
+            await transaction.rollback()
+        raise
+    await transaction.commit()
 
 
 class PostgresLedger(BatchingLedger):
@@ -216,14 +282,16 @@ class PostgresLedger(BatchingLedger):
         *,
         options: LedgerOptions | None = None,
         pool_size: int = 4,
-        connect_timeout_s: float = 5.0,
+        timeout_s: float = 5.0,
+        query_timeout_s: float = 30.0,
         auto_migrate: bool = True,
         write_method: WriteMethod = "copy",
     ) -> None:
         store = PostgresStore(
             dsn,
             pool_size=pool_size,
-            connect_timeout_s=connect_timeout_s,
+            timeout_s=timeout_s,
+            query_timeout_s=query_timeout_s,
             auto_migrate=auto_migrate,
             write_method=write_method,
         )

@@ -88,6 +88,10 @@ class UsageQuery(msgspec.Struct, kw_only=True):
             raise ValueError("group_by names must not repeat")
         if as_utc(self.end) < as_utc(self.start):
             raise ValueError("end must not be before start")
+        if "key" in self.group_by and "tenant" not in self.group_by:
+            # Key ids are unique within a tenant only: a key is named by both.
+            at = self.group_by.index("key")
+            self.group_by = [*self.group_by[:at], "tenant", *self.group_by[at:]]
 
 
 class UsageRow(msgspec.Struct, kw_only=True):

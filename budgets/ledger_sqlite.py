@@ -89,7 +89,8 @@ class SQLiteStore:
             conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Checkpoint and close; a local file needs no deadline, so ``timeout_s`` is not used."""
         if self._executor is None:
             return
         if self._checkpoint is not None:

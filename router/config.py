@@ -258,6 +258,14 @@ class StateConfig(_Strict):
     ledger: Literal["sqlite", "postgres", "off"] = "sqlite"
     ledger_path: str = "sluicegate-ledger.sqlite"
     ledger_spool_path: str = "sluicegate-ledger.spool"
+    # Deadlines of the PostgreSQL ledger: each call of its writer (connect, migrate,
+    # write a batch, ping, close), and each usage report. Rows a call could not
+    # write by then go to the spool.
+    ledger_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    ledger_query_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # On shutdown pending rows are spooled at once; then at most this long (and
+    # at most a quarter of server.grace_period_s) is spent writing them.
+    ledger_drain_s: Annotated[float, msgspec.Meta(ge=0)] = 3.0
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""

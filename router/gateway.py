@@ -168,6 +168,12 @@ class Gateway:
         self.started = False
         if self._health_task is not None:
             self._health_task.cancel()
+        # Settlements first (their rows go to the ledger), then the ledger, which
+        # spools its rows at once and drains within its budget: before anything
+        # below can wait on a database.
+        await self.billing.drain()
+        if self.ledger is not None:
+            await self.ledger.close()
         results = await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         for name, result in zip(self.engines, results):
             if isinstance(result, Exception):
@@ -177,9 +183,6 @@ class Gateway:
             await self.jwt.close()
             if isinstance(self._denylist, RedisJtiDenylist):
                 await self._denylist.close()
-        await self.billing.drain()
-        if self.ledger is not None:
-            await self.ledger.close()
         await self.counters.close()
         self.tracing.shutdown()
 

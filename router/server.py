@@ -1,12 +1,12 @@
 """Running the app under uvicorn (uvloop + httptools) with graceful shutdown.
 
-On SIGTERM uvicorn stops accepting connections, lets in-flight requests and
-streams finish for up to the grace period, then exits 0.
+On SIGTERM uvicorn stops accepting connections and lets in-flight requests and
+streams finish; then the gateway stops (the ledger drains) and the process
+exits 0, all within ``server.grace_period_s`` (``router.state.shutdown_budget``).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -17,6 +17,7 @@ from router.app import CONFIG_ENV
 from router.config import Config
 from router.http_protocol import JsonErrorHttpProtocol
 from router.logs import log_config
+from router.state import shutdown_budget
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -35,6 +36,7 @@ def serve(config: Config, config_path: str | None) -> None:
     # uvicorn drains on SIGTERM and then re-raises it with the previous handler
     # in place; this handler turns that into the clean exit 0 a drain deserves.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    in_flight_s, _ = shutdown_budget(config)
     uvicorn.run(
         "router.app:app_from_env",
         factory=True,
@@ -47,7 +49,8 @@ def serve(config: Config, config_path: str | None) -> None:
         access_log=False,
         log_level=server.log_level,
         log_config=log_config(server.log_level),
-        timeout_graceful_shutdown=math.ceil(server.grace_period_s),
+        # Typed int, but applied with asyncio.timeout, which takes any number of seconds.
+        timeout_graceful_shutdown=in_flight_s,  # type: ignore[arg-type]
         timeout_keep_alive=30,
         server_header=False,
         proxy_headers=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from budgets.accounting import AccountingSettings
-from budgets.ledger import Ledger
+from budgets.ledger import Ledger, LedgerOptions
 from budgets.store import CounterStore
 from router.config import Config, ConfigError
 
@@ -21,20 +21,40 @@ def open_counter_store(config: Config) -> CounterStore:
     return MemoryCounterStore()
 
 
+def shutdown_budget(config: Config) -> tuple[float, float]:
+    """How ``server.grace_period_s`` is spent on SIGTERM: (in-flight requests, ledger drain).
+
+    The ledger drains for ``state.ledger_drain_s``, at most a quarter of the
+    grace period; in-flight requests get what is left less as much again, which
+    the rest of the shutdown and the process's exit have, so the process is gone
+    before the SIGKILL that follows the grace period.
+    """
+    grace = config.server.grace_period_s
+    drain = min(config.state.ledger_drain_s, grace / 4)
+    return grace - 2 * drain, drain
+
+
 def open_ledger(config: Config) -> Ledger | None:
     state = config.state
     if state.ledger == "off":
         return None
+    options = LedgerOptions(drain_s=shutdown_budget(config)[1])
     if state.ledger == "postgres":
         dsn = state.dsn()
         if not dsn:
             raise ConfigError("key `state.postgres_dsn`: required when `state.ledger` is postgres")
         from budgets.ledger_postgres import PostgresLedger
 
-        return PostgresLedger(dsn, state.ledger_spool_path)
+        return PostgresLedger(
+            dsn,
+            state.ledger_spool_path,
+            options=options,
+            timeout_s=state.ledger_timeout_s,
+            query_timeout_s=state.ledger_query_timeout_s,
+        )
     from budgets.ledger_sqlite import SQLiteLedger
 
-    return SQLiteLedger(state.ledger_path, spool_path=state.ledger_spool_path)
+    return SQLiteLedger(state.ledger_path, spool_path=state.ledger_spool_path, options=options)
 
 
 def accounting_settings(config: Config) -> AccountingSettings:

@@ -170,8 +170,12 @@ async def test_spool_left_by_a_previous_run_is_replayed_at_start(
     ledger = PostgresLedger(proxied_dsn(proxy, database), str(spool.path), options=FAST_RETRY)
     await ledger.start()
     try:
+
+        async def replayed() -> bool:
+            return not spool.pending()
+
+        await wait_for(replayed)  # the writer's first round, right after start
         assert await stored(database) == keys(crashed_replay + spilled)
-        assert not spool.pending()
     finally:
         await ledger.close()
 
@@ -179,7 +183,7 @@ async def test_spool_left_by_a_previous_run_is_replayed_at_start(
 async def test_starting_while_the_database_is_down(database: str, proxy: TcpProxy, tmp_path: Path) -> None:
     await proxy.stop()
     ledger = PostgresLedger(proxied_dsn(proxy, database), str(tmp_path / "spool"), options=FAST_RETRY,
-                            connect_timeout_s=1)  # fmt: skip
+                            timeout_s=1)  # fmt: skip
     await ledger.start()  # must not fail: requests keep flowing and rows go to the spool
     rows = [make_row(n) for n in range(30)]
     for row in rows:
