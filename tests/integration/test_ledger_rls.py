@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from budgets.ledger_query import Dialect, UsageQuery, usage_sql
 from budgets.migrate import MIGRATIONS_DIR, migrate
 from core.pg_scope import policy_sql, scope
 from tests.contract.test_ledger import ADMIN_DSN, T0, database_dsn, make_row
+from tests.integration.rls_scratch import Rls, as_role, scratch
 
 GRANTS = """
 GRANT SELECT, INSERT ON ledger TO {role};
@@ -41,57 +41,28 @@ _INSERT = "INSERT INTO ledger (request_id, started_at, finished_at, tenant, key_
           "VALUES ($1, $2, $2, $3, 'k', 'm', 'd', 'p', 1, 1, 0, 7, 1.0, 200, false)"  # fmt: skip
 
 
-@dataclass
-class Rls:
-    owner_dsn: str  # the superuser that owns and migrated the schema
-    role_dsn: str  # an ordinary role: the policies bind it
-    a: str
-    b: str
-
-
-def _dsn(user: str, database: str) -> str:
-    server = ADMIN_DSN.rsplit("/", 1)[0].split("@", 1)[1]
-    return f"postgresql://{user}@{server}/{database}"
+async def _prepare(owner_dsn: str, a: str, b: str) -> None:
+    await migrate(owner_dsn)
+    owner = await asyncpg.connect(owner_dsn)
+    try:
+        # Seeded by the owner (a superuser: no policy applies) in a partition made before any test.
+        await owner.execute("SELECT ledger_partition(2024, 5)")
+        for n, tenant in enumerate([a, a, b]):
+            await owner.execute(_INSERT, f"seed-{n}", T0 - timedelta(days=1), tenant)
+    finally:
+        await owner.close()
 
 
 @pytest.fixture(scope="module")
 async def rls() -> AsyncIterator[Rls]:
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        pytest.skip("PostgreSQL is not reachable")
-    suffix = secrets.token_hex(5)
-    database, role = f"sg_ledger_rls_{suffix}", f"sluicegate_ledger_rls_{suffix}"
-    await admin.execute(f"CREATE DATABASE {database}")
-    await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")
-    owner_dsn = database_dsn(database)
-    try:
-        await migrate(owner_dsn)
-        a, b = f"a-{suffix}", f"b-{suffix}"
-        owner = await asyncpg.connect(owner_dsn)
-        try:
-            await owner.execute(GRANTS.format(role=role))
-            # Seeded by the owner (a superuser: no policy applies) in a partition made before any test.
-            await owner.execute("SELECT ledger_partition(2024, 5)")
-            for n, tenant in enumerate([a, a, b]):
-                await owner.execute(_INSERT, f"seed-{n}", T0 - timedelta(days=1), tenant)
-        finally:
-            await owner.close()
-        yield Rls(owner_dsn, _dsn(role, database), a, b)
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.close()
+    async with scratch("sg_ledger_rls", GRANTS, _prepare) as env:
+        yield env
 
 
 @pytest.fixture
 async def conn(rls: Rls) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(rls.role_dsn)
-    assert await connection.fetchval("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user") is False
-    try:
+    async with as_role(rls) as connection:
         yield connection
-    finally:
-        await connection.close()
 
 
 async def _tenants(conn: asyncpg.Connection, table: str = "ledger") -> set[str]:

@@ -10,10 +10,8 @@ the admin API and authentication work with the policies on.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -26,8 +24,8 @@ from router.migrate import TENANCY, migrate
 from router.tenants import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway
+from tests.integration.rls_scratch import Rls, as_role, scratch
 
-ADMIN_DSN = os.environ.get("SLUICEGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 TABLES = {"tenants": "id", "api_keys": "tenant_id", "audit_log": "tenant_id"}
 GRANTS = """
 GRANT SELECT, INSERT, UPDATE ON tenants, api_keys TO {role};
@@ -35,19 +33,6 @@ GRANT SELECT, INSERT ON audit_log TO {role};
 GRANT USAGE ON SEQUENCE audit_log_id_seq TO {role};
 GRANT SELECT ON schema_migrations TO {role};
 """
-
-
-@dataclass
-class Rls:
-    owner_dsn: str  # the superuser that owns and migrated the schema
-    role_dsn: str  # an ordinary role: the policies bind it
-    a: str
-    b: str
-
-
-def _dsn(user: str, database: str) -> str:
-    server = ADMIN_DSN.rsplit("/", 1)[0].split("@", 1)[1]
-    return f"postgresql://{user}@{server}/{database}"
 
 
 async def _seed(owner_dsn: str, a: str, b: str) -> None:
@@ -65,41 +50,21 @@ async def _seed(owner_dsn: str, a: str, b: str) -> None:
         await conn.close()
 
 
+async def _prepare(owner_dsn: str, a: str, b: str) -> None:
+    await migrate(owner_dsn, [TENANCY])
+    await _seed(owner_dsn, a, b)
+
+
 @pytest.fixture(scope="module")
 async def rls() -> AsyncIterator[Rls]:
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        pytest.skip("PostgreSQL is not reachable")
-    suffix = secrets.token_hex(5)
-    database, role = f"sg_rls_{suffix}", f"sg_rls_tenancy_{suffix}"
-    await admin.execute(f"CREATE DATABASE {database}")
-    await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")
-    owner_dsn = _dsn("postgres", database)
-    try:
-        await migrate(owner_dsn, [TENANCY])
-        owner = await asyncpg.connect(owner_dsn)
-        try:
-            await owner.execute(GRANTS.format(role=role))
-        finally:
-            await owner.close()
-        a, b = f"a-{suffix}", f"b-{suffix}"
-        await _seed(owner_dsn, a, b)
-        yield Rls(owner_dsn, _dsn(role, database), a, b)
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.close()
+    async with scratch("sg_rls_tenancy", GRANTS, _prepare) as env:
+        yield env
 
 
 @pytest.fixture
 async def conn(rls: Rls) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(rls.role_dsn)
-    assert await connection.fetchval("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user") is False
-    try:
+    async with as_role(rls) as connection:
         yield connection
-    finally:
-        await connection.close()
 
 
 async def _tenants_of(conn: asyncpg.Connection, table: str) -> set[str | None]:
