@@ -1,4 +1,4 @@
-"""A throwaway database and an ordinary role, for row-level-security tests.
+"""Throwaway PostgreSQL databases for tests: with an ordinary role (row-level security), or for a tenant store.
 
 A superuser bypasses every policy, and the test server's ``postgres`` is one:
 the owner (``postgres``) migrates and seeds the scratch database, and the
@@ -72,3 +72,22 @@ async def as_role(rls: Rls) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def tenant_state(store: str, prefix: str) -> AsyncIterator[dict[str, object]]:
+    """Config overrides for a tenant store: ``{}`` for the config file, or a throwaway PostgreSQL database."""
+    if store != "postgres":
+        yield {}
+        return
+    try:
+        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        pytest.skip("PostgreSQL is not reachable")
+    database = f"{prefix}_{secrets.token_hex(6)}"
+    await admin.execute(f"CREATE DATABASE {database}")
+    try:
+        yield {"state": {"tenants": "postgres", "postgres_dsn": f"{ADMIN_DSN.rsplit('/', 1)[0]}/{database}"}}
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await admin.close()

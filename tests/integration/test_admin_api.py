@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from bench.fake_upstream import FakeUpstream
@@ -24,8 +23,8 @@ from router.gateway import Gateway
 from router.tenants import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import free_port, running_gateway
+from tests.integration.rls_scratch import tenant_state
 
-ADMIN_DSN = os.environ.get("SLUICEGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 PEPPER_ENV = "SG_TEST_ADMIN_PEPPER"
 
 
@@ -63,23 +62,11 @@ async def _seed(gateway: Gateway) -> tuple[str, str, dict[str, str], dict[str, s
 async def env(request: pytest.FixtureRequest, fake_upstream: FakeUpstream) -> AsyncIterator[Env]:
     os.environ[PEPPER_ENV] = "admin-api-pepper"
     overrides: dict[str, Any] = {"tenants": [], "auth": {"key_pepper": {"env": PEPPER_ENV}}}
-    admin, database = None, None
-    if request.param == "postgres":
-        try:
-            admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-        except (OSError, asyncpg.PostgresError):
-            pytest.skip("PostgreSQL is not reachable")
-        database = f"sg_admin_{secrets.token_hex(6)}"
-        await admin.execute(f"CREATE DATABASE {database}")
-        overrides["state"] = {"tenants": "postgres", "postgres_dsn": f"{ADMIN_DSN.rsplit('/', 1)[0]}/{database}"}
-    try:
-        async with running_gateway(make_config(fake_upstream.url, **overrides)) as (base, gateway):
+    async with tenant_state(request.param, "sg_admin") as state:
+        config = make_config(fake_upstream.url, **overrides, **state)
+        async with running_gateway(config) as (base, gateway):
             a, b, keys, key_ids = await _seed(gateway)
             yield Env(base, gateway, a, b, keys, key_ids)
-    finally:
-        if admin is not None:
-            await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-            await admin.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ operator's key is not bound. Both tenant stores.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
-import asyncpg
 import msgspec
 import pytest
 
@@ -26,8 +24,8 @@ from bench.fake_upstream import FakeUpstream
 from router.tenants import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway
+from tests.integration.rls_scratch import tenant_state
 
-ADMIN_DSN = os.environ.get("SLUICEGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 EXPIRES = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
 
 
@@ -66,23 +64,11 @@ async def _seed(store: Any) -> tuple[str, dict[str, str]]:
 @pytest.fixture(scope="module", params=["config", "postgres"])
 async def env(request: pytest.FixtureRequest, fake_upstream: FakeUpstream) -> AsyncIterator[Env]:
     overrides: dict[str, Any] = {"tenants": []}
-    admin, database = None, None
-    if request.param == "postgres":
-        try:
-            admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-        except (OSError, asyncpg.PostgresError):
-            pytest.skip("PostgreSQL is not reachable")
-        database = f"sg_minting_{secrets.token_hex(6)}"
-        await admin.execute(f"CREATE DATABASE {database}")
-        overrides["state"] = {"tenants": "postgres", "postgres_dsn": f"{ADMIN_DSN.rsplit('/', 1)[0]}/{database}"}
-    try:
-        async with running_gateway(make_config(fake_upstream.url, **overrides)) as (base, gateway):
+    async with tenant_state(request.param, "sg_minting") as state:
+        config = make_config(fake_upstream.url, **overrides, **state)
+        async with running_gateway(config) as (base, gateway):
             tenant, keys = await _seed(gateway.tenants)
             yield Env(base, tenant, keys)
-    finally:
-        if admin is not None:
-            await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-            await admin.close()
 
 
 @pytest.fixture
