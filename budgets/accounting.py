@@ -21,7 +21,7 @@ from budgets.prices import cost_pico
 from budgets.store import MAX_AMOUNT, Admission, BudgetRule, CounterStore, Floors, LimitRule, Plan, StoreUnavailable
 from router.auth import Principal
 from router.config import BudgetConfig, LimitsConfig, Price
-from router.errors import InsufficientQuota, Overloaded, RateLimited
+from core.errors import InsufficientQuota, Overloaded, RateLimited
 from serving.base import Usage
 
 PICO_PER_MICRO = 10**6

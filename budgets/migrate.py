@@ -1,4 +1,4 @@
-"""The ledger's PostgreSQL migrations, applied by the one shared runner (router.migrate).
+"""The ledger's PostgreSQL migrations, applied by the one shared runner (core.migrate).
 
 Files in ``budgets/migrations`` are named ``NNNN_description.sql`` and recorded
 in ``schema_migrations`` under the namespace ``ledger``; the runner holds an
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
-from router import migrate as runner
+from core import migrate as runner
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MigrationError = runner.MigrationError

@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from router.errors import Overloaded
+from core.errors import Overloaded
 
 PRIORITIES = ("critical", "high", "standard", "low")
 # A tenant counts as active this long after it last asked for or gave back a slot.

@@ -24,7 +24,7 @@ import msgspec
 from policies import pii_engine
 from policies.pii_engine import Finding
 from policies.pii_restore import Restorer
-from router.errors import GatewayError, InvalidRequest
+from core.errors import GatewayError, InvalidRequest
 
 Kind = Literal["chat", "completion", "embedding"]
 Action = Literal["off", "redact", "mask_and_restore", "block", "restrict"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from policies.fair_queue import FairQueue
 from router.config import DeploymentConfig, ModelConfig, RoutingPolicy
-from router.errors import ModelNotFound
+from core.errors import ModelNotFound
 from serving.base import Engine
 from serving.health import CircuitBreaker, LatencyTracker
 

@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException
 from router import routes_admin, routes_finops, routes_openai, routes_ops
 from router.config import Config, load_config
 from router.defaults import embedded_config
-from router.errors import (
+from core.errors import (
     GatewayError,
     InternalError,
     InvalidRequest,

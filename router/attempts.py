@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from policies.routing import Deployment
-from router.errors import GatewayError, NoHealthyDeployment, UpstreamRateLimited
+from core.errors import GatewayError, NoHealthyDeployment, UpstreamRateLimited
 from router.metrics import Metrics
 from serving.retry import RetryPolicy
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from router.config import BudgetConfig, KeyConfig, LimitsConfig, Priority, TenantConfig
-from router.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed
 
 HASH_PREFIX = "hmac-sha256:"
 KEY_PREFIX = "sk-"

@@ -13,7 +13,7 @@ from typing import Any
 
 from litestar import Request
 
-from router.errors import InvalidRequest, PayloadTooLarge
+from core.errors import InvalidRequest, PayloadTooLarge
 
 # Read and discarded beyond the limit before answering 413: a few seconds of
 # upload at most, and no memory held.

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from router.config import Config, ConfigError, load_config
-from router.errors import GatewayError
+from core.errors import GatewayError
 from router.tenants import KeyCreate, TenantCreate, TenantStore, TenantUpdate, open_tenant_store
 
 ACTOR = "cli"
@@ -133,12 +133,13 @@ def _print(value: object) -> None:
 
 
 def _migrate(args: argparse.Namespace, config: Config) -> int:
-    from router.migrate import migrate
+    from core.migrate import migrate
+    from router.migrate import ALL_SOURCES
 
     dsn = config.state.dsn()
     if dsn is None:
         raise ConfigError(f"{args.config}: key `state.postgres_dsn` is not set: nothing to migrate")
-    applied = asyncio.run(migrate(dsn))
+    applied = asyncio.run(migrate(dsn, ALL_SOURCES))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none'}")
     return 0
 

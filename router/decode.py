@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from router.errors import InvalidRequest
+from core.errors import InvalidRequest
 from router.wire import FIELDS, Request
 
 log = logging.getLogger("sluicegate.decode")

@@ -10,7 +10,7 @@ import time
 from policies.routing import Alias, Deployment, Router
 from router.auth import Principal, bearer_token, hash_api_key
 from router.config import Config, ConfigError, DeploymentConfig, TenantConfig
-from router.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed
 from router.metrics import Metrics
 from budgets.accounting import Accountant
 from budgets.tokens import preload_tokenizer

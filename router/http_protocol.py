@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from router.errors import InvalidRequest, error_body
+from core.errors import InvalidRequest, error_body
 
 _BODY = error_body(
     InvalidRequest("The request is not valid HTTP/1.1: check the request line, the method and the header bytes.", code="invalid_http")

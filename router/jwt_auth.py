@@ -25,7 +25,7 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from router.errors import AuthenticationFailed, GatewayError
+from core.errors import AuthenticationFailed, GatewayError
 from router.jwks import KeySet, SigningKey, token_header
 
 # router.config imports this module for JwtConfig, and router.auth imports

@@ -28,7 +28,7 @@ import msgspec
 
 from router.auth import Principal
 from router.config import BudgetConfig, LimitsConfig, Priority
-from router.errors import PermissionDenied
+from core.errors import PermissionDenied
 from router.tenants import READ_SCOPE, WRITE_SCOPE, KeyCreate, as_utc
 
 # Highest first, as the Priority type lists them.

@@ -20,7 +20,7 @@ from router.billing import Billing
 from router.context import CLIENT_CLOSED, RequestContext
 from policies.tenant_policy import TenantPolicies
 from router.config import RoutingPolicy
-from router.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
+from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from router.metrics import Metrics
 from router.privacy import apply_pii
 from router.tracing import Tracing

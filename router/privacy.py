@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from budgets.tokens import request_texts
 from router.context import RequestContext
-from router.errors import InvalidRequest
+from core.errors import InvalidRequest
 from router.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from router.auth import Principal
 from router.body import read_body
 from router.decode import decode_object
 from router.openapi import BODY
-from router.errors import InvalidRequest, NotFound, PermissionDenied
+from core.errors import InvalidRequest, NotFound, PermissionDenied
 from router.gateway import Gateway
 from router.key_bounds import bounded_by
 from router.tenants import (

@@ -17,7 +17,7 @@ from budgets.prices import usd
 from budgets.report import ReportError, as_dicts, build_query
 from router.auth import Principal
 from router.config import BudgetConfig
-from router.errors import InvalidRequest, NotFound, Overloaded
+from core.errors import InvalidRequest, NotFound, Overloaded
 from router.gateway import Gateway
 
 JSON = "application/json"

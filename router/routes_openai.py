@@ -16,7 +16,7 @@ from litestar.types import ASGIApp
 
 from router.body import read_body
 from router.decode import decode_body
-from router.errors import GatewayError, PermissionDenied
+from core.errors import GatewayError, PermissionDenied
 from router.gateway import Gateway
 from router.openapi import BODY
 from router.pipeline import RequestContext

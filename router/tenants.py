@@ -19,7 +19,7 @@ import msgspec
 
 from router.auth import Principal, hash_api_key, new_api_key, principal_for
 from router.config import BudgetConfig, Config, ConfigError, KeyConfig, LimitsConfig, Name, PositiveInt, Priority, TenantConfig
-from router.errors import GatewayError, InvalidRequest, NotFound
+from core.errors import GatewayError, InvalidRequest, NotFound
 
 UNSET = msgspec.UNSET
 UnsetType = msgspec.UnsetType

@@ -28,7 +28,8 @@ import msgspec
 
 from core.pg_scope import scope
 from router.auth import Principal
-from router.migrate import TENANCY, apply_migrations
+from core.migrate import apply_migrations
+from router.migrate import TENANCY
 from router.revocation import KeyCache, RevocationBus
 from router.tenants import (
     AlreadyExists,

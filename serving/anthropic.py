@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from router.errors import GatewayError, InvalidRequest, UpstreamConnectError, UpstreamError
+from core.errors import GatewayError, InvalidRequest, UpstreamConnectError, UpstreamError
 from serving.anthropic_stream import StreamTranslator
 from serving.anthropic_translate import to_anthropic_request, to_openai_response
 from serving.base import (

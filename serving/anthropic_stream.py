@@ -10,7 +10,7 @@ import time
 
 import msgspec
 
-from router.errors import UpstreamError
+from core.errors import UpstreamError
 from serving.anthropic_translate import STOP_REASONS, to_usage
 from serving.base import usage_json
 from serving.base import JsonObject, StreamChunk

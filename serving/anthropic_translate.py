@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from router.errors import InvalidRequest, UpstreamError
+from core.errors import InvalidRequest, UpstreamError
 from serving.base import JsonObject, Usage, make_usage, usage_json
 
 STOP_REASONS = {

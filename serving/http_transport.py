@@ -2,7 +2,7 @@
 
 Engines keep only what their provider's wire format needs (URLs, headers, bodies,
 error envelopes); how a transport failure or an upstream status becomes a
-``router.errors`` class is decided here, once, as httpx's
+``core.errors`` class is decided here, once, as httpx's
 ``map_httpcore_exceptions`` does. Whether an error says the deployment is down
 for everyone (``deployment_down``) or may be the request's own doing is part of
 that mapping: the circuit breaker reads it.
@@ -20,7 +20,7 @@ from email.utils import parsedate_to_datetime
 
 import aiohttp
 
-from router.errors import (
+from core.errors import (
     GatewayError,
     UpstreamConnectError,
     UpstreamConnectTimeout,

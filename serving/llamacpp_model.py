@@ -12,7 +12,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.errors import GatewayError, InternalError
+from core.errors import GatewayError, InternalError
 from serving.base import Usage
 from serving.llamacpp_request import guarded
 

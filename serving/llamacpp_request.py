@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from router.errors import GatewayError, InvalidRequest, UpstreamError
+from core.errors import GatewayError, InvalidRequest, UpstreamError
 from serving.base import JsonObject
 
 _T = TypeVar("_T")

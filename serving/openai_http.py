@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from router.errors import GatewayError, UpstreamConnectError, UpstreamError
+from core.errors import GatewayError, UpstreamConnectError, UpstreamError
 from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, Load, StreamChunk, Usage
 from serving.http_transport import ErrorFields, HealthProbe, open_session, status_error, transport_error
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk

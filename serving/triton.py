@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
-from router.errors import InvalidRequest, UpstreamConnectError, UpstreamTimeout
+from core.errors import InvalidRequest, UpstreamConnectError, UpstreamTimeout
 from serving.base import Completion, EngineRequest, EngineSpec, Load, StreamChunk, Usage
 from serving.triton_calls import InFlight, Tally, cancelled_by_abort
 from serving.triton_errors import aborted_error

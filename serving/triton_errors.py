@@ -8,7 +8,7 @@ messages are never copied into ours: they can quote request content.
 
 from __future__ import annotations
 
-from router.errors import (
+from core.errors import (
     GatewayError,
     UpstreamConnectError,
     UpstreamError,

@@ -30,7 +30,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from router.errors import GatewayError, UpstreamError
+from core.errors import GatewayError, UpstreamError
 from serving.triton_errors import in_band_error, status_error
 from serving.triton_prompt import LLMRequest, SamplingSettings
 

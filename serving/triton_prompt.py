@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from router.errors import InvalidRequest
+from core.errors import InvalidRequest
 from serving.base import JsonObject, Kind
 
 ChatTemplate: TypeAlias = Literal["chatml", "plain"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from router.errors import UpstreamError
+from core.errors import UpstreamError
 from serving.base import Completion, JsonObject, StreamChunk, Usage, make_usage, usage_json
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from router.errors import InvalidRequest
+from core.errors import InvalidRequest
 from serving.base import JsonObject
 
 # OpenAI caps choices per request at 128; more only multiplies engine work.

@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from router.errors import GatewayError, InvalidRequest, Overloaded, UpstreamError
+from core.errors import GatewayError, InvalidRequest, Overloaded, UpstreamError
 
 if TYPE_CHECKING:
     from vllm.inputs import TokensInput

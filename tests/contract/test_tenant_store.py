@@ -20,13 +20,9 @@ import pytest
 
 from router.auth import hash_api_key
 from router.config import BudgetConfig, Config, LimitsConfig, TenantConfig, cross_check
-from router.errors import InvalidRequest
-from router.migrate import (
-    ALL_SOURCES,
-    apply_migrations,
-    load_migrations,
-    migrate,
-)
+from core.errors import InvalidRequest
+from core.migrate import apply_migrations, load_migrations, migrate
+from router.migrate import ALL_SOURCES
 from router.tenants import (
     AlreadyExists,
     ApiKey,
@@ -445,13 +441,13 @@ async def test_audit_log_refuses_updates_and_deletes(pg_dsn: str) -> None:
 async def test_one_runner_one_table_for_every_schema(scratch: str) -> None:
     conns = [await asyncpg.connect(scratch) for _ in range(3)]
     try:
-        applied = await asyncio.gather(*(apply_migrations(c) for c in conns))
+        applied = await asyncio.gather(*(apply_migrations(c, ALL_SOURCES) for c in conns))
         expected = [m.label for m in load_migrations(ALL_SOURCES)]
         assert {"ledger/0001", "tenancy/1001"} <= set(expected)
         assert sorted(applied, key=len) == [[], [], expected]  # exactly one runner applied, the others waited
         rows = await conns[0].fetch("SELECT namespace, version FROM schema_migrations ORDER BY namespace, version")
         assert [f"{r['namespace']}/{r['version']:04d}" for r in rows] == sorted(expected)
-        assert await migrate(scratch) == []
+        assert await migrate(scratch, ALL_SOURCES) == []
     finally:
         for conn in conns:
             await conn.close()
@@ -464,11 +460,11 @@ async def test_the_ledgers_own_runner_and_the_shared_one_agree(scratch: str, fir
     conn = await asyncpg.connect(scratch)
     try:
         if first == "shared":
-            await apply_migrations(conn)
+            await apply_migrations(conn, ALL_SOURCES)
             assert await ledger_runner.apply_migrations(conn) == []
         else:
             assert await ledger_runner.apply_migrations(conn) != []
-            assert {m.split("/")[0] for m in await apply_migrations(conn)} == {"tenancy"}
-        assert await ledger_runner.apply_migrations(conn) == [] and await apply_migrations(conn) == []
+            assert {m.split("/")[0] for m in await apply_migrations(conn, ALL_SOURCES)} == {"tenancy"}
+        assert await ledger_runner.apply_migrations(conn) == [] and await apply_migrations(conn, ALL_SOURCES) == []
     finally:
         await conn.close()

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.errors import (
+from core.errors import (
     GatewayError,
     InvalidRequest,
     UpstreamConnectError,

@@ -15,7 +15,7 @@ import pytest
 
 from bench import fake_replies
 from bench.fake_upstream import FakeUpstream
-from router.errors import GatewayError, UpstreamRateLimited, UpstreamRejected
+from core.errors import GatewayError, UpstreamRateLimited, UpstreamRejected
 from serving.base import Engine, EngineRequest, EngineSpec
 from serving.registry import build_engine, parse_options
 from tests.fakes import anthropic_server

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from router.config import TenantConfig
-from router.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed
 from router.jwt_auth import DenylistUnavailable, JwtAuthenticator, JwtConfig, RedisJtiDenylist
 
 REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

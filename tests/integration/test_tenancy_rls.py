@@ -20,7 +20,8 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream
 from core.pg_scope import ALL, SETTING, policy_sql, scope
-from router.migrate import TENANCY, migrate
+from core.migrate import migrate
+from router.migrate import TENANCY
 from router.tenants import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.errors import (
+from core.errors import (
     GatewayError,
     InvalidRequest,
     UpstreamConnectError,

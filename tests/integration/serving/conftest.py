@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from bench.tiny_model import MAX_POSITIONS, build_tiny_llama
-from router.errors import UpstreamError
+from core.errors import UpstreamError
 from serving.base import EngineRequest, EngineSpec
 from serving.vllm_engine import VLLMEngine, VLLMOptions
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from router.errors import GatewayError, InvalidRequest
+from core.errors import GatewayError, InvalidRequest
 from serving.base import Engine, EngineRequest, Load, StreamChunk
 from serving.sse import chunk_text
 from serving.triton_openai import USAGE_ESTIMATED_HEADER

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from router.errors import InvalidRequest, UpstreamError
+from core.errors import InvalidRequest, UpstreamError
 from serving.base import EngineRequest, EngineSpec, StreamChunk
 from serving.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
 

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.errors import UpstreamError
+from core.errors import UpstreamError
 from serving.base import Engine, EngineSpec, Load
 from serving.vllm_engine import VLLMEngine, VLLMOptions
 from serving.vllm_runtime import visible_device

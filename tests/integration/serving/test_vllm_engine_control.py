@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from router.errors import InvalidRequest, UpstreamError
+from core.errors import InvalidRequest, UpstreamError
 from serving.base import EngineRequest, Load
 from serving.vllm_engine import VLLMEngine
 from tests.integration.serving.conftest import MAX_MODEL_LEN, MAX_NUM_SEQS

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from policies.fair_queue import FairQueue
-from router.errors import Overloaded
+from core.errors import Overloaded
 
 
 async def _served_order(queue: FairQueue, arrivals: list[tuple[str, int, str]]) -> list[str]:

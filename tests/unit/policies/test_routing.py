@@ -8,7 +8,7 @@ import pytest
 
 from policies.routing import Alias, Deployment, RouteHint, Router
 from router.config import DeploymentConfig, ModelConfig
-from router.errors import ModelNotFound
+from core.errors import ModelNotFound
 from serving.base import Load
 
 

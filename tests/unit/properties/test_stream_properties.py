@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from router.errors import GatewayError
+from core.errors import GatewayError
 from serving.anthropic_stream import StreamTranslator
 from serving.anthropic_translate import to_anthropic_request, to_openai_response
 from serving.base import StreamChunk

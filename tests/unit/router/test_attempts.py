@@ -11,7 +11,7 @@ import pytest
 from policies.routing import Deployment
 from router.attempts import attempt
 from router.config import DeploymentConfig
-from router.errors import (
+from core.errors import (
     GatewayError,
     NoHealthyDeployment,
     UpstreamConnectError,

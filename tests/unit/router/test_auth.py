@@ -6,7 +6,7 @@ import pytest
 
 from router.auth import Principal, bearer_token, hash_api_key, new_api_key, principal_for
 from router.config import KeyConfig, TenantConfig
-from router.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed
 
 
 def test_bearer_token() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from router.decode import decode_body
-from router.errors import InvalidRequest
+from core.errors import InvalidRequest
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 

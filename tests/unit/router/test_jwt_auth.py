@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from router.config import TenantConfig
-from router.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed
 from router.jwks import JwksError, parse_jwks
 from router.jwt_auth import JwtAuthenticator, JwtConfig, MemoryJtiDenylist, looks_like_jwt
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from router import jwt_auth
 from router.config import TenantConfig
-from router.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed
 from router.jwt_auth import JwtAuthenticator, MemoryJtiDenylist
 from tests.unit.router.test_jwt_auth import (  # noqa: F401 (fixtures too)
     PrivateKey,

@@ -7,7 +7,7 @@ import pytest
 
 from router.auth import Principal
 from router.config import BudgetConfig, LimitsConfig
-from router.errors import PermissionDenied
+from core.errors import PermissionDenied
 from router.key_bounds import bounded_by
 from router.tenants import KeyCreate
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.errors import UpstreamError
+from core.errors import UpstreamError
 from serving.anthropic_stream import StreamTranslator
 
 

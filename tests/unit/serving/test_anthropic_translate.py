@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from router.errors import InvalidRequest
+from core.errors import InvalidRequest
 from serving.anthropic_translate import (
     to_anthropic_request,
     to_openai_response,

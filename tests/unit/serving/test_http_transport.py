@@ -7,7 +7,7 @@ from email.utils import formatdate
 import aiohttp
 import pytest
 
-from router.errors import (
+from core.errors import (
     GatewayError,
     UpstreamConnectTimeout,
     UpstreamError,
