@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from core.errors import GatewayError, InvalidRequest, UpstreamConnectError, UpstreamError
+from core.errors import GatewayError, InvalidRequest, UpstreamError
 from serving.anthropic_stream import StreamTranslator
 from serving.anthropic_translate import to_anthropic_request, to_openai_response
 from serving.base import (
@@ -23,11 +23,10 @@ from serving.base import (
     EngineRequest,
     EngineSpec,
     JsonObject,
-    Load,
     StreamChunk,
     Usage,
 )
-from serving.http_transport import ErrorFields, HealthProbe, open_session, status_error, transport_error
+from serving.http_transport import ErrorFields, HttpUpstream, status_error
 from serving.sse import iter_sse_data
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -41,38 +40,28 @@ class AnthropicOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     default_max_tokens: int = 4096
 
 
-class AnthropicEngine:
+class AnthropicEngine(HttpUpstream):
     provider = "anthropic"
 
     def __init__(self, spec: EngineSpec) -> None:
         if spec.options is not None and not isinstance(spec.options, AnthropicOptions):
             raise TypeError(f"deployment {spec.name}: options must be AnthropicOptions")
-        self.name = spec.name
-        self.spec = spec
+        super().__init__(spec)
         self.options = spec.options or AnthropicOptions()
         base = (spec.base_url or DEFAULT_BASE_URL).rstrip("/")
         root = base if base.endswith("/v1") else base + "/v1"
         self._url = root + "/messages"
-        # What the health probe asks: Anthropic's model list, with the same key.
-        self._models_url = root + "/models"
+        self._root = root
         self._headers = {"content-type": "application/json", "anthropic-version": self.options.api_version}
         if spec.api_key:
             self._headers["x-api-key"] = spec.api_key
-        self._session: aiohttp.ClientSession | None = None
-        self._running = 0
-        self._probe = HealthProbe(spec.timeouts)
         # request id --> its open upstream response, so abort() can close it.
         self._open: dict[str, aiohttp.ClientResponse] = {}
         self._aborted: set[str] = set()
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = open_session(self.spec)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def models_url(self) -> str:
+        """What the health probe asks: Anthropic's model list, with the same key."""
+        return self._root + "/models"
 
     async def generate(self, request: EngineRequest) -> Completion:
         payload = self._payload(request, stream=False)
@@ -138,13 +127,6 @@ class AnthropicEngine:
             self._aborted.add(request_id)
             resp.close()
 
-    async def health(self) -> bool:
-        """The upstream is up: it answers the probe, whatever requests have failed."""
-        return await self._probe.up(self._session, self._models_url, self._headers)
-
-    def load(self) -> Load:
-        return Load(running=self._running)
-
     def _payload(self, request: EngineRequest, *, stream: bool) -> bytes:
         if request.kind != "chat":
             raise InvalidRequest(f"deployment {self.name} serves chat completions only", param="model")
@@ -157,9 +139,7 @@ class AnthropicEngine:
 
     async def _send(self, payload: bytes, request_id: str) -> aiohttp.ClientResponse:
         """POST to /v1/messages; returns a 200 response or raises the mapped error."""
-        if self._session is None:
-            raise UpstreamConnectError(f"deployment {self.name} is not started")
-        resp = await self._session.post(self._url, data=payload, headers=self._headers)
+        resp = await self._require_session().post(self._url, data=payload, headers=self._headers)
         if resp.status == 200:
             self._open[request_id] = resp
             return resp
@@ -168,10 +148,6 @@ class AnthropicEngine:
         finally:
             resp.release()
         raise status_error(self.name, resp.status, _error_fields(raw), resp.headers.get("retry-after"))
-
-    def _transport_error(self, exc: BaseException) -> GatewayError:
-        # A request still counted in _running that waits for a connection finds the pool full.
-        return transport_error(exc, self.name, pool_full=self._running > self.spec.max_connections)
 
     def _failed(self, request_id: str, exc: GatewayError) -> GatewayError:
         """The error to raise: an aborted request says so, whatever broke when it was cut."""

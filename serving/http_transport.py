@@ -30,7 +30,7 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from serving.base import EngineSpec, Timeouts
+from serving.base import EngineSpec, Load, Timeouts
 
 # A Retry-After beyond this is taken as this: a broken or hostile upstream must not
 # take its deployment out of rotation for days.
@@ -172,3 +172,49 @@ class HealthProbe:
                 return resp.status < 500
         except (asyncio.TimeoutError, aiohttp.ClientError):
             return False
+
+
+class HttpUpstream:
+    """What every HTTP engine keeps: its pooled session, its in-flight count and its health probe.
+
+    An engine sets ``_headers`` (the deployment's credentials among them) and
+    says where its upstream lists its models (``models_url``); the rest of the
+    Engine interface that does not depend on the provider's wire format is here.
+    """
+
+    _headers: dict[str, str]
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._session: aiohttp.ClientSession | None = None
+        self._running = 0
+        self._probe = HealthProbe(spec.timeouts)
+
+    def models_url(self) -> str:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = open_session(self.spec)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self) -> bool:
+        """The upstream is up: it answers the probe, whatever requests have failed."""
+        return await self._probe.up(self._session, self.models_url(), self._headers)
+
+    def load(self) -> Load:
+        return Load(running=self._running)
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise UpstreamConnectError(f"deployment {self.name} is not started")
+        return self._session
+
+    def _transport_error(self, exc: BaseException) -> GatewayError:
+        # A request still counted in _running that waits for a connection finds the pool full.
+        return transport_error(exc, self.name, pool_full=self._running > self.spec.max_connections)

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from core.errors import GatewayError, UpstreamConnectError, UpstreamError
-from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, Load, StreamChunk, Usage
-from serving.http_transport import ErrorFields, HealthProbe, open_session, status_error, transport_error
+from core.errors import GatewayError, UpstreamError
+from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, StreamChunk, Usage
+from serving.http_transport import ErrorFields, HttpUpstream, status_error
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
@@ -50,19 +50,15 @@ class OpenAIOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     extra_headers: dict[str, str] = {}
 
 
-class OpenAIEngine:
+class OpenAIEngine(HttpUpstream):
     provider = "openai"
 
     def __init__(self, spec: EngineSpec) -> None:
-        self.name = spec.name
-        self.spec = spec
+        super().__init__(spec)
         options = spec.options if isinstance(spec.options, OpenAIOptions) else OpenAIOptions()
         self.options = options
         self._base = (spec.base_url or "https://api.openai.com/v1").rstrip("/")
         self._headers = self._build_headers()
-        self._session: aiohttp.ClientSession | None = None
-        self._running = 0
-        self._probe = HealthProbe(spec.timeouts)
 
     def _build_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -79,15 +75,6 @@ class OpenAIEngine:
     def models_url(self) -> str:
         """What the health probe asks: the model list every OpenAI-compatible server has."""
         return self._base + "/models"
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = open_session(self.spec)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def generate(self, request: EngineRequest) -> Completion:
         return await self._unary(request)
@@ -149,24 +136,8 @@ class OpenAIEngine:
         # consumer does by closing the generator.
         return None
 
-    async def health(self) -> bool:
-        """The upstream is up: it answers the probe, whatever requests have failed."""
-        return await self._probe.up(self._session, self.models_url(), self._headers)
-
-    def load(self) -> Load:
-        return Load(running=self._running)
-
-    def _require_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise UpstreamConnectError(f"deployment {self.name} is not started")
-        return self._session
-
     def _status_error(self, status: int, data: bytes, retry_after: str | None) -> GatewayError:
         return status_error(self.name, status, _upstream_error_fields(data), retry_after)
-
-    def _transport_error(self, exc: BaseException) -> GatewayError:
-        # A request still counted in _running that waits for a connection finds the pool full.
-        return transport_error(exc, self.name, pool_full=self._running > self.spec.max_connections)
 
 
 def _upstream_error_fields(data: bytes) -> ErrorFields:
