@@ -9,18 +9,20 @@ at ``/schema/openapi.json`` gets that type's JSON schema as the request body.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 from litestar import Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.routes import BaseRoute
 
 BODY = "body"
 _REF = "#/components/schemas/{name}"
 
 
-def bodies(app_routes: Any) -> dict[tuple[str, str], type]:
+def bodies(app_routes: Iterable[BaseRoute]) -> dict[tuple[str, str], type]:
     """(path as OpenAPI writes it, method) --> the body type each route declares."""
     found: dict[tuple[str, str], type] = {}
     for route in app_routes:
