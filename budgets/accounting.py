@@ -18,10 +18,19 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 
 from budgets.prices import cost_pico
-from budgets.store import MAX_AMOUNT, Admission, BudgetRule, CounterStore, Floors, LimitRule, Plan, StoreUnavailable
-from router.auth import Principal
-from router.config import BudgetConfig, LimitsConfig, Price
+from budgets.store import (
+    MAX_AMOUNT,
+    Admission,
+    BudgetRule,
+    CounterStore,
+    Floors,
+    LimitRule,
+    Plan,
+    StoreUnavailable,
+)
+from core.config import BudgetConfig, LimitsConfig, Price
 from core.errors import InsufficientQuota, Overloaded, RateLimited
+from core.principal import Principal
 from serving.base import Usage
 
 PICO_PER_MICRO = 10**6

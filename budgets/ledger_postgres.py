@@ -36,7 +36,15 @@ import asyncpg
 import msgspec
 
 from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
-from budgets.ledger_query import UsageQuery, UsageRow, from_epoch_us, rows_sql, to_epoch_us, usage_rows, usage_sql
+from budgets.ledger_query import (
+    UsageQuery,
+    UsageRow,
+    from_epoch_us,
+    rows_sql,
+    to_epoch_us,
+    usage_rows,
+    usage_sql,
+)
 from budgets.migrate import apply_migrations
 from core.pg_scope import scope
 

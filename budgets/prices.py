@@ -7,7 +7,7 @@ therefore exact integers of pico-USD, computed once per request.
 
 from __future__ import annotations
 
-from router.config import Price
+from core.config import Price
 from serving.base import Usage
 
 PICO_PER_USD = 10**12

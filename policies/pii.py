@@ -21,10 +21,10 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from core.errors import GatewayError, InvalidRequest
 from policies import pii_engine
 from policies.pii_engine import Finding
 from policies.pii_restore import Restorer
-from core.errors import GatewayError, InvalidRequest
 
 Kind = Literal["chat", "completion", "embedding"]
 Action = Literal["off", "redact", "mask_and_restore", "block", "restrict"]

@@ -42,7 +42,13 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from policies.pii_engine import IP_ANCHOR, Finding, digit_clusters, ner_windows, phone_regions_for
+from policies.pii_engine import (
+    IP_ANCHOR,
+    Finding,
+    digit_clusters,
+    ner_windows,
+    phone_regions_for,
+)
 
 # Presidio's messages can quote the text being analysed (e.g. an IBAN candidate
 # that failed validation); analyzer failures reach us as exceptions anyway.

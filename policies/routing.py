@@ -13,9 +13,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.fair_queue import FairQueue
-from router.config import DeploymentConfig, ModelConfig, RoutingPolicy
+from core.config import DeploymentConfig, ModelConfig, RoutingPolicy
 from core.errors import ModelNotFound
+from policies.fair_queue import FairQueue
 from serving.base import Engine
 from serving.health import CircuitBreaker, LatencyTracker
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from router.config import Config, ConfigError, RoutingPolicy
+from core.config import Config, ConfigError, RoutingPolicy
 
 if TYPE_CHECKING:
     from policies.pii import PiiPolicy

@@ -11,9 +11,7 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 
-from router import routes_admin, routes_finops, routes_openai, routes_ops
-from router.config import Config, load_config
-from router.defaults import embedded_config
+from core.config import Config, load_config
 from core.errors import (
     GatewayError,
     InternalError,
@@ -23,6 +21,8 @@ from core.errors import (
     PayloadTooLarge,
     error_body,
 )
+from router import routes_admin, routes_finops, routes_openai, routes_ops
+from router.defaults import embedded_config
 from router.gateway import Gateway
 from router.openapi import openapi_config
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from policies.routing import Deployment
 from core.errors import GatewayError, NoHealthyDeployment, UpstreamRateLimited
+from policies.routing import Deployment
 from router.metrics import Metrics
 from serving.retry import RetryPolicy
 

@@ -21,9 +21,16 @@ from typing import TYPE_CHECKING, Any
 from budgets.accounting import Account, Accountant, Reservation
 from budgets.ledger import Ledger, LedgerRow
 from budgets.prices import cost_pico
-from budgets.tokens import Counter, completion_budget, count_texts, counter_for, estimate_prompt_tokens, prompt_bound
+from budgets.tokens import (
+    Counter,
+    completion_budget,
+    count_texts,
+    counter_for,
+    estimate_prompt_tokens,
+    prompt_bound,
+)
+from core.config import Price
 from policies.routing import Deployment
-from router.config import Price
 from router.metrics import Metrics
 from serving.base import Usage
 from serving.sse import chunk_text

@@ -8,9 +8,9 @@ import sys
 
 import msgspec
 
+from core.config import Config, ConfigError, load_config
 from router.cli_admin import add_admin_commands, is_admin_command, run_admin_command
 from router.cli_ledger import add_ledger_commands, run_ledger_command
-from router.config import Config, ConfigError, load_config
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -18,9 +18,15 @@ from typing import Any
 
 import msgspec
 
-from router.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError, load_config
 from core.errors import GatewayError
-from router.tenants import KeyCreate, TenantCreate, TenantStore, TenantUpdate, open_tenant_store
+from router.tenants import (
+    KeyCreate,
+    TenantCreate,
+    TenantStore,
+    TenantUpdate,
+    open_tenant_store,
+)
 
 ACTOR = "cli"
 _PRIORITIES = ["critical", "high", "standard", "low"]

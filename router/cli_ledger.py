@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from budgets.report import ReportError, build_query, render
-from router.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from router.state import open_ledger
 
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from router.auth import Principal
+from core.principal import Principal
 from serving.base import EngineRequest, JsonObject, Kind, StreamChunk, Usage
 
 if TYPE_CHECKING:

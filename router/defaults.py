@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from core.config import Config, DeploymentConfig, KeyConfig, ModelConfig, TenantConfig
 from router.auth import hash_api_key
-from router.config import Config, DeploymentConfig, KeyConfig, ModelConfig, TenantConfig
 
 # Accepted only by the embedded defaults, which listen on loopback.
 DEV_API_KEY = "sk-sluicegate-local"

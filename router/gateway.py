@@ -7,24 +7,31 @@ import gc
 import logging
 import time
 
-from policies.routing import Alias, Deployment, Router
-from router.auth import Principal, bearer_token, hash_api_key
-from router.config import Config, ConfigError, DeploymentConfig, TenantConfig
-from core.errors import AuthenticationFailed
-from router.metrics import Metrics
 from budgets.accounting import Accountant
 from budgets.tokens import preload_tokenizer
+from core.config import Config, ConfigError, DeploymentConfig, TenantConfig
+from core.errors import AuthenticationFailed
+from core.principal import Principal
+from policies.routing import Alias, Deployment, Router
 from policies.tenant_policy import TenantPolicies
+from router.auth import bearer_token, hash_api_key
 from router.billing import Billing
-from router.tracing import Tracing
+from router.jwt_auth import (
+    JtiDenylist,
+    JwtAuthenticator,
+    MemoryJtiDenylist,
+    RedisJtiDenylist,
+    looks_like_jwt,
+)
+from router.metrics import Metrics
 from router.pipeline import Pipeline
 from router.state import accounting_settings, open_counter_store, open_ledger
-from router.jwt_auth import JtiDenylist, JwtAuthenticator, MemoryJtiDenylist, RedisJtiDenylist, looks_like_jwt
 from router.tenants import TenantNotFound, TenantStore, open_tenant_store
+from router.tracing import Tracing
 from serving.base import Engine, EngineSpec, Timeouts
 from serving.health import BreakerSettings, CircuitBreaker
-from serving.retry import RetryPolicy
 from serving.registry import ProviderError, build_engine, parse_options
+from serving.retry import RetryPolicy
 
 log = logging.getLogger("sluicegate")
 # How long a tenant looked up for a JWT is trusted before it is read again.

@@ -18,49 +18,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import Any, Protocol
 
 import jwt
-import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from core.config import JwtConfig, TenantConfig
 from core.errors import AuthenticationFailed, GatewayError
+from core.principal import Principal
 from router.jwks import KeySet, SigningKey, token_header
-
-# router.config imports this module for JwtConfig, and router.auth imports
-# router.config: importing either here at run time would close a cycle.
-if TYPE_CHECKING:
-    from router.auth import Principal
-    from router.config import TenantConfig
 
 ALLOWED_SCOPES = frozenset({"tenant:read", "tenant:write", "ops:*", "ops:read", "ops:write", "inference"})
 MAX_VERIFIED_TOKENS = 10_000
-
-
-class JwtConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    issuer: Annotated[str, msgspec.Meta(min_length=1)]
-    audience: Annotated[str, msgspec.Meta(min_length=1)]
-    # Exactly one of the two: where the identity provider's public keys are.
-    jwks_url: str | None = None
-    jwks_file: str | None = None
-    # Claim naming the tenant; "org.id" walks into nested objects.
-    tenant_claim: Annotated[str, msgspec.Meta(min_length=1)] = "tenant"
-    algorithms: Annotated[list[Literal["RS256", "ES256"]], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["RS256", "ES256"]
-    )
-    leeway_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 30.0
-    refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-    # Reloads of the key set (periodic or for an unknown kid) are at least this far apart.
-    min_refresh_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
-
-    def __post_init__(self) -> None:
-        if (self.jwks_url is None) == (self.jwks_file is None):
-            raise ValueError("jwt needs exactly one of `jwks_url` or `jwks_file`")
-        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
-            raise ValueError("`jwks_url` must be an https:// or http:// URL")
-        if self.min_refresh_s > self.refresh_s:
-            raise ValueError("`min_refresh_s` must not exceed `refresh_s`")
 
 
 # Sync (config file) or async (database) lookup; None when the tenant does not exist.
@@ -228,7 +198,7 @@ class JwtAuthenticator:
 
     async def authenticate(self, token: str) -> Principal:
         # Imported here, not at the top: see the note on the imports.
-        from router.auth import Principal
+        from core.principal import Principal
 
         verified = await self._verified(token)
         # Checked on every use, after the signature, so forged tokens cost no round trip.

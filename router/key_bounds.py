@@ -26,9 +26,9 @@ from typing import get_args
 
 import msgspec
 
-from router.auth import Principal
-from router.config import BudgetConfig, LimitsConfig, Priority
+from core.config import BudgetConfig, LimitsConfig, Priority
 from core.errors import PermissionDenied
+from core.principal import Principal
 from router.tenants import READ_SCOPE, WRITE_SCOPE, KeyCreate, as_utc
 
 # Highest first, as the Priority type lists them.

@@ -14,19 +14,19 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from budgets.tokens import count_prompt_tokens
+from core.config import RoutingPolicy
+from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from policies.routing import Deployment, RouteHint, Router
+from policies.tenant_policy import TenantPolicies
 from router.attempts import attempt, unavailable
 from router.billing import Billing
 from router.context import CLIENT_CLOSED, RequestContext
-from policies.tenant_policy import TenantPolicies
-from router.config import RoutingPolicy
-from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from router.metrics import Metrics
 from router.privacy import apply_pii
+from router.stream_meter import StreamMeter
 from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
 from serving.retry import RetryPolicy
-from router.stream_meter import StreamMeter
 
 _DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode

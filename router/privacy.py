@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from budgets.tokens import request_texts
-from router.context import RequestContext
 from core.errors import InvalidRequest
+from router.context import RequestContext
 from router.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from router.auth import Principal
+from core.principal import Principal
 from router.tenants import StoreUnavailable
 
 log = logging.getLogger("sluicegate.revocation")

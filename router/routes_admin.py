@@ -20,13 +20,13 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
 
-from router.auth import Principal
+from core.errors import InvalidRequest, NotFound, PermissionDenied
+from core.principal import Principal
 from router.body import read_body
 from router.decode import decode_object
-from router.openapi import BODY
-from core.errors import InvalidRequest, NotFound, PermissionDenied
 from router.gateway import Gateway
 from router.key_bounds import bounded_by
+from router.openapi import BODY
 from router.tenants import (
     OPS_SCOPE,
     READ_SCOPE,

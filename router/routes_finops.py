@@ -15,9 +15,9 @@ from litestar import Request, Response, get
 from budgets.accounting import PICO_PER_MICRO, budget_key
 from budgets.prices import usd
 from budgets.report import ReportError, as_dicts, build_query
-from router.auth import Principal
-from router.config import BudgetConfig
+from core.config import BudgetConfig
 from core.errors import InvalidRequest, NotFound, Overloaded
+from core.principal import Principal
 from router.gateway import Gateway
 
 JSON = "application/json"

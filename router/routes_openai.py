@@ -14,13 +14,14 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp
 
+from core.errors import GatewayError, PermissionDenied
 from router.body import read_body
 from router.decode import decode_body
-from core.errors import GatewayError, PermissionDenied
 from router.gateway import Gateway
 from router.openapi import BODY
 from router.pipeline import RequestContext
-from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest, Request as WireRequest
+from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest
+from router.wire import Request as WireRequest
 from serving.base import Kind
 
 JSON = "application/json"

@@ -13,8 +13,8 @@ import sys
 
 import uvicorn
 
+from core.config import Config
 from router.app import CONFIG_ENV
-from router.config import Config
 from router.http_protocol import JsonErrorHttpProtocol
 from router.logs import log_config
 from router.state import shutdown_budget

@@ -5,7 +5,7 @@ from __future__ import annotations
 from budgets.accounting import AccountingSettings
 from budgets.ledger import Ledger, LedgerOptions
 from budgets.store import CounterStore
-from router.config import Config, ConfigError
+from core.config import Config, ConfigError
 
 
 def open_counter_store(config: Config) -> CounterStore:

@@ -17,9 +17,20 @@ from typing import Any, Protocol
 
 import msgspec
 
-from router.auth import Principal, hash_api_key, new_api_key, principal_for
-from router.config import BudgetConfig, Config, ConfigError, KeyConfig, LimitsConfig, Name, PositiveInt, Priority, TenantConfig
+from core.config import (
+    BudgetConfig,
+    Config,
+    ConfigError,
+    KeyConfig,
+    LimitsConfig,
+    Name,
+    PositiveInt,
+    Priority,
+    TenantConfig,
+)
 from core.errors import GatewayError, InvalidRequest, NotFound
+from core.principal import Principal, principal_for
+from router.auth import hash_api_key, new_api_key
 
 UNSET = msgspec.UNSET
 UnsetType = msgspec.UnsetType

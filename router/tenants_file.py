@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from router.auth import Principal
-from router.config import KeyConfig, TenantConfig
+from core.config import KeyConfig, TenantConfig
+from core.principal import Principal
 from router.tenants import (
     AlreadyExists,
     ApiKey,

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from core.pg_scope import scope
-from router.auth import Principal
 from core.migrate import apply_migrations
+from core.pg_scope import scope
+from core.principal import Principal
 from router.migrate import TENANCY
 from router.revocation import KeyCache, RevocationBus
 from router.tenants import (

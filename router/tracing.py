@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from router.config import ConfigError, TelemetryConfig
+from core.config import ConfigError, TelemetryConfig
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -25,11 +25,15 @@ def _exporter(config: TelemetryConfig) -> SpanExporter:
 
         return ConsoleSpanExporter()
     if config.exporter == "memory":
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
 
         return InMemorySpanExporter()
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
     except ImportError:
         raise ConfigError(
             "key `telemetry.exporter`: otlp needs the package opentelemetry-exporter-otlp-proto-http (extra `otel`)"
@@ -46,9 +50,14 @@ class Tracing:
             return
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SimpleSpanProcessor,
+        )
         from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.trace.propagation.tracecontext import (
+            TraceContextTextMapPropagator,
+        )
 
         self.exporter = _exporter(config)
         provider = TracerProvider(

@@ -12,8 +12,7 @@ import msgspec
 
 from core.errors import UpstreamError
 from serving.anthropic_translate import STOP_REASONS, to_usage
-from serving.base import usage_json
-from serving.base import JsonObject, StreamChunk
+from serving.base import JsonObject, StreamChunk, usage_json
 
 _encode = msgspec.json.Encoder().encode
 

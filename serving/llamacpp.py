@@ -19,7 +19,15 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from core.errors import GatewayError, InternalError, InvalidRequest, UpstreamError
-from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, Load, StreamChunk, Usage
+from serving.base import (
+    Completion,
+    EngineRequest,
+    EngineSpec,
+    JsonObject,
+    Load,
+    StreamChunk,
+    Usage,
+)
 from serving.llamacpp_model import ModelCopy, default_model_path, load_copy, pump
 from serving.llamacpp_request import chat_kwargs, chunk_text, completion_kwargs, guarded
 

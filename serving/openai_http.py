@@ -16,7 +16,14 @@ import aiohttp
 import msgspec
 
 from core.errors import GatewayError, UpstreamError
-from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, StreamChunk, Usage
+from serving.base import (
+    Completion,
+    EngineRequest,
+    EngineSpec,
+    JsonObject,
+    StreamChunk,
+    Usage,
+)
 from serving.http_transport import ErrorFields, HttpUpstream, status_error
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
 

@@ -20,10 +20,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from core.errors import GatewayError, InvalidRequest, UpstreamConnectError, UpstreamError
+from core.errors import (
+    GatewayError,
+    InvalidRequest,
+    UpstreamConnectError,
+    UpstreamError,
+)
 from serving.base import Completion, EngineRequest, EngineSpec, Load, StreamChunk
 from serving.vllm_output import ResponseMeta, StreamEncoder, final_completion
-from serving.vllm_params import EngineLimits, chat_messages, chat_tools, completion_prompts, sampling_kwargs
+from serving.vllm_params import (
+    EngineLimits,
+    chat_messages,
+    chat_tools,
+    completion_prompts,
+    sampling_kwargs,
+)
 from serving.vllm_runtime import (
     QueueSnapshot,
     merged,

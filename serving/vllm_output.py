@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from core.errors import UpstreamError
-from serving.base import Completion, JsonObject, StreamChunk, Usage, make_usage, usage_json
+from serving.base import (
+    Completion,
+    JsonObject,
+    StreamChunk,
+    Usage,
+    make_usage,
+    usage_json,
+)
 
 if TYPE_CHECKING:
     from vllm.logprobs import Logprob

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from bench.fake_upstream import FakeUpstream, start_fake_upstream
+from core.config import Config
 from router.auth import hash_api_key
-from router.config import Config
 
 TEST_KEY = "sk-test-tenant-a-0123456789"
 OTHER_KEY = "sk-test-tenant-b-0123456789"

@@ -18,10 +18,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from router.auth import hash_api_key
-from router.config import BudgetConfig, Config, LimitsConfig, TenantConfig, cross_check
+from core.config import BudgetConfig, Config, LimitsConfig, TenantConfig, cross_check
 from core.errors import InvalidRequest
 from core.migrate import apply_migrations, load_migrations, migrate
+from router.auth import hash_api_key
 from router.migrate import ALL_SOURCES
 from router.tenants import (
     AlreadyExists,

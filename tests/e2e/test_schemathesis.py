@@ -16,8 +16,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from core.config import Config
 from router.app import create_app
-from router.config import Config
 from router.openapi import bodies, with_bodies
 
 pytestmark = pytest.mark.filterwarnings("ignore")

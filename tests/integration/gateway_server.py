@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import aiohttp
 import uvicorn
 
+from core.config import Config
 from router.app import create_app
-from router.config import Config
 from router.gateway import Gateway
 
 

@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 from bench.fake_upstream import FakeUpstream
+from core.config import Config
 from router.auth import hash_api_key
-from router.config import Config
 from tests.integration.gateway_server import free_port, running_gateway, wait_healthy
 from tests.integration.test_ledger_postgres_outage import TcpProxy
 

@@ -18,8 +18,8 @@ import msgspec
 from bench.fake_upstream import FakeUpstream
 from budgets.store_redis import RedisCounterStore
 from budgets.tokens import tiktoken_count
+from core.config import Config
 from router.auth import hash_api_key
-from router.config import Config
 from tests.contract.test_ledger import database_dsn
 from tests.integration.gateway_server import free_port, running_gateway, wait_healthy
 from tests.integration.test_ledger_postgres_outage import TcpProxy, database, proxy  # noqa: F401 (fixtures)

@@ -9,8 +9,8 @@ import aiohttp
 import msgspec
 
 from bench.fake_upstream import FakeUpstream
+from core.config import Config
 from router.auth import hash_api_key
-from router.config import Config
 from tests.integration.gateway_server import running_gateway
 
 KEYS = {"heavy": "sk-queue-heavy-0123456789", "light": "sk-queue-light-0123456789"}

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from budgets.report import render
 from budgets.ledger_query import UsageRow, to_epoch_us
+from budgets.report import render
 from router.auth import hash_api_key
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway

@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from router.config import TenantConfig
+from core.config import JwtConfig, TenantConfig
 from core.errors import AuthenticationFailed
-from router.jwt_auth import DenylistUnavailable, JwtAuthenticator, JwtConfig, RedisJtiDenylist
+from router.jwt_auth import DenylistUnavailable, JwtAuthenticator, RedisJtiDenylist
 
 REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ISSUER = "https://idp.example.test/"

@@ -25,7 +25,7 @@ from budgets.ledger_postgres import PostgresLedger
 from budgets.ledger_query import UsageQuery
 from budgets.ledger_spool import Spool
 from budgets.migrate import migrate
-from router.config import Config
+from core.config import Config
 from tests.conftest import TEST_KEY, make_config
 from tests.contract.test_ledger import ADMIN_DSN, ALL_TIME, database_dsn, make_row
 from tests.fakes.blackhole import BlackHole

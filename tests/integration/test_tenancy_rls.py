@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from core.pg_scope import ALL, SETTING, policy_sql, scope
 from core.migrate import migrate
+from core.pg_scope import ALL, SETTING, policy_sql, scope
 from router.migrate import TENANCY
 from router.tenants import KeyCreate, TenantCreate
 from tests.conftest import make_config

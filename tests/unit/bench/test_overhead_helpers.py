@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 
 from bench.instructions import _total_instructions
-
-from bench.overhead_report import Row, median_rows, paired, percent_of_passthrough, render
+from bench.overhead_report import (
+    Row,
+    median_rows,
+    paired,
+    percent_of_passthrough,
+    render,
+)
 from bench.overhead_targets import bench_key_hash, request_body, sluicegate_config
 from bench.wrk import lua_script, lua_string, parse_output
-from router.config import decode_config
+from core.config import decode_config
 
 
 def test_lua_long_string_cannot_be_closed_by_its_text() -> None:

@@ -9,9 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from bench.chat_load import Row, Sample, StreamTally, fastest, percentile, request_body, summarize
-from bench.vllm_compare import EngineSettings, bench_key_hash, ratios, render, sluicegate_config, vllm_argv
-from router.config import decode_config
+from bench.chat_load import (
+    Row,
+    Sample,
+    StreamTally,
+    fastest,
+    percentile,
+    request_body,
+    summarize,
+)
+from bench.vllm_compare import (
+    EngineSettings,
+    bench_key_hash,
+    ratios,
+    render,
+    sluicegate_config,
+    vllm_argv,
+)
+from core.config import decode_config
 
 
 def _event(payload: dict[str, object]) -> bytes:

@@ -6,9 +6,9 @@ import pytest
 
 from budgets.accounting import Accountant, AccountingSettings, budget_key, period_key
 from budgets.store_memory import MemoryCounterStore
-from router.auth import Principal
-from router.config import BudgetConfig, LimitsConfig, Price
+from core.config import BudgetConfig, LimitsConfig, Price
 from core.errors import InsufficientQuota, RateLimited
+from core.principal import Principal
 from serving.base import Usage
 
 PRICE = Price(input_per_mtok=1_000_000, output_per_mtok=2_000_000)  # $1 / $2 per 1M tokens

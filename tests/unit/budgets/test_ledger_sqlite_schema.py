@@ -6,9 +6,9 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from budgets.ledger import LedgerRow
 from budgets.ledger_query import UsageQuery, to_epoch_us
 from budgets.ledger_sqlite import SQLiteLedger
-from budgets.ledger import LedgerRow
 from budgets.ledger_sqlite_schema import COLUMNS, VERSION
 
 _EARLIER = """

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from budgets.prices import cost_pico, usd, worst_case_pico
 import pytest
 
+from budgets.prices import cost_pico, usd, worst_case_pico
 from budgets.tokens import (
     BOUND_BYTES,
     completion_budget,
@@ -12,7 +12,7 @@ from budgets.tokens import (
     request_texts,
     tiktoken_count,
 )
-from router.config import Price
+from core.config import Price
 from serving.base import PromptTokensDetails, Usage
 
 

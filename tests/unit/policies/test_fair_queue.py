@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from policies.fair_queue import FairQueue
 from core.errors import Overloaded
+from policies.fair_queue import FairQueue
 
 
 async def _served_order(queue: FairQueue, arrivals: list[tuple[str, int, str]]) -> list[str]:

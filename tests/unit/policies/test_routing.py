@@ -6,9 +6,9 @@ from collections import Counter
 import msgspec
 import pytest
 
-from policies.routing import Alias, Deployment, RouteHint, Router
-from router.config import DeploymentConfig, ModelConfig
+from core.config import DeploymentConfig, ModelConfig
 from core.errors import ModelNotFound
+from policies.routing import Alias, Deployment, RouteHint, Router
 from serving.base import Load
 
 

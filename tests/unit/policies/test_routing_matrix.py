@@ -7,8 +7,8 @@ import random
 import msgspec
 import pytest
 
+from core.config import DeploymentConfig, ModelConfig, RoutingPolicy
 from policies.routing import Alias, Deployment, Router
-from router.config import DeploymentConfig, ModelConfig, RoutingPolicy
 from serving.base import Load
 from serving.health import BreakerSettings, CircuitBreaker
 

@@ -8,10 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.decode import MAX_JSON_DEPTH, decode_body, decode_object, nesting_exceeds
 from core.errors import InvalidRequest
+from router.decode import MAX_JSON_DEPTH, decode_body, decode_object, nesting_exceeds
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest
-from tests.unit.properties.strategies import encode, json_objects, json_values, mutated_json
+from tests.unit.properties.strategies import (
+    encode,
+    json_objects,
+    json_values,
+    mutated_json,
+)
 
 KINDS = [ChatRequest, CompletionRequest, EmbeddingRequest]
 

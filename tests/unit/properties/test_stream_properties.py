@@ -19,7 +19,13 @@ from core.errors import GatewayError
 from serving.anthropic_stream import StreamTranslator
 from serving.anthropic_translate import to_anthropic_request, to_openai_response
 from serving.base import StreamChunk
-from serving.sse import UpstreamStreamError, chunk_text, iter_sse_batches, peek_chunk, text_bytes_bound
+from serving.sse import (
+    UpstreamStreamError,
+    chunk_text,
+    iter_sse_batches,
+    peek_chunk,
+    text_bytes_bound,
+)
 from tests.unit.properties.strategies import encode, json_objects, json_values
 
 # Payloads are single-line (as JSON encoders write them) and never "[DONE]".

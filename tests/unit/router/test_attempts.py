@@ -8,9 +8,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from policies.routing import Deployment
-from router.attempts import attempt
-from router.config import DeploymentConfig
+from core.config import DeploymentConfig
 from core.errors import (
     GatewayError,
     NoHealthyDeployment,
@@ -20,6 +18,8 @@ from core.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from policies.routing import Deployment
+from router.attempts import attempt
 from router.metrics import Metrics
 from serving.base import Load
 from serving.health import BreakerSettings, CircuitBreaker, State

@@ -4,9 +4,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from router.auth import Principal, bearer_token, hash_api_key, new_api_key, principal_for
-from router.config import KeyConfig, TenantConfig
+from core.config import KeyConfig, TenantConfig
 from core.errors import AuthenticationFailed
+from core.principal import Principal, principal_for
+from router.auth import bearer_token, hash_api_key, new_api_key
 
 
 def test_bearer_token() -> None:

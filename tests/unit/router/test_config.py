@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import ConfigError, SecretRef, decode_config, load_config
+from core.config import ConfigError, SecretRef, decode_config, load_config
 
 GOOD = b"""
 server: {port: 9000}

@@ -3,7 +3,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from router.auth import Principal
+from core.principal import Principal
 from router.context import RequestContext
 
 

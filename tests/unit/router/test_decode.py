@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.decode import decode_body
 from core.errors import InvalidRequest
+from router.decode import decode_body
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 
 

@@ -12,9 +12,9 @@ import jwt
 import pytest
 from aiohttp import web
 
-from router import jwt_auth
-from router.config import TenantConfig
+from core.config import TenantConfig
 from core.errors import AuthenticationFailed
+from router import jwt_auth
 from router.jwt_auth import JwtAuthenticator, MemoryJtiDenylist
 from tests.unit.router.test_jwt_auth import (  # noqa: F401 (fixtures too)
     PrivateKey,
@@ -26,7 +26,6 @@ from tests.unit.router.test_jwt_auth import (  # noqa: F401 (fixtures too)
     sign,
     tenants,
 )
-
 
 # --- key rotation --------------------------------------------------------------
 

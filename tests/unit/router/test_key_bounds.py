@@ -5,9 +5,9 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from router.auth import Principal
-from router.config import BudgetConfig, LimitsConfig
+from core.config import BudgetConfig, LimitsConfig
 from core.errors import PermissionDenied
+from core.principal import Principal
 from router.key_bounds import bounded_by
 from router.tenants import KeyCreate
 

@@ -9,7 +9,7 @@ import pytest
 
 from budgets.ledger_postgres import PostgresLedger, PostgresStore
 from budgets.ledger_sqlite import SQLiteLedger
-from router.config import Config
+from core.config import Config
 from router.state import open_ledger, shutdown_budget
 
 

@@ -10,7 +10,6 @@ import pytest
 from core.errors import UpstreamError
 from serving.anthropic_stream import StreamTranslator
 
-
 # --- streaming ---------------------------------------------------------------
 
 

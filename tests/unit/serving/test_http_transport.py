@@ -16,7 +16,13 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from serving.http_transport import MAX_RETRY_AFTER_S, ErrorFields, parse_retry_after, status_error, transport_error
+from serving.http_transport import (
+    MAX_RETRY_AFTER_S,
+    ErrorFields,
+    parse_retry_after,
+    status_error,
+    transport_error,
+)
 
 NOW = 1_700_000_000.0
 

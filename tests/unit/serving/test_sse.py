@@ -6,7 +6,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from serving.base import StreamChunk
-from serving.sse import UpstreamStreamError, chunk_text, iter_sse_data, peek_chunk, text_bytes_bound
+from serving.sse import (
+    UpstreamStreamError,
+    chunk_text,
+    iter_sse_data,
+    peek_chunk,
+    text_bytes_bound,
+)
 
 
 async def _lines(*items: bytes) -> AsyncIterator[bytes]:

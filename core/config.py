@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from router.jwt_auth import JwtConfig
-
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
 Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "vllm", "triton", "llamacpp"]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -93,6 +91,31 @@ class ServerConfig(_Strict):
     gc_thresholds: Annotated[list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=3, max_length=3)] = msgspec.field(
         default_factory=lambda: [10_000, 20, 20]
     )
+
+
+class JwtConfig(_Strict):
+    issuer: Annotated[str, msgspec.Meta(min_length=1)]
+    audience: Annotated[str, msgspec.Meta(min_length=1)]
+    # Exactly one of the two: where the identity provider's public keys are.
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    # Claim naming the tenant; "org.id" walks into nested objects.
+    tenant_claim: Annotated[str, msgspec.Meta(min_length=1)] = "tenant"
+    algorithms: Annotated[list[Literal["RS256", "ES256"]], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
+    leeway_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 30.0
+    refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    # Reloads of the key set (periodic or for an unknown kid) are at least this far apart.
+    min_refresh_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+    def __post_init__(self) -> None:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("jwt needs exactly one of `jwks_url` or `jwks_file`")
+        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError("`jwks_url` must be an https:// or http:// URL")
+        if self.min_refresh_s > self.refresh_s:
+            raise ValueError("`min_refresh_s` must not exceed `refresh_s`")
 
 
 class AuthConfig(_Strict):
