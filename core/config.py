@@ -154,6 +154,78 @@ class DeploymentConfig(_Strict):
     options: dict[str, Any] | None = None
 
 
+
+Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class CanaryGates(_Strict):
+    """SLO gates a candidate must hold; None turns a gate off.
+
+    Absolute gates look at the candidate alone; relative ones compare it with the
+    stable deployment on the same windows (error rate: difference; latency and
+    cost: ratio). Errors are upstream failures (5xx, timeouts, broken streams),
+    never a client's 4xx.
+    """
+
+    max_error_rate: Fraction | None = 0.05
+    max_error_rate_increase: Fraction | None = 0.02
+    max_p95_latency_ms: PositiveFloat | None = None
+    max_p95_latency_ratio: PositiveFloat | None = 1.5
+    max_p95_ttft_ms: PositiveFloat | None = None
+    max_p95_ttft_ratio: PositiveFloat | None = 1.5
+    max_cost_ratio: PositiveFloat | None = None
+
+
+class ShadowConfig(_Strict):
+    """Mirror a share of stable's requests to the candidate before any user sees it."""
+
+    share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.1
+    # Mirrored calls in flight on one replica; beyond it they are dropped (shed first).
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 8
+    # The ledger account mirrored calls are billed to: never the tenant's.
+    bill_to: Name = "sluicegate-shadow"
+
+
+CanaryPhase = Literal["shadow", "canary", "paused", "promoted", "rolled_back"]
+
+
+class CanaryState(_Strict):
+    """Where a canary stands; written only by decisions, each one a new config version."""
+
+    phase: CanaryPhase = "canary"
+    # Index into `steps` while in the canary phase.
+    step: NonNegInt = 0
+    # When the current phase or step began (epoch seconds); 0: when first loaded.
+    since: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Before a pause: the phase to resume.
+    paused_from: Literal["shadow", "canary"] | None = None
+    decision: str = ""
+    reason: str = ""
+
+
+class CanaryConfig(_Strict):
+    # The candidate: one deployment or a pool of replicas.
+    candidate: Annotated[list[Name], msgspec.Meta(min_length=1)]
+    # Traffic steps in percent of the alias's requests; the last one should be 100.
+    steps: Annotated[list[Percent], msgspec.Meta(min_length=1)] = msgspec.field(default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0])
+    interval_s: PositiveFloat = 60.0
+    # Candidate samples needed in a step before it may move on; fewer: hold.
+    min_samples: Annotated[int, msgspec.Meta(ge=1)] = 50
+    gates: CanaryGates = msgspec.field(default_factory=CanaryGates)
+    # A phase before the first step in which traffic is mirrored, never served.
+    shadow: ShadowConfig | None = None
+    # Assignment key: the x-session-id header, the request's `user`, or none (weighted only).
+    sticky: Literal["session", "user", "none"] = "session"
+    state: CanaryState = msgspec.field(default_factory=CanaryState)
+
+    def weight(self) -> float:
+        """Percent of live traffic the candidate serves now."""
+        if self.state.phase != "canary":
+            return 0.0
+        return self.steps[min(self.state.step, len(self.steps) - 1)]
+
+
 class ModelConfig(_Strict):
     alias: Name
     # Tiers in fallback order; a tier that is a list is a pool of replicas
@@ -171,6 +243,7 @@ class ModelConfig(_Strict):
     # Free slots kept for each other active tenant beyond what it holds, so that a
     # light tenant never waits behind a heavy one's requests (0: none kept back).
     queue_headroom: Annotated[int, msgspec.Meta(ge=0)] = 1
+    canary: CanaryConfig | None = None
 
     def tiers(self) -> list[list[str]]:
         return [[t] if isinstance(t, str) else list(t) for t in self.deployments]
@@ -268,6 +341,14 @@ class TenantConfig(_Strict):
     pii: dict[str, Any] | None = None
 
 
+class AlertsConfig(_Strict):
+    """Where operational alerts go (a canary rolled back): a POST with an HMAC-SHA256-signed body."""
+
+    webhook_url: str | None = None
+    webhook_secret: SecretRef | None = None
+    timeout_s: PositiveFloat = 5.0
+
+
 class StateConfig(_Strict):
     """Where shared state lives. The defaults are embedded: tenants and keys from this file."""
 
@@ -289,12 +370,34 @@ class StateConfig(_Strict):
     # On shutdown pending rows are spooled at once; then at most this long (and
     # at most a quarter of server.grace_period_s) is spent writing them.
     ledger_drain_s: Annotated[float, msgspec.Meta(ge=0)] = 3.0
+    # Live configuration: the file (watched), or versions in PostgreSQL announced over Redis.
+    config: Literal["file", "postgres"] = "file"
+    # How often a replica checks for a version it missed (a lost message, Redis down).
+    config_reconcile_s: PositiveFloat = 5.0
+    # Embedded: how long the watched file must be quiet before it is read again.
+    config_watch_debounce_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""
         if isinstance(self.postgres_dsn, SecretRef):
             return self.postgres_dsn.resolve()
         return self.postgres_dsn
+
+
+class LiveConfig(_Strict):
+    """What reloads without a restart: the versioned document every replica serves."""
+
+    resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    policies: PoliciesConfig = msgspec.field(default_factory=PoliciesConfig)
+    deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
+    models: list[ModelConfig] = msgspec.field(default_factory=list)
+    tenants: list[TenantConfig] = msgspec.field(default_factory=list)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+
+
+# The sections of the file read once, at start: changing them needs a restart.
+START_TIME_KEYS = ("server", "auth", "budgets", "telemetry", "state")
+LIVE_KEYS = tuple(LiveConfig.__struct_fields__)
 
 
 class Config(_Strict):
@@ -307,7 +410,15 @@ class Config(_Strict):
     deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
+
+    def live(self) -> LiveConfig:
+        return LiveConfig(**{key: getattr(self, key) for key in LIVE_KEYS})
+
+    def with_live(self, live: LiveConfig) -> Config:
+        """This file's start-time settings with another live document."""
+        return msgspec.structs.replace(self, **{key: getattr(live, key) for key in LIVE_KEYS})
 
 
 def decode_config(data: bytes, source: str) -> Config:
@@ -348,6 +459,24 @@ def _describe(message: str) -> str:
 
 def cross_check(config: Config) -> list[str]:
     """Checks that span several keys: unique names and references that resolve."""
+    return live_problems(config.live()) + _state_problems(config)
+
+
+def decode_live(data: bytes, source: str) -> LiveConfig:
+    """A live document as JSON (the admin API, the version history); errors name the key."""
+    try:
+        live = msgspec.json.decode(data, type=LiveConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON: {exc}") from None
+    problems = live_problems(live)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return live
+
+
+def live_problems(config: LiveConfig) -> list[str]:
     problems: list[str] = []
     problems += _duplicates("deployments", [d.name for d in config.deployments])
     problems += _duplicates("models", [m.alias for m in config.models])
@@ -361,6 +490,8 @@ def cross_check(config: Config) -> list[str]:
             for name in tier:
                 if name not in known:
                     problems.append(f"key `models[{i}].deployments[{j}]`: unknown deployment {name!r}")
+        if model.canary is not None:
+            problems += _canary_problems(f"models[{i}].canary", model, model.canary, known)
     for i, tenant in enumerate(config.tenants):
         routing = tenant.routing or config.policies.routing
         for name in routing.allowed_deployments or ():
@@ -373,7 +504,23 @@ def cross_check(config: Config) -> list[str]:
     for i, dep in enumerate(config.deployments):
         if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
             problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")
-    problems += _state_problems(config)
+    return problems
+
+
+def _canary_problems(where: str, model: ModelConfig, canary: CanaryConfig, known: set[str]) -> list[str]:
+    problems = []
+    stable = set(model.tiers()[0])
+    for j, name in enumerate(canary.candidate):
+        if name not in known:
+            problems.append(f"key `{where}.candidate[{j}]`: unknown deployment {name!r}")
+        elif name in stable:
+            problems.append(f"key `{where}.candidate[{j}]`: {name!r} already serves the alias's first tier")
+    if any(b <= a for a, b in zip(canary.steps, canary.steps[1:])):
+        problems.append(f"key `{where}.steps`: steps must increase")
+    if canary.state.step >= len(canary.steps):
+        problems.append(f"key `{where}.state.step`: there are only {len(canary.steps)} steps")
+    if canary.state.phase == "shadow" and canary.shadow is None:
+        problems.append(f"key `{where}.state.phase`: 'shadow' needs a `shadow` block")
     return problems
 
 
