@@ -27,9 +27,10 @@ from pathlib import Path
 
 import asyncpg
 
-from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
+from budgets.ledger import BatchingLedger, LedgerOptions
 from budgets.ledger_postgres import PostgresLedger, WriteMethod
 from budgets.ledger_query import to_epoch_us
+from budgets.ledger_row import LedgerRow
 from budgets.ledger_sqlite import SQLiteLedger
 
 CHUNK = 5_000
@@ -46,7 +47,7 @@ def make_rows(start: int, count: int) -> list[LedgerRow]:
             prompt_tokens=812, completion_tokens=143, cached_tokens=256, cost=209_700_000 + n,
             latency_ms=412.75, ttft_ms=88.5, status=200 if n % 50 else 429,
             error=None if n % 50 else "rate_limited", route_reason="cost", pii_entities={"EMAIL_ADDRESS": 1},
-            trace_id=f"{n:032x}", stream=bool(n % 2),
+            trace_id=f"{n:032x}", stream=bool(n % 2), config_version=12, arm="candidate" if n % 10 == 0 else "stable",
             started_us=_T0_US + 1000 * n, finished_us=_T0_US + 1000 * (n + 412),
         )
         for n in range(start, start + count)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import spacy
 
 from policies.pii import PiiPolicy, scan_request
-from policies.pii_engine import NER_ENTITIES, NER_MODEL, PATTERN_ENTITIES, get_engine
+from policies.pii_engine import NER_MODEL, get_engine
+from policies.pii_scan import NER_ENTITIES, PATTERN_ENTITIES
 
 _PARAGRAPHS = (
     (

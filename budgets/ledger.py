@@ -2,7 +2,8 @@
 
 ``record()`` only appends to a list, so the request path never waits on a
 database. Times travel as integer microseconds since the epoch: exact, and
-cheap to make for every request; ``started_at``/``finished_at`` give datetimes. A background task writes batches to a :class:`LedgerStore`; when a
+cheap to make for every request; ``started_at``/``finished_at`` give datetimes.
+A background task writes batches to a :class:`~budgets.ledger_row.LedgerStore`; when a
 write fails the batch goes to a local spool file and is replayed, with
 backoff, once the store answers again. Rows are idempotent on
 ``(request_id, started_at)``, so a replayed duplicate is harmless.
@@ -20,74 +21,19 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
-from budgets.ledger_query import UsageQuery, UsageRow, from_epoch_us, to_epoch_us
+from budgets.ledger_query import UsageQuery, UsageRow
+from budgets.ledger_row import LedgerRow, LedgerStore, decode_spooled
 from budgets.ledger_spool import Spool, replay_spool, write_or_reject
 
+# A row is what record() takes, so the ledger's callers find it here as well.
+__all__ = ["BatchingLedger", "Ledger", "LedgerOptions", "LedgerRow"]
+
 logger = logging.getLogger(__name__)
-
-
-class LedgerRow(msgspec.Struct):
-    """What one request cost. Money in pico-USD (1e-12 USD), an exact integer.
-
-    Every field is required; the gateway builds rows positionally (keywords
-    cost several times more per row). The first twelve fields are the ones
-    FinOps queries filter, group and sum on, in the embedded table's column
-    order; the rest follow."""
-
-    request_id: str
-    started_us: int  # UTC, microseconds since the epoch
-    tenant: str
-    key_id: str
-    model: str  # the alias the client asked for
-    deployment: str
-    provider: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    cost: int
-    status: int  # HTTP status; 499 when the client went away
-    finished_us: int
-    latency_ms: float
-    ttft_ms: float | None
-    error: str | None  # an error class or code, never a message that could hold user data
-    route_reason: str | None
-    pii_entities: dict[str, int]  # counts by entity type, never the values
-    trace_id: str | None
-    stream: bool
-
-    @property
-    def started_at(self) -> datetime:
-        return from_epoch_us(self.started_us)
-
-    @property
-    def finished_at(self) -> datetime:
-        return from_epoch_us(self.finished_us)
-
-
-_row_decoder = msgspec.json.Decoder(LedgerRow)
-_dict_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def decode_spooled(line: bytes) -> LedgerRow:
-    """One spool line; rows spooled before times were integers carry ISO datetimes instead."""
-    try:
-        return _row_decoder.decode(line)
-    except msgspec.ValidationError:
-        data = _dict_decoder.decode(line)
-        for name in ("started", "finished"):
-            dated = data.pop(f"{name}_at", None)
-            if isinstance(dated, str) and f"{name}_us" not in data:
-                try:
-                    data[f"{name}_us"] = to_epoch_us(datetime.fromisoformat(dated))
-                except ValueError:
-                    raise msgspec.ValidationError(f"unreadable {name}_at") from None
-        return msgspec.convert(data, LedgerRow)
 
 
 class Ledger(Protocol):
@@ -98,22 +44,6 @@ class Ledger(Protocol):
     async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
     async def ping(self) -> bool: ...
-
-
-class LedgerStore(Protocol):
-    """Where batches end up; each write is one transaction, duplicates ignored."""
-
-    async def open(self) -> None: ...
-    async def close(self, timeout_s: float | None = None) -> None:
-        """Release connections within ``timeout_s`` (None: the store's own deadline)."""
-        ...
-    async def write(self, rows: Sequence[LedgerRow]) -> None: ...
-    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
-    async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
-    async def ping(self) -> bool: ...
-    def refuses(self, exc: Exception) -> bool:
-        """True when a write failed because of what the rows hold, so retrying cannot help."""
-        ...
 
 
 class LedgerOptions(msgspec.Struct, kw_only=True, frozen=True):

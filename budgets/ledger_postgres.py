@@ -35,7 +35,7 @@ from typing import Literal
 import asyncpg
 import msgspec
 
-from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
+from budgets.ledger import BatchingLedger, LedgerOptions
 from budgets.ledger_query import (
     UsageQuery,
     UsageRow,
@@ -45,6 +45,7 @@ from budgets.ledger_query import (
     usage_rows,
     usage_sql,
 )
+from budgets.ledger_row import LedgerRow
 from budgets.migrate import apply_migrations
 from core.pg_scope import scope
 
@@ -56,7 +57,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("provider", "text"), ("prompt_tokens", "bigint"), ("completion_tokens", "bigint"),
     ("cached_tokens", "bigint"), ("cost", "bigint"), ("latency_ms", "float8"), ("ttft_ms", "float8"),
     ("status", "integer"), ("error", "text"), ("route_reason", "text"), ("pii_entities", "jsonb"),
-    ("trace_id", "text"), ("stream", "boolean"),
+    ("trace_id", "text"), ("stream", "boolean"), ("config_version", "integer"), ("arm", "text"),
 )  # fmt: skip
 _NAMES = [name for name, _ in _COLUMNS]
 _COLUMN_LIST = ", ".join(_NAMES)
@@ -89,7 +90,7 @@ def _to_record(row: LedgerRow) -> tuple[object, ...]:
         row.request_id, from_epoch_us(row.started_us), from_epoch_us(row.finished_us), row.tenant, row.key_id, row.model,
         row.deployment, row.provider, row.prompt_tokens, row.completion_tokens, row.cached_tokens, row.cost,
         row.latency_ms, row.ttft_ms, row.status, row.error, row.route_reason,
-        _json_encode(row.pii_entities).decode(), row.trace_id, row.stream,
+        _json_encode(row.pii_entities).decode(), row.trace_id, row.stream, row.config_version, row.arm,
     )  # fmt: skip
 
 
@@ -107,7 +108,7 @@ def _answered(exc: BaseException) -> bool:
 
 
 class PostgresStore:
-    """A :class:`~budgets.ledger.LedgerStore` on a partitioned PostgreSQL table."""
+    """A :class:`~budgets.ledger_row.LedgerStore` on a partitioned PostgreSQL table."""
 
     def __init__(
         self,

@@ -15,12 +15,11 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import msgspec
 
-if TYPE_CHECKING:
-    from budgets.ledger import LedgerRow, LedgerStore
+from budgets.ledger_row import LedgerRow, LedgerStore
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from datetime import datetime
 from itertools import chain
 from typing import TypeVar
 
-from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
+from budgets.ledger import BatchingLedger, LedgerOptions
 from budgets.ledger_query import UsageQuery, UsageRow, rows_sql, usage_rows, usage_sql
+from budgets.ledger_row import LedgerRow
 from budgets.ledger_sqlite_schema import COLUMNS, from_record, prepare, to_record
 
 T = TypeVar("T")
@@ -51,7 +52,7 @@ def _checkpoint_passive(conn: sqlite3.Connection) -> None:
 
 
 class SQLiteStore:
-    """A :class:`~budgets.ledger.LedgerStore` on one SQLite file."""
+    """A :class:`~budgets.ledger_row.LedgerStore` on one SQLite file."""
 
     def __init__(self, path: str) -> None:
         self._path = path

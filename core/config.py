@@ -513,7 +513,7 @@ def _canary_problems(where: str, model: ModelConfig, canary: CanaryConfig, known
     for j, name in enumerate(canary.candidate):
         if name not in known:
             problems.append(f"key `{where}.candidate[{j}]`: unknown deployment {name!r}")
-        elif name in stable:
+        elif name in stable and canary.state.phase != "promoted":
             problems.append(f"key `{where}.candidate[{j}]`: {name!r} already serves the alias's first tier")
     if any(b <= a for a, b in zip(canary.steps, canary.steps[1:])):
         problems.append(f"key `{where}.steps`: steps must increase")
@@ -525,12 +525,15 @@ def _canary_problems(where: str, model: ModelConfig, canary: CanaryConfig, known
 
 
 def _state_problems(config: Config) -> list[str]:
-    if config.state.tenants != "postgres":
-        return []
+    """Start-time settings that need one another."""
+    state = config.state
     problems = []
-    if config.state.postgres_dsn is None:
-        problems.append("key `state.postgres_dsn`: required when `state.tenants` is 'postgres'")
-    if config.tenants:
+    needs_postgres = [key for key, on in (("tenants", state.tenants == "postgres"), ("ledger", state.ledger == "postgres"), ("config", state.config == "postgres")) if on]
+    if needs_postgres and state.postgres_dsn is None:
+        problems.append(f"key `state.postgres_dsn`: required when `state.{needs_postgres[0]}` is 'postgres'")
+    if state.counters == "redis" and not state.redis_url:
+        problems.append("key `state.redis_url`: required when `state.counters` is 'redis'")
+    if state.tenants == "postgres" and config.tenants:
         # Refuse rather than silently ignore keys an operator expects to work.
         problems.append("key `tenants`: not used when `state.tenants` is 'postgres'; manage tenants with `sluicegate tenants`")
     return problems

@@ -22,13 +22,13 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from core.errors import GatewayError, InvalidRequest
-from policies import pii_engine
-from policies.pii_engine import Finding
+from policies import pii_engine, pii_scan
 from policies.pii_restore import Restorer
+from policies.pii_scan import Finding
 
 Kind = Literal["chat", "completion", "embedding"]
 Action = Literal["off", "redact", "mask_and_restore", "block", "restrict"]
-DEFAULT_ENTITIES = (*pii_engine.PATTERN_ENTITIES, *pii_engine.NER_ENTITIES)
+DEFAULT_ENTITIES = (*pii_scan.PATTERN_ENTITIES, *pii_scan.NER_ENTITIES)
 _T = TypeVar("_T")
 
 
@@ -51,15 +51,15 @@ class PiiPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_scan_chars: int = 262_144
     # Where the NER model runs: "cased" on windows around capitalised words
     # (text with no letter case, or mostly lower-case sentences, is scanned
-    # whole), "full" on every text whole. See ``pii_engine.ner_windows``.
-    ner_scope: pii_engine.NerScope = "cased"
+    # whole), "full" on every text whole. See ``pii_scan.ner_windows``.
+    ner_scope: pii_scan.NerScope = "cased"
 
     def __post_init__(self) -> None:
         if self.max_scan_chars < 1:
             raise ValueError("`max_scan_chars` must be at least 1")
-        unknown = sorted(set(self.entities) - pii_engine.SUPPORTED_ENTITIES)
+        unknown = sorted(set(self.entities) - pii_scan.SUPPORTED_ENTITIES)
         if unknown:
-            raise ValueError(f"unknown PII entities {unknown}; supported: {sorted(pii_engine.SUPPORTED_ENTITIES)}")
+            raise ValueError(f"unknown PII entities {unknown}; supported: {sorted(pii_scan.SUPPORTED_ENTITIES)}")
         if not set(self.thresholds) <= set(self.entities):
             raise ValueError("`thresholds` names entities that are not in `entities`")
         if not all(0.0 <= t <= 1.0 for t in (self.score_threshold, *self.thresholds.values())):
@@ -162,7 +162,7 @@ async def scan_request(kind: Kind, body: dict[str, Any], policy: PiiPolicy) -> S
 
 def _plan(texts: list[_Text], min_scores: dict[str, float]) -> list[_Job]:
     """The texts worth analysing, each with the entities it could hold."""
-    jobs = [(t, {e: min_scores[e] for e in pii_engine.candidate_entities(t.text, min_scores)}) for t in texts]
+    jobs = [(t, {e: min_scores[e] for e in pii_scan.candidate_entities(t.text, min_scores)}) for t in texts]
     return [(t, scores) for t, scores in jobs if scores]
 
 

@@ -42,7 +42,7 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from policies.pii_engine import (
+from policies.pii_scan import (
     IP_ANCHOR,
     Finding,
     digit_clusters,

@@ -41,6 +41,8 @@ class Alias:
     config: ModelConfig
     tiers: list[list[Deployment]]
     queue: FairQueue | None = None
+    # A canary's candidate pool: tried first by requests assigned to it, stable after.
+    candidate: list[Deployment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -87,15 +89,24 @@ class Router:
         return alias
 
     def plan(
-        self, model: str, hint: RouteHint | None = None, policy: RoutingPolicy | None = None, self_hosted_only: bool = False
+        self,
+        model: str,
+        hint: RouteHint | None = None,
+        policy: RoutingPolicy | None = None,
+        self_hosted_only: bool = False,
+        candidate: bool = False,
     ) -> RoutePlan:
-        """Deployments to try, best first, and why. Filtered: privacy, region, allow-list, health."""
+        """Deployments to try, best first, and why. Filtered: privacy, region, allow-list, health.
+
+        ``candidate``: the request is assigned to the alias's canary, whose pool
+        comes first (filtered as any tier), stable's tiers after it.
+        """
         alias = self.get(model)
         policy = policy or _PINNED
         private = self_hosted_only or policy.self_hosted_only
         removed: dict[str, int] = {}
         tiers: list[list[Deployment]] = []
-        for tier in alias.tiers:
+        for tier in [alias.candidate, *alias.tiers] if candidate and alias.candidate else alias.tiers:
             kept = []
             for deployment in tier:
                 why = _excluded(deployment, policy, private)
@@ -104,7 +115,11 @@ class Router:
                 else:
                     removed[why] = removed.get(why, 0) + 1
             tiers.append(kept)
-        ordered = self._rank(alias.config, tiers, policy.strategy, hint)
+        if candidate and alias.candidate:
+            # Whatever the strategy, the canary's pool is tried before stable.
+            ordered = self._rank(alias.config, tiers[:1], policy.strategy, hint) + self._rank(alias.config, tiers[1:], policy.strategy, hint)
+        else:
+            ordered = self._rank(alias.config, tiers, policy.strategy, hint)
         return RoutePlan(ordered, _reason(policy.strategy, ordered, removed, private), removed)
 
     def _rank(self, config: ModelConfig, tiers: list[list[Deployment]], strategy: str, hint: RouteHint | None) -> list[Deployment]:

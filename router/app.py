@@ -21,7 +21,7 @@ from core.errors import (
     PayloadTooLarge,
     error_body,
 )
-from router import routes_admin, routes_finops, routes_openai, routes_ops
+from router import routes_admin, routes_config, routes_finops, routes_openai, routes_ops
 from router.defaults import embedded_config
 from router.gateway import Gateway
 from router.openapi import openapi_config
@@ -66,8 +66,8 @@ def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
     return _error_response(InternalError("The gateway failed to process the request."))
 
 
-def create_app(config: Config, gateway: Gateway | None = None) -> Litestar:
-    gw = gateway if gateway is not None else Gateway(config)
+def create_app(config: Config, gateway: Gateway | None = None, source_path: str | None = None) -> Litestar:
+    gw = gateway if gateway is not None else Gateway(config, source_path=source_path)
 
     async def startup(app: Litestar) -> None:
         app.state.gateway = gw
@@ -78,7 +78,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Litestar:
         await gw.stop()
 
     return Litestar(
-        route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES, *routes_finops.ROUTES],
+        route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES, *routes_config.ROUTES, *routes_finops.ROUTES],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers={
@@ -98,4 +98,4 @@ def app_from_env() -> Litestar:
     """Factory for uvicorn workers: the config path travels in an environment variable."""
     path = os.environ.get(CONFIG_ENV)
     config = load_config(path) if path else embedded_config()
-    return create_app(config)
+    return create_app(config, source_path=path)

@@ -18,8 +18,11 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from budgets.accounting import Account, Accountant, Reservation
-from budgets.ledger import Ledger, LedgerRow
+from budgets.ledger import Ledger
+from budgets.ledger_row import LedgerRow
 from budgets.prices import cost_pico
 from budgets.tokens import (
     Counter,
@@ -36,7 +39,7 @@ from serving.base import Usage
 from serving.sse import chunk_text
 
 if TYPE_CHECKING:
-    from router.pipeline import RequestContext
+    from router.context import RequestContext
 
 log = logging.getLogger("sluicegate.billing")
 # What a request costs when its deployment is unknown (it failed before one was chosen).
@@ -60,7 +63,6 @@ class Billing:
         self.ledger = ledger
         self.metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
-        self._deployments: dict[str, Deployment] = {}
         self._reserves_inline = accountant.reserves_inline
         # provider --> its token counter, looked up once
         self._counters: dict[str, Counter] = {}
@@ -71,10 +73,6 @@ class Billing:
     def remaining_fraction(self, tenant: str) -> float | None:
         last = self._last.get(tenant)
         return last.remaining_fraction if last is not None else None
-
-    def know(self, deployments: dict[str, Deployment]) -> None:
-        self._deployments = deployments
-        self._counters = {d.config.provider: counter_for(d.config.provider) for d in deployments.values()}
 
     def reserve(self, ctx: RequestContext, plan: list[Deployment]) -> Coroutine[Any, Any, None] | None:
         """Reserve the request's limits and budgets; a coroutine to await when that needs I/O, else done.
@@ -143,7 +141,7 @@ class Billing:
         usage = ctx.usage
         if usage is not None:
             reservation = ctx.reservation
-            deployment = self._deployments.get(ctx.deployment)
+            deployment = ctx.served
             price = deployment.config.price if deployment is not None else _NO_PRICE
             if reservation is None:
                 # Nothing to release and nothing to count: record it here, no task needed.
@@ -159,7 +157,7 @@ class Billing:
         return task
 
     async def _settle(self, ctx: RequestContext) -> None:
-        deployment = self._deployments.get(ctx.deployment)
+        deployment = ctx.served
         usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx, deployment)
         price = deployment.config.price if deployment is not None else _NO_PRICE
         if ctx.reservation is not None:
@@ -194,7 +192,10 @@ class Billing:
 
     def _counter(self, deployment: Deployment | None) -> Counter:
         provider = deployment.config.provider if deployment is not None else ""
-        return self._counters.get(provider) or counter_for(provider)
+        counter = self._counters.get(provider)
+        if counter is None:
+            counter = self._counters[provider] = counter_for(provider)
+        return counter
 
     @staticmethod
     def _row(ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> LedgerRow:
@@ -224,6 +225,34 @@ class Billing:
             dict(ctx.pii_counts) if ctx.pii_counts else {},
             ctx.trace_id,
             ctx.stream,
+            ctx.snapshot.version,
+            ("mirrored" if ctx.mirror else ctx.arm),
+        )
+
+    def record_mirrored(
+        self, ctx: RequestContext, deployment: Deployment, usage: Usage, cost: int, account: str,
+        status: int, error: str | None, elapsed: float, ttft: float | None,
+    ) -> None:
+        """The ledger row of a call mirrored to a canary: billed to ``account``, never to the tenant, no budget touched."""
+        if self.ledger is None:
+            return
+        row = self._row(ctx, deployment, usage, cost)
+        elapsed_us = int(elapsed * 1_000_000)
+        self.ledger.record(
+            msgspec.structs.replace(
+                row,
+                request_id=f"{ctx.request_id}-shadow",
+                tenant=account,
+                key_id="shadow",
+                deployment=deployment.name,
+                status=status,
+                error=error,
+                finished_us=row.started_us + elapsed_us,
+                latency_ms=elapsed_us / 1000,
+                ttft_ms=int(ttft * 1_000_000) / 1000 if ttft is not None else None,
+                pii_entities={},
+                arm="shadow",
+            )
         )
 
     async def drain(self) -> None:

@@ -10,6 +10,7 @@ import msgspec
 
 from core.config import Config, ConfigError, load_config
 from router.cli_admin import add_admin_commands, is_admin_command, run_admin_command
+from router.cli_config import add_config_commands, run_config_command
 from router.cli_ledger import add_ledger_commands, run_ledger_command
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file")
     check.add_argument("file")
+    add_config_commands(config_sub, sub)
 
     keys = sub.add_parser("keys", help="API key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -45,16 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin_command(args)
     if args.command == "serve":
         return _serve(args)
-    if args.command == "config":
+    if args.command == "config" and args.config_command == "check":
         return _check(args.file)
+    if args.command in ("config", "canary"):
+        return run_config_command(args)
     if args.command == "ledger":
         return run_ledger_command(args)
     return _keys(args.keys_command)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from router.config_resolve import resolve
     from router.defaults import embedded_config
-    from router.gateway import engine_spec
     from router.server import serve
 
     try:
@@ -63,8 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         if overrides:
             config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **overrides))
         config = msgspec.convert(msgspec.to_builtins(config), Config)  # re-validate overrides
-        for i, dep in enumerate(config.deployments):
-            engine_spec(i, dep)
+        resolve(config)
     except (ConfigError, msgspec.ValidationError) as exc:
         print(f"sluicegate: {exc}", file=sys.stderr)
         return 2
@@ -88,12 +91,12 @@ def _announce(config: Config, path: str | None, embedded: bool) -> None:
 
 
 def _check(path: str) -> int:
-    from router.gateway import engine_spec
+    """The validation start-up and every reload run: OK here means `serve` accepts it."""
+    from router.config_resolve import resolve
 
     try:
         config = load_config(path)
-        for i, dep in enumerate(config.deployments):
-            engine_spec(i, dep)
+        resolve(config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -20,13 +20,8 @@ import msgspec
 
 from core.config import Config, ConfigError, load_config
 from core.errors import GatewayError
-from router.tenants import (
-    KeyCreate,
-    TenantCreate,
-    TenantStore,
-    TenantUpdate,
-    open_tenant_store,
-)
+from router.tenant_records import KeyCreate, TenantCreate, TenantStore, TenantUpdate
+from router.tenants import open_tenant_store
 
 ACTOR = "cli"
 _PRIORITIES = ["critical", "high", "standard", "low"]

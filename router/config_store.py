@@ -87,3 +87,4 @@ class MemoryConfigStore:
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
+

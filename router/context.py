@@ -14,9 +14,11 @@ if TYPE_CHECKING:
 
     from budgets.accounting import Reservation
     from budgets.tokens import Counter
+    from policies.canary_samples import Arm
     from policies.fair_queue import FairQueue
     from policies.pii_restore import Restorer
     from policies.routing import Deployment
+    from router.snapshot import Snapshot
 
 # Status recorded when the client goes away before the response is complete.
 CLIENT_CLOSED = 499
@@ -25,6 +27,8 @@ CLIENT_CLOSED = 499
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
+    # The config this request runs on, start to end, whatever reloads meanwhile.
+    snapshot: Snapshot
     principal: Principal
     kind: Kind
     route: str
@@ -38,6 +42,11 @@ class RequestContext:
     # routing
     plan: list[Deployment] = field(default_factory=list)
     deployment: str = ""
+    served: Deployment | None = None
+    # The alias's canary: which arm the request was assigned ("stable" or
+    # "candidate"), and whether it is mirrored to the candidate in its shadow phase.
+    arm: Arm | None = None
+    mirror: bool = False
     route_reason: str | None = None
     # PII found under a `restrict` policy: only self-hosted deployments may serve.
     self_hosted_only: bool = False

@@ -9,13 +9,18 @@ import time
 
 from budgets.accounting import Accountant
 from budgets.tokens import preload_tokenizer
-from core.config import Config, ConfigError, DeploymentConfig, TenantConfig
+from core.config import Config, TenantConfig
+from core.config_version import document_hash
 from core.errors import AuthenticationFailed
 from core.principal import Principal
-from policies.routing import Alias, Deployment, Router
+from policies.routing import Deployment, Router
 from policies.tenant_policy import TenantPolicies
 from router.auth import bearer_token, hash_api_key
 from router.billing import Billing
+from router.canaries import Canaries, open_sample_store
+from router.canary_control import CanaryController, Lease
+from router.config_resolve import resolve
+from router.config_store import MemoryConfigStore
 from router.jwt_auth import (
     JtiDenylist,
     JwtAuthenticator,
@@ -25,48 +30,24 @@ from router.jwt_auth import (
 )
 from router.metrics import Metrics
 from router.pipeline import Pipeline
-from router.state import accounting_settings, open_counter_store, open_ledger
-from router.tenants import TenantNotFound, TenantStore, open_tenant_store
+from router.reload import Reloader
+from router.snapshot import Snapshot, build
+from router.state import accounting_settings, open_config_store, open_counter_store, open_ledger
+from router.tenant_records import TenantNotFound, TenantStore
+from router.tenants import open_tenant_store
+from router.tenants_file import FileTenantStore
 from router.tracing import Tracing
-from serving.base import Engine, EngineSpec, Timeouts
-from serving.health import BreakerSettings, CircuitBreaker
-from serving.registry import ProviderError, build_engine, parse_options
-from serving.retry import RetryPolicy
+from serving.base import Engine
 
 log = logging.getLogger("sluicegate")
 # How long a tenant looked up for a JWT is trusted before it is read again.
 _JWT_TENANT_TTL_S = 5.0
 
 
-def engine_spec(index: int, dep: DeploymentConfig) -> EngineSpec:
-    """Resolve a deployment's secrets and options; errors name the key, never the value."""
-    where = f"deployments[{index}]"
-    try:
-        api_key = dep.api_key.resolve() if dep.api_key is not None else None
-    except ConfigError as exc:
-        raise ConfigError(f"key `{where}.api_key`: {exc}") from None
-    try:
-        options = parse_options(dep.provider, dep.options)
-    except ProviderError as exc:
-        raise ConfigError(f"key `{where}.options`: {exc}") from None
-    except ImportError as exc:
-        raise ConfigError(f"key `{where}.provider`: {dep.provider} needs a package that is not installed ({exc.name})") from None
-    t = dep.timeouts
-    return EngineSpec(
-        name=dep.name,
-        provider=dep.provider,
-        model=dep.model,
-        base_url=dep.base_url,
-        api_key=api_key,
-        timeouts=Timeouts(connect_s=t.connect_s, read_s=t.read_s, total_s=t.total_s),
-        max_connections=dep.max_connections,
-        options=options,
-    )
-
-
 class Gateway:
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, metrics: Metrics | None = None, *, source_path: str | None = None) -> None:
+        # Start-time settings; what reloads lives in the snapshot (``self.snapshot.config``).
+        self.base = config
         self.metrics = metrics if metrics is not None else Metrics()
         pepper = config.auth.key_pepper.resolve().encode() if config.auth.key_pepper is not None else b""
         self.pepper = pepper
@@ -74,42 +55,58 @@ class Gateway:
         self.tenants: TenantStore = open_tenant_store(config, pepper)
         self.jwt = self._jwt(config)
         self._jwt_tenants: dict[str, tuple[float, TenantConfig | None]] = {}
-        self.engines: dict[str, Engine] = {}
-        deployments: dict[str, Deployment] = {}
-        r = config.resilience
-        breaker = BreakerSettings(
-            consecutive_failures=r.breaker_consecutive_failures,
-            error_rate=r.breaker_error_rate,
-            window_s=r.breaker_window_s,
-            min_requests=r.breaker_min_requests,
-            open_s=r.breaker_open_s,
-        )
-        for i, dep in enumerate(config.deployments):
-            engine = build_engine(engine_spec(i, dep))
-            self.engines[dep.name] = engine
-            deployments[dep.name] = Deployment(config=dep, engine=engine, breaker=CircuitBreaker(breaker))
-        aliases = [
-            Alias(config=m, tiers=[[deployments[d] for d in tier] for tier in m.tiers()]) for m in config.models
-        ]
-        self.deployments = deployments
-        self.router = Router(aliases)
-        retry = RetryPolicy(
-            max_attempts=r.max_attempts,
-            backoff_base_s=r.backoff_base_s,
-            backoff_max_s=r.backoff_max_s,
-            max_retry_after_s=r.max_retry_after_s,
-        )
+        # Version 0: the file as read; the store's newest version replaces it at start.
+        initial = build(resolve(config), 0, document_hash(config.live()), None)
+        self.reloader = Reloader(config, open_config_store(config), self.metrics, initial.snapshot, source_path=source_path)
+        self.reloader.on_swap(self._swapped)
+        if isinstance(self.tenants, FileTenantStore) and isinstance(self.reloader.store, MemoryConfigStore):
+            tenants = self.tenants
+            self.reloader.on_commit(lambda v: tenants.record_config(v.actor, v.version, v.hash, v.reason))
         # Limits, budgets and the ledger: embedded by default, Redis/PostgreSQL when configured.
         self.counters = open_counter_store(config)
         self.ledger = open_ledger(config)
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
-        self.billing.know(deployments)
-        self.policies = TenantPolicies(config)
         self.tracing = Tracing(config.telemetry)
-        self.pipeline = Pipeline(self.router, self.metrics, self.billing, self.policies, self.tracing, retry)
+        # Canaries: samples shared by every replica through Redis when there is one.
+        samples = open_sample_store(config.state.redis_url)
+        self.canaries = Canaries(samples, self.billing, self.metrics)
+        self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis_url))
+        self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What a request runs on: read once per request, kept to its end."""
+        return self.reloader.current
+
+    @property
+    def config(self) -> Config:
+        return self.reloader.current.config
+
+    @property
+    def router(self) -> Router:
+        return self.reloader.current.router
+
+    @property
+    def deployments(self) -> dict[str, Deployment]:
+        return self.reloader.current.deployments
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        return self.reloader.current.engines
+
+    @property
+    def policies(self) -> TenantPolicies:
+        return self.reloader.current.policies
+
+    def _swapped(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
+        for model in snapshot.config.models:
+            self.metrics.canary_weight.labels(model.alias).set(model.canary.weight() if model.canary is not None else 0.0)
+        if isinstance(self.tenants, FileTenantStore):
+            self.tenants.reload(snapshot.config.tenants)
+        self._jwt_tenants.clear()
 
     def _jwt(self, config: Config) -> JwtAuthenticator | None:
         if config.auth.jwt is None:
@@ -149,27 +146,33 @@ class Gateway:
         # The offline tokenizer takes a moment to load: not on a tenant's first request.
         await asyncio.to_thread(preload_tokenizer)
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
+        await self.reloader.start()
+        await self.canaries.samples.start()
+        await self.canary_control.start()
         # What start-up allocated (engines, models, tokenizers) lives as long as the
         # process: keep it out of every later garbage collection's work.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(*self.config.server.gc_thresholds)
-        interval = self.config.resilience.health_check_interval_s
-        if interval > 0:
-            self._health_task = asyncio.create_task(self._check_health(interval))
+        gc.set_threshold(*self.base.server.gc_thresholds)
+        self._health_task = asyncio.create_task(self._check_health())
         self.started = True
 
-    async def _check_health(self, interval: float) -> None:
+    async def _check_health(self) -> None:
         """Active checks: a deployment whose upstream is down is open-circuited.
 
         ``health()`` asks the upstream itself and ignores how requests fared, so a
         run of client errors (a 400 for a prompt too long) never opens a breaker here.
         """
         while True:
-            await asyncio.sleep(interval)
+            # Read each round: the interval reloads with the config (0: checks off).
+            interval = self.config.resilience.health_check_interval_s
+            await asyncio.sleep(interval or 1.0)
+            if interval <= 0:
+                continue
+            deployments = self.deployments
             for name, healthy in (await self.deployment_health(wait_s=None)).items():
-                if not healthy:
-                    self.deployments[name].breaker.force_open()
+                if not healthy and name in deployments:
+                    deployments[name].breaker.force_open()
 
     async def stop(self) -> None:
         self.started = False
@@ -178,6 +181,9 @@ class Gateway:
         # Settlements first (their rows go to the ledger), then the ledger, which
         # spools its rows at once and drains within its budget: before anything
         # below can wait on a database.
+        await self.canary_control.close()
+        await self.reloader.close()
+        await self.canaries.close()
         await self.billing.drain()
         if self.ledger is not None:
             await self.ledger.close()

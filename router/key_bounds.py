@@ -29,7 +29,7 @@ import msgspec
 from core.config import BudgetConfig, LimitsConfig, Priority
 from core.errors import PermissionDenied
 from core.principal import Principal
-from router.tenants import READ_SCOPE, WRITE_SCOPE, KeyCreate, as_utc
+from router.tenant_records import READ_SCOPE, WRITE_SCOPE, KeyCreate, as_utc
 
 # Highest first, as the Priority type lists them.
 _RANK = {name: rank for rank, name in enumerate(get_args(Priority))}

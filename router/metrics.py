@@ -83,6 +83,29 @@ class Metrics:
             "sluicegate_soft_budget_exceeded_total", "Requests admitted while over a soft budget, by tenant.",
             ("tenant",), registry=r,
         )
+        self.config_version = Gauge(
+            "sluicegate_config_version", "The live config version this replica serves.", registry=r, multiprocess_mode="max",
+        )
+        self.config_reloads = Counter(
+            "sluicegate_config_reloads_total", "Config versions this replica tried to apply, by result (applied, invalid, failed).",
+            ("result",), registry=r,
+        )
+        self.config_apply_latency = Histogram(
+            "sluicegate_config_apply_latency_seconds", "From a version's commit to this replica serving it.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+        )
+        self.canary_weight = Gauge(
+            "sluicegate_canary_weight_percent", "Share of an alias's live traffic its canary serves, in percent.",
+            ("model",), registry=r, multiprocess_mode="max",
+        )
+        self.canary_decisions = Counter(
+            "sluicegate_canary_decisions_total", "Canary decisions written (step, promote, rollback, ...), by alias.",
+            ("model", "action"), registry=r,
+        )
+        self.shadow_requests = Counter(
+            "sluicegate_shadow_requests_total", "Requests mirrored to a canary candidate, by alias and result (ok, error, shed).",
+            ("model", "result"), registry=r,
+        )
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._token_children: dict[str, tuple[Counter, Counter]] = {}
 

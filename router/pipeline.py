@@ -16,17 +16,16 @@ import msgspec
 from budgets.tokens import count_prompt_tokens
 from core.config import RoutingPolicy
 from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
-from policies.routing import Deployment, RouteHint, Router
-from policies.tenant_policy import TenantPolicies
+from policies.routing import Deployment, RouteHint
 from router.attempts import attempt, unavailable
 from router.billing import Billing
+from router.canaries import Canaries
 from router.context import CLIENT_CLOSED, RequestContext
 from router.metrics import Metrics
 from router.privacy import apply_pii
 from router.stream_meter import StreamMeter
 from router.tracing import Tracing
 from serving.base import Completion, StreamChunk, Usage
-from serving.retry import RetryPolicy
 
 _DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
@@ -35,21 +34,13 @@ __all__ = ["CLIENT_CLOSED", "Pipeline", "RequestContext"]
 
 
 class Pipeline:
-    def __init__(
-        self,
-        router: Router,
-        metrics: Metrics,
-        billing: Billing,
-        policies: TenantPolicies,
-        tracing: Tracing,
-        retry: RetryPolicy | None = None,
-    ) -> None:
+    """Stateless between requests: the router, policies and retry policy come from the request's snapshot."""
+
+    def __init__(self, metrics: Metrics, billing: Billing, tracing: Tracing, canaries: Canaries | None = None) -> None:
         self.tracing = tracing
-        self.router = router
         self.metrics = metrics
         self.billing = billing
-        self.policies = policies
-        self.retry = retry or RetryPolicy()
+        self.canaries = canaries
 
     def begin(self, ctx: RequestContext, traceparent: str | None = None) -> None:
         self.metrics.in_flight.inc()
@@ -59,13 +50,19 @@ class Pipeline:
     async def admit(self, ctx: RequestContext) -> None:
         """Route by the tenant's policy, queue for the alias (fair between tenants), reserve limits and budget."""
         p = ctx.principal
-        pii = self.policies.pii(p.tenant)
+        snapshot = ctx.snapshot
+        policies = snapshot.policies
+        pii = policies.pii(p.tenant)
         if pii is not None:
             await apply_pii(ctx, pii, self.metrics)
-        policy = self.policies.routing(p.tenant)
+        policy = policies.routing(p.tenant)
         downgraded = self._downgrade(ctx, policy)
-        alias = self.router.get(ctx.alias)
-        plan = self.router.plan(ctx.alias, RouteHint(session_id=ctx.session_id, body=ctx.body), policy, ctx.self_hosted_only)
+        router = snapshot.router
+        alias = router.get(ctx.alias)
+        if alias.candidate and self.canaries is not None:
+            self.canaries.assign(ctx, alias)
+        hint = RouteHint(session_id=ctx.session_id, body=ctx.body)
+        plan = router.plan(ctx.alias, hint, policy, ctx.self_hosted_only, candidate=ctx.arm == "candidate")
         ctx.route_reason = f"{plan.reason},{downgraded}" if downgraded else plan.reason
         if not plan.deployments:
             if plan.removed and "unhealthy" not in plan.removed:
@@ -102,8 +99,8 @@ class Pipeline:
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
 
-        completion, deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias, ctx.principal.tenant)
-        ctx.deployment = deployment.name
+        completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant)
+        ctx.served, ctx.deployment = deployment, deployment.name
         ctx.usage = completion.usage
         if completion.usage is None:
             ctx.generated_text = completion_texts(completion.body)
@@ -132,8 +129,8 @@ class Pipeline:
                 raise
             return first, chunks
 
-        (first, chunks), deployment = await attempt(ctx.plan, run, self.retry, self.metrics, ctx.alias, ctx.principal.tenant)
-        ctx.deployment = deployment.name
+        (first, chunks), deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant)
+        ctx.served, ctx.deployment = deployment, deployment.name
         if ctx.restorer is None or deployment.config.privacy != "cloud":
             ctx.restorer = None  # nothing was masked on the way to this deployment
         ctx.ttft = time.perf_counter() - ctx.started
@@ -233,6 +230,8 @@ class Pipeline:
             self.metrics.count_tokens(ctx.alias, usage.prompt_tokens, usage.completion_tokens)
         if ctx.span is not None:
             self.tracing.end(ctx)
+        if ctx.arm is not None and self.canaries is not None:
+            self.canaries.finished(ctx)
         return self.billing.settle(ctx)
 
 

@@ -25,7 +25,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from core.principal import Principal
-from router.tenants import StoreUnavailable
+from router.tenant_records import StoreUnavailable
 
 log = logging.getLogger("sluicegate.revocation")
 

@@ -27,7 +27,7 @@ from router.decode import decode_object
 from router.gateway import Gateway
 from router.key_bounds import bounded_by
 from router.openapi import BODY
-from router.tenants import (
+from router.tenant_records import (
     OPS_SCOPE,
     READ_SCOPE,
     WRITE_SCOPE,

@@ -87,14 +87,16 @@ async def _admit(
     principal = await gateway.authenticate(headers.get("authorization"))
     if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
         raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
-    body = await read_body(request, gateway.config.server.max_body_bytes)
+    body = await read_body(request, gateway.base.server.max_body_bytes)
     raw, validated, unknown = decode_body(body, shape)
     if unknown:
         gateway.metrics.unknown_fields.labels(route).inc(unknown)
-    gateway.router.get(validated.model)
+    snapshot = gateway.snapshot
+    snapshot.router.get(validated.model)
     options = getattr(validated, "stream_options", None)
     return RequestContext(
         request_id=new_request_id(),
+        snapshot=snapshot,
         principal=principal,
         kind=kind,
         route=route,
@@ -112,7 +114,13 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no
 
 
 def _headers(ctx: RequestContext, *, streaming: bool) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-request-id", ctx.request_id.encode()), (b"x-sluicegate-deployment", ctx.deployment.encode())]
+    headers = [
+        (b"x-request-id", ctx.request_id.encode()),
+        (b"x-sluicegate-deployment", ctx.deployment.encode()),
+        (b"x-sluicegate-config-version", ctx.snapshot.header),
+    ]
+    if ctx.arm is not None:
+        headers.append((b"x-sluicegate-canary", b"mirrored" if ctx.mirror else ctx.arm.encode()))
     if ctx.route_reason:
         headers.append((b"x-sluicegate-route-reason", ctx.route_reason.encode()))
     if streaming:
@@ -146,7 +154,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway = _gateway(request)
     await gateway.authenticate(request.headers.get("authorization"))
     created = request.app.state.started_at
-    data = [_model_entry(a.name, a.config.owned_by, created) for a in gateway.router.aliases()]
+    data = [_model_entry(a.name, a.config.owned_by, created) for a in gateway.snapshot.router.aliases()]
     return Response(_encode({"object": "list", "data": data}), media_type=JSON)
 
 
@@ -154,7 +162,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
     gateway = _gateway(request)
     await gateway.authenticate(request.headers.get("authorization"))
-    alias = gateway.router.get(model_id.lstrip("/"))
+    alias = gateway.snapshot.router.get(model_id.lstrip("/"))
     return Response(_encode(_model_entry(alias.name, alias.config.owned_by, request.app.state.started_at)), media_type=JSON)
 
 

@@ -6,6 +6,7 @@ from budgets.accounting import AccountingSettings
 from budgets.ledger import Ledger, LedgerOptions
 from budgets.store import CounterStore
 from core.config import Config, ConfigError
+from router.config_store import ConfigStore, MemoryConfigStore
 
 
 def open_counter_store(config: Config) -> CounterStore:
@@ -65,3 +66,15 @@ def accounting_settings(config: Config) -> AccountingSettings:
         limits_fail_open=b.limits_on_store_error == "fail_open",
         budgets_fail_open=b.budgets_on_store_error == "fail_open",
     )
+
+
+def open_config_store(config: Config) -> ConfigStore:
+    """The live config's versions: this process's, or PostgreSQL shared by every replica."""
+    state = config.state
+    if state.config == "postgres":
+        from router.config_store_postgres import PostgresConfigStore
+
+        dsn = state.dsn()
+        assert dsn is not None  # validated: `state.config: postgres` needs a DSN
+        return PostgresConfigStore(dsn, state.redis_url)
+    return MemoryConfigStore()

@@ -17,7 +17,7 @@ import msgspec
 
 from core.config import KeyConfig, TenantConfig
 from core.principal import Principal
-from router.tenants import (
+from router.tenant_records import (
     AlreadyExists,
     ApiKey,
     AuditEntry,
@@ -52,6 +52,8 @@ class FileTenantStore:
         self._usable: dict[str, tuple[Principal, float | None]] = {}
         self._audit: deque[AuditEntry] = deque(maxlen=audit_capacity)
         self._audit_ids = 0
+        # Tenants the config defines, as opposed to those created through the admin API.
+        self._from_config: set[str] = {t.id for t in tenants}
         for tenant in tenants:
             self._load(tenant)
         for tenant_id in self._tenants:
@@ -160,6 +162,37 @@ class FileTenantStore:
                     break
         return out
 
+    def reload(self, tenants: list[TenantConfig]) -> None:
+        """A new config version's tenants replace the previous version's, in one step.
+
+        Tenants and keys created through the admin API stay; a key revoked
+        through it stays revoked whatever the file says. Nothing here awaits, so
+        no request sees half of the change.
+        """
+        revoked = {name for name, key in self._keys.items() if key.revoked}
+        wanted = {t.id for t in tenants}
+        for tenant_id in self._from_config - wanted:
+            self._tenants.pop(tenant_id, None)
+            for name in [n for n in self._keys if n[0] == tenant_id]:
+                del self._keys[name]
+                del self._hashes[name]
+        for tenant in tenants:
+            for name in [n for n in self._keys if n[0] == tenant.id and n[1] not in {k.id for k in tenant.keys}]:
+                if self._keys[name].created_at == _EPOCH:  # a key the previous file defined
+                    del self._keys[name]
+                    del self._hashes[name]
+            self._load(tenant)
+        for name in revoked & self._keys.keys():
+            self._keys[name] = msgspec.structs.replace(self._keys[name], revoked=True)
+        self._from_config = wanted
+        self._usable.clear()
+        for tenant_id in self._tenants:
+            self._reindex(tenant_id)
+
+    def record_config(self, actor: str, version: int, hash: str, reason: str) -> None:
+        """A config version in the audit log (embedded mode; PostgreSQL's store writes its own)."""
+        self._record(actor, "config.commit", None, f"config:v{version}", None, {"version": version, "hash": hash, "reason": reason})
+
     def _reindex(self, tenant_id: str) -> None:
         """Rebuild the hot-path entries of one tenant's keys after any change."""
         tenant = self._tenants[tenant_id]
@@ -174,7 +207,7 @@ class FileTenantStore:
             expires = key.expires_at.timestamp() if key.expires_at is not None else None
             self._usable[key_hash] = (principal_of(tenant, key, key_hash), expires)
 
-    def _record(self, actor: str, action: str, tenant: str, target: str, old: Snapshot | None, new: Snapshot | None) -> None:
+    def _record(self, actor: str, action: str, tenant: str | None, target: str, old: Snapshot | None, new: Snapshot | None) -> None:
         self._audit_ids += 1
         entry = AuditEntry(
             id=self._audit_ids, at=utcnow(), actor=actor, action=action, tenant=tenant, target=target, old=old, new=new

@@ -31,7 +31,7 @@ from core.pg_scope import scope
 from core.principal import Principal
 from router.migrate import TENANCY
 from router.revocation import KeyCache, RevocationBus
-from router.tenants import (
+from router.tenant_records import (
     AlreadyExists,
     ApiKey,
     AuditEntry,

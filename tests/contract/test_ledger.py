@@ -14,9 +14,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow
+from budgets.ledger import BatchingLedger, LedgerOptions
 from budgets.ledger_postgres import PostgresLedger
 from budgets.ledger_query import GroupBy, UsageQuery, UsageRow, to_epoch_us
+from budgets.ledger_row import LedgerRow
 from budgets.ledger_sqlite import SQLiteLedger
 from budgets.migrate import migrate
 
@@ -47,6 +48,8 @@ def make_row(n: int, **overrides: object) -> LedgerRow:
         "pii_entities": {"EMAIL": 1},
         "trace_id": None,
         "stream": False,
+        "config_version": 40 + n % 3,
+        "arm": ("candidate", "stable", None)[n % 3],
         "started_us": to_epoch_us(started),
         "finished_us": to_epoch_us(started + timedelta(milliseconds=12)),
     }
@@ -301,6 +304,23 @@ async def test_rows_spooled_with_datetime_times_are_replayed(new_ledger: LedgerF
         data["finished_at"] = row.finished_at.isoformat()
         del data["started_us"], data["finished_us"]
         lines.append(msgspec.json.encode(data))
+    spool.write_bytes(b"\n".join(lines) + b"\n")
+    ledger = await started(new_ledger, spool=str(spool))
+    await replayed(ledger)
+    assert await ledger.rows(None, *ALL_TIME, limit=10) == rows
+
+
+async def test_rows_spooled_before_config_versions_replay_as_version_0_outside_any_canary(
+    new_ledger: LedgerFactory, tmp_path: Path
+) -> None:
+    """A spool written before rows named their config version and canary arm still replays."""
+    rows = [make_row(n, config_version=0, arm=None) for n in range(3)]
+    lines = []
+    for row in rows:
+        data = msgspec.to_builtins(row)
+        del data["config_version"], data["arm"]
+        lines.append(msgspec.json.encode(data))
+    spool = tmp_path / "pre-version-spool.jsonl"
     spool.write_bytes(b"\n".join(lines) + b"\n")
     ledger = await started(new_ledger, spool=str(spool))
     await replayed(ledger)

@@ -23,7 +23,7 @@ from core.errors import InvalidRequest
 from core.migrate import apply_migrations, load_migrations, migrate
 from router.auth import hash_api_key
 from router.migrate import ALL_SOURCES
-from router.tenants import (
+from router.tenant_records import (
     AlreadyExists,
     ApiKey,
     KeyCreate,

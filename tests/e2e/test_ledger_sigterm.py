@@ -31,8 +31,8 @@ import httpx
 import msgspec
 import pytest
 
-from budgets.ledger import decode_spooled
 from budgets.ledger_postgres import PostgresLedger
+from budgets.ledger_row import decode_spooled
 from budgets.migrate import migrate
 from tests.contract.test_ledger import ADMIN_DSN, database_dsn
 from tests.e2e.conftest import API_KEY, Process, free_port, gateway_config, spawn

@@ -23,8 +23,8 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_gateway(config: Config) -> AsyncIterator[tuple[str, Gateway]]:
-    gateway = Gateway(config)
+async def running_gateway(config: Config, gateway: Gateway | None = None) -> AsyncIterator[tuple[str, Gateway]]:
+    gateway = gateway if gateway is not None else Gateway(config)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(config, gateway), host="127.0.0.1", port=port, log_level="warning", lifespan="on")

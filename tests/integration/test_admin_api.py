@@ -20,7 +20,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream
 from router.gateway import Gateway
-from router.tenants import KeyCreate, TenantCreate
+from router.tenant_records import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import free_port, running_gateway
 from tests.integration.rls_scratch import tenant_state

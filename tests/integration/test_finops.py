@@ -112,7 +112,7 @@ def test_cli_report_reads_the_ledger(tmp_path) -> None:
     import sys
     from datetime import datetime, timezone
 
-    from budgets.ledger import LedgerRow
+    from budgets.ledger_row import LedgerRow
     from budgets.ledger_sqlite import SQLiteLedger
 
     db = tmp_path / "ledger.sqlite"
@@ -126,7 +126,7 @@ def test_cli_report_reads_the_ledger(tmp_path) -> None:
                 request_id=f"r{i}", tenant=tenant, key_id="k", model="m", deployment="d", provider="openai",
                 prompt_tokens=10, completion_tokens=5, cached_tokens=0, cost=1_000_000 * (i + 1), latency_ms=1.0,
                 ttft_ms=None, status=200, error=None, route_reason=None, pii_entities={}, trace_id=None, stream=False,
-                started_us=to_epoch_us(now), finished_us=to_epoch_us(now),
+                config_version=1, arm=None, started_us=to_epoch_us(now), finished_us=to_epoch_us(now),
             ))
         await ledger.close()
 

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from router.tenants import KeyCreate, TenantCreate
+from router.tenant_records import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway
 from tests.integration.rls_scratch import tenant_state

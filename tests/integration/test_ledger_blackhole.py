@@ -20,9 +20,10 @@ import asyncpg
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from budgets.ledger import BatchingLedger, LedgerOptions, LedgerRow, decode_spooled
+from budgets.ledger import BatchingLedger, LedgerOptions
 from budgets.ledger_postgres import PostgresLedger
 from budgets.ledger_query import UsageQuery
+from budgets.ledger_row import LedgerRow, decode_spooled
 from budgets.ledger_spool import Spool
 from budgets.migrate import migrate
 from core.config import Config

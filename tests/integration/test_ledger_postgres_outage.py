@@ -16,8 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from budgets.ledger import LedgerOptions, LedgerRow
+from budgets.ledger import LedgerOptions
 from budgets.ledger_postgres import PostgresLedger, PostgresStore
+from budgets.ledger_row import LedgerRow
 from budgets.ledger_spool import Spool
 from budgets.migrate import apply_migrations, load_migrations
 from tests.contract.test_ledger import ADMIN_DSN, database_dsn, make_row

@@ -150,7 +150,7 @@ async def test_partitions_made_before_the_migration_are_put_under_the_policy(rls
                 "CREATE TABLE ledger_y2024m05 PARTITION OF ledger "
                 "FOR VALUES FROM ('2024-05-01 00:00:00+00') TO ('2024-06-01 00:00:00+00')"
             )
-            assert await migrate(database_dsn(database)) == [2]
+            assert (await migrate(database_dsn(database)))[:1] == [2]  # and any later ones
             policies = await _policies(owner)
         finally:
             await owner.close()

@@ -22,7 +22,7 @@ from bench.fake_upstream import FakeUpstream
 from core.migrate import migrate
 from core.pg_scope import ALL, SETTING, policy_sql, scope
 from router.migrate import TENANCY
-from router.tenants import KeyCreate, TenantCreate
+from router.tenant_records import KeyCreate, TenantCreate
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway
 from tests.integration.rls_scratch import Rls, as_role, scratch

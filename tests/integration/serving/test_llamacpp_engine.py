@@ -18,7 +18,8 @@ import pytest_asyncio
 
 from core.errors import InvalidRequest, UpstreamError
 from serving.base import EngineRequest, EngineSpec, StreamChunk
-from serving.llamacpp import LlamaCppEngine, LlamaCppOptions, default_model_path
+from serving.llamacpp import LlamaCppEngine, default_model_path
+from serving.llamacpp_options import LlamaCppOptions
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

@@ -1,4 +1,8 @@
-"""The embedded ledger opens a database written in the earlier twenty-column layout and keeps every row."""
+"""The embedded ledger opens a database written in an earlier layout and keeps every row.
+
+Two earlier layouts: twenty columns (version 0), and the detail document without
+the config version and canary arm (version 2).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from budgets.ledger import LedgerRow
 from budgets.ledger_query import UsageQuery, to_epoch_us
+from budgets.ledger_row import LedgerRow
 from budgets.ledger_sqlite import SQLiteLedger
 from budgets.ledger_sqlite_schema import COLUMNS, VERSION
 
@@ -53,6 +57,7 @@ async def test_an_earlier_layout_is_converted_in_place_and_nothing_is_lost(tmp_p
         assert (first.finished_us - first.started_us, first.latency_ms, first.ttft_ms) == (1500, 1.5, 0.25)
         assert (first.pii_entities, first.trace_id, first.route_reason) == ({"EMAIL_ADDRESS": 2}, "ab" * 16, "cheapest")
         assert (second.error, second.ttft_ms, second.pii_entities) == ("client_closed", None, {})
+        assert {(r.config_version, r.arm) for r in rows} == {(0, None)}
         [usage] = await ledger.usage(UsageQuery(start=T0, end=T0 + timedelta(hours=1), group_by=["tenant"]))
         assert (usage.requests, usage.cost, usage.errors) == (2, BIG + 7, 1)
     finally:
@@ -71,15 +76,59 @@ async def test_opening_twice_changes_nothing(tmp_path: Path) -> None:
         await ledger.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(ledger)")]
-    assert columns[-1] == "detail" and len(columns) == 13
+    columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(ledger)"))
+    assert columns == COLUMNS
     conn.close()
 
 
-def test_a_rows_leading_fields_are_the_tables_columns_in_order() -> None:
-    # Rows are written as their first fields plus the rest as one detail document.
+def test_a_rows_fields_are_the_tables_columns_in_order_with_the_detail_between() -> None:
+    # Rows are written as their first fields, the next eight as one detail document, the rest as columns.
     fields = LedgerRow.__struct_fields__
-    assert fields[: len(COLUMNS) - 1] == COLUMNS[:-1] and COLUMNS[-1] == "detail"
-    assert fields[len(COLUMNS) - 1 :] == (
+    detail = COLUMNS.index("detail")
+    assert fields[:detail] == COLUMNS[:detail]
+    assert fields[detail : detail + 8] == (
         "finished_us", "latency_ms", "ttft_ms", "error", "route_reason", "pii_entities", "trace_id", "stream",
     )  # fmt: skip
+    assert fields[detail + 8 :] == COLUMNS[detail + 1 :] == ("config_version", "arm")
+
+
+_VERSION_2 = """
+CREATE TABLE ledger (
+    request_id TEXT NOT NULL, started_us INTEGER NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+    model TEXT NOT NULL, deployment TEXT NOT NULL, provider TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, cost INTEGER NOT NULL,
+    status INTEGER NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (request_id, started_us)
+);
+CREATE INDEX ledger_tenant_started ON ledger (tenant, started_us);
+PRAGMA user_version = 2;
+"""
+
+
+async def test_a_table_without_config_version_and_arm_gains_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    start = to_epoch_us(T0)
+    conn = sqlite3.connect(path)
+    conn.executescript(_VERSION_2)
+    detail = f'[{start + 900},0.9,null,null,"cheapest",{{"PERSON":1}},null,true]'
+    conn.execute("INSERT INTO ledger VALUES (" + ", ".join("?" * 13) + ")",
+                 ("old", start, "acme", "k1", "gpt", "dep", "openai", 3, 4, 0, BIG, 200, detail))  # fmt: skip
+    conn.commit()
+    conn.close()
+    ledger = SQLiteLedger(str(path))
+    await ledger.start()
+    try:
+        new = LedgerRow("new", start + 5, "acme", "k1", "gpt", "dep", "openai", 1, 2, 0, 9, 200,
+                        start + 50, 0.05, None, None, None, {}, None, False, 17, "shadow")  # fmt: skip
+        ledger.record(new)
+        await ledger.flush()
+        old, got = await ledger.rows(None, T0 - timedelta(days=1), T0 + timedelta(days=1), limit=10)
+    finally:
+        await ledger.close()
+    assert (old.request_id, old.cost, old.stream, old.pii_entities, old.finished_us) == ("old", BIG, True, {"PERSON": 1}, start + 900)
+    assert (old.config_version, old.arm) == (0, None)
+    assert got == new
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    assert tuple(row[1] for row in conn.execute("PRAGMA table_info(ledger)")) == COLUMNS
+    conn.close()

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from policies import pii, pii_engine
+from policies import pii, pii_engine, pii_scan
 from policies.pii import (
     BlockedForPii,
     PiiAnalyzerError,
@@ -20,7 +20,8 @@ from policies.pii import (
     block_message,
     scan_request,
 )
-from policies.pii_engine import Finding, PiiEngine, candidate_entities, resolve_overlaps
+from policies.pii_engine import PiiEngine, resolve_overlaps
+from policies.pii_scan import Finding, candidate_entities
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx3f9\nq8Zt0Lr2\n-----END RSA PRIVATE KEY-----"
@@ -53,7 +54,7 @@ NEGATIVES = [
     ("SECRET", "set api_key=changeme-changeme-changeme in dev"),
     ("PHONE_NUMBER", "in 2024 we shipped 3 releases and fixed 120 bugs"),
 ]
-ALL = {e: 0.5 for e in pii_engine.SUPPORTED_ENTITIES}
+ALL = {e: 0.5 for e in pii_scan.SUPPORTED_ENTITIES}
 
 
 def analyze(text: str, scores: Mapping[str, float] = ALL) -> list[Finding]:
@@ -108,11 +109,11 @@ def test_phone_min_digits_follow_the_phonenumbers_metadata() -> None:
         return sum(c.isdigit() for c in (md.national_prefix_transform_rule or "").replace("\\1", "").replace("\\2", ""))
 
     intl = min(len(str(cc)) + shortest(md) - inserted(md) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE if (md := metadata(cc)).general_desc.possible_length)
-    for region in pii_engine.PHONE_REGIONS:
+    for region in pii_scan.PHONE_REGIONS:
         md = PhoneMetadata.metadata_for_region(region)
         assert inserted(md) == 0
         expected = min(shortest(md), intl)
-        assert pii_engine.PHONE_MIN_DIGITS.get(region, pii_engine.PHONE_DEFAULT_MIN_DIGITS) == expected
+        assert pii_scan.PHONE_MIN_DIGITS.get(region, pii_scan.PHONE_DEFAULT_MIN_DIGITS) == expected
 
 
 WHOLE_TEXT_SAMPLES = [
@@ -200,7 +201,7 @@ CHAT: dict[str, Any] = {
         {"role": "assistant", "content": "ok", "function_call": {"name": "f", "arguments": json.dumps({"pem": PEM})}},
     ],
 }
-PATTERNS = list(pii_engine.PATTERN_ENTITIES)
+PATTERNS = list(pii_scan.PATTERN_ENTITIES)
 
 
 @pytest.mark.parametrize("action", ["redact", "mask_and_restore"])
@@ -366,7 +367,7 @@ def test_phone_punctuation_matches_the_library() -> None:
 
     from phonenumbers.phonenumberutil import _VALID_PUNCTUATION
 
-    ours = re.compile(f"[{pii_engine.PHONE_PUNCTUATION}]")
+    ours = re.compile(f"[{pii_scan.PHONE_PUNCTUATION}]")
     theirs = re.compile(f"[{_VALID_PUNCTUATION}]", re.IGNORECASE)
     assert [c for c in map(chr, range(0x10000)) if bool(ours.match(c)) != bool(theirs.match(c))] == []
 

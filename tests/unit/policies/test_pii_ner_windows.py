@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policies import pii_engine
-from policies.pii_engine import ner_windows
+from policies.pii_scan import ner_windows
 
 STOP = frozenset({"the", "please", "if", "i", "can", "may", "will", "we", "how", "our", "in", "my", "a", "on"})
 

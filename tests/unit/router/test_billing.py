@@ -25,7 +25,7 @@ def _gateway(features: str) -> Gateway:
 async def _ctx(gateway: Gateway, content: str) -> RequestContext:
     principal = await gateway.authenticate("Bearer sk-bench-0123456789")
     body = {"model": "fake-model", "messages": [{"role": "user", "content": content}]}
-    ctx = RequestContext("r-" + str(len(content)), principal, "chat", "chat", "fake-model", body)
+    ctx = RequestContext("r-" + str(len(content)), gateway.snapshot, principal, "chat", "chat", "fake-model", body)
     ctx.plan = [gateway.deployments["fake"]]
     return ctx
 

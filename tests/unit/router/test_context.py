@@ -13,7 +13,7 @@ def _deployment(privacy: str) -> Any:
 
 def _ctx(**fields: Any) -> RequestContext:
     body = {"model": "alias", "messages": [{"role": "user", "content": "mail ann@example.com"}]}
-    return RequestContext("r1", Principal(tenant="t", key_id="k"), "chat", "chat", "alias", body, **fields)
+    return RequestContext("r1", SimpleNamespace(version=1), Principal(tenant="t", key_id="k"), "chat", "chat", "alias", body, **fields)  # type: ignore[arg-type]
 
 
 def test_the_budget_bound_reaches_every_deployment_and_the_redacted_body_only_the_cloud() -> None:

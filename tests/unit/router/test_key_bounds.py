@@ -9,7 +9,7 @@ from core.config import BudgetConfig, LimitsConfig
 from core.errors import PermissionDenied
 from core.principal import Principal
 from router.key_bounds import bounded_by
-from router.tenants import KeyCreate
+from router.tenant_records import KeyCreate
 
 LATER = datetime(2031, 1, 1, tzinfo=timezone.utc)
 
