@@ -533,9 +533,18 @@ def _state_problems(config: Config) -> list[str]:
         problems.append(f"key `state.postgres_dsn`: required when `state.{needs_postgres[0]}` is 'postgres'")
     if state.counters == "redis" and not state.redis_url:
         problems.append("key `state.redis_url`: required when `state.counters` is 'redis'")
-    if state.tenants == "postgres" and config.tenants:
-        # Refuse rather than silently ignore keys an operator expects to work.
-        problems.append("key `tenants`: not used when `state.tenants` is 'postgres'; manage tenants with `sluicegate tenants`")
+    if state.tenants == "postgres":
+        # The store holds tenants, keys, limits and budgets; the live document may
+        # give stored tenants their routing and PII policies, nothing else. Refuse
+        # rather than silently ignore keys an operator expects to work.
+        for i, tenant in enumerate(config.tenants):
+            policy_only = TenantConfig(id=tenant.id, name=tenant.name, routing=tenant.routing, pii=tenant.pii)
+            for key in TenantConfig.__struct_fields__:
+                if getattr(tenant, key) != getattr(policy_only, key):
+                    problems.append(
+                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing` and `pii`;"
+                        " manage the rest with `sluicegate tenants`"
+                    )
     return problems
 
 

@@ -39,6 +39,7 @@ def _config(raw: dict[str, Any]) -> Config:
         ({"policies": {"pii": {"action": "shred"}}}, "policies.pii"),
         ({"state": {"counters": "redis"}}, "state.redis_url"),
         ({"state": {"config": "postgres"}}, "state.postgres_dsn"),
+        ({"state": {"tenants": "postgres", "postgres_dsn": "postgresql://db/x"}, "tenants": [{"id": "t", "limits": {"rpm": 1}}]}, "tenants[0].limits"),
         ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["zz"]}}]}, "models[0].canary.candidate[0]"),
         ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["a"]}}]}, "models[0].canary.candidate[0]"),
         ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["b"], "steps": [50, 10]}}]}, "models[0].canary.steps"),
@@ -52,6 +53,17 @@ def test_config_check_refuses_what_serve_would_refuse(tmp_path: Path, capsys: py
     assert f"`{key}" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         resolve(_config(_raw(**change)))
+
+
+def test_tenants_in_postgres_take_their_routing_and_pii_policies_from_the_live_document() -> None:
+    raw = _raw(
+        state={"tenants": "postgres", "postgres_dsn": "postgresql://db/x", "ledger": "off"},
+        tenants=[{"id": "t", "routing": {"self_hosted_only": True}, "pii": {"action": "block"}}],
+    )
+    policies = resolve(_config(raw)).policies
+    assert policies.routing("t").self_hosted_only and not policies.routing("other").self_hosted_only
+    pii = policies.pii("t")
+    assert pii is not None and pii.action == "block"
 
 
 def test_a_promoted_canary_may_name_its_candidate_in_the_first_tier() -> None:
