@@ -376,6 +376,8 @@ class StateConfig(_Strict):
     config_reconcile_s: PositiveFloat = 5.0
     # Embedded: how long the watched file must be quiet before it is read again.
     config_watch_debounce_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    # Embedded: how often the file is looked at while nothing changes (a stat each time).
+    config_watch_poll_s: PositiveFloat = 1.0
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""

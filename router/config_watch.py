@@ -85,8 +85,10 @@ class FileWatcher:
         """The stat once it has stayed the same for ``debounce_s``."""
         loop = asyncio.get_running_loop()
         since = loop.time()
+        # While settling, look more often than while idle: a change is under way.
+        step = min(self._poll_s, max(self._debounce_s / 4, 0.01))
         while loop.time() - since < self._debounce_s:
-            await asyncio.sleep(self._poll_s)
+            await asyncio.sleep(step)
             now = self._stat()
             if now != stat:
                 stat, since = now, loop.time()

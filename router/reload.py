@@ -74,7 +74,10 @@ class Reloader:
         interval = self.base.state.config_reconcile_s
         self._reconcile = asyncio.create_task(self._reconcile_loop(interval))
         if self._source_path is not None and self.base.state.config == "file":
-            self._watcher = FileWatcher(self._source_path, self._file_changed, debounce_s=self.base.state.config_watch_debounce_s)
+            state = self.base.state
+            self._watcher = FileWatcher(
+                self._source_path, self._file_changed, debounce_s=state.config_watch_debounce_s, poll_s=state.config_watch_poll_s
+            )
             await self._watcher.start()
 
     async def close(self) -> None:

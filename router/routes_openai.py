@@ -91,7 +91,7 @@ async def _admit(
     raw, validated, unknown = decode_body(body, shape)
     if unknown:
         gateway.metrics.unknown_fields.labels(route).inc(unknown)
-    snapshot = gateway.snapshot
+    snapshot = gateway.reloader.current  # once: the request keeps it to its end
     snapshot.router.get(validated.model)
     options = getattr(validated, "stream_options", None)
     return RequestContext(
