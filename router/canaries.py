@@ -63,13 +63,13 @@ class Canaries:
             ctx.arm = assign(canary, alias.name, _sticky(ctx, canary), self._rng)
         elif phase == "shadow" and canary.shadow is not None:
             ctx.arm = "stable"
-            ctx.mirror = self._rng.random() < canary.shadow.share
+            ctx.mirror = self._rng.random() < canary.shadow.share and bool(self._mirror_targets(ctx, alias, canary))
 
     def finished(self, ctx: RequestContext) -> None:
         """Record the request's sample; start its mirror when it is one."""
         alias = ctx.snapshot.router.get(ctx.alias)
         canary = alias.config.canary
-        if canary is None or ctx.status == CLIENT_CLOSED:
+        if canary is None or not ctx.attempted or ctx.status == CLIENT_CLOSED:
             return
         candidates = {d.name for d in alias.candidate}
         key = sample_key(alias.name, canary)
@@ -91,11 +91,7 @@ class Canaries:
 
     def _mirror(self, ctx: RequestContext, alias: Alias, canary: CanaryConfig, key: str) -> None:
         assert canary.shadow is not None
-        policy = ctx.snapshot.policies.routing(ctx.principal.tenant)
-        plan = ctx.snapshot.router.plan(alias.name, RouteHint(session_id=ctx.session_id, body=ctx.body), policy, ctx.self_hosted_only, candidate=True)
-        names = set(canary.candidate)
-        # Only where the tenant's privacy class and policy allow the candidate.
-        targets = [d for d in plan.deployments if d.name in names]
+        targets = self._mirror_targets(ctx, alias, canary)
         if not targets:
             return
         if self._mirrors.get(alias.name, 0) >= canary.shadow.max_in_flight:
@@ -105,6 +101,14 @@ class Canaries:
         task = asyncio.get_running_loop().create_task(self._call(ctx, alias.name, targets[0], canary, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _mirror_targets(ctx: RequestContext, alias: Alias, canary: CanaryConfig) -> list[Deployment]:
+        """The candidate deployments this request may be mirrored to: only where the tenant's privacy class and policy allow them."""
+        policy = ctx.snapshot.policies.routing(ctx.principal.tenant)
+        plan = ctx.snapshot.router.plan(alias.name, RouteHint(session_id=ctx.session_id, body=ctx.body), policy, ctx.self_hosted_only, candidate=True)
+        names = set(canary.candidate)
+        return [d for d in plan.deployments if d.name in names]
 
     async def _call(self, ctx: RequestContext, alias: str, deployment: Deployment, canary: CanaryConfig, key: str) -> None:
         assert canary.shadow is not None

@@ -47,6 +47,8 @@ class RequestContext:
     # "candidate"), and whether it is mirrored to the candidate in its shadow phase.
     arm: Arm | None = None
     mirror: bool = False
+    # The request got as far as an upstream attempt (refusals before it say nothing of a canary).
+    attempted: bool = False
     route_reason: str | None = None
     # PII found under a `restrict` policy: only self-hosted deployments may serve.
     self_hosted_only: bool = False

@@ -99,6 +99,7 @@ class Pipeline:
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
 
+        ctx.attempted = True
         completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant)
         ctx.served, ctx.deployment = deployment, deployment.name
         ctx.usage = completion.usage
@@ -129,6 +130,7 @@ class Pipeline:
                 raise
             return first, chunks
 
+        ctx.attempted = True
         (first, chunks), deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant)
         ctx.served, ctx.deployment = deployment, deployment.name
         if ctx.restorer is None or deployment.config.privacy != "cloud":
