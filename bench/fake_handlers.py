@@ -10,6 +10,7 @@ import itertools
 import time
 from collections import deque
 from email.utils import formatdate
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
@@ -23,6 +24,20 @@ RECORD_LIMIT = 1000
 MIDSTREAM_AFTER = 3
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+DEFAULT_DELAY_MS = 2000
+MAX_DELAY_MS = 600_000
+
+
+class Override(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A running server's own behaviour, set through ``/_fake/behavior``: None leaves it unset."""
+
+    behavior: str | None = None
+    # How long ``slow`` waits when the request sends no ``x-fake-delay-ms``.
+    delay_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_DELAY_MS)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.behavior is not None and self.behavior not in replies.BEHAVIORS:
+            raise ValueError(f"unknown behavior {self.behavior!r}; expected one of {', '.join(sorted(replies.BEHAVIORS))}")
 
 
 def _json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -87,6 +102,20 @@ class Handlers:
         self.default_chunks = default_chunks
         self.chunks_per_write = chunks_per_write
         self._ids = itertools.count(1)
+        self.override = Override()
+
+    def set_behavior(self, behavior: str | None, delay_ms: int | None = None) -> None:
+        """Override what every later request gets (ValueError for an unknown behavior); None, None: back to per-request choice."""
+        try:
+            self.override = msgspec.convert({"behavior": behavior, "delay_ms": delay_ms}, Override)
+        except msgspec.ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _behavior(self, request: web.Request, model: str, body: JsonObject) -> str:
+        header = request.headers.get("x-fake-behavior")
+        if not header and self.override.behavior is not None:
+            return self.override.behavior
+        return replies.behavior_of(model, header, body)
 
     def _record(self, request: web.Request, body: object) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -116,7 +145,7 @@ class Handlers:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _invalid("'model' is required.")
-        return body, replies.behavior_of(model, request.headers.get("x-fake-behavior"), body)
+        return body, self._behavior(request, model, body)
 
     async def _misbehave(self, request: web.Request, behavior: str, stream: bool) -> web.Response | None:
         """The early answer a behavior forces, if any; sleeps for ``slow``."""
@@ -129,7 +158,8 @@ class Handlers:
             await _drop(request)
             return web.Response()
         if behavior == "slow":
-            await asyncio.sleep(_int_header(request, "x-fake-delay-ms", 2000, 600_000) / 1000)
+            default = self.override.delay_ms if self.override.delay_ms is not None else DEFAULT_DELAY_MS
+            await asyncio.sleep(_int_header(request, "x-fake-delay-ms", default, MAX_DELAY_MS) / 1000)
         return None
 
     def _words(self, request: web.Request, behavior: str, stream: bool) -> int:
@@ -212,6 +242,20 @@ class Handlers:
 
     async def clear(self, request: web.Request) -> web.StreamResponse:
         self.requests.clear()
+        return web.Response(status=204)
+
+    async def get_override(self, request: web.Request) -> web.StreamResponse:
+        return _json_response(msgspec.to_builtins(self.override))
+
+    async def post_override(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.override = msgspec.json.decode(await request.read(), type=Override)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _invalid(f"Invalid behavior override: {exc}.")
+        return _json_response(msgspec.to_builtins(self.override))
+
+    async def delete_override(self, request: web.Request) -> web.StreamResponse:
+        self.override = Override()
         return web.Response(status=204)
 
 

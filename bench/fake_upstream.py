@@ -31,6 +31,17 @@ client's own request picks one; anything else is ``normal``:
 - ``ignore_max_tokens``: answers as ``normal`` but never stops at ``max_tokens``.
 - ``echo``: answers with the last user text (or the prompt), streamed in 4-character pieces.
 
+A running server's behaviour can be overridden (the fake behind one
+deployment starts failing while another's stays healthy):
+``POST /_fake/behavior`` with ``{"behavior": "error_500", "delay_ms": 500}``
+(either key may be null or left out; an unknown behaviour is a 400) makes
+``behavior`` what every later request gets unless its ``x-fake-behavior``
+header picks one (the header still wins; the model name and the prompt do
+not), and ``delay_ms`` the wait of ``slow`` when the request sends no
+``x-fake-delay-ms``. ``GET`` shows the override, ``DELETE`` (or
+``{"behavior": null}``) clears it; in-process,
+:meth:`FakeUpstream.set_behavior` does the same. Unset, nothing changes.
+
 In any stream, ``x-fake-chunk-delay-ms`` sleeps between writes and
 ``x-fake-chunks-per-write`` (default 1, or ``--chunks-per-write``) groups
 events into one socket write. Tools are
@@ -67,6 +78,9 @@ def build_app(handlers: Handlers) -> web.Application:
     app.router.add_get("/openai/models", handlers.models)
     app.router.add_get("/_fake/requests", handlers.recorded)
     app.router.add_delete("/_fake/requests", handlers.clear)
+    app.router.add_get("/_fake/behavior", handlers.get_override)
+    app.router.add_post("/_fake/behavior", handlers.post_override)
+    app.router.add_delete("/_fake/behavior", handlers.delete_override)
     return app
 
 
@@ -78,10 +92,15 @@ class FakeUpstream:
     port: int
     requests: deque[JsonObject]
     _runner: web.AppRunner
+    _handlers: Handlers
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
+
+    def set_behavior(self, behavior: str | None, delay_ms: int | None = None) -> None:
+        """What ``POST /_fake/behavior`` does; ValueError for an unknown behavior, ``None`` clears."""
+        self._handlers.set_behavior(behavior, delay_ms)
 
     async def close(self) -> None:
         await self._runner.cleanup()
@@ -99,7 +118,7 @@ async def start_fake_upstream(
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=2048).start()
     bound_port = int(runner.addresses[0][1])
-    return FakeUpstream(host, bound_port, handlers.requests, runner)
+    return FakeUpstream(host, bound_port, handlers.requests, runner, handlers)
 
 
 async def _serve(host: str, port: int, chunks: int, per_write: int) -> None:

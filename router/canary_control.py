@@ -161,16 +161,20 @@ class CanaryController:
 
     async def operate(self, alias: str, action: str, actor: str, reason: str) -> ConfigVersion:
         """promote, pause, resume or abort a canary; 409 when its state does not allow it."""
-        model = self._model(alias)
         now = self._clock()
         why = reason or f"{action} by operator"
-        try:
-            apply(model, action, now, why)
-        except ValueError as exc:
-            raise CanaryConflict(str(exc)) from None
-        version = await self._write(alias, lambda m: apply(m, action, now, why), actor, f"canary {alias}: {action}: {why}")
-        if version is None:
-            raise VersionConflict("The config changed while this was written; try again.")
+        for _ in range(5):
+            try:
+                apply(self._model(alias), action, now, why)
+            except ValueError as exc:
+                raise CanaryConflict(str(exc)) from None
+            version = await self._write(alias, lambda m: apply(m, action, now, why), actor, f"canary {alias}: {action}: {why}")
+            if version is not None:
+                break
+            # Another writer (often the decider) was first: read what it wrote, then try again.
+            await asyncio.sleep(0.1)
+        else:
+            raise VersionConflict("The config kept changing while this was written; try again.")
         self.metrics.canary_decisions.labels(alias, action).inc()
         return version
 
