@@ -252,3 +252,22 @@ async def test_requests_are_recorded_with_authorization(fake: FakeUpstream, http
     async with http.delete(f"{root}/_fake/requests") as response:
         assert response.status == 204
     assert len(fake.requests) == 0
+
+
+async def test_the_behaviour_override_is_set_read_and_cleared_over_http(fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    control = fake.url.removesuffix("/v1") + "/_fake/behavior"
+    async with http.post(control, json={"behavior": "nonsense"}) as r:
+        assert r.status == 400
+    async with http.post(control, json={"behavior": "error_500"}) as r:
+        assert r.status == 200
+    async with http.get(control) as r:
+        assert (await r.json())["behavior"] == "error_500"
+    status, _, _ = await call(http, f"{fake.url}/chat/completions", chat())
+    assert status == 500
+    # a request's own header still wins over the override
+    status, _, _ = await call(http, f"{fake.url}/chat/completions", chat(), {"x-fake-behavior": "normal"})
+    assert status == 200
+    async with http.delete(control) as r:
+        assert r.status in (200, 204)
+    status, _, _ = await call(http, f"{fake.url}/chat/completions", chat())
+    assert status == 200
