@@ -71,7 +71,8 @@ _HISTORY = (
 )
 _NEWEST = "SELECT coalesce(max(version), 0) FROM config_versions"
 _INSERT = (
-    "INSERT INTO config_versions (version, hash, actor, reason, document) VALUES ($1, $2, $3, $4, $5)"
+    # clock_timestamp(), not now(): the time of the commit, after the lock, so versions never date backwards.
+    "INSERT INTO config_versions (version, hash, actor, reason, document, created_at) VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
     " RETURNING extract(epoch FROM created_at)::float8"
 )
 _AUDIT = "INSERT INTO audit_log (actor, action, tenant_id, target, new_value) VALUES ($1, 'config.commit', NULL, $2, $3::jsonb)"
@@ -103,7 +104,7 @@ class PostgresConfigStore:
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
         self._listeners: list[Listener] = []
-        self._told: dict[int, None] = {}
+        self._told: dict[tuple[int, str], None] = {}
         self._publisher: redis.Redis | None = None
         self._subscriber: asyncio.Task[None] | None = None
 
@@ -204,10 +205,14 @@ class PostgresConfigStore:
     # --- announcing --------------------------------------------------------------
 
     def _tell(self, version: int, digest: str) -> None:
-        """Tell the listeners of a version once, however many times it is heard."""
-        if version in self._told:
+        """Tell the listeners of a version once, however many times it is heard.
+
+        Keyed by version and hash: another deployment announcing on the same
+        Redis server (pub/sub ignores the database number) never hides ours.
+        """
+        if (version, digest) in self._told:
             return
-        self._told[version] = None
+        self._told[version, digest] = None
         if len(self._told) > _REMEMBERED:
             del self._told[next(iter(self._told))]
         for listener in list(self._listeners):

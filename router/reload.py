@@ -20,7 +20,7 @@ from typing import Any
 
 from core.config import START_TIME_KEYS, Config, ConfigError, LiveConfig, decode_config
 from core.config_version import ConfigStoreUnavailable, ConfigVersion, InvalidConfig, VersionNotFound, document_hash
-from router.config_resolve import resolve
+from router.config_resolve import Resolved, resolve
 from router.config_store import ConfigStore
 from router.config_watch import FileWatcher
 from router.metrics import Metrics
@@ -92,18 +92,20 @@ class Reloader:
 
     # --- writing ----------------------------------------------------------------
 
-    def validate(self, document: LiveConfig) -> Config:
-        """The full config a document makes with this replica's start-time settings; 422 naming the key if invalid."""
-        config = self.base.with_live(document)
+    def validate(self, document: LiveConfig) -> Resolved:
+        """What a document makes with this replica's start-time settings; 422 naming the key if invalid."""
         try:
-            resolve(config)
+            return resolve(self.base.with_live(document))
         except ConfigError as exc:
             raise InvalidConfig(str(exc)) from None
-        return config
 
     async def commit(self, document: LiveConfig, *, expected: int | None, actor: str, reason: str) -> ConfigVersion:
-        """Validate, append a version, and serve it here before returning."""
-        self.validate(document)
+        """Validate, append a version, and serve it here before returning.
+
+        The document's PII analyzers are loaded first: one that cannot load
+        (503) stops the write before anything is stored.
+        """
+        await self.validate(document).policies.preload()
         version = await self.store.commit(document, expected=expected, actor=actor, reason=reason)
         for callback in self._on_commit:
             callback(version)
@@ -138,16 +140,15 @@ class Reloader:
             await asyncio.sleep(interval)
             try:
                 latest = await self.store.latest()
+                if latest is not None and latest.version > self.current.version:
+                    await self.apply(latest)
             except ConfigStoreUnavailable:
                 continue  # keep serving the last good snapshot
             except ConfigError as exc:
                 log.error("the latest config version does not decode: %s", exc)
-                continue
             except Exception:
+                # Whatever one round meets, the loop must live: it is how a lost announcement is caught up.
                 log.exception("config reconcile failed")
-                continue
-            if latest is not None and latest.version > self.current.version:
-                await self.apply(latest)
 
     async def apply(self, record: ConfigVersion) -> bool:
         """Serve ``record`` if it is newer than what serves now; False if it was refused."""
@@ -162,12 +163,13 @@ class Reloader:
                 return False
             try:
                 built = build(resolved, record.version, record.hash, self.current)
+                # Analyzers first: a version whose PII analyzer cannot load starts no engine.
+                await built.snapshot.policies.preload()
                 snapshot = await self._start_new(built)
             except Exception as exc:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error("config version %d could not be built (%s), still serving version %d", record.version, type(exc).__name__, self.current.version)
                 return False
-            await snapshot.policies.preload()
             previous, self.current = self.current, snapshot
         self._swapped(snapshot, previous, record)
         if built.retired:

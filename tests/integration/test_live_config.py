@@ -183,3 +183,32 @@ async def test_the_watched_file_reloads_and_a_broken_edit_keeps_the_old_snapshot
         assert gateway.snapshot.version == start + 1
         status, _, _ = await _chat(http, base, {**CHAT, "messages": [{"role": "user", "content": "hi"}], "model": "m"})
         assert status == 429  # still the same snapshot: the limit holds, the alias still routes
+
+
+async def test_a_version_whose_analyzer_cannot_load_is_not_stored_and_the_reconcile_survives(
+    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.config_version import ConfigVersion, document_hash
+    from policies import pii_engine
+
+    # As on an image without the spaCy model: named-entity recognition cannot load.
+    monkeypatch.setattr(pii_engine, "_engine", pii_engine.PiiEngine(ner_model="not_installed_model"))
+    raw = _raw(fake_upstream.url)
+    raw["state"]["config_reconcile_s"] = 0.1
+    async with running_gateway(msgspec.convert(raw, Config)) as (base, gateway), aiohttp.ClientSession() as http:
+        version, live = await _current(http, base)
+        live["tenants"][0]["pii"] = {"action": "block", "entities": ["PERSON"]}
+        r = await _put(http, base, live, version)
+        assert r.status == 503
+        store = gateway.reloader.store
+        latest = await store.latest()
+        assert latest is not None and latest.version == version  # nothing stored
+        # A version stored elsewhere whose analyzer cannot load here, then a good one, announcements lost:
+        # the first is refused, the loop lives on and serves the second.
+        for pii in ({"action": "block", "entities": ["PERSON"]}, None):
+            live["tenants"][0]["pii"] = pii
+            doc = msgspec.convert(live, type(gateway.config.live()))
+            n = (await store.latest()).version + 1  # type: ignore[union-attr]
+            store._versions.append(ConfigVersion(version=n, hash=document_hash(doc), actor="elsewhere", reason="", created_at=0.0, document=doc))  # type: ignore[attr-defined]
+            await asyncio.sleep(0.4)
+        assert gateway.snapshot.version == version + 2
