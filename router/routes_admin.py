@@ -71,7 +71,7 @@ class Caller:
             raise PermissionDenied(f"This operation needs the `{OPS_SCOPE}` scope.")
 
 
-async def _caller(request: Request[Any, Any, Any]) -> tuple[Caller, TenantStore]:
+async def caller_of(request: Request[Any, Any, Any]) -> tuple[Caller, TenantStore]:
     gateway: Gateway = request.app.state.gateway
     principal = await gateway.authenticate(request.headers.get("authorization"))
     ops = principal.has_scope(OPS_SCOPE)
@@ -100,7 +100,7 @@ def _listing(items: list[Any]) -> Response[bytes]:
 
 @get(f"{PREFIX}/tenants")
 async def list_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     if caller.ops:
         return _listing(await store.list_tenants())
     return _listing([await store.get_tenant(caller.principal.tenant)])
@@ -108,7 +108,7 @@ async def list_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @post(f"{PREFIX}/tenants", status_code=201, opt={BODY: TenantCreate})
 async def create_tenant(request: Request[Any, Any, Any]) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.require_ops()
     spec = await _decode(request, TenantCreate)
     return _json(await store.create_tenant(spec, caller.actor), 201)
@@ -116,14 +116,14 @@ async def create_tenant(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get(f"{PREFIX}/tenants/{{tenant_id:str}}")
 async def get_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.reach(tenant_id)
     return _json(await store.get_tenant(tenant_id))
 
 
 @patch(f"{PREFIX}/tenants/{{tenant_id:str}}", opt={BODY: TenantUpdate})
 async def update_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.reach(tenant_id, write=True)
     update = await _decode(request, TenantUpdate)
     forbidden = sorted(update.fields_set() - {"name"})
@@ -134,7 +134,7 @@ async def update_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Resp
 
 @post(f"{PREFIX}/tenants/{{tenant_id:str}}/disable", status_code=200)
 async def disable_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.reach(tenant_id)
     caller.require_ops()
     return _json(await store.disable_tenant(tenant_id, caller.actor))
@@ -142,14 +142,14 @@ async def disable_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Res
 
 @get(f"{PREFIX}/tenants/{{tenant_id:str}}/keys")
 async def list_keys(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.reach(tenant_id)
     return _listing(await store.list_keys(tenant_id))
 
 
 @post(f"{PREFIX}/tenants/{{tenant_id:str}}/keys", status_code=201, opt={BODY: KeyCreate})
 async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.reach(tenant_id, write=True)
     spec = await _decode(request, KeyCreate)
     if not caller.ops:
@@ -162,14 +162,14 @@ async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Respons
 
 @delete(f"{PREFIX}/tenants/{{tenant_id:str}}/keys/{{key_id:str}}", status_code=200)
 async def revoke_key(request: Request[Any, Any, Any], tenant_id: str, key_id: str) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     caller.reach(tenant_id, write=True)
     return _json(await store.revoke_key(tenant_id, key_id, caller.actor))
 
 
 @get(f"{PREFIX}/audit")
 async def list_audit(request: Request[Any, Any, Any]) -> Response[bytes]:
-    caller, store = await _caller(request)
+    caller, store = await caller_of(request)
     tenant = request.query_params.get("tenant")
     if not caller.ops:
         if tenant is not None:
@@ -187,7 +187,7 @@ class TokenRevocation(msgspec.Struct, forbid_unknown_fields=True):
 @post(f"{PREFIX}/tokens/revoke", status_code=200, opt={BODY: TokenRevocation})
 async def revoke_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Refuse a JWT by its `jti` on every replica at once (shared through Redis)."""
-    caller, _ = await _caller(request)
+    caller, _ = await caller_of(request)
     caller.require_ops()
     gateway: Gateway = request.app.state.gateway
     if gateway.jwt is None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post, put
 
-from core.config import LiveConfig, decode_live
+from core.config import ConfigError, LiveConfig, decode_live
 from core.config_version import ConfigVersion, InvalidConfig, VersionConflict
 from core.errors import InvalidRequest
 from router.body import read_body
@@ -26,7 +26,7 @@ from router.config_store import MAX_HISTORY_LIMIT
 from router.decode import decode_object
 from router.gateway import Gateway
 from router.openapi import BODY
-from router.routes_admin import PREFIX, _caller
+from router.routes_admin import PREFIX, caller_of
 
 JSON = "application/json"
 
@@ -46,7 +46,7 @@ class CanaryAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 async def _ops(request: Request[Any, Any, Any]) -> tuple[Gateway, str]:
-    caller, _ = await _caller(request)
+    caller, _ = await caller_of(request)
     caller.require_ops()
     gateway: Gateway = request.app.state.gateway
     return gateway, caller.actor
@@ -106,8 +106,6 @@ async def put_config(request: Request[Any, Any, Any]) -> Response[bytes]:
 def _document(raw: dict[str, Any]) -> LiveConfig:
     """One path for every writer: the same decoding and checks a stored version gets."""
     try:
-        from core.config import ConfigError
-
         return decode_live(msgspec.json.encode(raw), "config")
     except ConfigError as exc:
         raise InvalidConfig(str(exc)) from None
