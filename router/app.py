@@ -11,7 +11,8 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 
-from core.config import Config, load_config
+from core.config import Config
+from core.config_check import load_config
 from core.errors import (
     GatewayError,
     InternalError,

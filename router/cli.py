@@ -8,7 +8,8 @@ import sys
 
 import msgspec
 
-from core.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError
+from core.config_check import load_config
 from router.cli_admin import add_admin_commands, is_admin_command, run_admin_command
 from router.cli_config import add_config_commands, run_config_command
 from router.cli_ledger import add_ledger_commands, run_ledger_command

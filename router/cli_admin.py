@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from core.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError
+from core.config_check import load_config
 from core.errors import GatewayError
 from router.tenant_records import KeyCreate, TenantCreate, TenantStore, TenantUpdate
 from router.tenants import open_tenant_store

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib import error, request
 
-from core.config import ConfigError, load_config
+from core.config import ConfigError
+from core.config_check import load_config
 
 PREFIX = "/admin/v1"
 _TIMEOUT_S = 30.0

@@ -7,7 +7,8 @@ import asyncio
 import sys
 
 from budgets.report import ReportError, build_query, render
-from core.config import ConfigError, load_config
+from core.config import ConfigError
+from core.config_check import load_config
 from router.state import open_ledger
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import Config, ConfigError, DeploymentConfig, ResilienceConfig, cross_check
+from core.config import Config, ConfigError, DeploymentConfig, ResilienceConfig
+from core.config_check import cross_check
 from policies.tenant_policy import TenantPolicies
 from serving.base import EngineSpec, Timeouts
 from serving.health import BreakerSettings

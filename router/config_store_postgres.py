@@ -32,7 +32,8 @@ import redis.asyncio as redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from core.config import LiveConfig, decode_live
+from core.config import LiveConfig
+from core.config_check import decode_live
 from core.config_version import (
     ConfigStoreUnavailable,
     ConfigVersion,

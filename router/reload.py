@@ -18,7 +18,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from core.config import START_TIME_KEYS, Config, ConfigError, LiveConfig, decode_config
+from core.config import START_TIME_KEYS, Config, ConfigError, LiveConfig
+from core.config_check import decode_config
 from core.config_version import ConfigStoreUnavailable, ConfigVersion, InvalidConfig, VersionNotFound, document_hash
 from router.config_resolve import Resolved, resolve
 from router.config_store import ConfigStore

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post, put
 
-from core.config import ConfigError, LiveConfig, decode_live
+from core.config import ConfigError, LiveConfig
+from core.config_check import decode_live
 from core.config_version import ConfigVersion, InvalidConfig, VersionConflict
 from core.errors import InvalidRequest
 from router.body import read_body

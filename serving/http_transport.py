@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
@@ -174,7 +175,7 @@ class HealthProbe:
             return False
 
 
-class HttpUpstream:
+class HttpUpstream(ABC):
     """What every HTTP engine keeps: its pooled session, its in-flight count and its health probe.
 
     An engine sets ``_headers`` (the deployment's credentials among them) and
@@ -191,8 +192,9 @@ class HttpUpstream:
         self._running = 0
         self._probe = HealthProbe(spec.timeouts)
 
+    @abstractmethod
     def models_url(self) -> str:
-        raise NotImplementedError
+        """Where the health probe asks whether the upstream answers."""
 
     async def start(self) -> None:
         if self._session is None:

@@ -18,7 +18,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from core.config import BudgetConfig, Config, LimitsConfig, TenantConfig, cross_check
+from core.config import BudgetConfig, Config, LimitsConfig, TenantConfig
+from core.config_check import cross_check
 from core.errors import InvalidRequest
 from core.migrate import apply_migrations, load_migrations, migrate
 from router.auth import hash_api_key

@@ -13,9 +13,10 @@ import msgspec
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from core.config import Config, load_config
-from router.gateway import Gateway
+from core.config import Config
+from core.config_check import load_config
 from router.auth import hash_api_key
+from router.gateway import Gateway
 from tests.conftest import TEST_KEY
 from tests.integration.gateway_server import running_gateway
 

@@ -17,7 +17,7 @@ from bench.overhead_report import (
 )
 from bench.overhead_targets import bench_key_hash, request_body, sluicegate_config
 from bench.wrk import lua_script, lua_string, parse_output
-from core.config import decode_config
+from core.config_check import decode_config
 
 
 def test_lua_long_string_cannot_be_closed_by_its_text() -> None:

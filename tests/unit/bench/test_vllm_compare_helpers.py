@@ -26,7 +26,7 @@ from bench.vllm_compare import (
     sluicegate_config,
     vllm_argv,
 )
-from core.config import decode_config
+from core.config_check import decode_config
 
 
 def _event(payload: dict[str, object]) -> bytes:

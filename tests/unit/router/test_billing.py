@@ -8,7 +8,7 @@ import tempfile
 
 from bench.overhead_targets import bench_key_hash, sluicegate_config
 from budgets.tokens import count_prompt_tokens, tiktoken_count
-from core.config import load_config
+from core.config_check import load_config
 from router.context import RequestContext
 from router.gateway import Gateway
 

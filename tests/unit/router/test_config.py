@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import ConfigError, SecretRef, decode_config, load_config
+from core.config import ConfigError, SecretRef
+from core.config_check import decode_config, load_config
 
 GOOD = b"""
 server: {port: 9000}

@@ -8,7 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from core.config import Config, ConfigError, LiveConfig, decode_live
+from core.config import Config, ConfigError, LiveConfig
+from core.config_check import decode_live
 from core.config_version import document_hash
 from router.cli import main
 from router.config_diff import diff
