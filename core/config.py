@@ -313,6 +313,8 @@ class RoutingPolicy(_Strict):
     # pinned: the alias's order; cheapest: lowest price first; lowest_latency: lowest observed p95 first.
     strategy: Literal["pinned", "cheapest", "lowest_latency"] = "pinned"
     allowed_deployments: list[str] | None = None
+    # Aliases the tenant may call and see in /v1/models (None: all); any other is a 404, as an unknown one.
+    allowed_models: list[str] | None = None
     regions: list[str] | None = None
     # Only self-hosted deployments may see this tenant's requests.
     self_hosted_only: bool = False

@@ -93,6 +93,9 @@ def live_problems(config: LiveConfig) -> list[str]:
             if name not in known:
                 problems.append(f"key `tenants[{i}].routing.allowed_deployments`: unknown deployment {name!r}")
         aliases = {m.alias for m in config.models}
+        for name in routing.allowed_models or ():
+            if name not in aliases:
+                problems.append(f"key `tenants[{i}].routing.allowed_models`: unknown alias {name!r}")
         for source, target in (routing.downgrade.aliases.items() if routing.downgrade else ()):
             if source not in aliases or target not in aliases:
                 problems.append(f"key `tenants[{i}].routing.downgrade.aliases`: unknown alias in {source!r} -> {target!r}")

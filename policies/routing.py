@@ -82,11 +82,21 @@ class Router:
     def aliases(self) -> list[Alias]:
         return list(self._aliases.values())
 
-    def get(self, model: str) -> Alias:
+    def get(self, model: str, policy: RoutingPolicy | None = None) -> Alias:
+        """The alias; with a tenant's ``policy``, a 404 (as for an unknown one) unless the tenant may call it."""
         alias = self._aliases.get(model)
-        if alias is None:
-            raise ModelNotFound(f"The model `{model[:200]}` does not exist or you do not have access to it.", param="model")
+        if alias is None or (policy is not None and policy.allowed_models is not None and model not in policy.allowed_models):
+            raise model_not_found(model)
         return alias
+
+    def visible(self, policy: RoutingPolicy) -> list[Alias]:
+        """The aliases a tenant may use: allowed by name, with a deployment its policy lets serve it (health aside)."""
+        allowed = policy.allowed_models
+        return [
+            alias for alias in self._aliases.values()
+            if (allowed is None or alias.name in allowed)
+            and any(_forbidden(d, policy, policy.self_hosted_only) is None for tier in alias.tiers for d in tier)
+        ]  # fmt: skip
 
     def plan(
         self,
@@ -152,7 +162,20 @@ class Router:
 _PINNED = RoutingPolicy()
 
 
+def model_not_found(model: str) -> ModelNotFound:
+    """The one 404 for a model that does not exist and for one the caller may not use: the two look alike."""
+    return ModelNotFound(f"The model `{model[:200]}` does not exist or you do not have access to it.", param="model")
+
+
 def _excluded(deployment: Deployment, policy: RoutingPolicy, private: bool) -> str | None:
+    why = _forbidden(deployment, policy, private)
+    if why is None and not deployment.breaker.would_allow():
+        return "unhealthy"
+    return why
+
+
+def _forbidden(deployment: Deployment, policy: RoutingPolicy, private: bool) -> str | None:
+    """Why the tenant's policy keeps a request off ``deployment``, whatever its health."""
     config = deployment.config
     if private and config.privacy != "self_hosted":
         return "privacy"
@@ -160,8 +183,6 @@ def _excluded(deployment: Deployment, policy: RoutingPolicy, private: bool) -> s
         return "region"
     if policy.allowed_deployments is not None and config.name not in policy.allowed_deployments:
         return "not_allowed"
-    if not deployment.breaker.would_allow():
-        return "unhealthy"
     return None
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from policies.fair_queue import FairQueue
     from policies.pii_restore import Restorer
     from policies.routing import Deployment
+    from router.render import Renderer
     from router.snapshot import Snapshot
 
 # Status recorded when the client goes away before the response is complete.
@@ -37,6 +38,8 @@ class RequestContext:
     stream: bool = False
     include_usage: bool = False
     session_id: str | None = None
+    # An API surface other than OpenAI chat: renders what the pipeline gets back (``router.render``).
+    render: Renderer[RequestContext] | None = None
     started: float = field(default_factory=time.perf_counter)
     wall_started: float = field(default_factory=time.time)
     # routing

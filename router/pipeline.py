@@ -56,8 +56,9 @@ class Pipeline:
         if pii is not None:
             await apply_pii(ctx, pii, self.metrics)
         policy = policies.routing(p.tenant)
-        downgraded = self._downgrade(ctx, policy)
         router = snapshot.router
+        router.get(ctx.alias, policy)  # a 404 for an alias the tenant may not call
+        downgraded = self._downgrade(ctx, policy)
         alias = router.get(ctx.alias)
         if alias.candidate and self.canaries is not None:
             self.canaries.assign(ctx, alias)
@@ -141,6 +142,7 @@ class Pipeline:
 
     async def _relay(self, ctx: RequestContext, first: StreamChunk, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
         include_usage = ctx.include_usage
+        render = ctx.render
         ctx.status = CLIENT_CLOSED
         pending: list[bytes] = []  # events in hand, written together
         restore = ctx.restorer.stream() if ctx.restorer is not None else None
@@ -158,7 +160,7 @@ class Pipeline:
                 ctx.generated.append(chunk)
                 if include_usage or not chunk.usage_only:
                     data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
-                    pending.append(b"data: " + data + b"\n\n")
+                    pending.append(b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data))
                 if chunk.batch_end and pending:
                     yield pending[0] if len(pending) == 1 else b"".join(pending)
                     pending.clear()
@@ -167,14 +169,14 @@ class Pipeline:
             await self.complete(ctx)
             held = restore.flush() if restore is not None else None
             if held is not None:
-                pending.append(b"data: " + held + b"\n\n")
-            pending.append(_DONE)
+                pending.append(b"data: " + held + b"\n\n" if render is None else render.chunk(ctx, held))
+            pending.append(_DONE if render is None else render.end(ctx))
             yield b"".join(pending)
         except GatewayError as exc:
             # After the first byte: tell the client in-band, never retry.
             self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
             await self.fail(ctx, exc)
-            pending.append(sse_error_event(exc))
+            pending.append(sse_error_event(exc) if render is None else render.error(ctx, exc))
             yield b"".join(pending)
         finally:
             aclose = getattr(chunks, "aclose", None)
@@ -199,11 +201,13 @@ class Pipeline:
             "model": ctx.alias,
         }
         choice = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else {"index": 0, "text": "", "finish_reason": "length"}
-        events = [b"data: " + _encode({**envelope, "choices": [choice]}) + b"\n\n"]
+        payloads = [_encode({**envelope, "choices": [choice]})]
         if ctx.include_usage and ctx.usage is not None:
-            events.append(b"data: " + _encode({**envelope, "choices": [], "usage": ctx.usage}) + b"\n\n")
-        events.append(_DONE)
-        return events
+            payloads.append(_encode({**envelope, "choices": [], "usage": ctx.usage}))
+        render = ctx.render
+        if render is not None:
+            return [*(render.chunk(ctx, data) for data in payloads), render.end(ctx)]
+        return [*(b"data: " + data + b"\n\n" for data in payloads), _DONE]
 
     async def fail(self, ctx: RequestContext, exc: GatewayError) -> None:
         ctx.status = exc.status

@@ -10,16 +10,16 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import Headers
-from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ASGIApp
 
 from core.errors import GatewayError, PermissionDenied
+from policies.routing import model_not_found
 from router.body import read_body
 from router.decode import decode_body
 from router.gateway import Gateway
 from router.openapi import BODY
 from router.pipeline import RequestContext
+from router.serve import run
 from router.wire import ChatRequest, CompletionRequest, EmbeddingRequest
 from router.wire import Request as WireRequest
 from serving.base import Kind
@@ -59,19 +59,7 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
         raise
-    pipeline = gateway.pipeline
-    pipeline.begin(ctx, headers.get("traceparent"))
-    try:
-        await pipeline.admit(ctx)
-        if ctx.stream:
-            relay = await pipeline.open_stream(ctx)
-            return ASGIStreamingResponse(iterator=relay, encoded_headers=_headers(ctx, streaming=True), status_code=200)
-        completion = await pipeline.unary(ctx)
-    except GatewayError as exc:
-        await pipeline.fail(ctx, exc)
-        raise
-    await pipeline.complete(ctx)
-    return ASGIResponse(body=completion.body, encoded_headers=_headers(ctx, streaming=False), status_code=200)
+    return await run(gateway, ctx, headers.get("traceparent"))
 
 
 async def _admit(
@@ -109,27 +97,6 @@ async def _admit(
     )
 
 
-_JSON_TYPE = (b"content-type", b"application/json")
-_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-
-def _headers(ctx: RequestContext, *, streaming: bool) -> list[tuple[bytes, bytes]]:
-    headers = [
-        (b"x-request-id", ctx.request_id.encode()),
-        (b"x-sluicegate-deployment", ctx.deployment.encode()),
-        (b"x-sluicegate-config-version", ctx.snapshot.header),
-    ]
-    if ctx.arm is not None:
-        headers.append((b"x-sluicegate-canary", b"mirrored" if ctx.mirror else ctx.arm.encode()))
-    if ctx.route_reason:
-        headers.append((b"x-sluicegate-route-reason", ctx.route_reason.encode()))
-    if streaming:
-        headers += _SSE_HEADERS
-    else:
-        headers.append(_JSON_TYPE)
-    return headers
-
-
 @post("/v1/chat/completions", status_code=200, opt={BODY: ChatRequest})
 async def chat_completions(request: Request[Any, Any, Any]) -> Answer:
     return await _serve(request, "chat", "chat", ChatRequest)
@@ -151,18 +118,26 @@ def _model_entry(alias: str, owned_by: str, created: int) -> dict[str, Any]:
 
 @get("/v1/models")
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The aliases the calling tenant may use: allowed by its policy, with a deployment the policy lets serve them."""
     gateway = _gateway(request)
-    await gateway.authenticate(request.headers.get("authorization"))
+    principal = await gateway.authenticate(request.headers.get("authorization"))
+    snapshot = gateway.snapshot
     created = request.app.state.started_at
-    data = [_model_entry(a.name, a.config.owned_by, created) for a in gateway.snapshot.router.aliases()]
+    aliases = snapshot.router.visible(snapshot.policies.routing(principal.tenant))
+    data = [_model_entry(a.name, a.config.owned_by, created) for a in aliases]
     return Response(_encode({"object": "list", "data": data}), media_type=JSON)
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
     gateway = _gateway(request)
-    await gateway.authenticate(request.headers.get("authorization"))
-    alias = gateway.snapshot.router.get(model_id.lstrip("/"))
+    principal = await gateway.authenticate(request.headers.get("authorization"))
+    snapshot = gateway.snapshot
+    name = model_id.lstrip("/")
+    visible = {a.name: a for a in snapshot.router.visible(snapshot.policies.routing(principal.tenant))}
+    alias = visible.get(name)
+    if alias is None:
+        raise model_not_found(name)
     return Response(_encode(_model_entry(alias.name, alias.config.owned_by, request.app.state.started_at)), media_type=JSON)
 
 

@@ -1,0 +1,54 @@
+"""Run one admitted request through the pipeline and answer it: shared by every API surface.
+
+The surface's route authenticates, decodes its own shape and builds the
+``RequestContext`` (a chat body for the pipeline, and a renderer unless it is
+OpenAI chat itself); from there every surface is served the same way.
+"""
+
+from __future__ import annotations
+
+from litestar.types import ASGIApp
+
+from core.errors import GatewayError
+from router.answers import Headers, JsonAnswer, StreamAnswer
+from router.context import RequestContext
+from router.gateway import Gateway
+
+_JSON_TYPE = (b"content-type", b"application/json")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+async def run(gateway: Gateway, ctx: RequestContext, traceparent: str | None) -> ASGIApp:
+    """Admit, serve (streamed or not) and settle; a ``GatewayError`` before the first byte is raised to the route."""
+    pipeline = gateway.pipeline
+    pipeline.begin(ctx, traceparent)
+    try:
+        await pipeline.admit(ctx)
+        if ctx.stream:
+            relay = await pipeline.open_stream(ctx)
+            return StreamAnswer(relay, response_headers(ctx, streaming=True))
+        completion = await pipeline.unary(ctx)
+    except GatewayError as exc:
+        await pipeline.fail(ctx, exc)
+        raise
+    await pipeline.complete(ctx)
+    body = completion.body if ctx.render is None else ctx.render.unary(ctx, completion.body)
+    return JsonAnswer(body, response_headers(ctx, streaming=False))
+
+
+def response_headers(ctx: RequestContext, *, streaming: bool) -> Headers:
+    """The gateway's own headers: request id, deployment, config version, canary arm, route reason."""
+    headers = [
+        (b"x-request-id", ctx.request_id.encode()),
+        (b"x-sluicegate-deployment", ctx.deployment.encode()),
+        (b"x-sluicegate-config-version", ctx.snapshot.header),
+    ]
+    if ctx.arm is not None:
+        headers.append((b"x-sluicegate-canary", b"mirrored" if ctx.mirror else ctx.arm.encode()))
+    if ctx.route_reason:
+        headers.append((b"x-sluicegate-route-reason", ctx.route_reason.encode()))
+    if streaming:
+        headers += _SSE_HEADERS
+    else:
+        headers.append(_JSON_TYPE)
+    return headers
