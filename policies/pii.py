@@ -2,8 +2,8 @@
 
 ``scan_request`` is the one entry point. With ``off`` it returns at once and
 never loads the analyzer. Otherwise every text of the request (chat messages of
-every role, text parts, tool-call arguments, completion prompts, embedding
-inputs) goes through a cheap pre-filter, and only texts that could hold a
+every role and their names, text parts, tool-call arguments, tool definitions'
+prose, completion prompts, embedding inputs: ``pii_fields``) goes through a cheap pre-filter, and only texts that could hold a
 requested entity are analysed, in a small thread pool so the loop never blocks
 (requests over 16 KiB of text are pre-filtered in the pool too). Findings become typed, numbered placeholders (``<EMAIL_ADDRESS_1>``; the
 same value keeps its placeholder within a request) in a new body; the caller's
@@ -23,6 +23,7 @@ import msgspec
 
 from core.errors import GatewayError, InvalidRequest
 from policies import pii_engine, pii_scan
+from policies.pii_fields import chat_strings
 from policies.pii_restore import Restorer
 from policies.pii_scan import Finding
 
@@ -134,6 +135,12 @@ async def scan_request(kind: Kind, body: dict[str, Any], policy: PiiPolicy) -> S
         return ScanResult(counts={}, body=body)
     min_scores = policy.min_scores()
     texts, decoded = _collect(kind, body)
+    if sum(len(t.text) for t in texts) > policy.max_scan_chars:
+        raise InvalidRequest(
+            f"The request's text is longer than the {policy.max_scan_chars} characters this tenant's "
+            "privacy policy scans; send it in smaller requests.",
+            code="pii_scan_too_large",
+        )
 
     # The pre-filter is cheap enough for the loop on small requests, where it
     # often spares the hop to the pool; large requests are filtered in the pool.
@@ -182,7 +189,7 @@ def _collect(kind: Kind, body: dict[str, Any]) -> tuple[list[_Text], dict[tuple[
     texts: list[_Text] = []
     decoded: dict[tuple[str | int, ...], Any] = {}
     if kind == "chat":
-        for path, value, is_json in _chat_strings(body):
+        for path, value, is_json in chat_strings(body):
             parsed = _json_or_none(value) if is_json else None
             if parsed is None:
                 texts.append(_Text(path, value))
@@ -197,28 +204,6 @@ def _collect(kind: Kind, body: dict[str, Any]) -> tuple[list[_Text], dict[tuple[
         elif isinstance(sent, list):
             texts.extend(_Text((key, i), v) for i, v in enumerate(sent) if isinstance(v, str))
     return texts, decoded
-
-
-def _chat_strings(body: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, bool]]:
-    messages = body.get("messages")
-    for m, message in enumerate(messages if isinstance(messages, list) else ()):
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            yield ("messages", m, "content"), content, False
-        elif isinstance(content, list):
-            for p, part in enumerate(content):
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    yield ("messages", m, "content", p, "text"), part["text"], False
-        calls = message.get("tool_calls")
-        for c, call in enumerate(calls if isinstance(calls, list) else ()):
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                yield ("messages", m, "tool_calls", c, "function", "arguments"), function["arguments"], True
-        function = message.get("function_call")
-        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            yield ("messages", m, "function_call", "arguments"), function["arguments"], True
 
 
 def _json_or_none(value: str) -> Any:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from budgets.tokens import request_texts
-from core.errors import InvalidRequest
 from router.context import RequestContext
 from router.metrics import Metrics
 
@@ -21,13 +19,6 @@ if TYPE_CHECKING:
 async def apply_pii(ctx: RequestContext, policy: PiiPolicy, metrics: Metrics) -> None:
     from policies.pii import BlockedForPii, PiiAnalyzerError, scan_request
 
-    texts, _ = request_texts(ctx.kind, ctx.body)
-    if sum(len(t) for t in texts) > policy.max_scan_chars:
-        raise InvalidRequest(
-            f"The request's text is longer than the {policy.max_scan_chars} characters this tenant's "
-            "privacy policy scans; send it in smaller requests.",
-            code="pii_scan_too_large",
-        )
     try:
         result = await scan_request(ctx.kind, ctx.body, policy)
     except PiiAnalyzerError:

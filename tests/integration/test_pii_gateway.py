@@ -58,6 +58,13 @@ async def _post(base: str, who: str, path: str, body: dict[str, Any]) -> tuple[i
             return resp.status, await resp.read(), {k.lower(): v for k, v in resp.headers.items()}
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": f"Weather; questions to {EMAIL}",
+    "parameters": {"type": "object", "required": ["city"], "properties": {
+        "city": {"type": "string", "description": f"A city, or call {PHONE}"},
+        "unit": {"type": "string", "enum": ["C", "F", CARD]}}}}}
+
+
 REQUESTS = [
     ("/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": TEXT}]}),
     ("/v1/chat/completions", {"model": "echo", "messages": [
@@ -68,6 +75,12 @@ REQUESTS = [
         {"role": "tool", "tool_call_id": "c1", "content": f"Found {PHONE}"},
         {"role": "user", "content": "thanks"}]}),
     ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": TEXT}]}),
+    # Tool definitions, a tool result in text parts and a message name reach the model too.
+    ("/v1/chat/completions", {"model": "echo", "tools": [WEATHER_TOOL], "messages": [
+        {"role": "user", "content": "weather please", "name": SECRET},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": f"Sunny. Reports to {EMAIL}"}]}]}),
     ("/v1/completions", {"model": "echo", "prompt": TEXT}),
     ("/v1/completions", {"model": "echo", "prompt": [TEXT, f"again {EMAIL}"]}),
     ("/v1/embeddings", {"model": "embed", "input": TEXT}),
@@ -85,6 +98,20 @@ async def test_redact_never_lets_a_value_reach_the_cloud(pii_gateway, fake_upstr
     assert seen and "<EMAIL_ADDRESS_1>" in seen or "<PHONE_NUMBER_1>" in seen
     for value in VALUES:
         assert value not in seen
+
+
+async def test_tool_definitions_keep_their_structure_when_redacted(pii_gateway, fake_upstream: FakeUpstream) -> None:
+    base, _ = pii_gateway
+    fake_upstream.requests.clear()
+    body = {"model": "echo", "tools": [WEATHER_TOOL], "messages": [{"role": "user", "content": "weather please"}]}
+    status, _, _ = await _post(base, "redact", "/v1/chat/completions", body)
+    assert status == 200
+    sent = fake_upstream.requests[-1]["json"]["tools"][0]["function"]
+    assert sent["description"] == "Weather; questions to <EMAIL_ADDRESS_1>"
+    parameters = sent["parameters"]
+    assert (parameters["type"], parameters["required"], sorted(parameters["properties"])) == ("object", ["city"], ["city", "unit"])
+    assert parameters["properties"]["city"] == {"type": "string", "description": "A city, or call <PHONE_NUMBER_1>"}
+    assert parameters["properties"]["unit"]["enum"] == ["C", "F", "<CREDIT_CARD_1>"]
 
 
 async def test_mask_and_restore_non_stream(pii_gateway) -> None:
