@@ -36,7 +36,6 @@ _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "logit_bias": bool,
     "frequency_penalty": bool,
     "presence_penalty": bool,
-    "response_format": lambda v: isinstance(v, dict) and v.get("type") not in (None, "text"),
     "modalities": lambda v: v is not None and list(v) != ["text"],
     "audio": lambda v: v is not None,
     "prediction": lambda v: v is not None,
@@ -89,7 +88,29 @@ def to_anthropic_request(body: JsonObject, *, default_max_tokens: int) -> JsonOb
     choice = _convert_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"), bool(out.get("tools")))
     if choice is not None:
         out["tool_choice"] = choice
+    output_format = _convert_response_format(body.get("response_format"))
+    if output_format is not None:
+        out["output_config"] = {"format": output_format}
     return out
+
+
+def _convert_response_format(response_format: object) -> JsonObject | None:
+    """OpenAI ``response_format`` --> Anthropic's structured output (``output_config.format``); text needs none."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        # Any JSON object: Anthropic takes only a schema, and this is the schema of "an object".
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise _invalid("'response_format.json_schema.schema' must be a JSON schema object", "response_format")
+        return {"type": "json_schema", "schema": schema}
+    raise _invalid("'response_format.type' must be text, json_object or json_schema", "response_format")
 
 
 def _max_tokens(body: JsonObject, default: int) -> int:

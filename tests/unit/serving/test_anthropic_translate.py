@@ -272,8 +272,6 @@ def test_temperature_above_anthropic_range_is_rejected() -> None:
         ("n", 2),
         ("logprobs", True),
         ("top_logprobs", 3),
-        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-        ("response_format", {"type": "json_object"}),
         ("frequency_penalty", 0.5),
         ("presence_penalty", -1),
         ("logit_bias", {"42": 10}),
@@ -395,3 +393,31 @@ def test_stop_reason_mapping(reason: str, finish: str) -> None:
 def test_usage_without_cache_fields() -> None:
     usage = to_usage({"input_tokens": 3, "output_tokens": 4})
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens) == (3, 4, 7, 0)
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "expected"),
+    [
+        ({"type": "json_schema", "json_schema": {"name": "place", "strict": True, "schema": SCHEMA}}, {"type": "json_schema", "schema": SCHEMA}),
+        ({"type": "json_object"}, {"type": "json_schema", "schema": {"type": "object"}}),
+    ],
+)
+def test_response_format_becomes_structured_output(response_format: dict, expected: dict) -> None:
+    assert translate(response_format=response_format)["output_config"] == {"format": expected}
+
+
+def test_text_response_format_asks_for_nothing() -> None:
+    assert "output_config" not in translate(response_format={"type": "text"})
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "json_schema", "json_schema": {"name": "x"}}, {"type": "xml"}, "json", {"type": "json_schema", "json_schema": {"schema": []}}],
+)
+def test_bad_response_format_is_a_400(response_format: object) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        translate(response_format=response_format)
+    assert info.value.param == "response_format"
