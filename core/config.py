@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
-Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "vllm", "triton", "llamacpp"]
+Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "gemini", "vllm", "triton", "llamacpp"]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 

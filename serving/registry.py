@@ -20,6 +20,7 @@ _PROVIDERS: dict[str, tuple[str, str, str]] = {
     "openai_compatible": ("serving.openai_http", "OpenAIEngine", "OpenAIOptions"),
     "azure": ("serving.azure", "AzureOpenAIEngine", "AzureOptions"),
     "anthropic": ("serving.anthropic", "AnthropicEngine", "AnthropicOptions"),
+    "gemini": ("serving.gemini", "GeminiEngine", "GeminiOptions"),
     "vllm": ("serving.vllm_engine", "VLLMEngine", "VLLMOptions"),
     "triton": ("serving.triton", "TritonEngine", "TritonOptions"),
     "llamacpp": ("serving.llamacpp", "LlamaCppEngine", "LlamaCppOptions"),
