@@ -32,10 +32,17 @@ _SENTENCES = [
 # Trained in this order, so <s> is id 1 and </s> is id 2 (BOS_ID, EOS_ID).
 _SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # Roles wrap each message; tools, when given, are listed in a system turn first.
+# An assistant's tool calls follow its text in the Hermes format, and a tool
+# result names the call it answers, so a tool round trip shows in the prompt.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}<|system|>tools:{% for tool in tools %} {{ tool['function']['name'] }}{% endfor %}<|end|>{% endif %}"
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>"
+    "{% if message['tool_call_id'] is defined %}[{{ message['tool_call_id'] }}] {% endif %}"
+    "{% if message['content'] is not none %}{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}<tool_call>"
+    "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}</tool_call>"
+    "{% endfor %}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 

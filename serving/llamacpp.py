@@ -31,6 +31,8 @@ from serving.base import (
 from serving.llamacpp_model import ModelCopy, default_model_path, load_copy, pump
 from serving.llamacpp_options import LlamaCppOptions
 from serving.llamacpp_request import chat_kwargs, chunk_text, completion_kwargs, guarded
+from serving.llamacpp_tools import ToolChunks, with_tool_calls
+from serving.tool_call_text import ToolOutput
 
 __all__ = ["LlamaCppEngine", "LlamaCppOptions", "default_model_path"]
 
@@ -53,6 +55,7 @@ class LlamaCppEngine:
         self._cancels: dict[str, threading.Event] = {}
         self._running = 0
         self._waiting = 0
+        self._renders_tool_calls = False
 
     async def start(self) -> None:
         if self._copies:
@@ -65,6 +68,7 @@ class LlamaCppEngine:
             copy = await asyncio.to_thread(load_copy, path, self.options)
             self._copies.append(copy)
             self._idle.put_nowait(copy)
+        self._renders_tool_calls = self._copies[0].renders_tool_calls
 
     async def close(self) -> None:
         copies, self._copies = self._copies, []
@@ -77,12 +81,15 @@ class LlamaCppEngine:
             copy.llm.close()
 
     async def generate(self, request: EngineRequest) -> Completion:
-        method, kwargs = self._prepare(request)
+        method, kwargs, tools = self._prepare(request)
         result: JsonObject = await self._run(request, lambda llm: getattr(llm, method)(**kwargs))
+        if tools is not None:
+            result = with_tool_calls(result, tools)
         return Completion(body=_encode(result), usage=msgspec.convert(result["usage"], Usage))
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
-        method, kwargs = self._prepare(request)
+        method, kwargs, tools = self._prepare(request)
+        converter = ToolChunks(tools) if tools is not None else None
         copy, cancel = await self._acquire(request.request_id)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -101,8 +108,9 @@ class LlamaCppEngine:
                     raise item
                 assert isinstance(item, dict)
                 first = first or item
-                text, finish_reason = chunk_text(request.kind, item)
-                yield StreamChunk(data=_encode(item), text=text, finish_reason=finish_reason)
+                for chunk in converter.convert(item) if converter is not None else [item]:
+                    text, finish_reason = chunk_text(request.kind, chunk)
+                    yield StreamChunk(data=_encode(chunk), text=text, finish_reason=finish_reason)
             if cancel.is_set():
                 raise self._aborted()
             yield self._usage_chunk(request, first, item)
@@ -137,18 +145,20 @@ class LlamaCppEngine:
         model = request.body.get("model")
         return model if isinstance(model, str) and model else self.spec.model
 
-    def _prepare(self, request: EngineRequest) -> tuple[str, dict[str, Any]]:
-        """Request --> the llama.cpp method and its arguments, validated before queueing."""
+    def _prepare(self, request: EngineRequest) -> tuple[str, dict[str, Any], ToolOutput | None]:
+        """Request --> the llama.cpp method, its arguments and the tool-call reader, validated before queueing."""
         if self.options.embedding:
             raise InvalidRequest(f"deployment {self.name} serves embeddings only", param="model")
+        tools = None
         if request.kind == "chat":
-            method, kwargs = "create_chat_completion", chat_kwargs(request.body, self.options.seed)
+            method = "create_chat_completion"
+            kwargs, tools = chat_kwargs(request.body, self.options, self._renders_tool_calls)
         elif request.kind == "completion":
             method, kwargs = "create_completion", completion_kwargs(request.body, self.options.seed)
         else:
             raise InvalidRequest(f"{request.kind} requests go to embed()")
         kwargs["model"] = self._model_name(request)
-        return method, kwargs
+        return method, kwargs, tools
 
     async def _acquire(self, request_id: str) -> tuple[ModelCopy, threading.Event]:
         if not self._copies:

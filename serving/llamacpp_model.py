@@ -44,8 +44,10 @@ class ModelCopy:
     where an aborted request stops between two tokens.
     """
 
-    def __init__(self, llm: Any, is_end: Callable[[int], bool]) -> None:
+    def __init__(self, llm: Any, is_end: Callable[[int], bool], renders_tool_calls: bool = False) -> None:
         self.llm = llm
+        # The chat template shows an assistant's tool_calls to the model itself.
+        self.renders_tool_calls = renders_tool_calls
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cancel = threading.Event()
@@ -82,7 +84,9 @@ def load_copy(path: str, options: LlamaCppOptions) -> ModelCopy:
         llm.close()
         llm = _open(llama_cpp, path, options, llama_cpp.LLAMA_POOLING_TYPE_MEAN)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    return ModelCopy(llm, lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token)))
+    # An explicit chat_format replaces the GGUF's template with one of llama-cpp-python's, which render no calls.
+    template = llm.metadata.get("tokenizer.chat_template", "") if options.chat_format is None else ""
+    return ModelCopy(llm, lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token)), "tool_calls" in template)
 
 
 def _open(llama_cpp: Any, path: str, options: LlamaCppOptions, pooling: int) -> Any:

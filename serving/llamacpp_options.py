@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -23,3 +23,6 @@ class LlamaCppOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 1
     # Load the model as an embedding model; it then serves embeddings only.
     embedding: bool = False
+    # With tool_choice auto, read <tool_call>{"name", "arguments"}</tool_call> out of
+    # the text (Qwen, Hermes, SmolLM3 and others write calls so). None: all content.
+    tool_parser: Literal["hermes"] | None = None

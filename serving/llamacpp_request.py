@@ -11,6 +11,11 @@ from typing import Any, TypeVar
 
 from core.errors import GatewayError, InvalidRequest, UpstreamError
 from serving.base import JsonObject
+from serving.llamacpp_grammar import json_grammar
+from serving.llamacpp_options import LlamaCppOptions
+from serving.structured_outputs import JsonConstraint, ToolPlan, forced_call_schema, response_constraint, template_tool_calls, tool_plan
+from serving.tool_call_hermes import HermesCalls, hermes_text
+from serving.tool_call_text import ForcedCalls, ToolOutput
 
 _T = TypeVar("_T")
 
@@ -53,21 +58,67 @@ def _sampling(body: JsonObject, seed: int | None) -> dict[str, Any]:
     }
 
 
-def chat_kwargs(body: JsonObject, seed: int | None) -> dict[str, Any]:
-    kwargs = _sampling(body, seed)
-    kwargs["messages"] = body["messages"]
+def chat_kwargs(body: JsonObject, options: LlamaCppOptions, renders_tool_calls: bool) -> tuple[dict[str, Any], ToolOutput | None]:
+    """The chat call's arguments, and how to read tool calls from its text (None: it is all content).
+
+    ``tool_choice`` never reaches llama-cpp-python: its own handling of a named
+    function ignores ``required``, streams the name in every chunk and falls back
+    to any JSON when a schema does not convert. Calls are decoded under a
+    grammar here and read back by ``serving.llamacpp_tools``.
+    """
+    kwargs = _sampling(body, options.seed)
+    plan = tool_plan(body)
+    kwargs["messages"] = chat_messages(body.get("messages"), renders_tool_calls)
     kwargs["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens")
-    for key in ("tools", "tool_choice"):
-        if body.get(key) is not None:
-            kwargs[key] = body[key]
-    response_format = body.get("response_format") or {}
-    # llama.cpp knows json_object with an optional schema; OpenAI's json_schema maps onto it.
-    if response_format.get("type") == "json_object":
-        kwargs["response_format"] = {"type": "json_object"}
-    elif response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        kwargs["response_format"] = {"type": "json_object", "schema": schema or {}}
-    return kwargs
+    if plan is not None and plan.mode != "none":
+        # The chat template decides how the model sees them.
+        kwargs["tools"] = plan.tools
+    constraint, tools = _tool_reading(body, plan, options)
+    if constraint is not None:
+        kwargs["grammar"] = json_grammar(constraint)
+    return kwargs, tools
+
+
+def _tool_reading(body: JsonObject, plan: ToolPlan | None, options: LlamaCppOptions) -> tuple[JsonConstraint | None, ToolOutput | None]:
+    answer = response_constraint(body)
+    if plan is not None and plan.mode == "forced":
+        # The call replaces this turn's text answer; response_format shapes a later one.
+        return JsonConstraint(schema=forced_call_schema(plan), param="tool_choice"), ForcedCalls()
+    reader = HermesCalls() if plan is not None and plan.mode == "auto" and options.tool_parser == "hermes" else None
+    return answer, reader
+
+
+def chat_messages(messages: object, renders_tool_calls: bool) -> list[JsonObject]:
+    """Messages for the chat template; turns with tool calls made renderable, the rest as sent."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    rendered: list[JsonObject] = []
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"{param} must be an object with a string 'role'", param=param)
+        if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise InvalidRequest(f"{param} is a tool result and needs a string 'tool_call_id'", param=param)
+        calls = template_tool_calls(message, param)
+        if calls is None:
+            rendered.append(message)
+            continue
+        text = _text(message.get("content"), param)
+        if renders_tool_calls:
+            rendered.append({**message, "content": text, "tool_calls": calls})
+        else:
+            # A template that knows no tool calls still shows the model what it called.
+            rest = {key: value for key, value in message.items() if key != "tool_calls"}
+            rendered.append({**rest, "content": text + hermes_text(calls)})
+    return rendered
+
+
+def _text(content: object, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(part, dict) and isinstance(part.get("text"), str) for part in content):
+        return "".join(part["text"] for part in content)
+    raise InvalidRequest(f"{param}.content must be a string or an array of text parts", param=param)
 
 
 def completion_kwargs(body: JsonObject, seed: int | None) -> dict[str, Any]:

@@ -16,9 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from core.errors import (
     GatewayError,
@@ -26,12 +24,15 @@ from core.errors import (
     UpstreamConnectError,
     UpstreamError,
 )
-from serving.base import Completion, EngineRequest, EngineSpec, Load, StreamChunk
+from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, Load, StreamChunk
+from serving.structured_outputs import JsonConstraint, ToolPlan, forced_call_schema, response_constraint, tool_plan
+from serving.tool_call_text import ForcedCalls, ToolOutput
+from serving.vllm_embed import as_base64, check_lengths, embedding_completion, embedding_inputs, pool_all, pooling_params
+from serving.vllm_options import VLLMOptions
 from serving.vllm_output import ResponseMeta, StreamEncoder, final_completion
 from serving.vllm_params import (
     EngineLimits,
     chat_messages,
-    chat_tools,
     completion_prompts,
     sampling_kwargs,
 )
@@ -40,44 +41,24 @@ from serving.vllm_runtime import (
     merged,
     queue_stat_logger,
     sampling_params,
+    structured_outputs,
     translate_error,
+    verify_structured,
     visible_device,
 )
+from serving.vllm_tools import ParsedToolCalls, load_tool_parser
 
 if TYPE_CHECKING:
     from vllm.inputs import TokensInput
     from vllm.outputs import RequestOutput
     from vllm.sampling_params import SamplingParams
     from vllm.tokenizers import TokenizerLike
+    from vllm.tool_parsers import ToolParser
     from vllm.v1.engine.async_llm import AsyncLLM
 
+__all__ = ["VLLMEngine", "VLLMOptions"]
+
 _GIB = 1 << 30
-
-
-class VLLMOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    # A local model directory (config, weights, tokenizer); nothing is downloaded.
-    model_path: str
-    # A tokenizer directory when it is not the model's own.
-    tokenizer: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # None takes the model's own context length.
-    max_model_len: Annotated[int, msgspec.Meta(ge=16)] | None = None
-    # Share of GPU memory for weights and KV cache. On a CPU host vLLM reads it as
-    # a share of host RAM, so set kv_cache_space_gib there instead.
-    gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
-    # Fixed KV cache size; takes precedence over gpu_memory_utilization.
-    kv_cache_space_gib: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    tensor_parallel_size: Annotated[int, msgspec.Meta(ge=1)] = 1
-    # Pins this engine to one GPU. Applied as CUDA_VISIBLE_DEVICES for the engine
-    # processes vLLM starts; it cannot move a CUDA context this process already has.
-    gpu_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    enforce_eager: bool = False
-    max_num_seqs: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.gpu_index is not None and self.tensor_parallel_size > 1:
-            raise ValueError("gpu_index pins one GPU; it cannot be combined with tensor_parallel_size > 1")
 
 
 class VLLMEngine:
@@ -96,6 +77,7 @@ class VLLMEngine:
         self._max_running = 0
         # request id --> the vLLM request ids serving it (one per prompt).
         self._active: dict[str, list[str]] = {}
+        self._tool_parser: type[ToolParser] | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -124,6 +106,12 @@ class VLLMEngine:
         self._limits = EngineLimits(max_model_len=config.max_model_len, max_logprobs=config.max_logprobs)
         self._max_running = self._engine.vllm_config.scheduler_config.max_num_seqs
         self._tokenizer = self._engine.get_tokenizer()
+        if self.options.tool_parser is not None:
+            try:
+                self._tool_parser = load_tool_parser(self.options.tool_parser, self._tokenizer)
+            except ValueError:
+                await self.close()
+                raise
 
     def _engine_kwargs(self) -> dict[str, Any]:
         options = self.options
@@ -138,7 +126,18 @@ class VLLMEngine:
             # vLLM's request log would include prompts.
             "enable_log_requests": False,
         }
+        if options.task == "embed":
+            # A generative architecture is converted to an embedding model (vLLM's --runner pooling).
+            kwargs["runner"] = "pooling"
+        else:
+            from vllm.config import StructuredOutputsConfig
+
+            kwargs["structured_outputs_config"] = StructuredOutputsConfig(
+                backend=options.structured_outputs_backend, disable_any_whitespace=options.compact_json
+            )
         optional = {
+            # vLLM names the model in its messages: the deployment's name, not a local path.
+            "served_model_name": self.spec.model or None,
             "tokenizer": options.tokenizer,
             "max_model_len": options.max_model_len,
             "max_num_seqs": options.max_num_seqs,
@@ -190,7 +189,18 @@ class VLLMEngine:
         yield encoder.usage_chunk()
 
     async def embed(self, request: EngineRequest) -> Completion:
-        raise InvalidRequest(f"deployment {self.name!r} serves text generation, not embeddings", param="model")
+        if self.options.task != "embed":
+            raise InvalidRequest(f"deployment {self.name!r} serves text generation, not embeddings", param="model")
+        engine = self._require()
+        body = request.body
+        inputs, encode_base64 = embedding_inputs(body), as_base64(body)
+        params = pooling_params(body, engine.model_config)
+        token_lists = await asyncio.to_thread(self._tokenize, inputs)
+        check_lengths(token_lists, self._limits.max_model_len)
+        prompts = self._engine_prompts(token_lists, request.tenant)
+        async with self._tracked(request.request_id, len(prompts)) as (engine, ids):
+            outputs = await pool_all(engine, prompts, params, ids)
+        return await asyncio.to_thread(embedding_completion, self._model_name(body), outputs, encode_base64)
 
     async def abort(self, request_id: str) -> None:
         engine = self._engine
@@ -224,34 +234,66 @@ class VLLMEngine:
         self, request: EngineRequest, *, stream: bool
     ) -> tuple[ResponseMeta, list[TokensInput], SamplingParams]:
         """Validate and tokenize: request body --> engine prompts and sampling params."""
-        self._require()
+        engine = self._require()
+        if self.options.task == "embed":
+            raise InvalidRequest(f"deployment {self.name!r} serves embeddings only", param="model")
         body = request.body
+        tools: ToolOutput | None = None
         if request.kind == "chat":
-            messages, tools = chat_messages(body), chat_tools(body)
-            token_lists = [await asyncio.to_thread(self._render_chat, messages, tools)]
+            messages, plan = chat_messages(body), tool_plan(body)
+            shown = plan.tools if plan is not None and plan.mode != "none" else None
+            token_lists = [await asyncio.to_thread(self._render_chat, messages, shown)]
+            constraint, tools = self._tool_reading(body, plan)
         elif request.kind == "completion":
             token_lists = await asyncio.to_thread(self._tokenize, completion_prompts(body))
+            constraint = response_constraint(body)
         else:
             raise InvalidRequest(f"deployment {self.name!r} does not serve {request.kind} requests")
         kwargs = sampling_kwargs(request.kind, body, prompt_len=max(map(len, token_lists)), limits=self._limits)
+        if isinstance(tools, ParsedToolCalls) and not tools.skip_special_tokens:
+            kwargs["skip_special_tokens"] = False
+        if constraint is not None:
+            kwargs["structured_outputs"] = structured_outputs(constraint)
         params = sampling_params(kwargs, stream=stream)
-        model = body.get("model")
+        if constraint is not None:
+            # Compiling a schema into a grammar is CPU work.
+            await asyncio.to_thread(verify_structured, engine, params, constraint.param)
         meta = ResponseMeta(
             kind=request.kind,
             response_id=("chatcmpl-" if request.kind == "chat" else "cmpl-") + (request.request_id or uuid.uuid4().hex),
-            model=model if isinstance(model, str) else self.spec.model,
+            model=self._model_name(body),
             created=int(time.time()),
             n=params.n,
             top_logprobs=kwargs.get("logprobs"),
+            tools=tools,
         )
+        return meta, self._engine_prompts(token_lists, request.tenant), params
+
+    def _tool_reading(self, body: JsonObject, plan: ToolPlan | None) -> tuple[JsonConstraint | None, ToolOutput | None]:
+        """A forced call decodes under its schema; an auto one is read by the deployment's parser, if any."""
+        answer = response_constraint(body)
+        if plan is not None and plan.mode == "forced":
+            # The call replaces this turn's text answer; response_format shapes a later one.
+            return JsonConstraint(schema=forced_call_schema(plan), param="tool_choice"), ForcedCalls()
+        parsed = None
+        if plan is not None and plan.mode == "auto" and self._tool_parser is not None:
+            assert self._tokenizer is not None
+            parsed = ParsedToolCalls(self._tool_parser, self._tokenizer, plan.tools)
+        return answer, parsed
+
+    def _engine_prompts(self, token_lists: list[list[int]], tenant: str) -> list[TokensInput]:
         prompts: list[TokensInput] = []
         for ids in token_lists:
             # An engine input vLLM takes as is: already tokenized, nothing to render.
             prompt: TokensInput = {"type": "token", "prompt_token_ids": ids}
-            if request.tenant:
-                prompt["cache_salt"] = request.tenant
+            if tenant:
+                prompt["cache_salt"] = tenant
             prompts.append(prompt)
-        return meta, prompts, params
+        return prompts
+
+    def _model_name(self, body: JsonObject) -> str:
+        model = body.get("model")
+        return model if isinstance(model, str) else self.spec.model
 
     def _render_chat(self, messages: list[Any], tools: list[dict[str, Any]] | None) -> list[int]:
         from jinja2 import TemplateError
@@ -277,13 +319,8 @@ class VLLMEngine:
     async def _run(
         self, request_id: str, prompts: list[TokensInput], params: SamplingParams
     ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
-        """Outputs of every prompt as (prompt index, output); aborts whatever is left on exit."""
-        engine = self._require()
-        request_id = request_id or uuid.uuid4().hex
-        ids = [request_id] if len(prompts) == 1 else [f"{request_id}-{index}" for index in range(len(prompts))]
-        self._active[request_id] = ids
-        finished = False
-        try:
+        """Outputs of every prompt as (prompt index, output)."""
+        async with self._tracked(request_id, len(prompts)) as (engine, ids):
             if len(prompts) == 1:
                 async with contextlib.aclosing(engine.generate(prompts[0], params, ids[0])) as outputs:
                     async for output in outputs:
@@ -292,6 +329,17 @@ class VLLMEngine:
                 async with contextlib.aclosing(merged(engine, prompts, params, ids)) as items:
                     async for item in items:
                         yield item
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, request_id: str, count: int) -> AsyncIterator[tuple[AsyncLLM, list[str]]]:
+        """The engine and one vLLM request id per prompt, known to ``abort``; aborts whatever is left on exit."""
+        engine = self._require()
+        request_id = request_id or uuid.uuid4().hex
+        ids = [request_id] if count == 1 else [f"{request_id}-{index}" for index in range(count)]
+        self._active[request_id] = ids
+        finished = False
+        try:
+            yield engine, ids
             finished = True
         except GatewayError:
             raise

@@ -21,6 +21,7 @@ from serving.base import (
     make_usage,
     usage_json,
 )
+from serving.tool_call_text import ToolOutput, ToolStream, tool_finish_reason
 
 if TYPE_CHECKING:
     from vllm.logprobs import Logprob
@@ -42,6 +43,8 @@ class ResponseMeta:
     n: int
     # None when logprobs were not asked for.
     top_logprobs: int | None
+    # How tool calls are read from chat text; None when the text is all content.
+    tools: ToolOutput | None = None
 
     def header(self, chunk: bool) -> JsonObject:
         if self.kind == "chat":
@@ -81,9 +84,13 @@ def final_completion(meta: ResponseMeta, outputs: list[RequestOutput], prompt_to
 def _final_choice(meta: ResponseMeta, index: int, output: CompletionOutput) -> JsonObject:
     reason = finish_reason(output)
     if meta.kind == "chat":
+        message: JsonObject = {"role": "assistant", "content": output.text}
+        if meta.tools is not None and reason is not None:
+            message, called = meta.tools.message(output.text)
+            reason = tool_finish_reason(reason, called)
         return {
             "index": index,
-            "message": {"role": "assistant", "content": output.text},
+            "message": message,
             "logprobs": chat_logprobs(output, meta.top_logprobs),
             "finish_reason": reason,
         }
@@ -102,6 +109,7 @@ class StreamEncoder:
     _cached: dict[int, int] = field(default_factory=dict)
     # Completions report each token's character offset in the choice's whole text.
     _offsets: dict[int, int] = field(default_factory=dict)
+    _tool_streams: dict[int, ToolStream] = field(default_factory=dict)
 
     def feed(self, prompt_index: int, request_output: RequestOutput) -> list[StreamChunk]:
         self._cached[prompt_index] = request_output.num_cached_tokens or 0
@@ -133,10 +141,30 @@ class StreamEncoder:
             self._started.add(index)
             chunks.append(self._chat_chunk(index, {"role": "assistant", "content": ""}, None, None))
         logprobs = chat_logprobs(output, self.meta.top_logprobs) if output.token_ids else None
+        if self.meta.tools is not None:
+            return chunks + self._tool_chunks(index, output, logprobs, reason)
         if output.text or logprobs is not None:
             chunks.append(self._chat_chunk(index, {"content": output.text}, logprobs, None, text=output.text))
         if reason is not None:
             chunks.append(self._chat_chunk(index, {}, None, reason))
+        return chunks
+
+    def _tool_chunks(
+        self, index: int, output: CompletionOutput, logprobs: JsonObject | None, reason: str | None
+    ) -> list[StreamChunk]:
+        """Delta text --> content and tool-call pieces, as far as the choice's parser can tell yet."""
+        assert self.meta.tools is not None
+        if index not in self._tool_streams:
+            self._tool_streams[index] = self.meta.tools.stream()
+        stream = self._tool_streams[index]
+        chunks: list[StreamChunk] = []
+        for delta in (stream.feed(output.text, output.token_ids), stream.finish() if reason is not None else None):
+            if delta is not None or logprobs is not None:
+                delta = delta or {}
+                chunks.append(self._chat_chunk(index, delta, logprobs, None, text=delta.get("content") or ""))
+                logprobs = None
+        if reason is not None:
+            chunks.append(self._chat_chunk(index, {}, None, tool_finish_reason(reason, stream.called)))
         return chunks
 
     def _chat_chunk(

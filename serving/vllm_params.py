@@ -13,6 +13,7 @@ from typing import Any
 
 from core.errors import InvalidRequest
 from serving.base import JsonObject
+from serving.structured_outputs import template_tool_calls
 
 # OpenAI caps choices per request at 128; more only multiplies engine work.
 MAX_CHOICES = 128
@@ -50,6 +51,11 @@ def _message(message: object, index: int) -> JsonObject:
         normalized["content"] = _text_parts(content, param)
     elif content is not None and not isinstance(content, str):
         raise InvalidRequest(f"{param}.content must be a string or an array of parts", param=param)
+    calls = template_tool_calls(message, param)
+    if calls is not None:
+        normalized["tool_calls"] = calls
+    if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise InvalidRequest(f"{param} is a tool result and needs a string 'tool_call_id'", param=param)
     return normalized
 
 
@@ -60,20 +66,6 @@ def _text_parts(parts: list[object], param: str) -> str:
             raise InvalidRequest(f"{param}.content: only text parts are supported by this model", param=param)
         texts.append(part["text"])
     return "\n".join(texts)
-
-
-def chat_tools(body: JsonObject) -> list[JsonObject] | None:
-    """Tools to render into the prompt; the template decides how the model sees them."""
-    tools = body.get("tools")
-    choice = body.get("tool_choice")
-    if tools is None or choice == "none":
-        return None
-    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
-        raise InvalidRequest("'tools' must be an array of objects", param="tools")
-    if choice not in (None, "auto"):
-        # Forcing a call needs constrained decoding, which this engine does not apply.
-        raise InvalidRequest("'tool_choice' supports only 'auto' and 'none' here", param="tool_choice")
-    return tools
 
 
 # --- completions ------------------------------------------------------------------
@@ -211,11 +203,6 @@ def _logit_bias(bias: object) -> dict[int, float]:
 
 
 def _reject_unsupported(kind: str, body: JsonObject) -> None:
-    response_format = body.get("response_format")
-    if response_format is not None and (not isinstance(response_format, dict) or response_format.get("type") != "text"):
-        raise InvalidRequest(
-            "'response_format' other than text is not supported by this engine", param="response_format"
-        )
     if kind == "completion":
         if body.get("echo"):
             raise InvalidRequest("'echo' is not supported by this engine", param="echo")

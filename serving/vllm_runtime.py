@@ -14,12 +14,16 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from core.errors import GatewayError, InvalidRequest, Overloaded, UpstreamError
+from serving.structured_outputs import JsonConstraint
 
 if TYPE_CHECKING:
     from vllm.inputs import TokensInput
     from vllm.outputs import RequestOutput
-    from vllm.sampling_params import SamplingParams
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
     from vllm.v1.engine.async_llm import AsyncLLM
+
+# Backend messages can quote a whole schema; the point is made well before this.
+_MESSAGE_CHARS = 300
 
 # CUDA_VISIBLE_DEVICES is process-wide: engines starting at once must not interleave.
 _DEVICE_ENV_LOCK = threading.Lock()
@@ -74,13 +78,37 @@ def sampling_params(kwargs: dict[str, Any], *, stream: bool) -> SamplingParams:
         raise InvalidRequest(f"invalid sampling parameters: {exc}") from None
 
 
+def structured_outputs(constraint: JsonConstraint) -> StructuredOutputsParams:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if constraint.schema is None:
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=constraint.schema)
+
+
+def verify_structured(engine: AsyncLLM, params: SamplingParams, param: str) -> None:
+    """Runs vLLM's own request checks now, so a schema the backend cannot enforce is a 400 before generation.
+
+    vLLM checks again when the request is added; the backend choice made here holds.
+    """
+    from vllm.exceptions import VLLMValidationError
+
+    config = engine.vllm_config
+    try:
+        params.verify(engine.model_config, config.speculative_config, config.structured_outputs_config, engine.tokenizer)
+    except (VLLMValidationError, ValueError, TypeError) as exc:
+        named = getattr(exc, "parameter", None)
+        detail = str(exc.args[0] if exc.args else type(exc).__name__)[:_MESSAGE_CHARS]
+        raise InvalidRequest(f"'{named or param}' cannot be enforced by this engine: {detail}", param=named or param) from None
+
+
 def translate_error(exc: Exception) -> GatewayError:
     """vLLM failure --> gateway error; vLLM's messages name parameters, not prompt text."""
     from vllm.exceptions import GracefulHTTPError, VLLMClientError
     from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     if isinstance(exc, VLLMClientError):
-        return InvalidRequest(str(exc))
+        return InvalidRequest(str(exc.args[0] if exc.args else exc)[:_MESSAGE_CHARS], param=getattr(exc, "parameter", None))
     if isinstance(exc, GracefulHTTPError):
         return Overloaded(f"vLLM is at capacity: {exc}")
     if isinstance(exc, EngineDeadError):

@@ -30,6 +30,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 TINY_MODEL = "tiny-llama"
+TINY_EMBEDDER = "tiny-llama-embed"
 MAX_MODEL_LEN = MAX_POSITIONS
 # Below the 40 requests of the concurrency test, so some of them have to queue.
 MAX_NUM_SEQS = 16
@@ -60,6 +61,10 @@ async def vllm_engine(tiny_llama_dir: Path) -> AsyncIterator[VLLMEngine]:
         enforce_eager=True,
         max_num_seqs=MAX_NUM_SEQS,
         seed=0,
+        # The tiny template writes tool calls in the Hermes format.
+        tool_parser="hermes",
+        # Random weights would otherwise loop on whitespace inside constrained JSON.
+        compact_json=True,
     )
     engine = VLLMEngine(EngineSpec(name="tiny-vllm", provider="vllm", model=TINY_MODEL, options=options))
     started = time.perf_counter()
@@ -74,3 +79,22 @@ async def vllm_engine(tiny_llama_dir: Path) -> AsyncIterator[VLLMEngine]:
     with pytest.raises(UpstreamError):
         await asyncio.wait_for(anext(pending), timeout=10)
     assert not await engine.health()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def vllm_embedder(tiny_llama_dir: Path) -> AsyncIterator[VLLMEngine]:
+    """The same tiny Llama run as an embedding model (vLLM's pooling runner)."""
+    options = VLLMOptions(
+        model_path=str(tiny_llama_dir),
+        dtype="float32",
+        max_model_len=MAX_MODEL_LEN,
+        kv_cache_space_gib=0.1,
+        enforce_eager=True,
+        max_num_seqs=4,
+        seed=0,
+        task="embed",
+    )
+    engine = VLLMEngine(EngineSpec(name="tiny-vllm-embed", provider="vllm", model=TINY_EMBEDDER, options=options))
+    await engine.start()
+    yield engine
+    await engine.close()

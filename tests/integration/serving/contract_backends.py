@@ -33,6 +33,8 @@ class Backend:
     model: str
     supports_completions: bool = True
     supports_embeddings: bool = True
+    # False for an embedding-only deployment, which refuses chat and completions.
+    serves_generation: bool = True
     honours_max_tokens: bool = True
     # False when the engine estimates token counts instead of counting them.
     exact_usage: bool = True
@@ -131,3 +133,13 @@ async def llamacpp_backend() -> Backend:
 
 def vllm_backend(engine: Engine, model: str) -> Backend:
     return Backend("vllm", engine, model, supports_embeddings=False, in_process=True)
+
+
+async def llamacpp_embedding_backend() -> Backend:
+    # The same SmolLM2 GGUF loaded as an embedding model (mean pooling).
+    engine = await start_engine("llamacpp", "smollm2-embed", options={"n_threads": 1, "embedding": True})
+    return Backend("llamacpp_embedding", engine, "smollm2-embed", serves_generation=False, in_process=True)
+
+
+def vllm_embedding_backend(engine: Engine, model: str) -> Backend:
+    return Backend("vllm_embedding", engine, model, serves_generation=False, in_process=True)

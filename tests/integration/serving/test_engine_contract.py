@@ -35,6 +35,8 @@ BACKENDS = [
     "llamacpp",
     "vllm",
 ]
+# The backends above plus deployments that serve embeddings only.
+EMBEDDERS = [*BACKENDS, "llamacpp_embedding", "vllm_embedding"]
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
 
@@ -125,9 +127,31 @@ def vllm_backend(vllm_engine: Engine) -> Backend:
     return cb.vllm_backend(vllm_engine, TINY_MODEL)
 
 
+@pytest.fixture(scope="module")
+async def llamacpp_embedding_backend() -> AsyncIterator[Backend]:
+    pytest.importorskip("llama_cpp")
+    backend = await cb.llamacpp_embedding_backend()
+    yield backend
+    await _closing(backend.engine)
+
+
+@pytest.fixture(scope="module")
+def vllm_embedding_backend(vllm_embedder: Engine) -> Backend:
+    from tests.integration.serving.conftest import TINY_EMBEDDER
+
+    # The session's vLLM embedding engine; its own fixture closes it.
+    return cb.vllm_embedding_backend(vllm_embedder, TINY_EMBEDDER)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
     # Looked up by name so that selecting some backends (-k) starts only those.
+    chosen: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return chosen
+
+
+@pytest.fixture(scope="module", params=EMBEDDERS)
+def embedder(request: pytest.FixtureRequest) -> Backend:
     chosen: Backend = request.getfixturevalue(f"{request.param}_backend")
     return chosen
 
@@ -295,13 +319,13 @@ async def test_text_completion(backend: Backend) -> None:
     assert "".join(chunk_text(chunk) for chunk in chunks)
 
 
-async def test_embeddings(backend: Backend) -> None:
+async def test_embeddings(embedder: Backend) -> None:
     inputs = ["hello world", "bonjour"]
-    if not backend.supports_embeddings:
+    if not embedder.supports_embeddings:
         with pytest.raises(InvalidRequest):
-            await backend.engine.embed(backend.embedding(inputs))
+            await embedder.engine.embed(embedder.embedding(inputs))
         return
-    result = await backend.engine.embed(backend.embedding(inputs))
+    result = await embedder.engine.embed(embedder.embedding(inputs))
     body = json.loads(result.body)
     assert body["object"] == "list"
     assert [item["index"] for item in body["data"]] == [0, 1]
@@ -312,6 +336,18 @@ async def test_embeddings(backend: Backend) -> None:
     assert len(body["data"][0]["embedding"]) == len(body["data"][1]["embedding"])
     assert body["usage"]["prompt_tokens"] > 0
     assert result.usage is not None and result.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("name", [name for name in EMBEDDERS if name not in BACKENDS])
+async def test_embedding_only_deployments_refuse_generation(request: pytest.FixtureRequest, name: str) -> None:
+    embedder: Backend = request.getfixturevalue(f"{name}_backend")
+    assert not embedder.serves_generation
+    for call in (embedder.chat(), embedder.completion()):
+        with pytest.raises(InvalidRequest):
+            await embedder.engine.generate(call)
+    with pytest.raises(InvalidRequest):
+        await collect(embedder.engine, embedder.chat(stream=True))
+    assert await embedder.engine.health()
 
 
 # --- 8: refusals ------------------------------------------------------------------------------
