@@ -170,7 +170,9 @@ class Handlers:
     def _reply(self, request: web.Request, body: JsonObject, behavior: str, stream: bool) -> replies.Reply:
         if behavior == "echo":
             return replies.echo_reply(body)
-        return replies.plan_reply(body, self._words(request, behavior, stream), behavior != "ignore_max_tokens")
+        words = self._words(request, behavior, stream)
+        honour = behavior != "ignore_max_tokens"
+        return replies.structured_reply(body, words, honour) or replies.plan_reply(body, words, honour)
 
     async def _stream(self, request: web.Request, events: list[bytes], behavior: str) -> web.StreamResponse:
         per_write = _int_header(request, "x-fake-chunks-per-write", self.chunks_per_write, 100_000)

@@ -4,6 +4,14 @@ Everything here is a pure function of the request body so that tests (and the
 gateway's own tests) can predict every byte: the reply text cycles through
 ``WORDS``, one word is one token, and a prompt's token count is its number of
 whitespace-separated words (at least 1).
+
+Structured outputs: a chat request whose ``response_format`` is ``json_schema``
+is answered with JSON that its schema accepts (``bench.fake_json``), one that
+asks for ``json_object`` with ``{"text": <the usual reply>}``; either is cut by
+``max_tokens`` (at spaces, finish "length") and by a stop string, as plain
+replies are, and streamed in 4-character pieces. Tools are called until the
+last message is a tool's result: then the answer is text, unless
+``tool_choice`` is ``"required"`` or names a function.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import msgspec
+
+from bench.fake_json import sample_json
 
 JsonObject: TypeAlias = dict[str, Any]
 
@@ -179,6 +189,29 @@ def plan_reply(body: JsonObject, words: int, honour_max_tokens: bool = True) -> 
     return Reply(text[:cut], count_words(text[:cut]), "stop")
 
 
+def structured_reply(body: JsonObject, words: int, honour_max_tokens: bool = True) -> Reply | None:
+    """JSON for a request whose ``response_format`` asks for it; None for any other request."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "json_schema":
+        spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+        value = sample_json(spec.get("schema", {}) if isinstance(spec, dict) else {})
+    elif kind == "json_object":
+        value = {"text": reply_text(words)}
+    else:
+        return None
+    text = msgspec.json.encode(value).decode()
+    finish = "stop"
+    limit = (body.get("max_completion_tokens") or body.get("max_tokens")) if honour_max_tokens else None
+    spaced = text.split(" ")
+    if isinstance(limit, int) and 0 < limit < len(spaced):
+        text, finish = " ".join(spaced[:limit]), "length"
+    cut = min((i for i in (text.find(s) for s in _stops(body)) if i >= 0), default=-1)
+    if cut >= 0:
+        text, finish = text[:cut], "stop"
+    return Reply(text, max(count_words(text), 1), finish, ECHO_PIECE)
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> JsonObject:
     return {
         "prompt_tokens": prompt_tokens,
@@ -192,6 +225,10 @@ def _chosen_tool(body: JsonObject) -> JsonObject | None:
     choice = body.get("tool_choice")
     if not isinstance(tools, list) or not tools or choice == "none":
         return None
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, dict) and last.get("role") == "tool" and choice != "required" and not isinstance(choice, dict):
+        return None  # the tool has answered: the model answers in turn
     functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         wanted = choice["function"].get("name")

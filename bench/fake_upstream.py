@@ -46,7 +46,11 @@ In any stream, ``x-fake-chunk-delay-ms`` sleeps between writes and
 ``x-fake-chunks-per-write`` (default 1, or ``--chunks-per-write``) groups
 events into one socket write. Tools are
 echoed: with ``tools`` and ``tool_choice`` not ``"none"`` the answer is a call
-to the first (or the forced) tool with ``finish_reason`` ``"tool_calls"``.
+to the first (or the forced) tool with ``finish_reason`` ``"tool_calls"``, its
+arguments valid for the tool's parameters schema; once the last message is a
+tool result the answer is text again. ``response_format`` ``json_schema``
+answers JSON that the schema accepts, ``json_object`` a JSON object
+(``bench.fake_replies`` and ``bench.fake_json``).
 """
 
 from __future__ import annotations

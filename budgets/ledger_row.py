@@ -18,10 +18,11 @@ from budgets.ledger_query import UsageQuery, UsageRow, from_epoch_us, to_epoch_u
 class LedgerRow(msgspec.Struct):
     """What one request cost. Money in pico-USD (1e-12 USD), an exact integer.
 
-    Every field is required; the gateway builds rows positionally (keywords
-    cost several times more per row). The first twelve fields are the ones
-    FinOps queries filter, group and sum on, in the embedded table's column
-    order; the rest follow, newest last."""
+    The gateway builds rows positionally (keywords cost several times more
+    per row). The first twelve fields are the ones FinOps queries filter,
+    group and sum on, in the embedded table's column order; the rest follow,
+    newest last. Fields added since ``arm`` have a default, so that rows built
+    without them (older spools, tools) stay valid."""
 
     request_id: str
     started_us: int  # UTC, microseconds since the epoch
@@ -45,6 +46,7 @@ class LedgerRow(msgspec.Struct):
     stream: bool
     config_version: int  # the live config the request ran on; 0 for rows from before versions
     arm: str | None  # its canary arm ("stable", "candidate", "shadow"); None outside a canary
+    batch_id: str | None = None  # the /v1/batches batch it ran in, billed at the batch price; None when interactive
 
     @property
     def started_at(self) -> datetime:

@@ -2,7 +2,7 @@
 
 Every column a FinOps query filters, groups or sums on is a column of its own,
 and so are the config version and canary arm a request ran on (comparing a
-canary's arms is a grouping); the fields no query touches (finish time,
+canary's arms is a grouping) and the batch it ran in; the fields no query touches (finish time,
 latency, time to first token, error, routing reason, PII counts, trace id,
 stream) travel together as one JSON array in ``detail``. Each bound parameter
 costs SQLite and the driver work on every insert, and the ledger inserts one
@@ -12,8 +12,9 @@ off the cost of writing a row.
 The layout is versioned with ``PRAGMA user_version``. A database written by an
 earlier release is brought up to this layout in place, in one transaction, the
 first time this release opens it: the twenty-column layout (version 0) is
-converted, and a table without the config version and arm (version 2) gains
-them, its rows reading as version 0 outside any canary.
+converted, a table without the config version and arm (version 2) gains
+them, its rows reading as version 0 outside any canary, and one without the
+batch id (version 3) gains it, its rows reading as interactive.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from msgspec.structs import astuple
 
 from budgets.ledger_row import LedgerRow
 
-VERSION = 3
+VERSION = 4
 
 COLUMNS = (
     "request_id", "started_us", "tenant", "key_id", "model", "deployment", "provider",
     "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "status", "detail",
-    "config_version", "arm",
+    "config_version", "arm", "batch_id",
 )  # fmt: skip
 
 _TABLE = """
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     detail TEXT NOT NULL,
     config_version INTEGER NOT NULL DEFAULT 0,
     arm TEXT,
+    batch_id TEXT,
     PRIMARY KEY (request_id, started_us)
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
@@ -64,8 +66,8 @@ _Detail = tuple[int, float, float | None, str | None, str | None, dict[str, int]
 _encode = msgspec.json.Encoder().encode
 _decode_detail = msgspec.json.Decoder(_Detail).decode
 
-# Columns a version 2 table lacks; its rows ran before config versions and canaries.
-_ADDED = {"config_version": "INTEGER NOT NULL DEFAULT 0", "arm": "TEXT"}
+# Columns a version 2 table lacks (its rows ran before config versions and canaries), and a version 3 one (before batches).
+_ADDED = {"config_version": "INTEGER NOT NULL DEFAULT 0", "arm": "TEXT", "batch_id": "TEXT"}
 
 # The twenty-column layout's columns, turned into this one's (the added ones take their defaults).
 _UPGRADE = f"""
@@ -122,6 +124,6 @@ def from_record(rec: sqlite3.Row) -> LedgerRow:
         completion_tokens=rec["completion_tokens"], cached_tokens=rec["cached_tokens"], cost=rec["cost"],
         latency_ms=latency_ms, ttft_ms=ttft_ms, status=rec["status"], error=error, route_reason=route_reason,
         pii_entities=pii_entities, trace_id=trace_id, stream=stream, started_us=rec["started_us"], finished_us=finished_us,
-        config_version=rec["config_version"], arm=rec["arm"],
+        config_version=rec["config_version"], arm=rec["arm"], batch_id=rec["batch_id"],
     )  # fmt: skip
 

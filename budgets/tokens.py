@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 import tiktoken
 
 # Per OpenAI's chat format: each message costs a few tokens beyond its text,
@@ -78,6 +79,10 @@ def request_texts(kind: str, body: dict[str, Any]) -> tuple[list[str], int]:
         for message in body.get("messages") or ():
             overhead += TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.get("name") else 0)
             texts.extend(_message_texts(message))
+        tools = body.get("tools")
+        if tools:
+            # Definitions reach the model as text too: their compact JSON stands in for the template's rendering.
+            texts.append(msgspec.json.encode(tools).decode())
         return texts, overhead
     field = body.get("prompt") if kind == "completion" else body.get("input")
     if isinstance(field, str):

@@ -131,6 +131,18 @@ class Price(_Strict):
     input_per_mtok: NonNegInt = 0
     output_per_mtok: NonNegInt = 0
     cached_input_per_mtok: NonNegInt | None = None
+    # What requests of a batch (``/v1/batches``) pay; None: half the interactive
+    # price (rounded down), as the providers' 50% batch discount.
+    batch_input_per_mtok: NonNegInt | None = None
+    batch_output_per_mtok: NonNegInt | None = None
+
+    def for_batch(self) -> Price:
+        """The price a batch request is reserved and billed at (cached input: half its interactive price too)."""
+        return Price(
+            input_per_mtok=self.input_per_mtok // 2 if self.batch_input_per_mtok is None else self.batch_input_per_mtok,
+            output_per_mtok=self.output_per_mtok // 2 if self.batch_output_per_mtok is None else self.batch_output_per_mtok,
+            cached_input_per_mtok=None if self.cached_input_per_mtok is None else self.cached_input_per_mtok // 2,
+        )
 
 
 class TimeoutsConfig(_Strict):
@@ -380,12 +392,29 @@ class StateConfig(_Strict):
     config_watch_debounce_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2
     # Embedded: how often the file is looked at while nothing changes (a stat each time).
     config_watch_poll_s: PositiveFloat = 1.0
+    # Files (/v1/files) and batch records: a local directory (several workers of one host may share it).
+    files_path: Annotated[str, msgspec.Meta(min_length=1)] = "sluicegate-files"
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""
         if isinstance(self.postgres_dsn, SecretRef):
             return self.postgres_dsn.resolve()
         return self.postgres_dsn
+
+
+class BatchesConfig(_Strict):
+    """The Files and Batches APIs: upload limits and the runner that works through batches."""
+
+    # The largest file POST /v1/files accepts (413 beyond it).
+    max_file_bytes: PositiveInt = 200 * 1024 * 1024
+    # Requests (lines) one batch input file may hold.
+    max_requests: PositiveInt = 50_000
+    # Batch requests in flight per alias on one replica, whether or not the alias has a queue.
+    max_concurrent: PositiveInt = 2
+    # How often the runner looks for batches to start or resume, and for a cancel of a running one.
+    poll_interval_s: PositiveFloat = 2.0
+    # A replica's claim on a batch: renewed while it runs; another replica resumes the batch once it lapses.
+    lease_s: Annotated[float, msgspec.Meta(ge=1)] = 30.0
 
 
 class LiveConfig(_Strict):
@@ -400,7 +429,7 @@ class LiveConfig(_Strict):
 
 
 # The sections of the file read once, at start: changing them needs a restart.
-START_TIME_KEYS = ("server", "auth", "budgets", "telemetry", "state")
+START_TIME_KEYS = ("server", "auth", "budgets", "telemetry", "state", "batches")
 LIVE_KEYS = tuple(LiveConfig.__struct_fields__)
 
 
@@ -416,6 +445,7 @@ class Config(_Strict):
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
+    batches: BatchesConfig = msgspec.field(default_factory=BatchesConfig)
 
     def live(self) -> LiveConfig:
         return LiveConfig(**{key: getattr(self, key) for key in LIVE_KEYS})

@@ -102,7 +102,7 @@ def live_problems(config: LiveConfig) -> list[str]:
     for i, dep in enumerate(config.deployments):
         if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
             problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")
-    return problems
+    return problems + _batch_price_problems(config)
 
 
 def _canary_problems(where: str, model: ModelConfig, canary: CanaryConfig, known: set[str]) -> list[str]:
@@ -143,6 +143,22 @@ def _state_problems(config: Config) -> list[str]:
                         f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing` and `pii`;"
                         " manage the rest with `sluicegate tenants`"
                     )
+    return problems
+
+
+def _batch_price_problems(config: LiveConfig) -> list[str]:
+    """Batch prices are a discount: one above the interactive price is a typo, not a policy."""
+    problems = []
+    for i, dep in enumerate(config.deployments):
+        price = dep.price
+        for kind, batch, interactive in (
+            ("input", price.batch_input_per_mtok, price.input_per_mtok),
+            ("output", price.batch_output_per_mtok, price.output_per_mtok),
+        ):
+            if batch is not None and batch > interactive:
+                problems.append(
+                    f"key `deployments[{i}].price.batch_{kind}_per_mtok`: {batch} is above the interactive `{kind}_per_mtok` ({interactive})"
+                )
     return problems
 
 

@@ -21,6 +21,11 @@ the light tenant's latency.
 
 Waiters past their deadline, or arriving at a full queue, are shed with 503
 and ``Retry-After``.
+
+The ``batch`` class, below ``low``, is for requests of ``/v1/batches``: it gets
+a slot only while no request of another class waits, and never the last free
+slot of an alias with more than one, so an interactive request that arrives
+finds a slot without waiting for a batch request to finish.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from dataclasses import dataclass, field
 
 from core.errors import Overloaded
 
-PRIORITIES = ("critical", "high", "standard", "low")
+PRIORITIES = ("critical", "high", "standard", "low", "batch")
+BATCH = "batch"
 # A tenant counts as active this long after it last asked for or gave back a slot.
 ACTIVE_WINDOW_S = 1.0
 
@@ -78,7 +84,7 @@ class FairQueue:
         if self.in_use < self.capacity:
             if self.waiting:
                 self._dispatch()  # a slot may have been kept back for tenants now gone
-            if self.in_use < self.capacity and not self._capped(tenant):
+            if self.in_use < self.capacity and not self._capped(tenant) and (priority != BATCH or self._batch_may_start()):
                 self._take(tenant)
                 return
         if self.waiting >= self.max_waiting:
@@ -94,6 +100,9 @@ class FairQueue:
             heapq.heappush(cls.heads, (tag, waiter.seq, tenant))
         queued.append(waiter)
         self.waiting += 1
+        if priority == BATCH and self.in_use < self.capacity:
+            # Queued behind interactive waiters that may have gone (or be held back): a free slot is its if none is served.
+            self._dispatch()
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.deadline_s)
         except asyncio.TimeoutError:
@@ -169,8 +178,19 @@ class FairQueue:
             self._take(waiter.tenant)
             waiter.future.set_result(None)
 
+    def _free_for(self, priority: str) -> bool:
+        """A free slot this class may take: the batch class leaves the last one to the others."""
+        if priority == BATCH and self.capacity > 1:
+            return self.in_use < self.capacity - 1
+        return self.in_use < self.capacity
+
+    def _batch_may_start(self) -> bool:
+        return self._free_for(BATCH) and not any(cls.heads for name, cls in self._classes.items() if name != BATCH)
+
     def _next_waiter(self) -> _Waiter | None:
-        for cls in self._classes.values():
+        for name, cls in self._classes.items():
+            if name == BATCH and not self._free_for(BATCH):
+                return None
             held_back: list[tuple[float, int, str]] = []
             found = None
             while cls.heads:

@@ -22,7 +22,17 @@ from core.errors import (
     PayloadTooLarge,
     error_body,
 )
-from router import routes_admin, routes_config, routes_finops, routes_openai, routes_ops
+from router import (
+    routes_admin,
+    routes_anthropic,
+    routes_batches,
+    routes_config,
+    routes_files,
+    routes_finops,
+    routes_openai,
+    routes_ops,
+    routes_responses,
+)
 from router.defaults import embedded_config
 from router.gateway import Gateway
 from router.openapi import openapi_config
@@ -49,6 +59,9 @@ def _on_gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[
 
 
 def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    if request.url.path.startswith(routes_anthropic.PATH_PREFIX):
+        # Routing errors (405, 404 under the prefix) answer in the surface's own shape.
+        return routes_anthropic.on_http_error(request, exc)
     cls = _HTTP_ERRORS.get(exc.status_code)
     if cls is None:
         error = GatewayError(str(exc.detail))
@@ -79,7 +92,8 @@ def create_app(config: Config, gateway: Gateway | None = None, source_path: str 
         await gw.stop()
 
     return Litestar(
-        route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES, *routes_config.ROUTES, *routes_finops.ROUTES],
+        route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES, *routes_config.ROUTES, *routes_finops.ROUTES,
+                        *routes_responses.ROUTES, *routes_files.ROUTES, *routes_batches.ROUTES, *routes_anthropic.ROUTES],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers={

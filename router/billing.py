@@ -34,6 +34,7 @@ from budgets.tokens import (
 )
 from core.config import Price
 from policies.routing import Deployment
+from router.batch_context import BatchContext
 from router.metrics import Metrics
 from serving.base import Usage
 from serving.sse import chunk_text
@@ -46,15 +47,22 @@ log = logging.getLogger("sluicegate.billing")
 _NO_PRICE = Price()
 
 
-def _max_price(plan: list[Deployment]) -> Price:
+def _max_price(plan: list[Deployment], batch: bool) -> Price:
     """Worst case over the deployments a fallback could reach."""
     if len(plan) == 1:
-        return plan[0].config.price
-    prices = [d.config.price for d in plan]
+        return _price(plan[0], batch)
+    prices = [_price(d, batch) for d in plan]
     return Price(
         input_per_mtok=max(p.input_per_mtok for p in prices),
         output_per_mtok=max(p.output_per_mtok for p in prices),
     )
+
+
+def _price(deployment: Deployment | None, batch: bool) -> Price:
+    """What a request served by ``deployment`` pays: a batch's requests pay its batch price."""
+    if deployment is None:
+        return _NO_PRICE
+    return deployment.config.price.for_batch() if batch else deployment.config.price
 
 
 class Billing:
@@ -93,7 +101,8 @@ class Billing:
         if not self._reserves_inline:
             return self._reserve_async(ctx, plan, account, prompt, exact)
         max_completion = self._max_completion(ctx)
-        self._hold(ctx, self.accountant.reserve_now(ctx.request_id, account, prompt, max_completion, _max_price(plan)), exact)
+        price = _max_price(plan, isinstance(ctx, BatchContext))
+        self._hold(ctx, self.accountant.reserve_now(ctx.request_id, account, prompt, max_completion, price), exact)
         return None
 
     async def _reserve_counted(self, ctx: RequestContext, plan: list[Deployment], account: Account, counter: Counter) -> None:
@@ -103,7 +112,8 @@ class Billing:
 
     async def _reserve_async(self, ctx: RequestContext, plan: list[Deployment], account: Account, prompt: int, exact: bool) -> None:
         max_completion = self._max_completion(ctx)
-        self._hold(ctx, await self.accountant.reserve(ctx.request_id, account, prompt, max_completion, _max_price(plan)), exact)
+        price = _max_price(plan, isinstance(ctx, BatchContext))
+        self._hold(ctx, await self.accountant.reserve(ctx.request_id, account, prompt, max_completion, price), exact)
 
     @staticmethod
     def _max_completion(ctx: RequestContext) -> int | None:
@@ -142,7 +152,7 @@ class Billing:
         if usage is not None:
             reservation = ctx.reservation
             deployment = ctx.served
-            price = deployment.config.price if deployment is not None else _NO_PRICE
+            price = _price(deployment, isinstance(ctx, BatchContext))
             if reservation is None:
                 # Nothing to release and nothing to count: record it here, no task needed.
                 self._record(ctx, deployment, usage, cost_pico(usage, price))
@@ -159,7 +169,7 @@ class Billing:
     async def _settle(self, ctx: RequestContext) -> None:
         deployment = ctx.served
         usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx, deployment)
-        price = deployment.config.price if deployment is not None else _NO_PRICE
+        price = _price(deployment, isinstance(ctx, BatchContext))
         if ctx.reservation is not None:
             cost = await self.accountant.settle(ctx.reservation, usage, price)
         else:
@@ -227,6 +237,7 @@ class Billing:
             ctx.stream,
             ctx.snapshot.version,
             ("mirrored" if ctx.mirror else ctx.arm),
+            ctx.batch_id if isinstance(ctx, BatchContext) else None,
         )
 
     def record_mirrored(

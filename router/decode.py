@@ -78,14 +78,14 @@ def decode_body(body: bytes, kind: type[R]) -> tuple[dict[str, Any], R, int]:
     try:
         request = msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc)) from None
+        raise validation_error(str(exc)) from None
     unknown = raw.keys() - FIELDS[kind]  # type: ignore[index]  # R is one of FIELDS' keys
     if unknown:
-        _log_unknown(kind.__name__, unknown)
+        log_unknown(kind.__name__, unknown)
     return raw, request, len(unknown)
 
 
-def _validation_error(message: str) -> InvalidRequest:
+def validation_error(message: str) -> InvalidRequest:
     text, sep, where = message.rpartition(" - at ")
     if not sep:
         missing = message.partition("required field `")[2].rstrip("`")
@@ -103,7 +103,7 @@ def _validation_error(message: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {text}.", param=param, code=code)
 
 
-def _log_unknown(kind: str, names: set[str]) -> None:
+def log_unknown(kind: str, names: set[str]) -> None:
     # Each loggable unknown field name is logged once per process (bounded); values never are.
     if len(_logged_unknown) >= _MAX_LOGGED_UNKNOWN:
         return

@@ -16,11 +16,18 @@ from core.principal import Principal
 from policies.routing import Deployment, Router
 from policies.tenant_policy import TenantPolicies
 from router.auth import bearer_token, hash_api_key
+from router.batch_claims import open_claims
+from router.batch_job import BatchServices
+from router.batch_records import BatchStore
+from router.batch_runner import BatchRunner
+from router.batch_store import open_batch_store
 from router.billing import Billing
 from router.canaries import Canaries, open_sample_store
 from router.canary_control import CanaryController, Lease
 from router.config_resolve import resolve
 from router.config_store import MemoryConfigStore
+from router.files_store import FileStore
+from router.files_store_local import open_file_store
 from router.jwt_auth import (
     JtiDenylist,
     JwtAuthenticator,
@@ -31,6 +38,8 @@ from router.jwt_auth import (
 from router.metrics import Metrics
 from router.pipeline import Pipeline
 from router.reload import Reloader
+from router.responses_records import ResponseStore
+from router.responses_store import open_response_store
 from router.snapshot import Snapshot, build
 from router.state import accounting_settings, open_config_store, open_counter_store, open_ledger
 from router.tenant_records import TenantNotFound, TenantStore
@@ -65,6 +74,8 @@ class Gateway:
         # Limits, budgets and the ledger: embedded by default, Redis/PostgreSQL when configured.
         self.counters = open_counter_store(config)
         self.ledger = open_ledger(config)
+        # Responses kept for the Responses API (`store`), beside the ledger.
+        self.responses: ResponseStore = open_response_store(config)
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
         self.tracing = Tracing(config.telemetry)
         # Canaries: samples shared by every replica through Redis when there is one.
@@ -72,6 +83,12 @@ class Gateway:
         self.canaries = Canaries(samples, self.billing, self.metrics)
         self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis_url))
         self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
+        # Files and batches (/v1/files, /v1/batches): a local directory by default; batches run in the background.
+        self.files: FileStore = open_file_store(config)
+        self.batches: BatchStore = open_batch_store(config)
+        self.batch_runner = BatchRunner(BatchServices(
+            self.pipeline, lambda: self.reloader.current, self.tenants, self.files, self.batches, open_claims(config), config.batches,
+        ))  # fmt: skip
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
@@ -142,6 +159,7 @@ class Gateway:
             await self.jwt.start()
         if self.ledger is not None:
             await self.ledger.start()
+        await self.responses.start()
         await self.policies.preload()
         # The offline tokenizer takes a moment to load: not on a tenant's first request.
         await asyncio.to_thread(preload_tokenizer)
@@ -149,6 +167,9 @@ class Gateway:
         await self.reloader.start()
         await self.canaries.samples.start()
         await self.canary_control.start()
+        await self.files.start()
+        await self.batches.start()
+        await self.batch_runner.start()
         # What start-up allocated (engines, models, tokenizers) lives as long as the
         # process: keep it out of every later garbage collection's work.
         gc.collect()
@@ -182,11 +203,16 @@ class Gateway:
         # spools its rows at once and drains within its budget: before anything
         # below can wait on a database.
         await self.canary_control.close()
+        # Batch requests in flight finish (their rows and results kept) before billing drains.
+        await self.batch_runner.close(grace_s=min(5.0, self.base.server.grace_period_s / 4))
+        await self.batches.close()
+        await self.files.close()
         await self.reloader.close()
         await self.canaries.close()
         await self.billing.drain()
         if self.ledger is not None:
             await self.ledger.close()
+        await self.responses.close()
         results = await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         for name, result in zip(self.engines, results):
             if isinstance(result, Exception):

@@ -104,8 +104,9 @@ def test_extra_params_reach_upstream(
         response_format={"type": "json_object"}, seed=7, n=1, stop=["upstream."], logprobs=True, top_logprobs=2,
         extra_body={"custom_sampler": {"k": 3}},
     )
-    # The fake applies `stop`, so the text proves the parameter took effect upstream.
-    assert reply.choices[0].message.content == "Hello from the fake "
+    # The fake answers JSON mode with a JSON object and applies `stop`, so the
+    # text proves both parameters took effect upstream.
+    assert reply.choices[0].message.content == '{"text":"Hello from the fake '
     [seen] = upstream_requests(marker)
     body = seen["json"]
     assert body["model"] == "fake-normal", "the alias must become the deployment's model name"

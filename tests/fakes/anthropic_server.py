@@ -16,6 +16,8 @@ Behaviour is chosen by the request's model name:
 - ``claude-endless``: a stream of text deltas every 10 ms for ~10 s, recording
   when the client goes away (``disconnects``).
 - ``claude-slow``: waits 2 s before answering.
+- ``output_config.format`` (a JSON schema), on any model but ``claude-tool``:
+  one text block, JSON that the schema accepts.
 - anything else: the text ``REPLY_TEXT`` with cache usage ``USAGE``.
 
 Every request is recorded (headers and decoded body) in ``requests``.
@@ -31,6 +33,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from bench.fake_json import sample_json
 
 API_KEY = "test-anthropic-key"
 REPLY_TEXT = "Hello from the fake Anthropic."
@@ -113,6 +117,12 @@ class FakeAnthropic:
         if model == "claude-slow":
             await asyncio.sleep(2)
         message = tool_message(model) if model == "claude-tool" else text_message(model)
+        output_format = (body.get("output_config") or {}).get("format")
+        if model != "claude-tool" and output_format is not None:
+            if output_format.get("type") != "json_schema" or not isinstance(output_format.get("schema"), dict):
+                return error_response(400, "output_config.format: a json_schema with a schema is required")
+            answer = msgspec.json.encode(sample_json(output_format["schema"])).decode()
+            message["content"] = [{"type": "text", "text": answer}]
         if not body.get("stream"):
             return web.json_response(message)
         return await self._stream(request, model, message)

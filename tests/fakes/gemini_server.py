@@ -45,6 +45,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from bench.fake_json import sample_json
 from tests.fakes.gemini_checks import SKIP_SIGNATURE, WireError, check_batch_embed, check_generate
 
 API_KEY = "test-gemini-key-0123456789"
@@ -235,13 +236,13 @@ def _candidate(model: str, body: dict[str, Any], prompt: str) -> dict[str, Any]:
     elif declarations and calling.get("mode", "AUTO") != "NONE":
         allowed = calling.get("allowedFunctionNames") or [d["name"] for d in declarations]
         chosen = next(d for d in declarations if d["name"] == allowed[0])
-        part: dict[str, Any] = {"functionCall": {"name": chosen["name"], "args": sample(chosen.get("parametersJsonSchema", {}))}}
+        part: dict[str, Any] = {"functionCall": {"name": chosen["name"], "args": sample_json(chosen.get("parametersJsonSchema", {"type": "object"}))}}
         if model.startswith("gemini-3"):
             part["thoughtSignature"] = THOUGHT_SIGNATURE
         parts = [part]
     elif config.get("responseMimeType") == "application/json":
         schema = config.get("responseJsonSchema")
-        parts = [{"text": msgspec.json.encode(sample(schema) if schema else {"answer": REPLY_TEXT}).decode()}]
+        parts = [{"text": msgspec.json.encode(sample_json(schema) if schema else {"answer": REPLY_TEXT}).decode()}]
     else:
         words = REPLY_TEXT.split(" ")
         limit = config.get("maxOutputTokens", len(words))
@@ -253,19 +254,6 @@ def _candidate(model: str, body: dict[str, Any], prompt: str) -> dict[str, Any]:
 
 def _rating(probability: str) -> dict[str, str]:
     return {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": probability}
-
-
-def sample(schema: dict[str, Any]) -> Any:
-    """A value valid for a (simple) JSON schema: every required property, the first enum value."""
-    if "enum" in schema:
-        return schema["enum"][0]
-    kind = schema.get("type", "object")
-    if kind == "object":
-        props = schema.get("properties", {})
-        return {name: sample(props.get(name, {"type": "string"})) for name in schema.get("required", [])}
-    if kind == "array":
-        return [sample(schema.get("items", {"type": "string"}))]
-    return {"string": "Paris", "integer": 3, "number": 21.5, "boolean": True, "null": None}[kind]
 
 
 def stream_events(reply: dict[str, Any]) -> list[dict[str, Any]]:

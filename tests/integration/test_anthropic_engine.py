@@ -97,6 +97,27 @@ async def test_generate_text_and_usage(engine: AnthropicEngine, fake: FakeAnthro
     }
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_schema_output_comes_back_valid_for_the_schema(engine: AnthropicEngine, fake: FakeAnthropic, stream: bool) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 3}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": schema, "strict": True}}
+    request = chat(stream=stream, response_format=fmt)
+    if stream:
+        chunks = [msgspec.json.decode(c.data) async for c in engine.stream(request) if c.data]
+        text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch.get("choices"))
+    else:
+        text = msgspec.json.decode((await engine.generate(request)).body)["choices"][0]["message"]["content"]
+    answer = msgspec.json.decode(text)
+    assert isinstance(answer["city"], str) and answer["days"] >= 3
+    [sent] = fake.requests
+    assert sent.body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+
+
 async def test_options_set_version_and_default_max_tokens(fake: FakeAnthropic) -> None:
     eng = make_engine(fake.base_url + "/v1", options=AnthropicOptions(api_version="2023-06-01", default_max_tokens=99))
     await eng.start()

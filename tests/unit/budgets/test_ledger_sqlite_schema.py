@@ -1,7 +1,7 @@
 """The embedded ledger opens a database written in an earlier layout and keeps every row.
 
-Two earlier layouts: twenty columns (version 0), and the detail document without
-the config version and canary arm (version 2).
+Three earlier layouts: twenty columns (version 0), the detail document without
+the config version and canary arm (version 2), and without the batch id (version 3).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_a_rows_fields_are_the_tables_columns_in_order_with_the_detail_between()
     assert fields[detail : detail + 8] == (
         "finished_us", "latency_ms", "ttft_ms", "error", "route_reason", "pii_entities", "trace_id", "stream",
     )  # fmt: skip
-    assert fields[detail + 8 :] == COLUMNS[detail + 1 :] == ("config_version", "arm")
+    assert fields[detail + 8 :] == COLUMNS[detail + 1 :] == ("config_version", "arm", "batch_id")
 
 
 _VERSION_2 = """
@@ -127,6 +127,35 @@ async def test_a_table_without_config_version_and_arm_gains_them_and_keeps_its_r
         await ledger.close()
     assert (old.request_id, old.cost, old.stream, old.pii_entities, old.finished_us) == ("old", BIG, True, {"PERSON": 1}, start + 900)
     assert (old.config_version, old.arm) == (0, None)
+    assert got == new
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    assert tuple(row[1] for row in conn.execute("PRAGMA table_info(ledger)")) == COLUMNS
+    conn.close()
+
+
+async def test_a_table_without_batch_id_gains_it_and_its_rows_read_as_interactive(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    start = to_epoch_us(T0)
+    conn = sqlite3.connect(path)
+    conn.executescript(_VERSION_2.replace("status INTEGER NOT NULL, detail TEXT NOT NULL,", "status INTEGER NOT NULL, detail TEXT NOT NULL,"
+                                          " config_version INTEGER NOT NULL DEFAULT 0, arm TEXT,").replace("user_version = 2", "user_version = 3"))
+    detail = f'[{start + 900},0.9,null,null,null,{{}},null,false]'
+    conn.execute("INSERT INTO ledger VALUES (" + ", ".join("?" * 15) + ")",
+                 ("old", start, "acme", "k1", "gpt", "dep", "openai", 3, 4, 0, BIG, 200, detail, 4, "stable"))  # fmt: skip
+    conn.commit()
+    conn.close()
+    ledger = SQLiteLedger(str(path))
+    await ledger.start()
+    try:
+        new = LedgerRow("new", start + 5, "acme", "k1", "gpt", "dep", "openai", 1, 2, 0, 9, 200,
+                        start + 50, 0.05, None, None, None, {}, None, False, 17, None, "batch_abc")  # fmt: skip
+        ledger.record(new)
+        await ledger.flush()
+        old, got = await ledger.rows(None, T0 - timedelta(days=1), T0 + timedelta(days=1), limit=10)
+    finally:
+        await ledger.close()
+    assert (old.request_id, old.cost, old.config_version, old.arm, old.batch_id) == ("old", BIG, 4, "stable", None)
     assert got == new
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION

@@ -6,6 +6,7 @@ from budgets.prices import cost_pico, usd, worst_case_pico
 from budgets.tokens import (
     BOUND_BYTES,
     completion_budget,
+    count_prompt_tokens,
     estimate_prompt_tokens,
     fallback_count,
     prompt_bound,
@@ -93,3 +94,12 @@ def test_prompt_bound_is_the_byte_count_of_what_is_sent(kind: str, body: dict[st
 
 def test_prompt_bound_is_only_for_tiktoken() -> None:
     assert prompt_bound("chat", {"messages": [{"role": "user", "content": "hi"}]}, fallback_count) is None
+
+
+def test_tool_definitions_are_counted_with_the_prompt() -> None:
+    messages = [{"role": "user", "content": "Weather?"}]
+    weather = {"name": "get_weather", "description": "The weather in a city, " * 20, "parameters": {"type": "object"}}
+    tools = [{"type": "function", "function": weather}]
+    bare = count_prompt_tokens("chat", {"messages": messages}, tiktoken_count)
+    with_tools = count_prompt_tokens("chat", {"messages": messages, "tools": tools}, tiktoken_count)
+    assert with_tools - bare >= tiktoken_count("The weather in a city, " * 20), "the definitions' prose is counted"

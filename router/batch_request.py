@@ -1,0 +1,123 @@
+"""One line of a batch through the request pipeline, and the result line it leaves.
+
+The pipeline is the interactive one, step for step (limits, budgets, PII,
+routing, fallback, the ledger), called as ``router.serve.run`` calls it: the
+request is a ``BatchContext``, so billing charges the batch price and the
+ledger row names the batch, and its principal asks for the ``batch`` queue
+class, so it waits behind every interactive request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from dataclasses import dataclass, replace
+
+import msgspec
+
+from core.errors import GatewayError, InternalError, error_body
+from core.principal import Principal
+from router.batch_context import BATCH_ROUTE, BatchContext
+from router.batch_validate import BatchLine
+from router.context import CLIENT_CLOSED
+from router.pipeline import Pipeline
+from router.snapshot import Snapshot
+from serving.base import Kind
+
+log = logging.getLogger("sluicegate.batches")
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    body: bytes  # the response, or the error envelope
+    request_id: str
+    error: GatewayError | None = None
+
+
+class _Response(msgspec.Struct):
+    status_code: int
+    request_id: str
+    body: msgspec.Raw
+
+
+class _Error(msgspec.Struct):
+    code: str
+    message: str
+
+
+class _Result(msgspec.Struct):
+    id: str
+    custom_id: str
+    response: _Response | None
+    error: _Error | None
+
+
+class _Done(msgspec.Struct):
+    custom_id: str
+
+
+_encode = msgspec.json.encode
+_done_decoder = msgspec.json.Decoder(_Done)
+# Request ids as the HTTP routes make them (random per process, then a counter), from
+# a prefix of their own: the routes' module sits above the gateway that owns the runner.
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+def batch_principal(principal: Principal) -> Principal:
+    """The creator's principal, queued in the class below every interactive one."""
+    return replace(principal, priority=BATCH_ROUTE)
+
+
+async def run_line(pipeline: Pipeline, snapshot: Snapshot, principal: Principal, batch_id: str, kind: Kind, line: BatchLine) -> Outcome:
+    """Admit, serve and settle one request; every failure is an outcome (its error envelope), never raised."""
+    ctx = BatchContext(
+        request_id=new_request_id(), snapshot=snapshot, principal=principal, kind=kind, route=BATCH_ROUTE,
+        alias=line.model, body=line.body, batch_id=batch_id,
+    )  # fmt: skip
+    pipeline.begin(ctx)
+    try:
+        await pipeline.admit(ctx)
+        completion = await pipeline.unary(ctx)
+    except GatewayError as exc:
+        await pipeline.fail(ctx, exc)
+        return Outcome(exc.status, error_body(exc), ctx.request_id, exc)
+    except asyncio.CancelledError:
+        ctx.status = CLIENT_CLOSED
+        pipeline.finish(ctx)
+        raise
+    except Exception as exc:
+        log.error("batch request failed unexpectedly: %s", type(exc).__name__, exc_info=exc)
+        error = InternalError("The gateway failed to process the request.")
+        await pipeline.fail(ctx, error)
+        return Outcome(error.status, error_body(error), ctx.request_id, error)
+    await pipeline.complete(ctx)
+    return Outcome(200, completion.body, ctx.request_id)
+
+
+def result_line(custom_id: str, outcome: Outcome) -> bytes:
+    """A line of the output file (status 200) or of the error file (the error's status and envelope)."""
+    response = _Response(status_code=outcome.status, request_id=outcome.request_id, body=msgspec.Raw(outcome.body))
+    return _encode(_Result(id=f"batch_req_{outcome.request_id}", custom_id=custom_id, response=response, error=None)) + b"\n"
+
+
+def expired_line(custom_id: str) -> bytes:
+    """A line of the error file for a request the window left no time for: it never ran."""
+    error = _Error(code="batch_expired", message=EXPIRED_MESSAGE)
+    return _encode(_Result(id=f"batch_req_{new_request_id()}", custom_id=custom_id, response=None, error=error)) + b"\n"
+
+
+def done_id(raw: bytes) -> str | None:
+    """The custom id of a whole result line; None for one a crash cut short (its request runs again)."""
+    try:
+        return _done_decoder.decode(raw).custom_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -1,0 +1,187 @@
+"""Responses request --> the pipeline's chat body; and the items a conversation is made of.
+
+A conversation is kept as Responses items in one canonical shape (the one the
+SDK reads back from ``input_items``): each message's content is a list of
+parts, every item has an id and a status. The request's own input is brought
+to that shape first (``input_items``); a stored response's items come back in
+it, so one converter (``chat_messages``) serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from core.errors import InvalidRequest
+from router.responses_wire import (
+    FormatJsonObject,
+    FormatJsonSchema,
+    FunctionCallItem,
+    InputImage,
+    InputText,
+    Item,
+    MessageItem,
+    NamedFunction,
+    OutputText,
+    Part,
+    Refusal,
+    ResponsesRequest,
+)
+
+JsonObject = dict[str, Any]
+_to_builtins = msgspec.to_builtins
+
+
+# --- request input --> canonical items -----------------------------------------
+
+
+def input_items(request: ResponsesRequest, request_id: str) -> list[JsonObject]:
+    """The request's input as canonical items; items without an id get one of this request's."""
+    items: list[Item] = [MessageItem(role="user", content=request.input)] if isinstance(request.input, str) else request.input
+    out: list[JsonObject] = []
+    for n, item in enumerate(items):
+        if isinstance(item, MessageItem):
+            content = _parts(item, f"input[{n}].content")
+            fields: JsonObject = {"type": "message", "id": item.id or f"msg_{request_id}_{n}", "role": item.role, "content": content}
+        elif isinstance(item, FunctionCallItem):
+            fields = {"type": "function_call", "id": item.id or f"fc_{request_id}_{n}", "call_id": item.call_id}
+            fields.update(name=item.name, arguments=item.arguments)
+        else:
+            output: str | list[JsonObject] = item.output if isinstance(item.output, str) else [
+                _input_part(p, f"input[{n}].output[{j}]") for j, p in enumerate(item.output)
+            ]
+            fields = {"type": "function_call_output", "id": item.id or f"fco_{request_id}_{n}", "call_id": item.call_id, "output": output}
+        out.append({**fields, "status": "completed"})
+    return out
+
+
+def _parts(item: MessageItem, param: str) -> list[JsonObject]:
+    """Content as parts: the assistant's are output parts (what the SDK gave back), everyone else's input parts."""
+    content: list[Part]
+    if isinstance(item.content, str):
+        content = [OutputText(item.content) if item.role == "assistant" else InputText(item.content)]
+    else:
+        content = item.content
+    if item.role != "assistant":
+        return [_input_part(p, f"{param}[{j}]") for j, p in enumerate(content)]
+    out: list[JsonObject] = []
+    for j, part in enumerate(content):
+        if isinstance(part, InputImage):
+            raise InvalidRequest("An assistant message cannot carry an image.", param=f"{param}[{j}].type", code="invalid_value")
+        if isinstance(part, Refusal):
+            out.append({"type": "refusal", "refusal": part.refusal})
+        else:
+            out.append({"type": "output_text", "text": part.text, "annotations": []})
+    return out
+
+
+def _input_part(part: Part, param: str) -> JsonObject:
+    if isinstance(part, (InputText, OutputText)):
+        return {"type": "input_text", "text": part.text}
+    if isinstance(part, Refusal):
+        raise InvalidRequest("Only an assistant message can carry a refusal.", param=f"{param}.type", code="invalid_value")
+    if part.image_url is None:
+        # A file id names a file uploaded to OpenAI, which this gateway cannot read.
+        message = "An input_image needs an `image_url` (a URL or a data URL); file ids are not supported."
+        raise InvalidRequest(message, param=f"{param}.image_url")
+    return {"type": "input_image", "image_url": part.image_url, "detail": part.detail}
+
+
+# --- canonical items --> chat messages ---------------------------------------------
+
+
+def chat_messages(instructions: str | None, items: list[JsonObject]) -> list[JsonObject]:
+    """The chat messages of a conversation; consecutive function calls join the assistant turn before them."""
+    messages: list[JsonObject] = [{"role": "system", "content": instructions}] if instructions else []
+    for item in items:
+        kind = item["type"]
+        if kind == "message":
+            messages.append(_chat_message(item))
+        elif kind == "function_call":
+            call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            output = item["output"]
+            content = output if isinstance(output, str) else _chat_content(output)
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
+    return messages
+
+
+def _chat_message(item: JsonObject) -> JsonObject:
+    role = item["role"]
+    if role == "assistant":
+        # A refusal is what the assistant said: kept as its text, which every upstream takes.
+        text = "".join(p["text"] if p["type"] == "output_text" else p["refusal"] for p in item["content"])
+        return {"role": "assistant", "content": text}
+    # `developer` is OpenAI's newer name for `system`; not every upstream knows it.
+    return {"role": "system" if role == "developer" else role, "content": _chat_content(item["content"])}
+
+
+def _chat_content(parts: list[JsonObject]) -> str | list[JsonObject]:
+    if len(parts) == 1 and parts[0]["type"] == "input_text":
+        return str(parts[0]["text"])
+    out: list[JsonObject] = []
+    for part in parts:
+        if part["type"] == "input_text":
+            out.append({"type": "text", "text": part["text"]})
+        else:
+            out.append({"type": "image_url", "image_url": {"url": part["image_url"], "detail": part["detail"]}})
+    return out
+
+
+# --- the chat body and the echo --------------------------------------------------
+
+
+def chat_body(request: ResponsesRequest, items: list[JsonObject]) -> JsonObject:
+    """The pipeline's chat body for ``items`` (the earlier conversation, then this request's input)."""
+    messages = chat_messages(request.instructions, items)
+    if not messages:
+        raise InvalidRequest("The request has no input: send `input` or `instructions`.", param="input", code="invalid_value")
+    body: JsonObject = {"model": request.model, "messages": messages}
+    if request.stream:
+        body["stream"] = True
+    if request.tools:
+        body["tools"] = [{"type": "function", "function": _function(tool)} for tool in _to_builtins(request.tools)]
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = {"type": "function", "function": {"name": choice.name}} if isinstance(choice, NamedFunction) else choice
+    fmt = request.text.format if request.text is not None else None
+    if isinstance(fmt, FormatJsonObject):
+        body["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, FormatJsonSchema):
+        schema = {k: v for k, v in _to_builtins(fmt).items() if k != "type"}
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    optional = {"max_tokens": request.max_output_tokens, "temperature": request.temperature, "top_p": request.top_p, "user": request.user}
+    body.update((k, v) for k, v in optional.items() if v is not None)
+    return body
+
+
+def _function(tool: JsonObject) -> JsonObject:
+    return {k: v for k, v in tool.items() if k != "type"}
+
+
+def echo(request: ResponsesRequest) -> JsonObject:
+    """The request's settings as a Response object repeats them."""
+    text = request.text.format if request.text is not None else None
+    return {
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "metadata": request.metadata or {},
+        "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
+        "previous_response_id": request.previous_response_id,
+        "store": request.store,
+        "temperature": request.temperature,
+        "text": {"format": _to_builtins(text) if text is not None else {"type": "text"}},
+        "tool_choice": _to_builtins(request.tool_choice) if request.tool_choice is not None else "auto",
+        "tools": _to_builtins(request.tools or []),
+        "top_p": request.top_p,
+        "truncation": "disabled",
+        "user": request.user,
+    }

@@ -1,0 +1,230 @@
+"""The OpenAI Responses API: create, retrieve, delete, and list a response's input items.
+
+Create is served by the same pipeline as chat (``router.serve.run``): the
+request becomes a chat body (``router.responses_surface``) and the answer is
+rendered back (``router.responses_stream``). With ``store`` (the default) the
+response is kept for its tenant (``router.responses_store``) before the client
+has all of it, so that a ``previous_response_id`` sent right after finds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
+from core.principal import Principal
+from router.body import read_body
+from router.context import RequestContext
+from router.gateway import Gateway
+from router.openapi import BODY
+from router.responses_records import StoredResponse
+from router.responses_render import JsonObject, ResponseHead
+from router.responses_stream import ResponsesRenderer
+from router.responses_surface import chat_body, echo, input_items
+from router.responses_wire import ResponsesRequest, decode_request
+from router.routes_openai import new_request_id
+from router.serve import run
+
+log = logging.getLogger("sluicegate.responses")
+ROUTE = "responses"
+JSON = "application/json"
+_encode = msgspec.json.encode
+_items = msgspec.json.Decoder(list[JsonObject]).decode
+_MAX_LISTED = 100
+
+
+def _gateway(request: Request[Any, Any, Any]) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def _principal(request: Request[Any, Any, Any], gateway: Gateway) -> Principal:
+    principal = await gateway.authenticate(request.headers.get("authorization"))
+    if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
+        raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
+    return principal
+
+
+@dataclass(slots=True)
+class _Created:
+    """One create request, admitted: what the pipeline runs, and what is stored once it is answered."""
+
+    ctx: RequestContext
+    renderer: ResponsesRenderer
+    store: bool
+    items: list[JsonObject]  # this request's input
+    history: list[JsonObject]  # the conversation it continues
+
+    def record(self) -> StoredResponse | None:
+        final = self.renderer.final
+        if final is None:
+            return None
+        return StoredResponse(
+            id=final["id"],
+            tenant=self.ctx.principal.tenant,
+            created_at=final["created_at"],
+            response=_encode(final),
+            input_items=_encode(self.items),
+            conversation=_encode([*self.history, *self.items, *final["output"]]),
+        )
+
+
+@post("/v1/responses", status_code=200, opt={BODY: ResponsesRequest})
+async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
+    gateway = _gateway(request)
+    started = time.perf_counter()
+    try:
+        created = await _admit(request, gateway, started)
+    except GatewayError as exc:
+        # Refused before routing: the alias may be anything the client typed.
+        gateway.metrics.observe(ROUTE, "-", exc.status, time.perf_counter() - started)
+        raise
+    answer = await run(gateway, created.ctx, request.headers.get("traceparent"))
+    if not created.store:
+        return answer
+    if not created.ctx.stream:
+        await _save(gateway, created)
+        return answer
+    return _StoredBeforeEnd(answer, lambda: _save(gateway, created), created.renderer)
+
+
+async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: float) -> _Created:
+    """Authenticate, decode and validate, and load the conversation it continues; all before any work is done."""
+    principal = await _principal(request, gateway)
+    wanted, unknown = decode_request(await read_body(request, gateway.base.server.max_body_bytes))
+    if unknown:
+        gateway.metrics.unknown_fields.labels(ROUTE).inc(unknown)
+    snapshot = gateway.reloader.current  # once: the request keeps it to its end
+    snapshot.router.get(wanted.model)
+    request_id = new_request_id()
+    items = input_items(wanted, request_id)
+    history: list[JsonObject] = []
+    if wanted.previous_response_id is not None:
+        previous = await gateway.responses.get(principal.tenant, wanted.previous_response_id)
+        if previous is None:
+            raise NotFound(
+                f"Previous response with id '{wanted.previous_response_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        history = _items(previous.conversation)
+    head = ResponseHead(f"resp_{request_id}", int(time.time()), wanted.model, echo(wanted))
+    renderer = ResponsesRenderer(head)
+    ctx = RequestContext(
+        request_id=request_id,
+        snapshot=snapshot,
+        principal=principal,
+        kind="chat",
+        route=ROUTE,
+        alias=wanted.model,
+        body=chat_body(wanted, [*history, *items]),
+        stream=wanted.stream,
+        # The final event carries usage: a stream asks for its usage chunk.
+        include_usage=wanted.stream,
+        session_id=request.headers.get("x-session-id"),
+        render=renderer,
+        started=started,
+    )
+    return _Created(ctx, renderer, wanted.store, items, history)
+
+
+async def _save(gateway: Gateway, created: _Created) -> None:
+    """Store the finished response; a store that fails costs the client its continuation, never the answer."""
+    record = created.record()
+    if record is None:
+        return
+    try:
+        await gateway.responses.put(record)
+    except GatewayError as exc:  # the answer is already paid for: it goes out whatever the store did
+        log.warning("response %s was not stored: %s", record.id, type(exc).__name__)
+
+
+class _StoredBeforeEnd:
+    """A stream's answer that stores the response before its closing events are sent."""
+
+    def __init__(self, answer: ASGIApp, save: Callable[[], Awaitable[None]], renderer: ResponsesRenderer) -> None:
+        self._answer = answer
+        self._save = save
+        self._renderer = renderer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        saved = False
+
+        async def relay(message: Message) -> None:
+            nonlocal saved
+            # The renderer finishes the response while rendering the stream's last bytes, before they are sent.
+            if not saved and self._renderer.final is not None:
+                saved = True
+                await self._save()
+            await send(message)
+
+        await self._answer(scope, receive, relay)
+
+
+async def _stored(request: Request[Any, Any, Any], response_id: str) -> StoredResponse:
+    gateway = _gateway(request)
+    principal = await _principal(request, gateway)
+    found = await gateway.responses.get(principal.tenant, response_id)
+    if found is None:
+        raise _not_found(response_id)
+    return found
+
+
+def _not_found(response_id: str) -> NotFound:
+    # Another tenant's response is as unknown as one that never was.
+    return NotFound(f"Response with id '{response_id[:128]}' not found.", param="response_id")
+
+
+@get("/v1/responses/{response_id:str}")
+async def retrieve_response(request: Request[Any, Any, Any], response_id: str) -> Response[bytes]:
+    found = await _stored(request, response_id)
+    return Response(found.response, media_type=JSON)
+
+
+@delete("/v1/responses/{response_id:str}", status_code=200)
+async def delete_response(request: Request[Any, Any, Any], response_id: str) -> Response[bytes]:
+    gateway = _gateway(request)
+    principal = await _principal(request, gateway)
+    if not await gateway.responses.delete(principal.tenant, response_id):
+        raise _not_found(response_id)
+    return Response(_encode({"id": response_id, "object": "response", "deleted": True}), media_type=JSON)
+
+
+@get("/v1/responses/{response_id:str}/input_items")
+async def list_input_items(request: Request[Any, Any, Any], response_id: str) -> Response[bytes]:
+    """The request's input items, newest first unless ``order=asc``; ``after`` and ``limit`` page through them."""
+    params = request.query_params
+    order, after, limit = params.get("order", "desc"), params.get("after"), params.get("limit", "20")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("`order` must be `asc` or `desc`.", param="order")
+    if not limit.isdigit() or not 1 <= int(limit) <= _MAX_LISTED:
+        raise InvalidRequest(f"`limit` must be an integer from 1 to {_MAX_LISTED}.", param="limit")
+    found = await _stored(request, response_id)
+    items = _items(found.input_items)
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequest("`after` names no input item of this response.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[: int(limit)]
+    body = {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > len(page),
+    }
+    return Response(_encode(body), media_type=JSON)
+
+
+ROUTES = [create_response, retrieve_response, delete_response, list_input_items]
