@@ -236,22 +236,13 @@ def _chosen_tool(body: JsonObject) -> JsonObject | None:
     return functions[0] if functions else None
 
 
-_SAMPLE_VALUES: dict[str, object] = {"string": "fake", "integer": 1, "number": 1.5, "boolean": True}
-
-
 def tool_call(body: JsonObject) -> JsonObject | None:
-    """A call to the first (or the forced) tool, arguments filled from its schema."""
+    """A call to the first (or the forced) tool, arguments that its parameters schema accepts."""
     function = _chosen_tool(body)
     if function is None:
         return None
     params = function.get("parameters")
-    props = params.get("properties", {}) if isinstance(params, dict) else {}
-    required = params.get("required", []) if isinstance(params, dict) else []
-    args = {
-        name: _SAMPLE_VALUES.get(props.get(name, {}).get("type", ""), None)
-        for name in required
-        if isinstance(name, str) and isinstance(props.get(name), dict)
-    }
+    args = sample_json(params if isinstance(params, dict) else {"type": "object"})
     return {
         "id": "call_fake_0",
         "type": "function",

@@ -16,6 +16,9 @@ Behaviour is chosen by the request's model name:
 - ``claude-endless``: a stream of text deltas every 10 ms for ~10 s, recording
   when the client goes away (``disconnects``).
 - ``claude-slow``: waits 2 s before answering.
+- ``tools`` (tool_choice not ``none``), on any model but ``claude-tool``: a
+  ``tool_use`` block calling the first (or the named) tool with input that its
+  ``input_schema`` accepts, until the last turn carries a ``tool_result``.
 - ``output_config.format`` (a JSON schema), on any model but ``claude-tool``:
   one text block, JSON that the schema accepts.
 - anything else: the text ``REPLY_TEXT`` with cache usage ``USAGE``.
@@ -117,6 +120,11 @@ class FakeAnthropic:
         if model == "claude-slow":
             await asyncio.sleep(2)
         message = tool_message(model) if model == "claude-tool" else text_message(model)
+        called = _chosen_tool(body) if model != "claude-tool" else None
+        if called is not None:
+            call_input = sample_json(called.get("input_schema", {"type": "object"}))
+            message["content"] = [{"type": "tool_use", "id": TOOL_USE_ID, "name": called["name"], "input": call_input}]
+            message["stop_reason"] = "tool_use"
         output_format = (body.get("output_config") or {}).get("format")
         if model != "claude-tool" and output_format is not None:
             if output_format.get("type") != "json_schema" or not isinstance(output_format.get("schema"), dict):
@@ -153,6 +161,20 @@ class FakeAnthropic:
                 )
         except ConnectionResetError:
             self.disconnects += 1
+
+
+def _chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool a model that always uses its tools calls: none once the last turn carries a tool result."""
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {"type": "auto"}
+    if not tools or choice.get("type") == "none":
+        return None
+    last = body["messages"][-1].get("content")
+    if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
+        return None
+    named = choice.get("name") if choice.get("type") == "tool" else None
+    chosen: dict[str, Any] = next((t for t in tools if t.get("name") == named), tools[0])
+    return chosen
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
