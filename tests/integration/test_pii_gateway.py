@@ -81,6 +81,18 @@ REQUESTS = [
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": f"Sunny. Reports to {EMAIL}"}]}]}),
+    # The Responses API: instructions, input items (a message, a call and its output) and tools.
+    ("/v1/responses", {"model": "echo", "store": False, "instructions": f"Escalate to {EMAIL}.", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": TEXT}]},
+        {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": msgspec.json.encode({"card": CARD}).decode()},
+        {"type": "function_call_output", "call_id": "c1", "output": f"Found {PHONE}"}],
+     "tools": [{"type": "function", "name": "lookup", "description": f"Ask {SECRET}", "parameters": {"type": "object"}}]}),
+    # The Anthropic Messages API: the system prompt, a tool_result block and a tool's description.
+    ("/v1/messages", {"model": "echo", "max_tokens": 16, "system": f"Escalate to {EMAIL}.", "messages": [
+        {"role": "user", "content": TEXT},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup", "input": {"card": CARD}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": f"Found {PHONE}"}]}],
+     "tools": [{"name": "lookup", "description": f"Ask {SECRET}", "input_schema": {"type": "object"}}]}),
     ("/v1/completions", {"model": "echo", "prompt": TEXT}),
     ("/v1/completions", {"model": "echo", "prompt": [TEXT, f"again {EMAIL}"]}),
     ("/v1/embeddings", {"model": "embed", "input": TEXT}),
