@@ -109,3 +109,47 @@ async def test_revoked_jti_is_refused_at_once(gateway, signing_key) -> None:
         assert status == 401 and body["error"]["code"] == "revoked_token"
         async with http.post(f"{base}/admin/v1/tokens/revoke", json=revoke, headers={"authorization": f"Bearer {token}"}) as r:
             assert r.status == 401
+
+
+async def _post(http: aiohttp.ClientSession, base: str, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with http.post(f"{base}{path}", json=body, headers={"authorization": f"Bearer {token}"}) as r:
+        return r.status, await r.json()
+
+
+SURFACES = [
+    ("/v1/responses", {"model": "fake-model", "input": "hi", "max_output_tokens": 3}),
+    ("/v1/messages", {"model": "fake-model", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/messages/count_tokens", {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), SURFACES)
+async def test_every_surface_wants_the_inference_scope(gateway, signing_key, path: str, body: dict[str, Any]) -> None:
+    base, _ = gateway
+    async with aiohttp.ClientSession() as http:
+        status, _ = await _post(http, base, path, _token(signing_key), body)
+        assert status == 200
+        status, refused = await _post(http, base, path, _token(signing_key, scope="tenant:read"), body)
+    assert status == 403
+    if path.startswith("/v1/messages"):
+        assert refused["type"] == "error" and refused["error"]["type"] == "permission_error", refused
+    else:
+        assert refused["error"]["type"] == "permission_error", refused
+
+
+async def test_a_token_may_upload_files_but_not_create_a_batch(gateway, signing_key) -> None:
+    base, _ = gateway
+    headers = {"authorization": f"Bearer {_token(signing_key)}"}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "fake-model", "messages": []}}
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", json.dumps(line).encode(), filename="in.jsonl")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v1/files", data=form, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            uploaded = await r.json()
+        body = {"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        # A batch runs for up to a day as the key that made it, and stops when that key is revoked: a token is no such key.
+        async with http.post(f"{base}/v1/batches", json=body, headers=headers) as r:
+            assert r.status == 403
+            assert (await r.json())["error"]["code"] == "api_key_required"
