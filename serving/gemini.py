@@ -26,7 +26,7 @@ from core.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamUna
 from serving.base import Completion, EngineRequest, EngineSpec, JsonObject, StreamChunk
 from serving.gemini_embed import batch_embed_request, embedding_inputs, predict_request, to_openai_embeddings
 from serving.gemini_errors import google_error
-from serving.gemini_reply import to_openai_response
+from serving.gemini_reply import max_calls, to_openai_response
 from serving.gemini_stream import StreamTranslator
 from serving.gemini_translate import to_gemini_request
 from serving.http_transport import HttpUpstream, status_error
@@ -102,7 +102,7 @@ class GeminiEngine(HttpUpstream):
     async def generate(self, request: EngineRequest) -> Completion:
         model, payload = self._chat(request)
         reply = await self._unary(self.model_url(model, "generateContent"), payload, request.request_id)
-        body, usage = to_openai_response(reply, model=model)
+        body, usage = to_openai_response(reply, model=model, max_calls=max_calls(request.body))
         return Completion(body=_encode(body), usage=usage)
 
     async def embed(self, request: EngineRequest) -> Completion:
@@ -122,7 +122,7 @@ class GeminiEngine(HttpUpstream):
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
         model, payload = self._chat(request)
         url = self.model_url(model, "streamGenerateContent") + "?alt=sse"
-        translator = StreamTranslator(model=model)
+        translator = StreamTranslator(model=model, max_calls=max_calls(request.body))
         resp: aiohttp.ClientResponse | None = None
         whole = False
         self._running += 1

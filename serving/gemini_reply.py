@@ -73,6 +73,11 @@ def tool_call(part: JsonObject) -> JsonObject:
     return out
 
 
+def max_calls(body: JsonObject) -> int | None:
+    """Tool calls a reply may carry: one when the client set ``parallel_tool_calls: false``."""
+    return 1 if body.get("parallel_tool_calls") is False else None
+
+
 def answer_parts(candidate: JsonObject) -> tuple[list[str], list[JsonObject]]:
     """A candidate's answer texts and function-call parts; thought summaries are not the answer."""
     texts: list[str] = []
@@ -86,16 +91,21 @@ def answer_parts(candidate: JsonObject) -> tuple[list[str], list[JsonObject]]:
     return texts, calls
 
 
-def to_openai_response(reply: JsonObject, *, model: str, created: int | None = None) -> tuple[JsonObject, Usage | None]:
-    """A whole Gemini reply --> an OpenAI chat.completion and its usage; UpstreamError if malformed."""
+def to_openai_response(
+    reply: JsonObject, *, model: str, created: int | None = None, max_calls: int | None = None
+) -> tuple[JsonObject, Usage | None]:
+    """A whole Gemini reply --> an OpenAI chat.completion and its usage; UpstreamError if malformed.
+
+    ``max_calls``: tool calls kept per choice (1 for ``parallel_tool_calls: false``, which Gemini has no setting for).
+    """
     try:
-        return _openai_response(reply, model, created)
+        return _openai_response(reply, model, created, max_calls)
     except (AttributeError, TypeError, KeyError, ValueError, msgspec.EncodeError):
         raise UpstreamError("Gemini returned a reply of an unexpected shape") from None
 
 
-def _openai_response(reply: JsonObject, model: str, created: int | None) -> tuple[JsonObject, Usage | None]:
-    choices = [_choice(candidate, i) for i, candidate in enumerate(reply.get("candidates") or ())]
+def _openai_response(reply: JsonObject, model: str, created: int | None, max_calls: int | None) -> tuple[JsonObject, Usage | None]:
+    choices = [_choice(candidate, i, max_calls) for i, candidate in enumerate(reply.get("candidates") or ())]
     if not choices:
         # A blocked prompt gets no candidates: an empty, filtered answer, not a failure.
         blocked = bool((reply.get("promptFeedback") or {}).get("blockReason"))
@@ -115,8 +125,9 @@ def _openai_response(reply: JsonObject, model: str, created: int | None) -> tupl
     return body, usage
 
 
-def _choice(candidate: JsonObject, position: int) -> JsonObject:
+def _choice(candidate: JsonObject, position: int, max_calls: int | None) -> JsonObject:
     texts, calls = answer_parts(candidate)
+    calls = calls[:max_calls]
     message: JsonObject = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = [tool_call(part) for part in calls]

@@ -23,8 +23,10 @@ _encode = msgspec.json.Encoder().encode
 class StreamTranslator:
     """Turns one reply's Gemini stream events into OpenAI chunk payloads."""
 
-    def __init__(self, *, model: str, created: int | None = None) -> None:
+    def __init__(self, *, model: str, created: int | None = None, max_calls: int | None = None) -> None:
         self._id = ""
+        # Calls relayed per choice at most (``parallel_tool_calls: false``); later ones are dropped.
+        self._max_calls = max_calls
         self._model = model
         self._created = created if created is not None else int(time.time())
         # candidate index --> tool calls relayed so far (OpenAI numbers them per choice)
@@ -79,6 +81,8 @@ class StreamTranslator:
             if text:
                 chunks.append(self._chunk(index, {"content": text}, text=text))
         for part in calls:
+            if self._max_calls is not None and self._calls[index] >= self._max_calls:
+                break
             call = {"index": self._calls[index], **tool_call(part)}
             self._calls[index] += 1
             chunks.append(self._chunk(index, {"tool_calls": [call]}, text=call["function"]["arguments"]))

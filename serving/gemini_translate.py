@@ -38,7 +38,6 @@ _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "reasoning_effort": lambda v: v is not None,
     "functions": lambda v: v is not None,
     "function_call": lambda v: v is not None,
-    "parallel_tool_calls": lambda v: v is False,
 }
 
 

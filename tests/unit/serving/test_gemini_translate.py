@@ -12,7 +12,7 @@ import pytest
 from core.errors import InvalidRequest, UpstreamError
 from serving.gemini_embed import batch_embed_request, embedding_inputs, predict_request, to_openai_embeddings
 from serving.gemini_errors import google_error
-from serving.gemini_reply import to_openai_response
+from serving.gemini_reply import max_calls, to_openai_response
 from serving.gemini_stream import StreamTranslator
 from serving.gemini_translate import SKIP_SIGNATURE, to_gemini_request
 
@@ -123,7 +123,6 @@ def test_gemini_3_replays_thought_signatures_or_the_documented_stand_in() -> Non
         (chat(user("x"), logprobs=True), "logprobs"),
         (chat(user("x"), logit_bias={"1": 2}), "logit_bias"),
         (chat(user("x"), reasoning_effort="low"), "reasoning_effort"),
-        (chat(user("x"), parallel_tool_calls=False), "parallel_tool_calls"),
         (chat(user("x"), n=0), "n"),
         (chat(user("x"), max_tokens="many"), "max_tokens"),
         (chat(user("x"), temperature="hot"), "temperature"),
@@ -323,3 +322,19 @@ def test_embedding_inputs_refused(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         embedding_inputs(body)
     assert info.value.param == param
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call_only() -> None:
+    """Gemini has no setting for it: the request goes as it is, and the reply keeps one call."""
+    first = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+    second = {"functionCall": {"name": "get_time", "args": {}}}
+    body = chat(user("x"), parallel_tool_calls=False)
+    assert "parallel_tool_calls" not in msgspec.json.encode(to_gemini_request(body)).decode()
+    assert max_calls(body) == 1 and max_calls(chat(user("x"))) is None
+    answer, _ = to_openai_response(reply(first, second), model="m", max_calls=max_calls(body))
+    [call] = answer["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and answer["choices"][0]["finish_reason"] == "tool_calls"
+    translator = StreamTranslator(model="m", max_calls=1)
+    chunks = [msgspec.json.decode(c.data) for c in translator.feed(event(first, second, finish="STOP", usage=USAGE))]
+    streamed = [c for p in chunks if p["choices"] for c in p["choices"][0]["delta"].get("tool_calls", [])]
+    assert [c["function"]["name"] for c in streamed] == ["get_weather"]
