@@ -9,7 +9,10 @@ separate KServe v2 model (``embedding_model``) with ``ModelInfer``.
 
 Chat messages become one prompt through ``chat_template`` (see
 ``serving.triton_prompt``); token counts and the "estimated" flag are
-described in ``serving.triton_openai``.
+described in ``serving.triton_openai``. Tools are written into the prompt and
+their calls read back from the text (``serving.triton_tools``);
+``response_format`` and forced calls decode under the constraint form that
+``structured_outputs`` names (``serving.triton_guides``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import msgspec
 
 from core.errors import InvalidRequest, UpstreamConnectError, UpstreamTimeout
 from serving.base import Completion, EngineRequest, EngineSpec, Load, StreamChunk, Usage
+from serving.tool_call_text import ToolOutput, tool_finish_reason
 from serving.triton_calls import InFlight, Tally, cancelled_by_abort
 from serving.triton_errors import aborted_error
+from serving.triton_guides import StructuredVia
 from serving.triton_openai import (
     USAGE_ESTIMATED_HEADER,
     ResponseMeta,
@@ -33,6 +38,7 @@ from serving.triton_openai import (
     delta_chunk,
     embeddings_body,
     estimate_tokens,
+    message_chunk,
     role_chunk,
     usage_chunk,
 )
@@ -43,6 +49,7 @@ from serving.triton_prompt import (
     render_prompt,
     sampling_settings,
 )
+from serving.triton_tools import ToolParser, output_plan
 
 if TYPE_CHECKING:
     from serving.triton_io import LLMPiece, LLMStream, TritonIO
@@ -59,6 +66,13 @@ class TritonOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     for older backends that reject unknown inputs. ``default_max_tokens`` applies
     when a request sets no limit, since the backends otherwise stop after a
     handful of tokens (vLLM) or require one (TensorRT-LLM).
+
+    ``structured_outputs`` is how the served model takes a JSON constraint
+    (``vllm_backend``, ``vllm_backend_legacy`` for vLLM backends before vLLM
+    0.11, ``trtllm``) or ``none``, where ``response_format`` json_object /
+    json_schema and forced tool calls are refused. ``tool_parser`` reads
+    ``<tool_call>`` regions (Hermes) out of the text when ``tool_choice`` is
+    auto; None refuses tools.
     """
 
     backend: Backend = "vllm"
@@ -71,6 +85,14 @@ class TritonOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default_max_tokens: int = 1024
     generate_rpc: Literal["stream", "unary"] = "stream"
     health_cache_s: float = 5.0
+    structured_outputs: StructuredVia = "none"
+    tool_parser: ToolParser | None = "hermes"
+
+    def __post_init__(self) -> None:
+        if self.structured_outputs == "trtllm" and self.backend != "tensorrt_llm":
+            raise ValueError("structured_outputs trtllm needs backend tensorrt_llm")
+        if self.structured_outputs.startswith("vllm_backend") and self.backend != "vllm":
+            raise ValueError(f"structured_outputs {self.structured_outputs} needs backend vllm")
 
 
 def _grpc_target(base_url: str) -> str:
@@ -113,23 +135,27 @@ class TritonEngine:
             raise UpstreamConnectError("Triton engine is not started")
         return self._io
 
-    def _prepare(self, request: EngineRequest, stream: bool) -> tuple[LLMRequest, ResponseMeta]:
+    def _prepare(self, request: EngineRequest, stream: bool) -> tuple[LLMRequest, ResponseMeta, ToolOutput | None]:
+        """The Triton request, what the response shares, and how to read tool calls (None: all content)."""
         if request.kind == "embedding":
             raise InvalidRequest("embeddings requests go to embed()")
         body = request.body
+        options = self._options
+        plan = output_plan(request.kind, body, options.structured_outputs, options.tool_parser)
         llm = LLMRequest(
             model=self._spec.model,
-            version=self._options.model_version,
+            version=options.model_version,
             request_id=request.request_id,
-            backend=self._options.backend,
-            prompt=render_prompt(request.kind, body, self._options.chat_template),
-            settings=sampling_settings(body, self._options.default_max_tokens),
+            backend=options.backend,
+            prompt=render_prompt(request.kind, body, options.chat_template, plan.tools),
+            settings=sampling_settings(body, options.default_max_tokens),
             stream=stream,
-            counts=self._options.count_tokens_with == "server",
+            counts=options.count_tokens_with == "server",
+            guide=plan.guide,
         )
         model = body.get("model")
         name = model if isinstance(model, str) else self._spec.model
-        return llm, ResponseMeta(request.kind, request.request_id, name, int(time.time()))
+        return llm, ResponseMeta(request.kind, request.request_id, name, int(time.time())), plan.reader
 
     async def _pieces(self, request_id: str, stream: LLMStream) -> AsyncGenerator[LLMPiece, None]:
         """The stream's responses, with a per-response read timeout.
@@ -175,7 +201,7 @@ class TritonEngine:
             self._inflight.close(request_id, call)
 
     async def generate(self, request: EngineRequest) -> Completion:
-        llm, meta = self._prepare(request, stream=False)
+        llm, meta, reader = self._prepare(request, stream=False)
         io = self._require_io()
         tally = Tally()
         if self._options.generate_rpc == "unary":
@@ -188,13 +214,18 @@ class TritonEngine:
                     tally.add(piece)
         usage, estimated = tally.usage(llm.prompt)
         finish = tally.finish_reason(llm.settings.max_tokens, usage.completion_tokens)
-        body = completion_body(meta, tally.text, finish, usage, estimated)
+        message = None
+        if reader is not None:
+            message, called = reader.message(tally.text)
+            finish = tool_finish_reason(finish, called)
+        body = completion_body(meta, tally.text, finish, usage, estimated, message)
         return Completion(body=body, usage=usage, headers={USAGE_ESTIMATED_HEADER: "true"} if estimated else {})
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
-        llm, meta = self._prepare(request, stream=True)
+        llm, meta, reader = self._prepare(request, stream=True)
         stream = self._require_io().open_stream(llm, self._spec.timeouts.total_s)
         tally = Tally()
+        tools = reader.stream() if reader is not None else None
         started = False
         async with aclosing(self._pieces(request.request_id, stream)) as pieces:
             async for piece in pieces:
@@ -204,12 +235,22 @@ class TritonEngine:
                     yield StreamChunk(data=role_chunk(meta))
                 started = True
                 tally.add(piece)
-                if piece.text:
+                if tools is not None:
+                    # Content and tool-call pieces, as far as the reader can tell yet.
+                    delta = tools.feed(piece.text, ()) if piece.text else None
+                    if delta is not None:
+                        yield StreamChunk(data=message_chunk(meta, delta), text=delta.get("content") or "")
+                elif piece.text:
                     yield StreamChunk(data=delta_chunk(meta, piece.text), text=piece.text)
         if not started and meta.kind == "chat":
             yield StreamChunk(data=role_chunk(meta))
         usage, estimated = tally.usage(llm.prompt)
         finish = tally.finish_reason(llm.settings.max_tokens, usage.completion_tokens)
+        if tools is not None:
+            rest = tools.finish()
+            if rest is not None:
+                yield StreamChunk(data=message_chunk(meta, rest), text=rest.get("content") or "")
+            finish = tool_finish_reason(finish, tools.called)
         yield StreamChunk(data=delta_chunk(meta, "", finish), finish_reason=finish)
         yield StreamChunk(data=usage_chunk(meta, usage, estimated), usage=usage, usage_only=True)
 

@@ -26,6 +26,10 @@ _BAD_INPUT_MARKERS = (
     "expects datatype",
 )
 _NOT_FOUND_MARKERS = ("unknown model", "is not found")
+# A request's JSON constraint the backend could not compile or enforce.
+_CONSTRAINT_MARKERS = ("json schema", "structured output", "xgrammar", "grammar")
+# TensorRT-LLM's answer to a guide when the model has no guided decoder configured.
+_NO_GUIDED_DECODER = "guideddecoder is not setup"
 
 
 def status_error(code_name: str) -> GatewayError:
@@ -50,6 +54,10 @@ def in_band_error(message: str) -> GatewayError:
         return UpstreamRejected("Triton model not found", status=404)
     if any(marker in text for marker in _BAD_INPUT_MARKERS):
         return UpstreamRejected("Triton rejected the request inputs", status=400)
+    if _NO_GUIDED_DECODER in text:
+        return UpstreamError("Triton model has no guided decoding set up; check options.structured_outputs")
+    if any(marker in text for marker in _CONSTRAINT_MARKERS):
+        return UpstreamRejected("Triton could not enforce the requested output format", status=400)
     if "unavailable" in text:
         return UpstreamConnectError("Triton model is unavailable")
     return UpstreamError("Triton model reported an error")

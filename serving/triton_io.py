@@ -14,6 +14,10 @@ LLM inputs follow the two common Triton LLM backends:
   (``max_tokens`` INT32, ``temperature`` FP32, ``random_seed`` UINT64,
   ``stop_words`` BYTES, ...).
 
+A JSON constraint (``serving.triton_guides``) travels in ``sampling_parameters``
+for the vLLM backend and as the ``guided_decoding_guide_type`` /
+``guided_decoding_guide`` tensors (BYTES [1, 1]) for TensorRT-LLM.
+
 Streamed ``text_output`` values are deltas; ``num_output_tokens`` is per
 response, so callers sum it.
 """
@@ -77,12 +81,17 @@ def _scalar(name: str, value: bool | float, dtype: type[np.generic], datatype: s
 
 
 def llm_inputs(request: LLMRequest) -> list[InferInput]:
+    guide = request.guide
     if request.backend == "tensorrt_llm":
-        return _trtllm_inputs(request.prompt, request.settings, request.stream)
+        inputs = _trtllm_inputs(request.prompt, request.settings, request.stream)
+        for name, value in (guide.trtllm_inputs() if guide is not None else {}).items():
+            inputs.append(_text(name, [value], batched=True))
+        return inputs
+    sampling = request.settings.vllm_json(guide.sampling_entries() if guide is not None else None)
     inputs = [
         _text("text_input", [request.prompt], batched=False),
         _scalar("stream", request.stream, np.bool_, "BOOL", batched=False),
-        _tensor("sampling_parameters", np.array([request.settings.vllm_json()], dtype=np.object_), "BYTES"),
+        _tensor("sampling_parameters", np.array([sampling], dtype=np.object_), "BYTES"),
         # Without this the vLLM backend prepends the prompt to non-streamed output.
         _scalar("exclude_input_in_output", True, np.bool_, "BOOL", batched=False),
     ]

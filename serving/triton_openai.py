@@ -61,10 +61,13 @@ def usage_json(usage: Usage, estimated: bool) -> dict[str, Any]:
     return out
 
 
-def completion_body(meta: ResponseMeta, text: str, finish_reason: str, usage: Usage, estimated: bool) -> bytes:
+def completion_body(
+    meta: ResponseMeta, text: str, finish_reason: str, usage: Usage, estimated: bool, message: dict[str, Any] | None = None
+) -> bytes:
+    """The whole response; ``message`` replaces the plain chat message (tool calls read from ``text``)."""
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
     if meta.kind == "chat":
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = message if message is not None else {"role": "assistant", "content": text}
     else:
         choice["text"] = text
     return _encode(
@@ -101,6 +104,11 @@ def delta_chunk(meta: ResponseMeta, text: str, finish_reason: str | None = None)
         delta = {"content": text} if text else {}
         return _chunk(meta, [{"index": 0, "delta": delta, "finish_reason": finish_reason}])
     return _chunk(meta, [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}])
+
+
+def message_chunk(meta: ResponseMeta, delta: dict[str, Any]) -> bytes:
+    """A chat chunk whose delta carries content and tool-call pieces."""
+    return _chunk(meta, [{"index": 0, "delta": delta, "finish_reason": None}])
 
 
 def usage_chunk(meta: ResponseMeta, usage: Usage, estimated: bool) -> bytes:

@@ -14,11 +14,15 @@ chat messages, so chat requests are rendered through a template here:
 ``plain``: one ``role: content`` line per message, then ``assistant:``.
 
 Pick the template the served model was trained with; a model whose tokenizer
-applies its own template server-side should use ``plain``.
+applies its own template server-side should use ``plain``. Tool definitions,
+an assistant's earlier calls and tool results are written into the turns in
+the Hermes format (``serving.triton_tools``); consecutive tool results become
+one user turn, as Qwen's template has them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -26,6 +30,9 @@ import msgspec
 
 from core.errors import InvalidRequest
 from serving.base import JsonObject, Kind
+from serving.structured_outputs import template_tool_calls
+from serving.triton_guides import Guide
+from serving.triton_tools import calls_text, response_text, tools_text
 
 ChatTemplate: TypeAlias = Literal["chatml", "plain"]
 Backend: TypeAlias = Literal["vllm", "tensorrt_llm"]
@@ -46,8 +53,8 @@ class SamplingSettings:
     frequency_penalty: float | None = None
     stop: list[str] = field(default_factory=list)
 
-    def vllm_json(self) -> bytes:
-        """The vLLM backend's ``sampling_parameters`` input: a JSON object string."""
+    def vllm_json(self, extra: Mapping[str, str] | None = None) -> bytes:
+        """The vLLM backend's ``sampling_parameters`` input: a JSON object string, with ``extra`` entries."""
         params: dict[str, Any] = {"max_tokens": self.max_tokens}
         for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
@@ -55,6 +62,7 @@ class SamplingSettings:
                 params[name] = value
         if self.stop:
             params["stop"] = self.stop
+        params.update(extra or {})
         return msgspec.json.encode(params)
 
 
@@ -71,19 +79,27 @@ class LLMRequest:
     stream: bool
     # Ask the server for token counts and the finish reason.
     counts: bool
+    # The constraint to decode under, if any.
+    guide: Guide | None = None
 
 
-def render_prompt(kind: Kind, body: JsonObject, template: ChatTemplate) -> str:
+def render_prompt(kind: Kind, body: JsonObject, template: ChatTemplate, tools: list[JsonObject] | None = None) -> str:
+    """The prompt text; ``tools`` (chat only) are the function tools to show the model."""
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("'messages' must be a non-empty array", param="messages")
-        return _render_chat(messages, template)
+        turns = _turns(messages, tools)
+        if template == "chatml":
+            return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns) + "<|im_start|>assistant\n"
+        return "".join(f"{role}: {text}\n" for role, text in turns) + "assistant:"
     return _completion_prompt(body.get("prompt"))
 
 
-def _render_chat(messages: list[Any], template: ChatTemplate) -> str:
-    parts: list[str] = []
+def _turns(messages: list[Any], tools: list[JsonObject] | None) -> list[tuple[str, str]]:
+    """Messages --> (role, text) turns, with tools, calls and results written in."""
+    turns: list[tuple[str, str]] = []
+    results: list[str] = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest("each message must be an object", param=f"messages.{index}")
@@ -91,16 +107,28 @@ def _render_chat(messages: list[Any], template: ChatTemplate) -> str:
         if role not in _ROLES:
             raise InvalidRequest("unsupported message role", param=f"messages.{index}.role")
         content = _message_text(message.get("content"), index)
+        if role == "tool":
+            if not isinstance(message.get("tool_call_id"), str):
+                raise InvalidRequest("a tool result needs a string 'tool_call_id'", param=f"messages.{index}.tool_call_id")
+            results.append(response_text(content))
+            continue
+        if results:
+            turns.append(("user", "\n".join(results)))
+            results = []
+        calls = template_tool_calls(message, f"messages.{index}") if role == "assistant" else None
+        if calls:
+            content = "\n".join(filter(None, [content, calls_text(calls)]))
         # "developer" is OpenAI's newer name for the system role; models trained
         # on ChatML only know "system".
-        if role == "developer":
-            role = "system"
-        if template == "chatml":
-            parts.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
+        turns.append(("system" if role == "developer" else role, content))
+    if results:
+        turns.append(("user", "\n".join(results)))
+    if tools:
+        if turns and turns[0][0] == "system":
+            turns[0] = ("system", f"{turns[0][1]}\n\n{tools_text(tools)}")
         else:
-            parts.append(f"{role}: {content}\n")
-    parts.append("<|im_start|>assistant\n" if template == "chatml" else "assistant:")
-    return "".join(parts)
+            turns.insert(0, ("system", tools_text(tools)))
+    return turns
 
 
 def _message_text(content: Any, index: int) -> str:
@@ -131,8 +159,6 @@ def _completion_prompt(prompt: Any) -> str:
 def sampling_settings(body: JsonObject, default_max_tokens: int) -> SamplingSettings:
     if _int(body, "n", 1) != 1:
         raise InvalidRequest("only n=1 is supported by this deployment", param="n")
-    if body.get("tools"):
-        raise InvalidRequest("tools are not supported by this deployment", param="tools")
     max_tokens = _int(body, "max_completion_tokens", None)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", default_max_tokens)

@@ -18,12 +18,26 @@ random port. Behaviour is chosen by the request's model name:
 - ``llm-unavailable`` / ``llm-invalid`` / ``llm-exhausted``: abort the call with
   UNAVAILABLE / INVALID_ARGUMENT / RESOURCE_EXHAUSTED.
 - ``llm-inband``: a stream response carrying Triton's bad-input error message.
+- ``llm-tools``: like ``llm``, but when the prompt has a ``<tools>`` section it
+  calls the first tool the Hermes way (``<tool_call>`` JSON with arguments
+  its schema accepts), and after a ``<tool_response>`` it answers
+  ``TOOL_ANSWER`` plus that response; text comes in ``PIECE_CHARS`` pieces.
+- ``llm-unguided``: like ``llm`` without constrained decoding: a request with
+  a guide gets TensorRT-LLM's "GuidedDecoder is not setup" for its tensors,
+  and for the vLLM forms the vLLM backend's error for a schema xgrammar
+  cannot compile.
+- any other LLM model under a JSON constraint (vLLM's ``structured_outputs`` /
+  ``guided_decoding``, TensorRT-LLM's guide tensors) answers JSON the schema
+  accepts (``bench.fake_json.sample_json``), or ``ANY_JSON`` for json_object,
+  in ``PIECE_CHARS`` pieces, one "token" each.
 - ``embedder``: KServe v2 embeddings, BYTES ``text`` [n] in, FP32
   ``embedding`` [n, 4] out (``embedding_for``), via ``raw_output_contents``.
 - any other name: NOT_FOUND on unary calls, Triton's in-band "unknown model"
   message on streams.
 
-Every inference request is recorded in ``requests``.
+Every inference request is recorded in ``requests``. LLM requests are held to
+the shapes the real backends accept (``tests.fakes.triton_checks``); what the
+fake refused is recorded in ``rejections``.
 """
 
 from __future__ import annotations
@@ -43,7 +57,17 @@ from tritonclient.utils import (
     triton_to_np_dtype,
 )
 
-LLM_MODELS = ("llm", "llm-slow", "llm-hang", "llm-inband")
+from bench.fake_json import sample_json
+from tests.fakes.triton_checks import Guide, WireError, check_llm
+
+LLM_MODELS = ("llm", "llm-slow", "llm-hang", "llm-inband", "llm-tools", "llm-unguided")
+_UNGUIDED = {
+    "trtllm": "[TensorRT-LLM][ERROR] Assertion failed: Request is specified with GuidedDecodingParams, but GuidedDecoder is not setup.",
+    "vllm": "Error generating stream: The provided JSON schema contains features not supported by xgrammar.",
+}
+PIECE_CHARS = 6
+ANY_JSON = '{"answer": "fake"}'
+TOOL_ANSWER = "The tool said: "
 EMBEDDER = "embedder"
 EMBEDDING_DIM = 4
 SLOW_DELAY_S = 0.02
@@ -59,6 +83,30 @@ def reply_words(prompt: str, max_tokens: int) -> list[str]:
     """The reply's pieces: the prompt's words, the first bare, the rest space-led."""
     words = prompt.split()[:max_tokens]
     return [word if index == 0 else " " + word for index, word in enumerate(words)]
+
+
+def text_pieces(text: str, max_tokens: int) -> list[str]:
+    """``text`` in ``PIECE_CHARS``-character pieces, one "token" each, at most ``max_tokens``."""
+    return [text[start : start + PIECE_CHARS] for start in range(0, len(text), PIECE_CHARS)][:max_tokens]
+
+
+def prompt_tools(prompt: str) -> list[dict[str, Any]]:
+    """The tools a prompt shows: one JSON object per line between ``<tools>`` and ``</tools>``."""
+    start, end = prompt.find("<tools>\n"), prompt.find("\n</tools>")
+    if start == -1 or end == -1:
+        return []
+    return [json.loads(line) for line in prompt[start + len("<tools>\n") : end].splitlines()]
+
+
+def tool_reply(prompt: str, tools: list[dict[str, Any]]) -> str:
+    """A Hermes call to the first tool, or, after a tool result, an answer quoting it."""
+    last_turn = prompt.rsplit("<|im_start|>", 2)[-2] if "<|im_start|>" in prompt else prompt
+    if "<tool_response>" in last_turn:
+        result = last_turn.rsplit("<tool_response>\n", 1)[1].split("\n</tool_response>", 1)[0]
+        return TOOL_ANSWER + result
+    function = tools[0]["function"]
+    arguments = sample_json(function.get("parameters") or {"type": "object"})
+    return "<tool_call>\n" + json.dumps({"name": function["name"], "arguments": arguments}) + "\n</tool_call>"
 
 
 def embedding_for(text: str) -> list[float]:
@@ -114,9 +162,10 @@ class _Generation:
     prepend_prompt: bool
     flags: set[str]
     batched: bool
+    guide: Guide | None = None
 
     @classmethod
-    def read(cls, inputs: dict[str, tuple[str, list[int], np.ndarray]]) -> _Generation:
+    def read(cls, inputs: dict[str, tuple[str, list[int], np.ndarray]], guide: Guide | None = None) -> _Generation:
         def first(name: str, default: Any) -> Any:
             return inputs[name][2].reshape(-1)[0] if name in inputs else default
 
@@ -129,7 +178,17 @@ class _Generation:
         stream = bool(first("stream", False))
         flags = {name for name in ("return_num_input_tokens", "return_num_output_tokens", "return_finish_reason") if first(name, False)}
         prepend = not bool(first("exclude_input_in_output", False))
-        return cls(prompt, max_tokens, stream, prepend and not stream, flags, batched)
+        return cls(prompt, max_tokens, stream, prepend and not stream, flags, batched, guide)
+
+    def pieces(self, model: str) -> list[str]:
+        """The reply, one piece per "token"."""
+        if self.guide is not None:
+            text = ANY_JSON if self.guide.schema is None else json.dumps(sample_json(self.guide.schema))
+            return text_pieces(text, self.max_tokens)
+        tools = prompt_tools(self.prompt) if model == "llm-tools" else []
+        if tools:
+            return text_pieces(tool_reply(self.prompt, tools), self.max_tokens)
+        return reply_words(self.prompt, self.max_tokens)
 
     def tensors(self, text: str, output_tokens: int, finish: str | None) -> list[Tensor]:
         shape = (1, 1) if self.batched else (1,)
@@ -171,9 +230,7 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs = [tensor(name="text_output", datatype="BYTES", shape=[-1])]
         else:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request.name}' is not found")
-        return service_pb2.ModelMetadataResponse(
-            name=request.name, versions=["1"], platform="python", inputs=inputs, outputs=outputs
-        )
+        return service_pb2.ModelMetadataResponse(name=request.name, versions=["1"], platform="python", inputs=inputs, outputs=outputs)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ModelInferResponse:
         inputs = self._fake.record("unary", request)
@@ -184,16 +241,23 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if request.model_name not in LLM_MODELS:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request.model_name}' is not found")
         try:
-            return await self._generate_unary(request, inputs)
+            return await self._generate_unary(request, inputs, context)
         except asyncio.CancelledError:
             self._fake.cancelled.append(request.id)
             raise
 
-    async def _generate_unary(self, request: Any, inputs: dict[str, Any]) -> service_pb2.ModelInferResponse:
+    async def _generate_unary(
+        self, request: Any, inputs: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> service_pb2.ModelInferResponse:
         if request.model_name == "llm-hang":
             await asyncio.sleep(3600)
-        generation = _Generation.read(inputs)
-        words = reply_words(generation.prompt, generation.max_tokens)
+        try:
+            guide = check_llm(request.model_name, request.id, inputs)
+        except WireError as error:
+            self._fake.rejections.append(error.message)
+            await context.abort(error.status, error.message)
+        generation = _Generation.read(inputs, guide)
+        words = generation.pieces(request.model_name)
         if request.model_name == "llm-slow":
             await asyncio.sleep(SLOW_DELAY_S * generation.max_tokens)
         text = (generation.prompt if generation.prepend_prompt else "") + "".join(words)
@@ -206,7 +270,9 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         vectors = np.array([embedding_for(text) for text in texts], dtype=np.float32)
         return _response(request, [("embedding", "FP32", vectors)], final=None)
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         request_id = ""
         try:
             async for request in request_iterator:
@@ -231,11 +297,20 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return
         if model == "llm-hang":
             await asyncio.sleep(3600)
-        generation = _Generation.read(inputs)
+        try:
+            guide = check_llm(model, request.id, inputs)
+        except WireError as error:
+            self._fake.rejections.append(error.message)
+            yield service_pb2.ModelStreamInferResponse(error_message=error.message)
+            return
+        if model == "llm-unguided" and guide is not None:
+            yield service_pb2.ModelStreamInferResponse(error_message=_UNGUIDED["trtllm" if guide.source == "trtllm" else "vllm"])
+            return
+        generation = _Generation.read(inputs, guide)
         if model == "llm-slow":
             words = ["tick" if index == 0 else " tick" for index in range(generation.max_tokens)]
         else:
-            words = reply_words(generation.prompt, generation.max_tokens)
+            words = generation.pieces(model)
         if not generation.stream:
             if model == "llm-slow":
                 await asyncio.sleep(SLOW_DELAY_S * len(words))
@@ -259,6 +334,7 @@ class FakeTriton:
     unready: set[str] = field(default_factory=set)
     requests: list[RecordedInfer] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
     health_checks: int = 0
     sent: int = 0
     port: int = 0

@@ -397,7 +397,9 @@ async def test_health_false_before_start_and_when_server_is_gone(fake: FakeTrito
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         {"messages": []},
         {"messages": CHAT, "max_tokens": "ten"},
-        {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        # Without options.structured_outputs nothing can force a call or a JSON answer.
+        {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+        {"messages": CHAT, "response_format": {"type": "json_object"}},
         {"messages": [{"role": "wizard", "content": "x"}]},
     ],
 )
