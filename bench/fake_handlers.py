@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from bench import fake_replies as replies
+from bench import fake_responses
 from bench.fake_replies import JsonObject
 from bench.fake_streams import chat_events, completion_events, sse
 
@@ -69,7 +70,9 @@ async def _drop(request: web.Request) -> None:
     transport.abort()
 
 
-async def _send_stream(request: web.Request, events: list[bytes], behavior: str, per_write: int) -> web.StreamResponse:
+async def _send_stream(
+    request: web.Request, events: list[bytes], behavior: str, per_write: int, failure: bytes | None = None
+) -> web.StreamResponse:
     response = web.StreamResponse(headers=_SSE_HEADERS)
     await response.prepare(request)
     delay = _int_header(request, "x-fake-chunk-delay-ms", 0, 60_000) / 1000
@@ -86,7 +89,7 @@ async def _send_stream(request: web.Request, events: list[bytes], behavior: str,
             await _drop(request)
             return response
         if behavior == "error_midstream":
-            await response.write(sse(replies.error_detail("The upstream failed mid-stream.")))
+            await response.write(failure or sse(replies.error_detail("The upstream failed mid-stream.")))
         await response.write_eof()
     except ConnectionResetError:
         # the client went away mid-stream: nobody is left to answer
@@ -174,9 +177,9 @@ class Handlers:
         honour = behavior != "ignore_max_tokens"
         return replies.structured_reply(body, words, honour) or replies.plan_reply(body, words, honour)
 
-    async def _stream(self, request: web.Request, events: list[bytes], behavior: str) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, events: list[bytes], behavior: str, failure: bytes | None = None) -> web.StreamResponse:
         per_write = _int_header(request, "x-fake-chunks-per-write", self.chunks_per_write, 100_000)
-        return await _send_stream(request, events, behavior, max(per_write, 1))
+        return await _send_stream(request, events, behavior, max(per_write, 1), failure)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         begun = await self._begin(request)
@@ -201,6 +204,29 @@ class Handlers:
         if behavior != "no_usage":
             payload["usage"] = replies.usage(prompt, replies.completion_tokens(reply, call))
         return _json_response(payload)
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API (``bench.fake_responses``), OpenAI's and Azure's v1 path alike."""
+        begun = await self._begin(request)
+        if isinstance(begun, web.Response):
+            return begun
+        body, _ = begun
+        refused = fake_responses.refusal(body)
+        if refused is not None:
+            return _json_response(refused[1], refused[0])
+        view = fake_responses.chat_view(body)
+        behavior = self._behavior(request, body["model"], view)  # a prompt's directive is in the input
+        stream = body.get("stream") is True
+        early = await self._misbehave(request, behavior, stream)
+        if early is not None:
+            return early
+        answer = fake_responses.Answer(body, view, self._reply(request, view, behavior, stream), next(self._ids))
+        with_usage = behavior != "no_usage"
+        if stream:
+            # A failing stream stops after MIDSTREAM_AFTER events: the error event comes next.
+            failure = fake_responses.failure_event(MIDSTREAM_AFTER)
+            return await self._stream(request, answer.events(with_usage), behavior, failure)
+        return _json_response(answer.body_json(with_usage))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         begun = await self._begin(request)

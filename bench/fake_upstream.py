@@ -4,7 +4,9 @@ Run it with ``python -m bench.fake_upstream --host 127.0.0.1 --port 9100`` or
 start it in-process with :func:`start_fake_upstream`.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both stream
-and non-stream), ``POST /v1/embeddings``, ``GET /v1/models``, and
+and non-stream), ``POST /v1/embeddings``, ``POST /v1/responses`` (the Responses
+API, stream and not, also at Azure's ``/openai/v1/responses``: see
+``bench.fake_responses``), ``GET /v1/models``, and
 ``GET``/``DELETE /_fake/requests`` to read or clear the recorded requests (the
 last 1000: method, path, query parameters, lower-cased headers, parsed JSON
 body). Azure OpenAI's paths, ``POST /openai/deployments/{deployment}/`` +
@@ -74,6 +76,8 @@ def build_app(handlers: Handlers) -> web.Application:
     app.router.add_post("/v1/chat/completions", handlers.chat)
     app.router.add_post("/v1/completions", handlers.completions)
     app.router.add_post("/v1/embeddings", handlers.embeddings)
+    app.router.add_post("/v1/responses", handlers.responses)
+    app.router.add_post("/openai/v1/responses", handlers.responses)
     azure = "/openai/deployments/{deployment}"
     app.router.add_post(f"{azure}/chat/completions", handlers.chat)
     app.router.add_post(f"{azure}/completions", handlers.completions)

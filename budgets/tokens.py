@@ -73,6 +73,8 @@ def counter_for(provider: str, engine_counter: Counter | None = None) -> Counter
 
 def request_texts(kind: str, body: dict[str, Any]) -> tuple[list[str], int]:
     """The texts a request sends, and the fixed per-message overhead."""
+    if kind == "responses":
+        return _responses_texts(body)
     if kind == "chat":
         texts: list[str] = []
         overhead = REPLY_PRIMING
@@ -93,6 +95,37 @@ def request_texts(kind: str, body: dict[str, Any]) -> tuple[list[str], int]:
         ids = sum(len(p) if isinstance(p, list) else 1 for p in field if not isinstance(p, str))
         return strings, ids
     return [], 0
+
+
+def _responses_texts(body: dict[str, Any]) -> tuple[list[str], int]:
+    """A Responses API body: its instructions and input items count as a chat's messages do."""
+    texts: list[str] = []
+    overhead = REPLY_PRIMING
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        texts.append(instructions)
+        overhead += TOKENS_PER_MESSAGE
+    items = body.get("input")
+    for item in [{"content": items}] if isinstance(items, str) else items if isinstance(items, list) else ():
+        overhead += TOKENS_PER_MESSAGE
+        texts.extend(_item_texts(item))
+    tools = body.get("tools")
+    if tools:
+        texts.append(msgspec.json.encode(tools).decode())
+    return texts, overhead
+
+
+def _item_texts(item: dict[str, Any]) -> list[str]:
+    if item.get("type") == "function_call":
+        return [f"{item.get('name', '')}{item.get('arguments', '')}"]
+    out: list[str] = []
+    for key in ("content", "output", "summary"):
+        value = item.get(key)
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list):
+            out.extend(p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return out
 
 
 def _message_texts(message: dict[str, Any]) -> list[str]:
@@ -141,8 +174,8 @@ def prompt_bound(kind: str, body: dict[str, Any], count: Counter) -> int | None:
 
 
 def completion_budget(body: dict[str, Any], default_cap: int) -> int:
-    """Worst-case completion tokens: `max_completion_tokens`/`max_tokens` times `n`, or the cap."""
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    """Worst-case completion tokens: `max_completion_tokens`/`max_tokens`/`max_output_tokens` times `n`, or the cap."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     per_choice = limit if isinstance(limit, int) and limit > 0 else default_cap
     n = body.get("n")
     return per_choice * (n if isinstance(n, int) and n > 0 else 1)

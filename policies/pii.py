@@ -3,7 +3,8 @@
 ``scan_request`` is the one entry point. With ``off`` it returns at once and
 never loads the analyzer. Otherwise every text of the request (chat messages of
 every role and their names, text parts, tool-call arguments, tool definitions'
-prose, completion prompts, embedding inputs: ``pii_fields``) goes through a cheap pre-filter, and only texts that could hold a
+prose, completion prompts, embedding inputs, a Responses body's instructions and
+items: ``pii_fields``) goes through a cheap pre-filter, and only texts that could hold a
 requested entity are analysed, in a small thread pool so the loop never blocks
 (requests over 16 KiB of text are pre-filtered in the pool too). Findings become typed, numbered placeholders (``<EMAIL_ADDRESS_1>``; the
 same value keeps its placeholder within a request) in a new body; the caller's
@@ -23,11 +24,11 @@ import msgspec
 
 from core.errors import GatewayError, InvalidRequest
 from policies import pii_engine, pii_scan
-from policies.pii_fields import chat_strings
+from policies.pii_fields import chat_strings, responses_strings
 from policies.pii_restore import Restorer
 from policies.pii_scan import Finding
 
-Kind = Literal["chat", "completion", "embedding"]
+Kind = Literal["chat", "completion", "embedding", "responses"]
 Action = Literal["off", "redact", "mask_and_restore", "block", "restrict"]
 DEFAULT_ENTITIES = (*pii_scan.PATTERN_ENTITIES, *pii_scan.NER_ENTITIES)
 _T = TypeVar("_T")
@@ -188,8 +189,8 @@ def _collect(kind: Kind, body: dict[str, Any]) -> tuple[list[_Text], dict[tuple[
     """Every text ``body`` sends, and the decoded JSON of tool-call arguments by path."""
     texts: list[_Text] = []
     decoded: dict[tuple[str | int, ...], Any] = {}
-    if kind == "chat":
-        for path, value, is_json in chat_strings(body):
+    if kind in ("chat", "responses"):
+        for path, value, is_json in chat_strings(body) if kind == "chat" else responses_strings(body):
             parsed = _json_or_none(value) if is_json else None
             if parsed is None:
                 texts.append(_Text(path, value))

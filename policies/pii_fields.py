@@ -10,7 +10,12 @@ the schema, and a model reads them as identifiers, not as data.
 
 Other API surfaces (Responses, Anthropic Messages) are converted to a chat body
 before the pipeline, so their instructions, system prompts and input items are
-covered here too.
+covered here too; except a Responses request whose alias has a deployment with
+the Responses API, which goes through as its Responses body
+(``responses_strings``): instructions, input items (message texts, function
+calls' arguments and outputs, reasoning summaries, search queries and results),
+function tools' prose and the ``text.format`` schema's, and a web search's
+location.
 """
 
 from __future__ import annotations
@@ -108,3 +113,68 @@ def _leaves(at: Path, value: Any) -> Iterator[Field]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _leaves((*at, key), item)
+
+
+# --- the Responses API's body ------------------------------------------------------------
+
+
+def responses_strings(body: dict[str, Any]) -> Iterator[Field]:
+    if isinstance(body.get("instructions"), str):
+        yield ("instructions",), body["instructions"], False
+    items = body.get("input")
+    if isinstance(items, str):
+        yield ("input",), items, False
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(item, dict):
+            yield from _item_strings(("input", i), item)
+    tools = body.get("tools")
+    for t, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, dict):
+            continue
+        if tool.get("type") == "function":
+            yield from _function_strings(("tools", t), tool)
+        location = tool.get("user_location")
+        if isinstance(location, dict):
+            for key in ("city", "region"):
+                if isinstance(location.get(key), str):
+                    yield ("tools", t, "user_location", key), location[key], False
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if isinstance(fmt.get("description"), str):
+            yield ("text", "format", "description"), fmt["description"], False
+        yield from schema_strings(("text", "format", "schema"), fmt.get("schema"))
+
+
+def _item_strings(at: Path, item: dict[str, Any]) -> Iterator[Field]:
+    kind = item.get("type", "message")
+    if kind == "message":
+        yield from _parts_strings((*at, "content"), item.get("content"))
+    elif kind == "function_call" and isinstance(item.get("arguments"), str):
+        yield (*at, "arguments"), item["arguments"], True
+    elif kind == "function_call_output":
+        yield from _parts_strings((*at, "output"), item.get("output"))
+    elif kind == "reasoning":
+        yield from _parts_strings((*at, "summary"), item.get("summary"))
+        yield from _parts_strings((*at, "content"), item.get("content"))
+    elif kind == "web_search_call":
+        action = item.get("action")
+        if isinstance(action, dict) and isinstance(action.get("query"), str):
+            yield (*at, "action", "query"), action["query"], False
+    elif kind == "file_search_call":
+        queries = item.get("queries")
+        for q, query in enumerate(queries if isinstance(queries, list) else ()):
+            if isinstance(query, str):
+                yield (*at, "queries", q), query, False
+        yield from _parts_strings((*at, "results"), item.get("results"))
+
+
+def _parts_strings(at: Path, content: Any) -> Iterator[Field]:
+    """A string, or the ``text`` (and ``refusal``) of each part of a list."""
+    if isinstance(content, str):
+        yield at, content, False
+        return
+    for p, part in enumerate(content if isinstance(content, list) else ()):
+        for key in ("text", "refusal") if isinstance(part, dict) else ():
+            if isinstance(part.get(key), str):
+                yield (*at, p, key), part[key], False

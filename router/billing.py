@@ -121,7 +121,7 @@ class Billing:
         if ctx.kind == "embedding":
             return 0
         body = ctx.body
-        if body.get("max_tokens") or body.get("max_completion_tokens"):
+        if body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens"):
             return completion_budget(body, 0)
         return None
 

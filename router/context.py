@@ -80,10 +80,17 @@ class RequestContext:
     span: Span | None = None
     finished: bool = False
 
+    def servable(self, deployments: list[Deployment]) -> list[Deployment]:
+        """Those of the planned deployments that can serve this request (all of them, but for a surface that says otherwise)."""
+        return deployments
+
+    def source(self, deployment: Deployment) -> JsonObject:
+        """The body ``deployment`` may see: a cloud deployment never sees what the PII policy took out."""
+        return self.body if self.cloud_body is None or deployment.config.privacy == "self_hosted" else self.cloud_body
+
     def engine_request(self, deployment: Deployment) -> EngineRequest:
-        # request --> engine input: the alias becomes the upstream's own model name,
-        # and a cloud deployment never sees what the PII policy took out.
-        source = self.body if self.cloud_body is None or deployment.config.privacy == "self_hosted" else self.cloud_body
+        # request --> engine input: the alias becomes the upstream's own model name.
+        source = self.source(deployment)
         if self.max_tokens is None:
             body = {**source, "model": deployment.config.model}
         else:

@@ -72,7 +72,7 @@ class Pipeline:
                     code="no_permitted_deployment",
                 )
             raise unavailable(ctx.alias, alias.deployments)
-        ctx.plan = plan.deployments
+        ctx.plan = ctx.servable(plan.deployments)
         if alias.queue is not None:
             await alias.queue.acquire(p.tenant, p.weight, p.priority)
             ctx.queue = alias.queue
@@ -193,7 +193,7 @@ class Pipeline:
             # A bound is not a count: what is reported and billed is the count (of a short prompt).
             prompt = reservation.prompt_estimate if reservation.prompt_exact or ctx.counter is None else count_prompt_tokens(ctx.kind, ctx.body, ctx.counter)
             ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
-        chat = ctx.kind == "chat"
+        chat = ctx.kind != "completion"  # a Responses request's renderer reads chat chunks
         envelope = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{ctx.request_id}",
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -250,8 +250,20 @@ class _Choice(msgspec.Struct):
     text: str | None = None
 
 
+class _Part(msgspec.Struct):
+    text: str | None = None
+
+
+class _Item(msgspec.Struct):
+    """An output item of a Response (served by an upstream with the Responses API)."""
+
+    content: list[_Part] | None = None
+    arguments: str | None = None
+
+
 class _Body(msgspec.Struct):
     choices: list[_Choice] = []
+    output: list[_Item] = []
 
 
 _body_decoder = msgspec.json.Decoder(_Body)
@@ -269,4 +281,8 @@ def completion_texts(body: bytes) -> list[str]:
             out.append(choice.message.content)
         elif choice.text:
             out.append(choice.text)
+    for item in parsed.output:
+        out.extend(part.text for part in item.content or () if part.text)
+        if item.arguments:
+            out.append(item.arguments)
     return out

@@ -1,10 +1,13 @@
-"""Responses request --> the pipeline's chat body; and the items a conversation is made of.
+"""Responses request --> the Responses body the pipeline carries, and that body --> a chat body.
 
 A conversation is kept as Responses items in one canonical shape (the one the
 SDK reads back from ``input_items``): each message's content is a list of
 parts, every item has an id and a status. The request's own input is brought
 to that shape first (``input_items``); a stored response's items come back in
-it, so one converter (``chat_messages``) serves both.
+it. ``responses_body`` is the request with its whole conversation as input:
+what an upstream with the Responses API is sent (``router.responses_native``),
+and what ``translated`` turns into a chat body for every other engine; items
+only such an upstream reads (reasoning, search calls) are left out of chat.
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ import msgspec
 
 from core.errors import InvalidRequest
 from router.responses_wire import (
-    FormatJsonObject,
-    FormatJsonSchema,
     FunctionCallItem,
+    FunctionCallOutputItem,
     InputImage,
     InputText,
     Item,
     MessageItem,
-    NamedFunction,
+    Native,
     OutputText,
     Part,
     Refusal,
     ResponsesRequest,
+    TextConfig,
 )
 
 JsonObject = dict[str, Any]
@@ -47,11 +50,14 @@ def input_items(request: ResponsesRequest, request_id: str) -> list[JsonObject]:
         elif isinstance(item, FunctionCallItem):
             fields = {"type": "function_call", "id": item.id or f"fc_{request_id}_{n}", "call_id": item.call_id}
             fields.update(name=item.name, arguments=item.arguments)
-        else:
+        elif isinstance(item, FunctionCallOutputItem):
             output: str | list[JsonObject] = item.output if isinstance(item.output, str) else [
                 _input_part(p, f"input[{n}].output[{j}]") for j, p in enumerate(item.output)
             ]
             fields = {"type": "function_call_output", "id": item.id or f"fco_{request_id}_{n}", "call_id": item.call_id, "output": output}
+        else:  # reasoning, web or file search: kept as sent, for an upstream with the Responses API
+            out.append({"status": "completed", **{k: v for k, v in _to_builtins(item).items() if v is not None}})
+            continue
         out.append({**fields, "status": "completed"})
     return out
 
@@ -92,7 +98,11 @@ def _input_part(part: Part, param: str) -> JsonObject:
 
 
 def chat_messages(instructions: str | None, items: list[JsonObject]) -> list[JsonObject]:
-    """The chat messages of a conversation; consecutive function calls join the assistant turn before them."""
+    """The chat messages of a conversation; consecutive function calls join the assistant turn before them.
+
+    Items chat has no words for (reasoning, built-in tools' calls) are left out:
+    the messages around them carry what they led to.
+    """
     messages: list[JsonObject] = [{"role": "system", "content": instructions}] if instructions else []
     for item in items:
         kind = item["type"]
@@ -105,7 +115,7 @@ def chat_messages(instructions: str | None, items: list[JsonObject]) -> list[Jso
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        else:
+        elif kind == "function_call_output":
             output = item["output"]
             content = output if isinstance(output, str) else _chat_content(output)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
@@ -134,42 +144,97 @@ def _chat_content(parts: list[JsonObject]) -> str | list[JsonObject]:
     return out
 
 
-# --- the chat body and the echo --------------------------------------------------
+# --- the Responses body, the chat body and the echo -------------------------------------
+
+
+def responses_body(request: ResponsesRequest, items: list[JsonObject], native: Native | None = None) -> JsonObject:
+    """The request with ``items`` (the earlier conversation, then its input) as its input; gateway-only fields left out."""
+    if not items and not request.instructions:
+        raise InvalidRequest("The request has no input: send `input` or `instructions`.", param="input", code="invalid_value")
+    body: JsonObject = {"model": request.model, "input": items}
+    if request.instructions is not None:
+        body["instructions"] = request.instructions
+    if request.stream:
+        body["stream"] = True
+    tools = native.tools if native is not None else _to_builtins(request.tools) if request.tools else None
+    if tools:
+        body["tools"] = tools
+    if native is not None and native.tool_choice is not None:
+        body["tool_choice"] = native.tool_choice
+    elif request.tool_choice is not None:
+        body["tool_choice"] = _to_builtins(request.tool_choice)
+    if request.text is not None:
+        body["text"] = _text(request.text)
+    optional = {
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "max_output_tokens": request.max_output_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "user": request.user,
+    }
+    body.update((k, v) for k, v in optional.items() if v is not None)
+    if native is not None:
+        body.update(native.fields)
+    return body
+
+
+def _text(config: TextConfig) -> JsonObject:
+    text: JsonObject = {"format": _to_builtins(config.format)}
+    if config.verbosity is not None:
+        text["verbosity"] = config.verbosity
+    return text
+
+
+def translated(body: JsonObject) -> JsonObject:
+    """A Responses body (``responses_body``) as a chat body; a 400 for what chat cannot carry."""
+    messages = chat_messages(body.get("instructions"), body["input"])
+    if not messages:
+        raise InvalidRequest("The request has no input: send `input` or `instructions`.", param="input", code="invalid_value")
+    chat: JsonObject = {"model": body["model"], "messages": messages}
+    if body.get("stream"):
+        chat["stream"] = True
+    tools = body.get("tools")
+    if tools:
+        chat["tools"] = [{"type": "function", "function": _function(tool, f"tools[{i}].type")} for i, tool in enumerate(tools)]
+        if "parallel_tool_calls" in body:
+            chat["parallel_tool_calls"] = body["parallel_tool_calls"]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        chat["tool_choice"] = {"type": "function", "function": {"name": _function(choice, "tool_choice.type")["name"]}}
+    elif choice is not None:
+        chat["tool_choice"] = choice
+    fmt = body["text"]["format"] if "text" in body else None
+    if fmt is not None and fmt["type"] == "json_object":
+        chat["response_format"] = {"type": "json_object"}
+    elif fmt is not None and fmt["type"] == "json_schema":
+        chat["response_format"] = {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
+    optional = {"max_tokens": "max_output_tokens", "temperature": "temperature", "top_p": "top_p", "user": "user"}
+    chat.update((k, body[name]) for k, name in optional.items() if name in body)
+    return chat
 
 
 def chat_body(request: ResponsesRequest, items: list[JsonObject]) -> JsonObject:
     """The pipeline's chat body for ``items`` (the earlier conversation, then this request's input)."""
-    messages = chat_messages(request.instructions, items)
-    if not messages:
-        raise InvalidRequest("The request has no input: send `input` or `instructions`.", param="input", code="invalid_value")
-    body: JsonObject = {"model": request.model, "messages": messages}
-    if request.stream:
-        body["stream"] = True
-    if request.tools:
-        body["tools"] = [{"type": "function", "function": _function(tool)} for tool in _to_builtins(request.tools)]
-        if request.parallel_tool_calls is not None:
-            body["parallel_tool_calls"] = request.parallel_tool_calls
-    choice = request.tool_choice
-    if choice is not None:
-        body["tool_choice"] = {"type": "function", "function": {"name": choice.name}} if isinstance(choice, NamedFunction) else choice
-    fmt = request.text.format if request.text is not None else None
-    if isinstance(fmt, FormatJsonObject):
-        body["response_format"] = {"type": "json_object"}
-    elif isinstance(fmt, FormatJsonSchema):
-        schema = {k: v for k, v in _to_builtins(fmt).items() if k != "type"}
-        body["response_format"] = {"type": "json_schema", "json_schema": schema}
-    optional = {"max_tokens": request.max_output_tokens, "temperature": request.temperature, "top_p": request.top_p, "user": request.user}
-    body.update((k, v) for k, v in optional.items() if v is not None)
-    return body
+    return translated(responses_body(request, items))
 
 
-def _function(tool: JsonObject) -> JsonObject:
+def _function(tool: JsonObject, param: str) -> JsonObject:
+    if tool["type"] != "function":
+        raise InvalidRequest(
+            f"`{tool['type']}` is served only by a deployment with the Responses API, and none may serve this request.",
+            param=param,
+            code="unsupported_value",
+        )
     return {k: v for k, v in tool.items() if k != "type"}
 
 
-def echo(request: ResponsesRequest) -> JsonObject:
+def echo(request: ResponsesRequest, native: Native | None = None) -> JsonObject:
     """The request's settings as a Response object repeats them."""
     text = request.text.format if request.text is not None else None
+    tools = native.tools if native is not None else None
+    choice = native.tool_choice if native is not None else None
+    if choice is None and request.tool_choice is not None:
+        choice = _to_builtins(request.tool_choice)
     return {
         "instructions": request.instructions,
         "max_output_tokens": request.max_output_tokens,
@@ -179,8 +244,8 @@ def echo(request: ResponsesRequest) -> JsonObject:
         "store": request.store,
         "temperature": request.temperature,
         "text": {"format": _to_builtins(text) if text is not None else {"type": "text"}},
-        "tool_choice": _to_builtins(request.tool_choice) if request.tool_choice is not None else "auto",
-        "tools": _to_builtins(request.tools or []),
+        "tool_choice": choice if choice is not None else "auto",
+        "tools": tools if tools is not None else _to_builtins(request.tools or []),
         "top_p": request.top_p,
         "truncation": "disabled",
         "user": request.user,

@@ -1,19 +1,25 @@
 """The OpenAI Responses API's create request, as msgspec Structs that validate what clients send.
 
-Unlike chat, nothing of this body travels upstream as it is: the surface turns
-it into a chat body (``router.responses_surface``), so fields not modelled here
-are counted and dropped, never passed on. Input items and tools of a kind the
-gateway cannot serve get a 400 that names the kind, before any work is done.
+Two decodings, chosen by the alias the request names. ``decode_request`` is for
+an alias served only by translation: the surface turns the request into a chat
+body (``router.responses_surface``), so fields not modelled here are counted and
+dropped, never passed on, and input items and tools of a kind chat cannot carry
+get a 400 that names the kind, before any work is done. ``decode_native`` is for
+an alias with a deployment whose upstream has the Responses API
+(``router.responses_native``): built-in tools, reasoning and search items and a
+few settings chat has no words for (``NATIVE_FIELDS``) are kept for it
+(``Native``); the rest is validated as for translation.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from core.errors import InvalidRequest
-from router.decode import log_unknown, validation_error, decode_object
+from router.decode import decode_object, log_unknown, validation_error
 from router.wire import PositiveInt, Probability, Temperature
 
 # --- input items ------------------------------------------------------------
@@ -60,8 +66,39 @@ class FunctionCallOutputItem(msgspec.Struct, tag_field="type", tag="function_cal
     id: str | None = None
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+class SummaryText(msgspec.Struct, tag_field="type", tag="summary_text"):
+    text: str
+
+
+class ReasoningText(msgspec.Struct, tag_field="type", tag="reasoning_text"):
+    text: str
+
+
+# Items only an upstream with the Responses API reads (what its own answers hold).
+class ReasoningItem(msgspec.Struct, tag_field="type", tag="reasoning"):
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    summary: list[SummaryText] = []
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+class WebSearchCallItem(msgspec.Struct, tag_field="type", tag="web_search_call"):
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    status: str = "completed"
+    action: dict[str, Any] | None = None
+
+
+class FileSearchCallItem(msgspec.Struct, tag_field="type", tag="file_search_call"):
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    queries: list[str] = []
+    status: str = "completed"
+    results: list[dict[str, Any]] | None = None
+
+
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | WebSearchCallItem | FileSearchCallItem
 ITEM_TYPES = frozenset(("message", "function_call", "function_call_output"))
+NATIVE_ITEM_TYPES = ITEM_TYPES | {"reasoning", "web_search_call", "file_search_call"}
 
 # --- tools and output format ------------------------------------------------
 
@@ -100,6 +137,8 @@ TextFormat = FormatText | FormatJsonObject | FormatJsonSchema
 
 class TextConfig(msgspec.Struct):
     format: TextFormat = msgspec.field(default_factory=FormatText)
+    # Read by an upstream with the Responses API only; translation drops it.
+    verbosity: Literal["low", "medium", "high"] | None = None
 
 
 # --- the request --------------------------------------------------------------
@@ -132,29 +171,133 @@ _REFUSED = {
     "background": "Background responses are not supported by this gateway.",
 }
 _SHOWN = 64  # characters of a client-chosen type name quoted back in an error
+FUNCTION_TOOLS = frozenset(("function",))
+# Built-in tools an upstream with the Responses API runs itself.
+BUILTIN_TOOLS = frozenset(
+    ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11", "file_search", "code_interpreter", "image_generation")
+)
 
 
-def decode_request(body: bytes) -> tuple[ResponsesRequest, int]:
-    """The validated request and the number of unknown top-level fields (dropped); a 400 for anything else."""
-    raw = decode_object(body)
+class NativeFields(msgspec.Struct, omit_defaults=True):
+    """Settings passed on to an upstream with the Responses API as they are (translation drops them, as unknown)."""
+
+    reasoning: dict[str, Any] | None = None
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    service_tier: str | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    max_tool_calls: PositiveInt | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+NATIVE_FIELDS = frozenset(NativeFields.__struct_fields__)
+
+
+@dataclass(slots=True)
+class Native:
+    """What a request keeps for an upstream with the Responses API, beyond ``ResponsesRequest``."""
+
+    tools: list[dict[str, Any]] | None  # every tool, in the client's order (built-in ones as sent)
+    tool_choice: dict[str, Any] | None  # a built-in tool forced, as sent
+    fields: dict[str, Any]  # NATIVE_FIELDS the client set
+    # What the request uses that only such an upstream serves (for the error when none may), or None.
+    requires: str | None
+
+
+def request_model(raw: dict[str, Any]) -> str:
+    """The alias a request names; a 400 when it names none."""
     model = raw.get("model")
     if model is None:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("`model` must be a non-empty string.", param="model", code="invalid_type")
-    for name, message in _REFUSED.items():
-        if raw.get(name):
-            raise InvalidRequest(message, param=name, code="unsupported_parameter")
+    return model
+
+
+def decode_request(body: bytes | dict[str, Any]) -> tuple[ResponsesRequest, int]:
+    """The validated request and the number of unknown top-level fields (dropped); a 400 for anything else."""
+    raw = decode_object(body) if isinstance(body, bytes) else body
+    _refuse(raw)
     _check_kinds(raw.get("input"), "input", ITEM_TYPES, "Input items")
-    _check_kinds(raw.get("tools"), "tools", frozenset(("function",)), "Tools")
-    try:
-        request = msgspec.convert(raw, ResponsesRequest)
-    except msgspec.ValidationError as exc:
-        raise validation_error(str(exc)) from None
+    _check_kinds(raw.get("tools"), "tools", FUNCTION_TOOLS, "Tools")
+    request = _convert(raw, ResponsesRequest)
     unknown = raw.keys() - FIELDS
     if unknown:
         log_unknown("ResponsesRequest", unknown)
     return request, len(unknown)
+
+
+def decode_native(raw: dict[str, Any]) -> tuple[ResponsesRequest, Native, int]:
+    """As ``decode_request``, keeping what only an upstream with the Responses API serves (``Native``)."""
+    _refuse(raw)
+    items = raw.get("input")
+    _check_kinds(items, "input", NATIVE_ITEM_TYPES, "Input items")
+    tools = raw.get("tools")
+    _check_kinds(tools, "tools", FUNCTION_TOOLS | BUILTIN_TOOLS, "Tools")
+    fields = {k: v for k, v in raw.items() if k not in NATIVE_FIELDS and k != "tools"}
+    choice = raw.get("tool_choice")
+    builtin_choice = choice if isinstance(choice, dict) and choice.get("type") in BUILTIN_TOOLS else None
+    if builtin_choice is not None:
+        del fields["tool_choice"]
+    request = _convert(fields, ResponsesRequest)
+    functions, ordered = _tools(tools)
+    request.tools = functions
+    extra = _convert({k: raw[k] for k in NATIVE_FIELDS if k in raw}, NativeFields)
+    unknown = raw.keys() - FIELDS - NATIVE_FIELDS
+    if unknown:
+        log_unknown("ResponsesRequest", unknown)
+    requires = _requires(items, ordered, builtin_choice)
+    return request, Native(ordered, builtin_choice, msgspec.to_builtins(extra), requires), len(unknown)
+
+
+def _refuse(raw: dict[str, Any]) -> None:
+    request_model(raw)
+    for name, message in _REFUSED.items():
+        if raw.get(name):
+            raise InvalidRequest(message, param=name, code="unsupported_parameter")
+
+
+def _convert(raw: dict[str, Any], shape: type[Any], at: str = "") -> Any:
+    try:
+        return msgspec.convert(raw, shape)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if at:  # the path of the part converted on its own, in front of the error's
+            message = message.replace("`$", f"`$.{at}", 1) if " - at `$" in message else f"{message} - at `$.{at}`"
+        raise validation_error(message) from None
+
+
+def _tools(tools: object) -> tuple[list[FunctionTool] | None, list[dict[str, Any]] | None]:
+    """Function tools validated; and every tool in order, built-in ones as the client sent them."""
+    if tools is None:
+        return None, None
+    if not isinstance(tools, list):
+        raise InvalidRequest("Invalid value for 'tools': Expected `array`.", param="tools", code="invalid_type")
+    functions: list[FunctionTool] = []
+    ordered: list[dict[str, Any]] = []
+    for i, entry in enumerate(tools):
+        if isinstance(entry, dict) and entry.get("type") in BUILTIN_TOOLS:
+            ordered.append(entry)
+            continue
+        tool: FunctionTool = _convert(entry, FunctionTool, f"tools[{i}]")
+        functions.append(tool)
+        ordered.append(msgspec.to_builtins(tool))
+    return functions or None, ordered
+
+
+def _requires(items: object, tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None) -> str | None:
+    for tool in tools or ():
+        if tool["type"] in BUILTIN_TOOLS:
+            return f"tools of type `{tool['type']}`"
+    if choice is not None:
+        return f"a `tool_choice` of type `{choice['type']}`"
+    for item in items if isinstance(items, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in NATIVE_ITEM_TYPES - ITEM_TYPES:
+            return f"input items of type `{kind}`"
+    return None
 
 
 def _check_kinds(value: object, param: str, served: frozenset[str], what: str) -> None:

@@ -1,10 +1,15 @@
 """The OpenAI Responses API: create, retrieve, delete, and list a response's input items.
 
-Create is served by the same pipeline as chat (``router.serve.run``): the
-request becomes a chat body (``router.responses_surface``) and the answer is
-rendered back (``router.responses_stream``). With ``store`` (the default) the
-response is kept for its tenant (``router.responses_store``) before the client
-has all of it, so that a ``previous_response_id`` sent right after finds it.
+Create is served by the same pipeline as chat (``router.serve.run``). For an
+alias served by translation only, the request becomes a chat body
+(``router.responses_surface``) and the answer is rendered back
+(``router.responses_stream``). For an alias with a deployment whose upstream has
+the Responses API, the request keeps its Responses body and each attempt picks
+its form (``router.responses_native``); a native answer is relayed
+(``router.responses_relay``). Either way a ``previous_response_id`` is expanded
+here, from the gateway's own store. With ``store`` (the default) the response
+is kept for its tenant (``router.responses_store``) before the client has all
+of it, so that a ``previous_response_id`` sent right after finds it.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ from core.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
 from core.principal import Principal
 from router.body import read_body
 from router.context import RequestContext
+from router.decode import decode_object
 from router.gateway import Gateway
 from router.openapi import BODY
+from router.responses_native import ResponsesContext, native_alias
 from router.responses_records import StoredResponse
+from router.responses_relay import NativeRenderer
 from router.responses_render import JsonObject, ResponseHead
 from router.responses_stream import ResponsesRenderer
-from router.responses_surface import chat_body, echo, input_items
-from router.responses_wire import ResponsesRequest, decode_request
+from router.responses_surface import chat_body, echo, input_items, responses_body
+from router.responses_wire import Native, ResponsesRequest, decode_native, decode_request, request_model
 from router.routes_openai import new_request_id
 from router.serve import run
 
@@ -58,7 +66,7 @@ class _Created:
     """One create request, admitted: what the pipeline runs, and what is stored once it is answered."""
 
     ctx: RequestContext
-    renderer: ResponsesRenderer
+    renderer: ResponsesRenderer | NativeRenderer
     store: bool
     items: list[JsonObject]  # this request's input
     history: list[JsonObject]  # the conversation it continues
@@ -99,11 +107,16 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
 async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: float) -> _Created:
     """Authenticate, decode and validate, and load the conversation it continues; all before any work is done."""
     principal = await _principal(request, gateway)
-    wanted, unknown = decode_request(await read_body(request, gateway.base.server.max_body_bytes))
+    raw = decode_object(await read_body(request, gateway.base.server.max_body_bytes))
+    snapshot = gateway.reloader.current  # once: the request keeps it to its end
+    # The alias decides the decoding: only one with the Responses API somewhere keeps what chat cannot carry.
+    native: Native | None = None
+    if native_alias(snapshot.router.get(request_model(raw))):
+        wanted, native, unknown = decode_native(raw)
+    else:
+        wanted, unknown = decode_request(raw)
     if unknown:
         gateway.metrics.unknown_fields.labels(ROUTE).inc(unknown)
-    snapshot = gateway.reloader.current  # once: the request keeps it to its end
-    snapshot.router.get(wanted.model)
     request_id = new_request_id()
     items = input_items(wanted, request_id)
     history: list[JsonObject] = []
@@ -116,23 +129,27 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
                 code="previous_response_not_found",
             )
         history = _items(previous.conversation)
-    head = ResponseHead(f"resp_{request_id}", int(time.time()), wanted.model, echo(wanted))
-    renderer = ResponsesRenderer(head)
-    ctx = RequestContext(
-        request_id=request_id,
-        snapshot=snapshot,
-        principal=principal,
-        kind="chat",
-        route=ROUTE,
-        alias=wanted.model,
-        body=chat_body(wanted, [*history, *items]),
-        stream=wanted.stream,
+    head = ResponseHead(f"resp_{request_id}", int(time.time()), wanted.model, echo(wanted, native))
+    common: dict[str, Any] = {
+        "request_id": request_id,
+        "snapshot": snapshot,
+        "principal": principal,
+        "route": ROUTE,
+        "alias": wanted.model,
+        "stream": wanted.stream,
         # The final event carries usage: a stream asks for its usage chunk.
-        include_usage=wanted.stream,
-        session_id=request.headers.get("x-session-id"),
-        render=renderer,
-        started=started,
-    )
+        "include_usage": wanted.stream,
+        "session_id": request.headers.get("x-session-id"),
+        "started": started,
+    }
+    renderer: ResponsesRenderer | NativeRenderer
+    if native is None:
+        renderer = ResponsesRenderer(head)
+        ctx = RequestContext(kind="chat", body=chat_body(wanted, [*history, *items]), render=renderer, **common)
+    else:
+        renderer = NativeRenderer(head)
+        body = responses_body(wanted, [*history, *items], native)
+        ctx = ResponsesContext(kind="responses", body=body, render=renderer, requires=native.requires, **common)
     return _Created(ctx, renderer, wanted.store, items, history)
 
 
@@ -150,7 +167,7 @@ async def _save(gateway: Gateway, created: _Created) -> None:
 class _StoredBeforeEnd:
     """A stream's answer that stores the response before its closing events are sent."""
 
-    def __init__(self, answer: ASGIApp, save: Callable[[], Awaitable[None]], renderer: ResponsesRenderer) -> None:
+    def __init__(self, answer: ASGIApp, save: Callable[[], Awaitable[None]], renderer: ResponsesRenderer | NativeRenderer) -> None:
         self._answer = answer
         self._save = save
         self._renderer = renderer

@@ -1,7 +1,12 @@
-"""Azure OpenAI: OpenAI's wire format behind deployment URLs, `api-version` and `api-key`."""
+"""Azure OpenAI: OpenAI's wire format behind deployment URLs, `api-version` and `api-key`.
+
+With ``responses: native`` the Responses API is served at the resource's
+``/openai/v1/responses``, where the body's ``model`` names the Azure deployment.
+"""
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import quote
 
 import msgspec
@@ -17,6 +22,10 @@ class AzureOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The Azure deployment name; defaults to the deployment's `model`.
     deployment: str | None = None
     stream_usage: bool = True
+    # `native`: /v1/responses requests are passed through to the resource's Responses API.
+    responses: Literal["translated", "native"] = "translated"
+    # Sent as `api-version` on Responses calls; the v1 API needs none.
+    responses_api_version: str | None = None
 
 
 class AzureOpenAIEngine(OpenAIEngine):
@@ -33,7 +42,7 @@ class AzureOpenAIEngine(OpenAIEngine):
             api_key=None,
             timeouts=spec.timeouts,
             max_connections=spec.max_connections,
-            options=OpenAIOptions(stream_usage=azure.stream_usage),
+            options=OpenAIOptions(stream_usage=azure.stream_usage, responses=azure.responses),
         )
         super().__init__(base)
         # Azure authenticates with `api-key`, not a bearer token.
@@ -45,6 +54,10 @@ class AzureOpenAIEngine(OpenAIEngine):
         self._urls = {
             kind: f"{root}/openai/deployments/{deployment}/{path}?{version}" for kind, path in _AZURE_PATHS.items()
         }
+        responses_version = azure.responses_api_version
+        query = f"?api-version={quote(responses_version, safe='')}" if responses_version else ""
+        self._urls["responses"] = f"{root}/openai/v1/responses{query}"
+        self._responses_model = azure.deployment or spec.model
         self._models_url = f"{root}/openai/models?{version}"
 
     def url_for(self, kind: str) -> str:

@@ -3,7 +3,9 @@
 Engines speak OpenAI on both sides: they take a validated OpenAI-shaped request
 body (``model`` already set to the upstream's own name) and give back
 OpenAI-shaped JSON bytes, plus the exact usage when they know it. Relaying bytes
-keeps the pass-through path free of re-encoding.
+keeps the pass-through path free of re-encoding. Kind ``responses`` (a Responses
+API body, answered as a Response object or its typed events) goes only to
+engines whose upstream speaks that API (``serves_responses``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 import msgspec
 
 JsonObject: TypeAlias = dict[str, Any]
-Kind: TypeAlias = Literal["chat", "completion", "embedding"]
+Kind: TypeAlias = Literal["chat", "completion", "embedding", "responses"]
 
 
 class PromptTokensDetails(msgspec.Struct, omit_defaults=True):
@@ -51,6 +53,11 @@ def usage_json(usage: Usage) -> JsonObject:
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
+
+
+def serves_responses(engine: object) -> bool:
+    """Whether ``engine`` takes kind ``responses``: its deployment says the upstream has the Responses API."""
+    return getattr(engine, "native_responses", False) is True
 
 
 @dataclass(slots=True)

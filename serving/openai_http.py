@@ -1,5 +1,9 @@
 """Any OpenAI-compatible HTTP server: OpenAI itself, `vllm serve`, Ollama, TGI.
 
+With ``responses: native`` the upstream also serves the Responses API: kind
+``responses`` is posted to its ``/responses`` as it is, and the Response or its
+events come back as they are (``serving.openai_responses`` reads them).
+
 One pooled keep-alive aiohttp session per deployment; ``serving.http_transport``
 opens it and maps failures and statuses to the gateway's errors. Streams are
 relayed chunk by chunk: each ``data:`` payload is peeked at (usage, text,
@@ -9,8 +13,8 @@ reach the upstream; the deployment's key does.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import aiohttp
 import msgspec
@@ -25,9 +29,10 @@ from serving.base import (
     Usage,
 )
 from serving.http_transport import ErrorFields, HttpUpstream, status_error
+from serving.openai_responses import response_chunks, response_usage
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
 
-_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "responses": "/responses"}
 
 
 class _UsagePeek(msgspec.Struct):
@@ -55,6 +60,9 @@ class OpenAIOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stream_usage: bool = True
     organization: str | None = None
     extra_headers: dict[str, str] = {}
+    # `native`: the upstream has the Responses API, and /v1/responses requests it
+    # serves are passed through to it; `translated`: they become chat requests.
+    responses: Literal["translated", "native"] = "translated"
 
 
 class OpenAIEngine(HttpUpstream):
@@ -64,8 +72,11 @@ class OpenAIEngine(HttpUpstream):
         super().__init__(spec)
         options = spec.options if isinstance(spec.options, OpenAIOptions) else OpenAIOptions()
         self.options = options
+        self.native_responses = options.responses == "native"
         self._base = (spec.base_url or "https://api.openai.com/v1").rstrip("/")
         self._headers = self._build_headers()
+        # The model a Responses body names, where it is not the deployment's (Azure: its deployment name).
+        self._responses_model: str | None = None
 
     def _build_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -93,28 +104,32 @@ class OpenAIEngine(HttpUpstream):
         session = self._require_session()
         self._running += 1
         try:
-            async with session.post(self.url_for(request.kind), data=_encode(request.body), headers=self._headers) as resp:
+            async with session.post(self.url_for(request.kind), data=_encode(self._body(request)), headers=self._headers) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     raise self._status_error(resp.status, data, resp.headers.get("retry-after"))
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from None
         finally:
             self._running -= 1
         try:
-            usage = _usage_decoder.decode(data).usage
+            usage = response_usage(data) if request.kind == "responses" else _usage_decoder.decode(data).usage
         except (msgspec.ValidationError, msgspec.DecodeError):
             raise UpstreamError(f"deployment {self.name} returned a body that is not an OpenAI response") from None
         return Completion(body=data, usage=usage)
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
         session = self._require_session()
-        body = self._stream_body(request.body)
+        body = self._stream_body(request)
         self._running += 1
         try:
             async with session.post(self.url_for(request.kind), data=_encode(body), headers=self._headers) as resp:
                 if resp.status != 200:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+                if request.kind == "responses":
+                    async for chunk in response_chunks(resp.content.iter_any()):
+                        yield chunk
+                    return
                 async for batch in iter_sse_batches(resp.content.iter_any()):
                     last = len(batch) - 1
                     for i, payload in enumerate(batch):
@@ -125,12 +140,20 @@ class OpenAIEngine(HttpUpstream):
             raise UpstreamError(f"deployment {self.name} failed mid-stream: {exc.message}") from None
         except EOFError:
             raise UpstreamError(f"deployment {self.name} closed the stream early") from None
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from None
         finally:
             self._running -= 1
 
-    def _stream_body(self, body: JsonObject) -> JsonObject:
+    def _body(self, request: EngineRequest) -> JsonObject:
+        if request.kind == "responses" and self._responses_model is not None:
+            return {**request.body, "model": self._responses_model}
+        return request.body
+
+    def _stream_body(self, request: EngineRequest) -> JsonObject:
+        body = self._body(request)
+        if request.kind == "responses":
+            return {**body, "stream": True}  # a Responses stream always ends with its usage
         if not self.options.stream_usage:
             return body
         options = body.get("stream_options")
