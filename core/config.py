@@ -363,6 +363,36 @@ class AlertsConfig(_Strict):
     timeout_s: PositiveFloat = 5.0
 
 
+class S3Config(_Strict):
+    """An S3-compatible object store (AWS S3, MinIO, Ceph, R2) for ``state.files: s3``."""
+
+    bucket: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{1,254})?$")] = ""
+    # None: AWS's own endpoint for `region`.
+    endpoint_url: str | None = None
+    region: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[a-z0-9-]+$")] = "us-east-1"
+    access_key_id: SecretRef | str | None = None
+    secret_access_key: SecretRef | None = None
+    # Temporary credentials (STS) come with a session token.
+    session_token: SecretRef | None = None
+    # Every key starts with this (e.g. "sluicegate/"), so that one bucket may serve several gateways.
+    prefix: Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[A-Za-z0-9._/-]*$")] = ""
+    # https://endpoint/bucket/key (MinIO and most self-hosted servers) rather than https://bucket.endpoint/key.
+    path_style: bool = False
+    # Files larger than this go up as a multipart upload in parts of this size (S3's smallest part is 5 MiB).
+    part_bytes: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024, le=1024 * 1024 * 1024)] = 8 * 1024 * 1024
+    # Deadline of connecting, and of each wait for the server's next bytes.
+    timeout_s: PositiveFloat = 30.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("https://", "http://")):
+            raise ValueError("`endpoint_url` must be an https:// or http:// URL")
+
+    def access_key(self) -> str | None:
+        if isinstance(self.access_key_id, SecretRef):
+            return self.access_key_id.resolve()
+        return self.access_key_id
+
+
 class StateConfig(_Strict):
     """Where shared state lives. The defaults are embedded: tenants and keys from this file."""
 
@@ -394,6 +424,11 @@ class StateConfig(_Strict):
     config_watch_poll_s: PositiveFloat = 1.0
     # Files (/v1/files) and batch records: a local directory (several workers of one host may share it).
     files_path: Annotated[str, msgspec.Meta(min_length=1)] = "sluicegate-files"
+    # Where files live: that directory, or an S3-compatible bucket (`s3`) every replica shares.
+    files: Literal["local", "s3"] = "local"
+    s3: S3Config | None = None
+    # Batch records and result lines: that directory, or PostgreSQL (`postgres_dsn`) every replica shares.
+    batches: Literal["local", "postgres"] = "local"
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""

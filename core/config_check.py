@@ -126,9 +126,12 @@ def _state_problems(config: Config) -> list[str]:
     """Start-time settings that need one another."""
     state = config.state
     problems = []
-    needs_postgres = [key for key, on in (("tenants", state.tenants == "postgres"), ("ledger", state.ledger == "postgres"), ("config", state.config == "postgres")) if on]
+    stores = {"tenants": state.tenants, "ledger": state.ledger, "config": state.config, "batches": state.batches}
+    needs_postgres = [key for key, store in stores.items() if store == "postgres"]
     if needs_postgres and state.postgres_dsn is None:
         problems.append(f"key `state.postgres_dsn`: required when `state.{needs_postgres[0]}` is 'postgres'")
+    if state.files == "s3":
+        problems += _s3_problems(config)
     if state.counters == "redis" and not state.redis_url:
         problems.append("key `state.redis_url`: required when `state.counters` is 'redis'")
     if state.tenants == "postgres":
@@ -144,6 +147,16 @@ def _state_problems(config: Config) -> list[str]:
                         " manage the rest with `sluicegate tenants`"
                     )
     return problems
+
+
+def _s3_problems(config: Config) -> list[str]:
+    """`state.files: s3` needs a bucket and credentials to sign with (their values are never read here)."""
+    s3 = config.state.s3
+    if s3 is None:
+        return ["key `state.s3`: required when `state.files` is 's3'"]
+    needed = {"bucket": s3.bucket, "access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key}
+    missing = [key for key, value in needed.items() if not value]
+    return [f"key `state.s3.{key}`: required when `state.files` is 's3'" for key in missing]
 
 
 def _batch_price_problems(config: LiveConfig) -> list[str]:

@@ -1,11 +1,15 @@
 """Which process runs a batch: one claim per batch, renewed while it runs.
 
-With Redis (``state.redis_url``) a claim is a lease as the canary decider's
-(``SET NX PX``, renewed by its owner), one key per batch, so replicas share
-the work and a replica that dies gives its batches up after ``batches.lease_s``.
-Without it, an exclusive ``flock`` on a file per batch beside the batch store:
-one worker process of the host at a time, released by the kernel when the
-process ends, however it ends.
+With batches in PostgreSQL (``state.batches: postgres``) a claim is a lease
+on the batch's own row (``claimed_by`` / ``claim_expires``, by the database's
+clock): taken when free, lapsed or already this process's, renewed by its
+owner, so replicas share the work without Redis, and the lease can never name
+a batch the store does not have. Otherwise, with Redis (``state.redis_url``),
+a lease as the canary decider's (``SET NX PX``, renewed by its owner), one key
+per batch. Either way a replica that dies gives its batches up after
+``batches.lease_s``. Without either, an exclusive ``flock`` on a file per
+batch beside the batch store: one worker process of the host at a time,
+released by the kernel when the process ends, however it ends.
 """
 
 from __future__ import annotations
@@ -19,9 +23,16 @@ from typing import IO, Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from core.config import Config
+from core.errors import GatewayError
+from router.pg_calls import PgCalls
 
 KEY_PREFIX = "sg:batch:claim:"
+# Taken when free, lapsed, or this process's already (then renewed).
+_PG_CLAIM = (
+    "UPDATE batches SET claimed_by = $2, claim_expires = now() + make_interval(secs => $3)"
+    " WHERE id = $1 AND (claimed_by IS NULL OR claimed_by = $2 OR claim_expires < now())"
+)
+_PG_RELEASE = "UPDATE batches SET claimed_by = NULL, claim_expires = NULL WHERE id = $1 AND claimed_by = $2"
 # Deletes the claim only if this process still owns it.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -106,7 +117,24 @@ class RedisClaims:
         await self._client.aclose()
 
 
-def open_claims(config: Config) -> BatchClaims:
-    if config.state.redis_url:
-        return RedisClaims(config.state.redis_url, config.batches.lease_s)
-    return LocalClaims(Path(config.state.files_path) / "batches" / "claims")
+class PostgresClaims:
+    def __init__(self, calls: PgCalls, ttl_s: float) -> None:
+        self._calls = calls
+        self._id = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self._ttl_s = ttl_s
+
+    async def claim(self, batch_id: str) -> bool:
+        try:
+            status = await self._calls.run(None, lambda conn: conn.execute(_PG_CLAIM, batch_id, self._id, self._ttl_s))
+        except GatewayError:
+            return False  # unknown for now: whoever holds it keeps it, a lapsed one waits for the next look
+        return str(status) == "UPDATE 1"
+
+    async def release(self, batch_id: str, finished: bool) -> None:
+        try:
+            await self._calls.run(None, lambda conn: conn.execute(_PG_RELEASE, batch_id, self._id))
+        except GatewayError:
+            return  # it lapses by itself
+
+    async def close(self) -> None:
+        return None  # the store owns the connections

@@ -22,8 +22,18 @@ from core.config import BatchesConfig
 from core.errors import InsufficientQuota, NotFound, Overloaded, RateLimited, UpstreamRateLimited
 from core.principal import Principal
 from router.batch_claims import BatchClaims
-from router.batch_records import ACTIVE, BatchError, BatchRecord, BatchStore, Part, RequestCounts
-from router.batch_request import Outcome, batch_principal, done_id, expired_line, new_request_id, result_line, run_line
+from router.batch_records import ACTIVE, BatchError, BatchRecord, BatchStore, BatchUsage, Part, RequestCounts
+from router.batch_request import (
+    Outcome,
+    batch_principal,
+    done_id,
+    expired_line,
+    line_usage,
+    new_request_id,
+    response_usage,
+    result_line,
+    run_line,
+)  # fmt: skip
 from router.batch_state import counted, expired, failed, finalizing, finished, validated
 from router.batch_validate import ENDPOINTS, BatchLine, LineError, numbered_lines, parse_line, validate
 from router.files_store import FileStore
@@ -79,9 +89,13 @@ class BatchJob:
         self._slots = slots
         self.principal: Principal | None = None
         self.counts = RequestCounts(total=record.batch.request_counts.total)
+        # Tokens of the completed requests (the output file's lines), as the Batch object reports them.
+        self.usage = BatchUsage()
         self.done: set[str] = set()
         self._pending: dict[Part, list[bytes]] = {"output": [], "error": []}
         self._write_lock = asyncio.Lock()
+        # Set when the run's requests are done: the ticker ends after the checkpoint it may be in, never inside one.
+        self._stop_ticking = asyncio.Event()
         self.in_flight = 0
         # Of those, lines waiting for the others' reservations to settle before asking the budget again.
         self._budget_waits = 0
@@ -129,7 +143,7 @@ class BatchJob:
             await self._update(lambda r: failed(r, result.errors, now, RequestCounts(total=result.total)))
             return False
         self.counts = RequestCounts(total=result.total)
-        await self._update(lambda r: validated(r, result.total, now))
+        await self._update(lambda r: validated(r, result.total, now, result.model))
         return self.record.batch.status == "in_progress"
 
     async def _update(self, change: Callable[[BatchRecord], BatchRecord]) -> None:
@@ -148,7 +162,11 @@ class BatchJob:
                 custom_id = done_id(raw)
                 if custom_id is not None and custom_id not in self.done:
                     self.done.add(custom_id)
-                    completed, failed_ = (completed + 1, failed_) if part == "output" else (completed, failed_ + 1)
+                    if part == "output":
+                        completed += 1
+                        self.usage.add(line_usage(raw))
+                    else:
+                        failed_ += 1
         self.counts = RequestCounts(total=self.record.batch.request_counts.total, completed=completed, failed=failed_)
 
     async def _lines(self) -> AsyncGenerator[BatchLine, None]:
@@ -190,7 +208,7 @@ class BatchJob:
         finally:
             for task in running:
                 task.cancel()
-            ticker.cancel()
+            self._stop_ticking.set()
             await asyncio.gather(ticker, *running, return_exceptions=True)
             await self._flush()
 
@@ -237,6 +255,7 @@ class BatchJob:
         if outcome.status == 200:
             self._pending["output"].append(result_line(custom_id, outcome))
             counts.completed += 1
+            self.usage.add(response_usage(outcome.body))
         else:
             self._pending["error"].append(result_line(custom_id, outcome))
             counts.failed += 1
@@ -249,16 +268,21 @@ class BatchJob:
             self.done.add(line.custom_id)
 
     async def _flush(self) -> None:
+        """Append the finished lines to their parts; a line leaves memory only once the store has it."""
         async with self._write_lock:
             for part, lines in self._pending.items():
                 if lines:
-                    data = b"".join(lines)
-                    lines.clear()
-                    await self.s.batches.append(self.tenant, self.id, part, data)
+                    count = len(lines)  # lines recorded during the append stay for the next flush
+                    await self.s.batches.append(self.tenant, self.id, part, b"".join(lines[:count]))
+                    del lines[:count]
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(self.s.settings.poll_interval_s)
+            try:
+                await asyncio.wait_for(self._stop_ticking.wait(), self.s.settings.poll_interval_s)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self._checkpoint()
             except Exception as exc:  # noqa: BLE001 - the next checkpoint tries again; without them a cancel goes unseen
@@ -267,7 +291,8 @@ class BatchJob:
     async def _checkpoint(self) -> None:
         await self._flush()
         counts = RequestCounts(self.counts.total, self.counts.completed, self.counts.failed)
-        await self._update(lambda r: counted(r, counts))
+        usage = self.usage.copy()
+        await self._update(lambda r: counted(r, counts, usage))
         if self.record.batch.status == "cancelling":
             self.stop = self.stop or "cancelled"
         if not await self.s.claims.claim(self.id):
@@ -284,13 +309,13 @@ class BatchJob:
     async def _finish(self) -> None:
         await self._update(lambda r: finalizing(r, self.s.clock()) if self.stop is None else r)
         files = await self._write_files()
-        counts = self.counts
+        counts, usage = self.counts, self.usage
         stopped = _STOPPED.get(self.stop or "")
         if stopped is not None:
-            await self._update(lambda r: failed(r, [stopped], self.s.clock(), counts, files))
+            await self._update(lambda r: failed(r, [stopped], self.s.clock(), counts, files, usage))
         else:
             ran_out = self.stop == "expired"
-            await self._update(lambda r: finished(r, counts, files, self.s.clock(), ran_out=ran_out))
+            await self._update(lambda r: finished(r, counts, files, self.s.clock(), ran_out=ran_out, usage=usage))
         await self.s.batches.drop_parts(self.tenant, self.id)
 
     async def _write_files(self) -> tuple[str | None, str | None]:
@@ -310,10 +335,14 @@ class BatchJob:
         return ids[0], ids[1]
 
     async def _whole_lines(self, part: Part) -> AsyncIterator[bytes]:
-        """A part as clean JSONL: a line a crash cut short is left out, as it was when counting."""
+        """A part as clean JSONL: a line a crash cut short is left out, a request's second line too, as when counting."""
         batch: list[bytes] = []
+        seen: set[str] = set()
         async for _, raw in numbered_lines(self.s.batches.read(self.tenant, self.id, part)):
-            if done_id(raw) is not None:
+            custom_id = done_id(raw)
+            # Twice only when an append the store kept was reported failed, and made again.
+            if custom_id is not None and custom_id not in seen:
+                seen.add(custom_id)
                 batch.append(raw + b"\n")
             if len(batch) >= 1000:
                 yield b"".join(batch)

@@ -1,9 +1,9 @@
 """Batches of the Batch API (``/v1/batches``): the Batch object, the kept record, and the store interface.
 
 The embedded store is ``router.batch_store`` (files beside the Files API's);
-a PostgreSQL store fits the same interface: a table of records (``update`` as
-``SELECT ... FOR UPDATE`` and a write in one transaction, ``active`` as an
-index on the unfinished statuses) and one of result lines.
+the production one ``router.batch_store_postgres``: a table of records
+(``update`` as ``SELECT ... FOR UPDATE`` and a write in one transaction,
+``active`` as an index on the unfinished statuses) and one of result lines.
 """
 
 from __future__ import annotations
@@ -13,11 +13,20 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from core.errors import GatewayError
+
 Status = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"]
 # A batch in one of these is the runner's to start, resume or finish.
 ACTIVE: frozenset[str] = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 # The two files a batch writes as it goes: successful responses, and the requests that failed.
 Part = Literal["output", "error"]
+
+
+class BatchStoreUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "batch_store_unavailable"
+    retryable = True
 
 
 class BatchError(msgspec.Struct):
@@ -36,6 +45,37 @@ class RequestCounts(msgspec.Struct):
     total: int = 0
     completed: int = 0
     failed: int = 0
+
+
+class InputTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(msgspec.Struct):
+    """Tokens of the batch's completed requests, summed (OpenAI's ``usage`` of a Batch)."""
+
+    input_tokens: int = 0
+    input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
+    output_tokens: int = 0
+    output_tokens_details: OutputTokensDetails = msgspec.field(default_factory=OutputTokensDetails)
+    total_tokens: int = 0
+
+    def add(self, other: BatchUsage) -> None:
+        self.input_tokens += other.input_tokens
+        self.input_tokens_details.cached_tokens += other.input_tokens_details.cached_tokens
+        self.output_tokens += other.output_tokens
+        self.output_tokens_details.reasoning_tokens += other.output_tokens_details.reasoning_tokens
+        self.total_tokens += other.total_tokens
+
+    def copy(self) -> BatchUsage:
+        return BatchUsage(
+            self.input_tokens, InputTokensDetails(self.input_tokens_details.cached_tokens), self.output_tokens,
+            OutputTokensDetails(self.output_tokens_details.reasoning_tokens), self.total_tokens,
+        )  # fmt: skip
 
 
 class Batch(msgspec.Struct, kw_only=True):
@@ -61,6 +101,9 @@ class Batch(msgspec.Struct, kw_only=True):
     cancelled_at: int | None = None
     request_counts: RequestCounts = msgspec.field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
+    # The alias every request of the input file names (None until validated, or when they name several).
+    model: str | None = None
+    usage: BatchUsage | None = None
 
 
 class BatchRecord(msgspec.Struct, kw_only=True):

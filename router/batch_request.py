@@ -20,6 +20,7 @@ import msgspec
 from core.errors import GatewayError, InternalError, error_body
 from core.principal import Principal
 from router.batch_context import BATCH_ROUTE, BatchContext
+from router.batch_records import BatchUsage, InputTokensDetails, OutputTokensDetails
 from router.batch_validate import BatchLine
 from router.context import CLIENT_CLOSED
 from router.pipeline import Pipeline
@@ -60,8 +61,43 @@ class _Done(msgspec.Struct):
     custom_id: str
 
 
+class _InDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class _OutDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class _Usage(msgspec.Struct):
+    """A response's usage: chat and completions (prompt/completion), embeddings (prompt), Responses (input/output)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    prompt_tokens_details: _InDetails | None = None
+    input_tokens_details: _InDetails | None = None
+    completion_tokens_details: _OutDetails | None = None
+    output_tokens_details: _OutDetails | None = None
+
+
+class _Body(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+class _Answer(msgspec.Struct):
+    body: _Body | None = None
+
+
+class _Answered(msgspec.Struct):
+    response: _Answer | None = None
+
+
 _encode = msgspec.json.encode
 _done_decoder = msgspec.json.Decoder(_Done)
+_body_decoder = msgspec.json.Decoder(_Body)
+_answered_decoder = msgspec.json.Decoder(_Answered)
 # Request ids as the HTTP routes make them (random per process, then a counter), from
 # a prefix of their own: the routes' module sits above the gateway that owns the runner.
 _ID_PREFIX = os.urandom(6).hex()
@@ -113,6 +149,33 @@ def expired_line(custom_id: str) -> bytes:
     """A line of the error file for a request the window left no time for: it never ran."""
     error = _Error(code="batch_expired", message=EXPIRED_MESSAGE)
     return _encode(_Result(id=f"batch_req_{new_request_id()}", custom_id=custom_id, response=None, error=error)) + b"\n"
+
+
+def _batch_usage(usage: _Usage | None) -> BatchUsage:
+    if usage is None:
+        return BatchUsage()
+    given = usage.prompt_tokens or usage.input_tokens
+    made = usage.completion_tokens or usage.output_tokens
+    cached = (usage.prompt_tokens_details or usage.input_tokens_details or _InDetails()).cached_tokens
+    reasoning = (usage.completion_tokens_details or usage.output_tokens_details or _OutDetails()).reasoning_tokens
+    return BatchUsage(given, InputTokensDetails(cached), made, OutputTokensDetails(reasoning), given + made)
+
+
+def response_usage(body: bytes) -> BatchUsage:
+    """The usage a response reports, as a Batch counts it; none when it reports none it can read."""
+    try:
+        return _batch_usage(_body_decoder.decode(body).usage)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return BatchUsage()
+
+
+def line_usage(raw: bytes) -> BatchUsage:
+    """The usage of the response a line of the output file holds."""
+    try:
+        answer = _answered_decoder.decode(raw).response
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return BatchUsage()
+    return _batch_usage(answer.body.usage if answer is not None and answer.body is not None else None)
 
 
 def done_id(raw: bytes) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from core.errors import GatewayError
 from router.batch_job import BatchJob, BatchServices
 from router.batch_records import BatchError
 from router.batch_state import failed
@@ -93,9 +94,14 @@ class BatchRunner:
                 finished = await job.run()
             self._crashes.pop(batch_id, None)
         except Exception as exc:
-            # Left unfinished: claimed again at a later look, and resumed where its results end; unless it keeps failing.
-            log.error("batch %s stopped: %s", batch_id, type(exc).__name__, exc_info=exc)
-            finished = await self._crashed(tenant, batch_id)
+            # Left unfinished: claimed again at a later look, and resumed where its results end.
+            if isinstance(exc, GatewayError) and exc.retryable:
+                # A store (S3, PostgreSQL) out for a while is no defect of the batch: never failed for it.
+                log.warning("batch %s paused: %s", batch_id, type(exc).__name__)
+            else:
+                # Unless it keeps failing.
+                log.error("batch %s stopped: %s", batch_id, type(exc).__name__, exc_info=exc)
+                finished = await self._crashed(tenant, batch_id)
         finally:
             self._jobs.pop(batch_id, None)
             self._tasks.pop(batch_id, None)

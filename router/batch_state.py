@@ -17,7 +17,7 @@ import msgspec
 from msgspec.structs import replace
 
 from core.errors import GatewayError
-from router.batch_records import ACTIVE, Batch, BatchError, BatchErrors, BatchRecord, RequestCounts
+from router.batch_records import ACTIVE, Batch, BatchError, BatchErrors, BatchRecord, BatchUsage, RequestCounts
 
 WINDOW_S = 24 * 3600
 CANCELLABLE = frozenset({"validating", "in_progress"})
@@ -50,24 +50,27 @@ def _with(record: BatchRecord, **changes: object) -> BatchRecord:
     return replace(record, batch=replace(record.batch, **changes))
 
 
-def validated(record: BatchRecord, total: int, now: float) -> BatchRecord:
-    """The input file is sound: run it (unless a cancel came first)."""
+def validated(record: BatchRecord, total: int, now: float, model: str | None = None) -> BatchRecord:
+    """The input file is sound: run it (unless a cancel came first); ``model``: the alias all its lines name."""
     batch = record.batch
+    start = {"request_counts": RequestCounts(total=total), "model": model, "usage": BatchUsage()}
     if batch.status == "cancelling":
-        return _with(record, status="cancelled", cancelled_at=int(now), request_counts=RequestCounts(total=total))
+        return _with(record, status="cancelled", cancelled_at=int(now), **start)
     if batch.status != "validating":
         return record
-    return _with(record, status="in_progress", in_progress_at=int(now), request_counts=RequestCounts(total=total))
+    return _with(record, status="in_progress", in_progress_at=int(now), **start)
 
 
 def failed(
     record: BatchRecord, errors: list[BatchError], now: float, counts: RequestCounts | None = None,
-    files: tuple[str | None, str | None] = (None, None),
+    files: tuple[str | None, str | None] = (None, None), usage: BatchUsage | None = None,
 ) -> BatchRecord:  # fmt: skip
     """A bad input file (``errors`` name its lines), or a run stopped short (its key revoked): with what it wrote."""
     changes: dict[str, object] = {"status": "failed", "failed_at": int(now), "errors": BatchErrors(data=errors)}
     if counts is not None:
         changes["request_counts"] = counts
+    if usage is not None:
+        changes["usage"] = usage
     changes["output_file_id"], changes["error_file_id"] = files
     return _with(record, **changes)
 
@@ -81,11 +84,13 @@ def cancel_requested(record: BatchRecord, now: float) -> BatchRecord:
     return _with(record, status="cancelling", cancelling_at=int(now))
 
 
-def counted(record: BatchRecord, counts: RequestCounts) -> BatchRecord:
+def counted(record: BatchRecord, counts: RequestCounts, usage: BatchUsage | None = None) -> BatchRecord:
     """Progress as the runner goes; the status is left as it is (a cancel may have come in)."""
     if record.batch.status not in ACTIVE:
         return record
-    return _with(record, request_counts=counts)
+    if usage is None:
+        return _with(record, request_counts=counts)
+    return _with(record, request_counts=counts, usage=usage)
 
 
 def finalizing(record: BatchRecord, now: float) -> BatchRecord:
@@ -94,11 +99,16 @@ def finalizing(record: BatchRecord, now: float) -> BatchRecord:
     return _with(record, status="finalizing", finalizing_at=int(now))
 
 
-def finished(record: BatchRecord, counts: RequestCounts, files: tuple[str | None, str | None], now: float, *, ran_out: bool) -> BatchRecord:
+def finished(
+    record: BatchRecord, counts: RequestCounts, files: tuple[str | None, str | None], now: float, *, ran_out: bool,
+    usage: BatchUsage | None = None,
+) -> BatchRecord:  # fmt: skip
     """The end of a run: completed; cancelled when a cancel stopped it, expired when the window did (``ran_out``)."""
     status = record.batch.status
     output_file_id, error_file_id = files
     changes: dict[str, object] = {"request_counts": counts, "output_file_id": output_file_id, "error_file_id": error_file_id}
+    if usage is not None:
+        changes["usage"] = usage
     if status == "cancelling":
         changes.update(status="cancelled", cancelled_at=int(now))
     elif ran_out:

@@ -21,8 +21,7 @@ from typing import IO
 
 import msgspec
 
-from core.config import Config
-from router.batch_records import ACTIVE, BatchRecord, BatchStore, Part
+from router.batch_records import ACTIVE, BatchRecord, Part
 from router.files_store_local import CHUNK_BYTES, on_thread, tenant_folder, write_atomically
 
 _BATCH_ID = re.compile(r"^batch_[A-Za-z0-9_-]{1,64}$")
@@ -170,7 +169,3 @@ class LocalBatchStore:
                 self._path(tenant, batch_id, f".{part}.jsonl").unlink(missing_ok=True)
 
         await on_thread(remove)
-
-
-def open_batch_store(config: Config) -> BatchStore:
-    return LocalBatchStore(config.state.files_path)

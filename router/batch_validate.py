@@ -66,6 +66,8 @@ class LineError(Exception):
 class Validation:
     total: int
     errors: list[BatchError]
+    # The alias every line names; None when they name several.
+    model: str | None = None
 
 
 def _refuse(number: int, code: str, message: str, param: str | None = None) -> LineError:
@@ -120,6 +122,7 @@ async def numbered_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[in
 async def validate(chunks: AsyncIterable[bytes], endpoint: str, router: Router, policy: RoutingPolicy, max_requests: int) -> Validation:
     """Every line of the file checked; the number of requests and the errors found (at most ``MAX_ERRORS``)."""
     seen: set[str] = set()
+    models: set[str] = set()
     errors: list[BatchError] = []
     total = bad = 0
     async for number, raw in numbered_lines(chunks):
@@ -134,6 +137,7 @@ async def validate(chunks: AsyncIterable[bytes], endpoint: str, router: Router, 
             if line.custom_id in seen:
                 raise _refuse(number, "duplicate_custom_id", "The custom_id of this line is already used by an earlier line.", "custom_id")
             seen.add(line.custom_id)
+            models.add(line.model)
             try:
                 router.get(line.model, policy)
             except GatewayError as exc:
@@ -146,4 +150,4 @@ async def validate(chunks: AsyncIterable[bytes], endpoint: str, router: Router, 
         errors.append(BatchError(code="too_many_errors", message=f"{bad - MAX_ERRORS} more lines have errors."))
     if total == 0:
         errors.append(BatchError(code="empty_file", message="The input file holds no requests."))
-    return Validation(total, errors)
+    return Validation(total, errors, next(iter(models)) if len(models) == 1 else None)

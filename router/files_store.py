@@ -3,11 +3,11 @@
 Every operation names the tenant; another tenant's file is as absent as one
 that never existed. Content goes in and out as chunks (``AsyncIterable[bytes]``),
 never as one buffer, so a store can stream it: the embedded store
-(``router.files_store_local``, with ``open_file_store``) writes a local
-directory; an S3-compatible store fits the same interface (a multipart upload
-per ``create``, a streamed GET per ``content``, listing by a per-tenant key
-prefix, metadata beside the object), and ``open_file_store`` is where a
-config would pick it.
+(``router.files_store_local``) writes a local directory; the production store
+(``router.files_store_s3``) an S3-compatible bucket (a multipart upload per
+large ``create``, a streamed GET per ``content``, listing by a per-tenant key
+prefix, metadata beside the object). ``router.state_batches.open_file_store``
+picks one by ``state.files``.
 """
 
 from __future__ import annotations

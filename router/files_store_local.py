@@ -23,8 +23,7 @@ from typing import IO, TypeVar
 
 import msgspec
 
-from core.config import Config
-from router.files_store import FileObject, FileStore, FileStoreUnavailable, Order, file_not_found, valid_file_id
+from router.files_store import FileObject, FileStoreUnavailable, Order, file_not_found, valid_file_id
 
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
@@ -205,7 +204,3 @@ def _finish(handle: IO[bytes]) -> None:
     handle.flush()
     os.fsync(handle.fileno())
     handle.close()
-
-
-def open_file_store(config: Config) -> FileStore:
-    return LocalFileStore(config.state.files_path)

@@ -16,18 +16,15 @@ from core.principal import Principal
 from policies.routing import Deployment, Router
 from policies.tenant_policy import TenantPolicies
 from router.auth import bearer_token, hash_api_key
-from router.batch_claims import open_claims
 from router.batch_job import BatchServices
 from router.batch_records import BatchStore
 from router.batch_runner import BatchRunner
-from router.batch_store import open_batch_store
 from router.billing import Billing
 from router.canaries import Canaries, open_sample_store
 from router.canary_control import CanaryController, Lease
 from router.config_resolve import resolve
 from router.config_store import MemoryConfigStore
 from router.files_store import FileStore
-from router.files_store_local import open_file_store
 from router.jwt_auth import (
     JtiDenylist,
     JwtAuthenticator,
@@ -42,6 +39,7 @@ from router.responses_records import ResponseStore
 from router.responses_store import open_response_store
 from router.snapshot import Snapshot, build
 from router.state import accounting_settings, open_config_store, open_counter_store, open_ledger
+from router.state_batches import open_batch_store, open_claims, open_file_store
 from router.tenant_records import TenantNotFound, TenantStore
 from router.tenants import open_tenant_store
 from router.tenants_file import FileTenantStore
@@ -87,7 +85,7 @@ class Gateway:
         self.files: FileStore = open_file_store(config)
         self.batches: BatchStore = open_batch_store(config)
         self.batch_runner = BatchRunner(BatchServices(
-            self.pipeline, lambda: self.reloader.current, self.tenants, self.files, self.batches, open_claims(config), config.batches,
+            self.pipeline, lambda: self.reloader.current, self.tenants, self.files, self.batches, open_claims(config, self.batches), config.batches,
         ))  # fmt: skip
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
