@@ -20,61 +20,12 @@ import msgspec
 
 from core.errors import GatewayError, UpstreamError
 from router.anthropic_surface import JsonObject, error_json
+from router.chat_read import UNREADABLE, ChatUsage, Choice, Function, Message, ToolCall, decode_completion
 from router.context import RequestContext
 from serving.base import Usage
 
 _encode = msgspec.json.encode
-_UNREADABLE = (msgspec.ValidationError, msgspec.DecodeError)
 _decode_input = msgspec.json.Decoder(dict[str, object]).decode
-
-
-# --- what is read from the chat side ------------------------------------------------
-
-
-class _Function(msgspec.Struct):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class _ToolCall(msgspec.Struct):
-    index: int = 0
-    id: str | None = None
-    function: _Function | None = None
-
-
-class _Message(msgspec.Struct):
-    """A whole message (unary) or one chunk's delta (stream)."""
-
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
-class _Details(msgspec.Struct):
-    cached_tokens: int = 0
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt_tokens_details: _Details | None = None
-
-
-class _Choice(msgspec.Struct):
-    index: int = 0
-    message: _Message | None = None
-    delta: _Message | None = None
-    finish_reason: str | None = None
-    # vLLM's: the stop string that ended the choice (or a token id); any type, as upstreams vary.
-    stop_reason: object = None
-
-
-class _Completion(msgspec.Struct):
-    choices: list[_Choice] = []
-    usage: _Usage | None = None
-
-
-_decode_completion = msgspec.json.Decoder(_Completion).decode
 
 
 # --- Message pieces ------------------------------------------------------------------
@@ -90,11 +41,11 @@ def stop_reason(finish: str | None, matched: object, stop_sequences: list[str]) 
     return _STOP_REASONS.get(finish or "", "end_turn"), None
 
 
-def usage_object(usage: _Usage | Usage | None) -> JsonObject:
+def usage_object(usage: ChatUsage | Usage | None) -> JsonObject:
     """OpenAI usage --> Anthropic's, which counts cache reads apart from ``input_tokens``."""
     if usage is None:
         return {"input_tokens": 0, "output_tokens": 0}
-    if isinstance(usage, _Usage):
+    if isinstance(usage, ChatUsage):
         cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details is not None else 0
     else:
         cached = usage.cached_tokens
@@ -112,7 +63,7 @@ def tool_input(arguments: str, deployment: str) -> JsonObject:
         return {}  # a function without parameters: some upstreams send nothing
     try:
         return _decode_input(arguments)
-    except _UNREADABLE:
+    except UNREADABLE:
         raise UpstreamError(f"deployment {deployment} returned tool call arguments that are not a JSON object") from None
 
 
@@ -139,16 +90,16 @@ class MessageHead:
 
 def unary_message(head: MessageHead, body: bytes, measured: Usage | None, deployment: str) -> JsonObject:
     """The whole Message for a non-streamed chat completion; ``measured`` stands in for usage the body lacks."""
-    completion = _decode_completion(body)
-    choice = completion.choices[0] if completion.choices else _Choice()
-    message = choice.message or _Message()
+    completion = decode_completion(body)
+    choice = completion.choices[0] if completion.choices else Choice()
+    message = choice.message or Message()
     content: list[JsonObject] = []
     # A refusal is what the model said: kept as its text.
     text = (message.content or "") + (message.refusal or "")
     if text:
         content.append({"type": "text", "text": text})
     for n, call in enumerate(message.tool_calls or ()):
-        function = call.function or _Function()
+        function = call.function or Function()
         block_id = call.id or f"toolu_{head.message_id.removeprefix('msg_')}_{n}"
         content.append(
             {"type": "tool_use", "id": block_id, "name": function.name or "", "input": tool_input(function.arguments or "", deployment)}
@@ -173,19 +124,19 @@ class MessagesRenderer:
         self._calls: dict[int, int] = {}  # chat tool call index --> its block's index
         self._finish: str | None = None
         self._matched: object = None
-        self._usage: _Usage | None = None
+        self._usage: ChatUsage | None = None
 
     def unary(self, ctx: RequestContext, body: bytes) -> bytes:
         try:
             return _encode(unary_message(self.head, body, ctx.usage, ctx.deployment))
-        except _UNREADABLE:
+        except UNREADABLE:
             raise UpstreamError(f"deployment {ctx.deployment} returned a completion the Messages API cannot express") from None
 
     def chunk(self, ctx: RequestContext, data: bytes) -> bytes:
         self._start()
         try:
-            completion = _decode_completion(data)
-        except _UNREADABLE:
+            completion = decode_completion(data)
+        except UNREADABLE:
             return self._flush()  # nothing in it a Message can show
         if completion.usage is not None:
             self._usage = completion.usage
@@ -250,8 +201,8 @@ class MessagesRenderer:
             self._text_open = True
         self._emit("content_block_delta", index=self._open, delta={"type": "text_delta", "text": text})
 
-    def _call(self, call: _ToolCall) -> None:
-        function = call.function or _Function()
+    def _call(self, call: ToolCall) -> None:
+        function = call.function or Function()
         index = self._calls.get(call.index)
         if index is None:
             block_id = call.id or f"toolu_{self.head.message_id.removeprefix('msg_')}_{call.index}"

@@ -9,64 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from core.errors import GatewayError
+from router.chat_read import ChatUsage, Choice, Function, Message, decode_completion
 from serving.base import Usage
 
 JsonObject = dict[str, Any]
-
-
-# --- what is read from the chat side ------------------------------------------------
-
-
-class _Function(msgspec.Struct):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class ToolCall(msgspec.Struct):
-    index: int = 0
-    id: str | None = None
-    function: _Function | None = None
-
-
-class Message(msgspec.Struct):
-    """A whole message (unary) or one chunk's delta (stream)."""
-
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
-
-
-class _Details(msgspec.Struct):
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-
-
-class ChatUsage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: _Details | None = None
-    completion_tokens_details: _Details | None = None
-
-
-class Choice(msgspec.Struct):
-    index: int = 0
-    message: Message | None = None
-    delta: Message | None = None
-    finish_reason: str | None = None
-
-
-class Completion(msgspec.Struct):
-    """A chat completion or one chunk of it: only what a Response needs."""
-
-    choices: list[Choice] = []
-    usage: ChatUsage | None = None
-
-
-decode_completion = msgspec.json.Decoder(Completion).decode
 
 
 # --- Response pieces ------------------------------------------------------------------
@@ -161,7 +108,7 @@ def unary_response(head: ResponseHead, body: bytes, measured: Usage | None) -> J
     if parts:
         output.append(message_item(f"msg_{rid}", parts, status))
     for n, call in enumerate(message.tool_calls or ()):
-        function = call.function or _Function()
+        function = call.function or Function()
         call_id = call.id or f"call_{rid}_{n}"
         output.append(call_item(f"fc_{rid}_{n}", call_id, function.name or "", function.arguments or "", "completed"))
     usage = usage_object(completion.usage if completion.usage is not None else measured)

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from core.errors import GatewayError, UpstreamError
+from router.chat_read import UNREADABLE, ChatUsage, ToolCall, decode_completion
 from router.context import RequestContext
 from router.responses_render import (
     INCOMPLETE,
-    ChatUsage,
     JsonObject,
     ResponseHead,
-    ToolCall,
     call_item,
-    decode_completion,
     failure,
     message_item,
     output_text,
@@ -33,7 +31,6 @@ from router.responses_render import (
 )
 
 _encode = msgspec.json.encode
-_UNREADABLE = (msgspec.ValidationError, msgspec.DecodeError)
 # Per kind of content part: its empty part, and the events and field that carry its text.
 _PARTS = {
     "output_text": (output_text(""), "response.output_text.delta", "response.output_text.done", "text"),
@@ -80,7 +77,7 @@ class ResponsesRenderer:
     def unary(self, ctx: RequestContext, body: bytes) -> bytes:
         try:
             response = unary_response(self.head, body, ctx.usage)
-        except _UNREADABLE:
+        except UNREADABLE:
             raise UpstreamError(f"deployment {ctx.deployment} returned a completion the Responses API cannot express") from None
         self.final = response
         return _encode(response)
@@ -89,7 +86,7 @@ class ResponsesRenderer:
         self._start()
         try:
             completion = decode_completion(data)
-        except _UNREADABLE:
+        except UNREADABLE:
             return self._flush()  # nothing in it a Response can show
         if completion.usage is not None:
             self._usage = completion.usage
