@@ -25,7 +25,7 @@ import msgspec
 
 from core.errors import GatewayError, UpstreamError
 from router.context import RequestContext
-from router.responses_render import JsonObject, ResponseHead, failure, usage_object
+from router.responses_render import EventWriter, JsonObject, ResponseHead, failure, usage_object
 from router.responses_stream import ResponsesRenderer
 from serving.base import serves_responses
 
@@ -58,17 +58,16 @@ class _Open:
     arguments: list[str] = field(default_factory=list)
 
 
-class NativeRenderer:
+class NativeRenderer(EventWriter):
     """One request's renderer (``router.render.Renderer``)."""
 
     def __init__(self, head: ResponseHead) -> None:
+        super().__init__()
         self.head = head
         self.translated = ResponsesRenderer(head)
         self._native: bool | None = None  # known once a deployment served the request
         self._restorer: Restorer | None = None
         self._final: JsonObject | None = None
-        self._seq = 0
-        self._events: list[bytes] = []
         self._base: JsonObject | None = None  # the latest Response object relayed
         self._open: dict[int, _Open] = {}  # by output_index
         self._done: dict[int, JsonObject] = {}
@@ -157,16 +156,6 @@ class NativeRenderer:
         return {**base, "status": status, "output": [self._done[i] for i in sorted(self._done)]}
 
     # --- events ---------------------------------------------------------------------------
-
-    def _emit(self, kind: str, **fields: Any) -> None:
-        payload = _encode({"type": kind, "sequence_number": self._seq, **fields})
-        self._seq += 1
-        self._events.append(b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n")
-
-    def _flush(self) -> bytes:
-        out = b"".join(self._events)
-        self._events.clear()
-        return out
 
     def _track(self, kind: str, event: JsonObject) -> None:
         """Keep what an item holds so far; give texts their values back (the event is changed in place)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from core.errors import GatewayError
 from router.chat_read import ChatUsage, Choice, Function, Message, decode_completion
 from serving.base import Usage
@@ -113,3 +115,21 @@ def unary_response(head: ResponseHead, body: bytes, measured: Usage | None) -> J
         output.append(call_item(f"fc_{rid}_{n}", call_id, function.name or "", function.arguments or "", "completed"))
     usage = usage_object(completion.usage if completion.usage is not None else measured)
     return head.response("completed", output, usage, finish=choice.finish_reason)
+
+
+class EventWriter:
+    """Typed Responses events: numbered in order, framed ``event: TYPE`` / ``data: JSON``, held until flushed."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._events: list[bytes] = []
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        payload = msgspec.json.encode({"type": kind, "sequence_number": self._seq, **fields})
+        self._seq += 1
+        self._events.append(b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n")
+
+    def _flush(self) -> bytes:
+        out = b"".join(self._events)
+        self._events.clear()
+        return out

@@ -19,6 +19,7 @@ from router.chat_read import UNREADABLE, ChatUsage, ToolCall, decode_completion
 from router.context import RequestContext
 from router.responses_render import (
     INCOMPLETE,
+    EventWriter,
     JsonObject,
     ResponseHead,
     call_item,
@@ -56,16 +57,15 @@ class _Call:
     arguments: list[str] = field(default_factory=list)
 
 
-class ResponsesRenderer:
+class ResponsesRenderer(EventWriter):
     """One request's renderer (``router.render.Renderer``); a stream's state lives here between chunks."""
 
     def __init__(self, head: ResponseHead) -> None:
+        super().__init__()
         self.head = head
         # The finished Response object, once there is one: what the route stores.
         self.final: JsonObject | None = None
         self._rid = head.response_id.removeprefix("resp_")
-        self._seq = 0
-        self._events: list[bytes] = []
         self._started = False
         self._next_index = 0
         self._items: dict[int, JsonObject] = {}  # finished output items by output_index
@@ -121,16 +121,6 @@ class ResponsesRenderer:
         return self._flush()
 
     # --- events ---------------------------------------------------------------------
-
-    def _emit(self, kind: str, **fields: object) -> None:
-        payload = _encode({"type": kind, "sequence_number": self._seq, **fields})
-        self._seq += 1
-        self._events.append(b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n")
-
-    def _flush(self) -> bytes:
-        out = b"".join(self._events)
-        self._events.clear()
-        return out
 
     def _start(self) -> None:
         if not self._started:
