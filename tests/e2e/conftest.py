@@ -84,6 +84,15 @@ def spawn(args: list[str], log: Path, url: str, ready_path: str) -> Process:
     raise RuntimeError(f"{args[2:4]} did not become ready within {START_TIMEOUT_S}s:\n{proc.output()[-4000:]}")
 
 
+def serve(settings: dict[str, Any], workdir: Path, ready_path: str = "/healthz") -> Process:
+    """Write ``settings`` as the config in ``workdir`` and start a gateway on a free port there."""
+    config = workdir / "sluicegate.yaml"
+    config.write_bytes(msgspec.yaml.encode(settings))
+    port = free_port()
+    args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
+    return spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", ready_path)
+
+
 def _deployment(name: str, upstream: str, model: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "provider": "openai", "base_url": upstream, "model": model, **extra}
 

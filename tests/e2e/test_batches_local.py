@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
-import msgspec
 import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
 from router.auth import hash_api_key
 from router.defaults import DEV_API_KEY, LOCAL_ALIAS
-from tests.e2e.conftest import free_port, spawn
+from tests.e2e.conftest import free_port, serve
 
 pytest.importorskip("llama_cpp", reason="the local model needs the `local` engine (scripts/install.sh)")
 
@@ -103,11 +102,7 @@ def test_a_batch_of_200_on_the_local_model_yields_to_interactive_requests(tmp_pa
         # Several batch requests waiting at once: in arrival order an interactive request would wait for all of them.
         "batches": {"poll_interval_s": 0.2, "max_concurrent": 4},
     }  # fmt: skip
-    config = tmp_path / "sluicegate.yaml"
-    config.write_bytes(msgspec.yaml.encode(settings))
-    port = free_port()
-    args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    gateway = spawn(args, tmp_path / "gateway.log", f"http://127.0.0.1:{port}", "/readyz")
+    gateway = serve(settings, tmp_path, "/readyz")
     try:
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0, timeout=60)
         _median_latency(client, 2)  # warm

@@ -12,19 +12,17 @@ import json
 import secrets
 import sqlite3
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import openai
 import pytest
 
 from router.auth import hash_api_key
-from tests.e2e.conftest import Process, free_port, gateway_config, spawn
+from tests.e2e.conftest import Process, gateway_config, serve
 
 PRICE = {"input_per_mtok": 1_000_000, "output_per_mtok": 3_000_000}  # even halves: batch = interactive / 2 exactly
 SERVICE_S = 0.2  # the slow alias's upstream time per request
@@ -55,11 +53,7 @@ def batch_gateway(tmp_path_factory: pytest.TempPathFactory, fake_server: Process
     ]
     settings["batches"] = {"poll_interval_s": 0.2, "max_concurrent": 4, "max_file_bytes": MAX_FILE_BYTES}
     workdir = tmp_path_factory.mktemp("batches")
-    config = workdir / "sluicegate.yaml"
-    config.write_bytes(msgspec.yaml.encode(settings))
-    port = free_port()
-    args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    proc = spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz")
+    proc = serve(settings, workdir)
     yield proc
     proc.stop()
 

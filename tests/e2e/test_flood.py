@@ -15,18 +15,16 @@ import asyncio
 import itertools
 import secrets
 import socket
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from router.auth import hash_api_key
 from router.decode import MAX_JSON_DEPTH
-from tests.e2e.conftest import Process, free_port, spawn
+from tests.e2e.conftest import Process, serve
 
 NOISY_KEY = "sk-noisy-" + secrets.token_hex(12)
 QUIET_KEY = "sk-quiet-" + secrets.token_hex(12)
@@ -53,11 +51,7 @@ def flooded(tmp_path_factory: pytest.TempPathFactory, fake_server: Process) -> I
         ],
     }
     workdir = tmp_path_factory.mktemp("flood")
-    config = workdir / "sluicegate.yaml"
-    config.write_bytes(msgspec.yaml.encode(settings))
-    port = free_port()
-    args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    proc = spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz")
+    proc = serve(settings, workdir)
     yield proc
     proc.stop()
 

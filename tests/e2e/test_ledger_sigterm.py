@@ -19,7 +19,6 @@ import asyncio
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -28,14 +27,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-import msgspec
 import pytest
 
 from budgets.ledger_postgres import PostgresLedger
 from budgets.ledger_row import decode_spooled
 from budgets.migrate import migrate
 from tests.contract.test_ledger import ADMIN_DSN, database_dsn
-from tests.e2e.conftest import API_KEY, Process, free_port, gateway_config, spawn
+from tests.e2e.conftest import API_KEY, Process, gateway_config, serve
 from tests.fakes.blackhole import BlackHole
 
 GRACE_S = 12
@@ -90,11 +88,7 @@ def launch(setup: Setup, fake_server: Process) -> Iterator[Any]:
             "postgres_dsn": f"postgresql://postgres@{setup.hole.dsn_host}/{setup.database}",
             "ledger_spool_path": str(setup.spool),
         }
-        config = setup.workdir / "sluicegate.yaml"
-        config.write_bytes(msgspec.yaml.encode(settings))
-        port = free_port()
-        args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-        proc = spawn(args, setup.workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz")
+        proc = serve(settings, setup.workdir)
         started.append(proc)
         return proc
 

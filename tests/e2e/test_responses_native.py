@@ -11,7 +11,6 @@ and after a translated one. Tenants: the suite's (PII redacted), another one
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 from pydantic import BaseModel
 
 from router.auth import hash_api_key
-from tests.e2e.conftest import API_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Process, free_port, gateway_config, spawn
+from tests.e2e.conftest import API_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Process, gateway_config, serve
 
 EXPECTED_TEXT = " ".join(["Hello from the fake upstream."] * 4)
 OTHER_KEY = "sk-e2e-native-other-" + secrets.token_hex(16)
@@ -83,11 +82,7 @@ def native_gateway(tmp_path_factory: pytest.TempPathFactory, fake_server: Proces
         {"id": "e2e-native-ledger", "keys": [{"id": "ledger-key", "hash": hash_api_key(LEDGER_KEY)}]},
     ]
     workdir: Path = tmp_path_factory.mktemp("native-gateway")
-    config = workdir / "sluicegate.yaml"
-    config.write_bytes(msgspec.yaml.encode(settings))
-    port = free_port()
-    args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    proc = spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz")
+    proc = serve(settings, workdir)
     yield proc
     proc.stop()
 
@@ -136,13 +131,20 @@ def test_the_request_reaches_the_upstream_as_a_responses_request(client: openai.
     assert seen["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
     body = seen["json"]
     assert (body["model"], body["store"], body["instructions"]) == ("fake-normal", False, "Be brief.")
-    assert body["input"] == [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Hello {marker}"}], "status": "completed"}]
+    assert body["input"] == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Hello {marker}"}], "status": "completed"}
+    ]
     assert body["reasoning"] == {"effort": "low", "summary": "auto"} and body["include"] == ["reasoning.encrypted_content"]
     assert body["tools"] == [{"type": "web_search"}] and body["text"]["verbosity"] == "low"
     assert "metadata" not in body and "previous_response_id" not in body
     # The client's Response: the gateway's id and the alias; the upstream's output.
     assert response.id.startswith("resp_") and not response.id.startswith("resp_fake")
-    assert (response.model, response.status, response.metadata, response.instructions) == ("native-model", "completed", {"k": "v"}, "Be brief.")
+    assert (response.model, response.status, response.metadata, response.instructions) == (
+        "native-model",
+        "completed",
+        {"k": "v"},
+        "Be brief.",
+    )
     assert [item.type for item in response.output] == ["reasoning", "web_search_call", "message"]
     assert response.output_text == EXPECTED_TEXT
     # Words are tokens at the fake: instructions and input, the answer and the reasoning summary.
@@ -194,7 +196,9 @@ def test_function_tool_round_trip_expands_the_conversation_locally(client: opena
 
 def test_reasoning_items_go_back_only_with_their_encrypted_content(client: openai.OpenAI, upstream_requests: Recorded) -> None:
     marker = "native-reasoning-" + secrets.token_hex(6)
-    kept = client.responses.create(model="native-model", input=f"think {marker}", reasoning={"effort": "low"}, include=["reasoning.encrypted_content"])
+    kept = client.responses.create(
+        model="native-model", input=f"think {marker}", reasoning={"effort": "low"}, include=["reasoning.encrypted_content"]
+    )
     client.responses.create(model="native-model", input="again", previous_response_id=kept.id)
     assert [i["type"] for i in _sent(upstream_requests, marker)["json"]["input"]] == ["message", "reasoning", "message", "message"]
     marker = "native-opaque-" + secrets.token_hex(6)
@@ -256,9 +260,7 @@ def test_mask_and_restore_gives_a_stream_its_values_back(native_gateway: Process
     assert all(EMAIL not in msgspec.json.encode(r["json"]).decode() for r in upstream_requests(marker))
 
 
-def test_another_tenant_never_sees_a_native_response(
-    client: openai.OpenAI, other: openai.OpenAI, assert_openai_error: ErrorCheck
-) -> None:
+def test_another_tenant_never_sees_a_native_response(client: openai.OpenAI, other: openai.OpenAI, assert_openai_error: ErrorCheck) -> None:
     created = client.responses.create(model="native-model", input="Mine only")
     with pytest.raises(openai.NotFoundError):
         other.responses.retrieve(created.id)
@@ -322,7 +324,9 @@ def test_a_native_deployment_failing_over_to_a_translated_one_still_answers_a_re
 
 def test_a_native_conversation_continues_on_a_translated_alias(client: openai.OpenAI, upstream_requests: Recorded) -> None:
     marker = "native-then-chat-" + secrets.token_hex(6)
-    first = client.responses.create(model="native-model", input=f"Look it up {marker}", tools=[{"type": "web_search"}], reasoning={"effort": "low"})
+    first = client.responses.create(
+        model="native-model", input=f"Look it up {marker}", tools=[{"type": "web_search"}], reasoning={"effort": "low"}
+    )
     assert [i.type for i in first.output] == ["reasoning", "web_search_call", "message"]
     second = client.responses.create(model="fake-model", input="And then?", previous_response_id=first.id)
     assert second.output_text == EXPECTED_TEXT

@@ -8,7 +8,6 @@ first one's responses) and one used only to count ledger rows.
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from pydantic import BaseModel
 
 from router.auth import hash_api_key
-from tests.e2e.conftest import API_KEY, Process, free_port, gateway_config, spawn
+from tests.e2e.conftest import API_KEY, Process, gateway_config, serve
 
 EXPECTED_TEXT = " ".join(["Hello from the fake upstream."] * 4)
 OTHER_KEY = "sk-e2e-other-" + secrets.token_hex(16)
@@ -63,11 +62,7 @@ def responses_gateway(tmp_path_factory: pytest.TempPathFactory, fake_server: Pro
         {"id": "e2e-ledger", "keys": [{"id": "ledger-key", "hash": hash_api_key(LEDGER_KEY)}]},
     ]
     workdir: Path = tmp_path_factory.mktemp("responses-gateway")
-    config = workdir / "sluicegate.yaml"
-    config.write_bytes(msgspec.yaml.encode(settings))
-    port = free_port()
-    args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    proc = spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz")
+    proc = serve(settings, workdir)
     yield proc
     proc.stop()
 
