@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
-Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "gemini", "vllm", "triton", "llamacpp"]
+Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "gemini", "vllm", "triton", "llamacpp", "plugin"]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -429,6 +429,8 @@ class StateConfig(_Strict):
     s3: S3Config | None = None
     # Batch records and result lines: that directory, or PostgreSQL (`postgres_dsn`) every replica shares.
     batches: Literal["local", "postgres"] = "local"
+    # Stored responses (/v1/responses `store`) expire this many days after their creation (0: never).
+    responses_retention_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 30
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""
@@ -452,6 +454,18 @@ class BatchesConfig(_Strict):
     lease_s: Annotated[float, msgspec.Meta(ge=1)] = 30.0
 
 
+class PluginConfig(_Strict):
+    """One enabled plugin: its entry-point name, its options, and what its failure does to a request."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    enabled: bool = True
+    # Decoded by the plugin's own ``Options`` Struct (errors name the key under `options`).
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # A hook that raises or runs past `timeout_s`: log, count and go on (fail_open), or end the request with 503 (fail_closed).
+    on_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    timeout_s: PositiveFloat = 2.0
+
+
 class LiveConfig(_Strict):
     """What reloads without a restart: the versioned document every replica serves."""
 
@@ -461,6 +475,8 @@ class LiveConfig(_Strict):
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    # Plugins, in the order their hooks run.
+    plugins: list[PluginConfig] = msgspec.field(default_factory=list)
 
 
 # The sections of the file read once, at start: changing them needs a restart.
@@ -479,6 +495,8 @@ class Config(_Strict):
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     tenants: list[TenantConfig] = msgspec.field(default_factory=list)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    # Plugins, in the order their hooks run.
+    plugins: list[PluginConfig] = msgspec.field(default_factory=list)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     batches: BatchesConfig = msgspec.field(default_factory=BatchesConfig)
 

@@ -31,6 +31,7 @@ from router import (
     routes_finops,
     routes_openai,
     routes_ops,
+    routes_plugins,
     routes_responses,
 )
 from router.defaults import embedded_config
@@ -93,7 +94,8 @@ def create_app(config: Config, gateway: Gateway | None = None, source_path: str 
 
     return Litestar(
         route_handlers=[*routes_openai.ROUTES, *routes_ops.ROUTES, *routes_admin.ROUTES, *routes_config.ROUTES, *routes_finops.ROUTES,
-                        *routes_responses.ROUTES, *routes_files.ROUTES, *routes_batches.ROUTES, *routes_anthropic.ROUTES],
+                        *routes_responses.ROUTES, *routes_files.ROUTES, *routes_batches.ROUTES, *routes_anthropic.ROUTES,
+                        *routes_plugins.mounts(lambda: gw.snapshot)],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers={

@@ -24,6 +24,7 @@ from router.batch_records import BatchUsage, InputTokensDetails, OutputTokensDet
 from router.batch_validate import BatchLine
 from router.context import CLIENT_CLOSED
 from router.pipeline import Pipeline
+from router.plugins import ShortCircuit
 from router.snapshot import Snapshot
 from serving.base import Kind
 
@@ -123,6 +124,10 @@ async def run_line(pipeline: Pipeline, snapshot: Snapshot, principal: Principal,
     try:
         await pipeline.admit(ctx)
         completion = await pipeline.unary(ctx)
+    except ShortCircuit as short:
+        ctx.deployment = f"plugin:{short.plugin}"
+        await pipeline.complete(ctx)
+        return Outcome(200, _encode({**short.reply.body, "model": ctx.alias}), ctx.request_id)
     except GatewayError as exc:
         await pipeline.fail(ctx, exc)
         return Outcome(exc.status, error_body(exc), ctx.request_id, exc)

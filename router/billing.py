@@ -178,8 +178,13 @@ class Billing:
 
     def _record(self, ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> None:
         ctx.cost = cost
-        if self.ledger is not None:
-            self.ledger.record(self._row(ctx, deployment, usage, cost))
+        plugins = ctx.snapshot.plugins
+        if self.ledger is not None or plugins.on_ledger_row:
+            row = self._row(ctx, deployment, usage, cost)
+            if self.ledger is not None:
+                self.ledger.record(row)
+            if plugins.on_ledger_row:
+                plugins.ledger_row(msgspec.structs.asdict(row))
 
     async def _measured_usage(self, ctx: RequestContext, deployment: Deployment | None) -> Usage:
         """Usage the upstream did not report: counted from what was generated, if anything was.
@@ -245,11 +250,12 @@ class Billing:
         status: int, error: str | None, elapsed: float, ttft: float | None,
     ) -> None:
         """The ledger row of a call mirrored to a canary: billed to ``account``, never to the tenant, no budget touched."""
-        if self.ledger is None:
+        plugins = ctx.snapshot.plugins
+        if self.ledger is None and not plugins.on_ledger_row:
             return
         row = self._row(ctx, deployment, usage, cost)
         elapsed_us = int(elapsed * 1_000_000)
-        self.ledger.record(
+        mirrored = (
             msgspec.structs.replace(
                 row,
                 request_id=f"{ctx.request_id}-shadow",
@@ -265,6 +271,10 @@ class Billing:
                 arm="shadow",
             )
         )
+        if self.ledger is not None:
+            self.ledger.record(mirrored)
+        if plugins.on_ledger_row:
+            plugins.ledger_row(msgspec.structs.asdict(mirrored))
 
     async def drain(self) -> None:
         while self._pending:

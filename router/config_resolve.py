@@ -15,7 +15,8 @@ from core.config_check import cross_check
 from policies.tenant_policy import TenantPolicies
 from serving.base import EngineSpec, Timeouts
 from serving.health import BreakerSettings
-from serving.registry import ProviderError, parse_options
+from router.plugins import Loaded, check
+from serving.registry import PluginEngineOptions, ProviderError, parse_options
 from serving.retry import RetryPolicy
 
 
@@ -28,6 +29,8 @@ class Resolved:
     policies: TenantPolicies
     retry: RetryPolicy
     breaker: BreakerSettings
+    # The enabled plugins, found and their options decoded, in config order.
+    plugins: tuple[Loaded, ...] = ()
 
 
 def resolve(config: Config) -> Resolved:
@@ -39,6 +42,14 @@ def resolve(config: Config) -> Resolved:
             specs[dep.name] = engine_spec(i, dep)
         except ConfigError as exc:
             problems.append(str(exc))
+    plugins, plugin_problems = check(config.plugins)
+    problems += plugin_problems
+    engines = {name for entry in plugins for name in entry.cls.engine_names}
+    for i, dep in enumerate(config.deployments):
+        options = specs[dep.name].options if dep.name in specs else None
+        if isinstance(options, PluginEngineOptions) and options.engine not in engines and not plugin_problems:
+            offered = ", ".join(sorted(engines)) or "none"
+            problems.append(f"key `deployments[{i}].options.engine`: no enabled plugin offers engine {options.engine!r} (offered: {offered})")
     policies: TenantPolicies | None = None
     try:
         policies = TenantPolicies(config)
@@ -47,7 +58,9 @@ def resolve(config: Config) -> Resolved:
     if problems or policies is None:
         raise ConfigError("\n".join(problems))
     r = config.resilience
-    return Resolved(config=config, specs=specs, policies=policies, retry=retry_policy(r), breaker=breaker_settings(r))
+    return Resolved(
+        config=config, specs=specs, policies=policies, retry=retry_policy(r), breaker=breaker_settings(r), plugins=tuple(plugins)
+    )
 
 
 def engine_spec(index: int, dep: DeploymentConfig) -> EngineSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.principal import Principal
 from serving.base import EngineRequest, JsonObject, Kind, StreamChunk, Usage
@@ -78,6 +78,8 @@ class RequestContext:
     pii_counts: dict[str, int] = field(default_factory=dict)
     trace_id: str | None = None
     span: Span | None = None
+    # Scratch space plugins' hooks share for this request (None until one sets it).
+    plugin_state: dict[str, Any] | None = None
     finished: bool = False
 
     def servable(self, deployments: list[Deployment]) -> list[Deployment]:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 from budgets.accounting import Accountant
 from budgets.tokens import preload_tokenizer
@@ -34,7 +35,10 @@ from router.jwt_auth import (
 )
 from router.metrics import Metrics
 from router.pipeline import Pipeline
+from router.plugin_services import GatewayServices
+from router.plugins import PluginHost
 from router.reload import Reloader
+from router.responses_expiry import ResponseSweeper
 from router.responses_records import ResponseStore
 from router.responses_store import open_response_store
 from router.snapshot import Snapshot, build
@@ -52,7 +56,10 @@ _JWT_TENANT_TTL_S = 5.0
 
 
 class Gateway:
-    def __init__(self, config: Config, metrics: Metrics | None = None, *, source_path: str | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, *, source_path: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
         # Start-time settings; what reloads lives in the snapshot (``self.snapshot.config``).
         self.base = config
         self.metrics = metrics if metrics is not None else Metrics()
@@ -63,8 +70,12 @@ class Gateway:
         self.jwt = self._jwt(config)
         self._jwt_tenants: dict[str, tuple[float, TenantConfig | None]] = {}
         # Version 0: the file as read; the store's newest version replaces it at start.
-        initial = build(resolve(config), 0, document_hash(config.live()), None)
+        self.plugin_host = PluginHost(self._plugin_services, self.metrics)
+        resolved = resolve(config)
+        plugins = self.plugin_host.prepare(list(resolved.plugins), None)
+        initial = build(resolved, 0, document_hash(config.live()), None, plugins)
         self.reloader = Reloader(config, open_config_store(config), self.metrics, initial.snapshot, source_path=source_path)
+        self.reloader.plugins = self.plugin_host
         self.reloader.on_swap(self._swapped)
         if isinstance(self.tenants, FileTenantStore) and isinstance(self.reloader.store, MemoryConfigStore):
             tenants = self.tenants
@@ -72,8 +83,10 @@ class Gateway:
         # Limits, budgets and the ledger: embedded by default, Redis/PostgreSQL when configured.
         self.counters = open_counter_store(config)
         self.ledger = open_ledger(config)
-        # Responses kept for the Responses API (`store`), beside the ledger.
-        self.responses: ResponseStore = open_response_store(config)
+        # Responses kept for the Responses API (`store`), beside the ledger, until they expire (by `clock`).
+        self.clock = clock
+        self.responses: ResponseStore = open_response_store(config, clock)
+        self.responses_sweeper = ResponseSweeper(self.responses, self.metrics)
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
         self.tracing = Tracing(config.telemetry)
         # Canaries: samples shared by every replica through Redis when there is one.
@@ -90,6 +103,11 @@ class Gateway:
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.started = False
+
+    def _plugin_services(self, plugin: str) -> GatewayServices:
+        return GatewayServices(
+            plugin, self.base.state, self.authenticate, self.tenants, lambda: self.pipeline, lambda: self.reloader.current
+        )
 
     @property
     def snapshot(self) -> Snapshot:
@@ -158,9 +176,12 @@ class Gateway:
         if self.ledger is not None:
             await self.ledger.start()
         await self.responses.start()
+        if self.base.state.responses_retention_days:
+            self.responses_sweeper.start()
         await self.policies.preload()
         # The offline tokenizer takes a moment to load: not on a tenant's first request.
         await asyncio.to_thread(preload_tokenizer)
+        await self.plugin_host.start(self.snapshot.plugins)
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
         await self.reloader.start()
         await self.canaries.samples.start()
@@ -207,14 +228,17 @@ class Gateway:
         await self.files.close()
         await self.reloader.close()
         await self.canaries.close()
+        await self.snapshot.plugins.drain()
         await self.billing.drain()
         if self.ledger is not None:
             await self.ledger.close()
+        await self.responses_sweeper.close()
         await self.responses.close()
         results = await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         for name, result in zip(self.engines, results):
             if isinstance(result, Exception):
                 log.warning("deployment %s did not close cleanly: %s", name, type(result).__name__)
+        await self.plugin_host.close()
         await self.tenants.close()
         if self.jwt is not None:
             await self.jwt.close()

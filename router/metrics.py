@@ -106,6 +106,18 @@ class Metrics:
             "sluicegate_shadow_requests_total", "Requests mirrored to a canary candidate, by alias and result (ok, error, shed).",
             ("model", "result"), registry=r,
         )
+        self.plugin_hook_seconds = Histogram(
+            "sluicegate_plugin_hook_seconds", "Time in plugin hooks, by plugin and hook.", ("plugin", "hook"), registry=r,
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+        )
+        self.plugin_errors = Counter(
+            "sluicegate_plugin_errors_total", "Plugin hooks that raised or timed out, by plugin, hook and reason (error, timeout).",
+            ("plugin", "hook", "reason"), registry=r,
+        )
+        self.responses_expired = Counter(
+            "sluicegate_responses_expired_total", "Stored responses deleted by the expiry sweep once past their retention.",
+            registry=r,
+        )
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._token_children: dict[str, tuple[Counter, Counter]] = {}
 

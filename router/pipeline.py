@@ -51,10 +51,15 @@ class Pipeline:
         """Route by the tenant's policy, queue for the alias (fair between tenants), reserve limits and budget."""
         p = ctx.principal
         snapshot = ctx.snapshot
+        plugins = snapshot.plugins
+        if plugins.after_auth:
+            await plugins.run(plugins.after_auth, "after_auth", ctx)
         policies = snapshot.policies
         pii = policies.pii(p.tenant)
         if pii is not None:
             await apply_pii(ctx, pii, self.metrics)
+        if plugins.before_route:
+            await plugins.run(plugins.before_route, "before_route", ctx)
         policy = policies.routing(p.tenant)
         router = snapshot.router
         router.get(ctx.alias, policy)  # a 404 for an alias the tenant may not call
@@ -79,6 +84,8 @@ class Pipeline:
         pending = self.billing.reserve(ctx, ctx.plan)
         if pending is not None:
             await pending
+        if plugins.before_serve:
+            await plugins.run(plugins.before_serve, "before_serve", ctx)
 
     def _downgrade(self, ctx: RequestContext, policy: RoutingPolicy) -> str | None:
         """A tenant whose money budget runs low is moved to the cheaper alias its policy names."""
@@ -147,6 +154,7 @@ class Pipeline:
         pending: list[bytes] = []  # events in hand, written together
         restore = ctx.restorer.stream() if ctx.restorer is not None else None
         meter = None if ctx.allowance is None else StreamMeter(ctx.allowance, ctx.counter, ctx.generated)
+        hooks = ctx.snapshot.plugins if ctx.snapshot.plugins.on_chunk else None
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
@@ -160,6 +168,8 @@ class Pipeline:
                 ctx.generated.append(chunk)
                 if include_usage or not chunk.usage_only:
                     data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
+                    if hooks is not None:
+                        data = hooks.chunk(ctx, data)
                     pending.append(b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data))
                 if chunk.batch_end and pending:
                     yield pending[0] if len(pending) == 1 else b"".join(pending)
@@ -238,7 +248,11 @@ class Pipeline:
             self.tracing.end(ctx)
         if ctx.arm is not None and self.canaries is not None:
             self.canaries.finished(ctx)
-        return self.billing.settle(ctx)
+        settling = self.billing.settle(ctx)
+        plugins = ctx.snapshot.plugins
+        if plugins.after_settle:
+            plugins.settled(ctx, settling)
+        return settling
 
 
 class _Message(msgspec.Struct):

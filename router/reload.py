@@ -25,6 +25,7 @@ from router.config_resolve import Resolved, resolve
 from router.config_store import ConfigStore
 from router.config_watch import FileWatcher
 from router.metrics import Metrics
+from router.plugins import NO_PLUGINS, PluginHost
 from router.snapshot import Built, Snapshot, build, with_failed
 from serving.base import Engine
 
@@ -49,6 +50,8 @@ class Reloader:
         self._reconcile: asyncio.Task[None] | None = None
         self._on_swap: list[Swapped] = []
         self._on_commit: list[Callable[[ConfigVersion], None]] = []
+        # Builds each version's plugin set (None: plugins are off, as in tests of the reload alone).
+        self.plugins: PluginHost | None = None
 
     def on_swap(self, callback: Swapped) -> None:
         self._on_swap.append(callback)
@@ -163,7 +166,8 @@ class Reloader:
                 log.error("config version %d refused, still serving version %d: %s", record.version, self.current.version, exc)
                 return False
             try:
-                built = build(resolved, record.version, record.hash, self.current)
+                plugins = self.plugins.prepare(list(resolved.plugins), self.current.plugins) if self.plugins is not None else NO_PLUGINS
+                built = build(resolved, record.version, record.hash, self.current, plugins)
                 # Analyzers first: a version whose PII analyzer cannot load starts no engine.
                 await built.snapshot.policies.preload()
                 snapshot = await self._start_new(built)
@@ -175,10 +179,14 @@ class Reloader:
         self._swapped(snapshot, previous, record)
         if built.retired:
             self._spawn(_retire(built.retired))
+        if self.plugins is not None and previous.plugins is not snapshot.plugins:
+            self._spawn(self.plugins.retire(previous.plugins, snapshot.plugins))
         return True
 
     async def _start_new(self, built: Built) -> Snapshot:
-        """Start the engines this version adds; one that fails is left out (its breaker open), not the version."""
+        """Start the plugins and engines this version adds; an engine that fails is left out (its breaker open), not the version."""
+        if self.plugins is not None:
+            await self.plugins.start(built.snapshot.plugins)  # a plugin that cannot start fails the version
         names = list(built.new)
         results = await asyncio.gather(*(built.new[n].start() for n in names), return_exceptions=True)
         failed = {n for n, r in zip(names, results) if isinstance(r, BaseException)}

@@ -11,18 +11,23 @@ The store follows the ledger (``state.ledger``): PostgreSQL when the ledger is
 (``router.responses_store_postgres``, shared by every replica), else SQLite in
 a file beside the ledger's, or in memory when the ledger is off. The SQLite
 file is its own, not the ledger's: its writes never wait on the ledger's lock.
+
+Responses expire ``state.responses_retention_days`` after their creation
+(``Retention``): reads and deletes skip expired rows at once, and the sweep
+(``router.responses_expiry``) deletes them in batches, oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from core.config import Config, ConfigError
-from router.responses_records import ResponseStore, ResponseStoreUnavailable, StoredResponse
+from router.responses_records import ResponseStore, ResponseStoreUnavailable, Retention, StoredResponse
 
 T = TypeVar("T")
 
@@ -37,16 +42,21 @@ CREATE TABLE IF NOT EXISTS responses (
     PRIMARY KEY (tenant, id)
 )
 """
+_INDEX = "CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at)"
 _INSERT = "INSERT OR IGNORE INTO responses (tenant, id, created_at, response, input_items, conversation) VALUES (?, ?, ?, ?, ?, ?)"
-_SELECT = "SELECT created_at, response, input_items, conversation FROM responses WHERE tenant = ? AND id = ?"
-_DELETE = "DELETE FROM responses WHERE tenant = ? AND id = ?"
+# ?3: the expiry cutoff (NULL: responses never expire); an expired row is as absent as a missing one.
+_ALIVE = "(?3 IS NULL OR created_at > ?3)"
+_SELECT = f"SELECT created_at, response, input_items, conversation FROM responses WHERE tenant = ?1 AND id = ?2 AND {_ALIVE}"
+_DELETE = f"DELETE FROM responses WHERE tenant = ?1 AND id = ?2 AND {_ALIVE}"
+_SWEEP = "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses WHERE created_at <= ? ORDER BY created_at LIMIT ?)"
 
 
 class SQLiteResponseStore:
     """The embedded store: one connection on one thread of its own, opened at first use (no file until then)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, retention: Retention | None = None) -> None:
         self.path = path
+        self.retention = retention if retention is not None else Retention()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used on the executor's thread only
 
@@ -82,6 +92,7 @@ class SQLiteResponseStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute(_SCHEMA)
+            conn.execute(_INDEX)
             self._conn = conn
         return fn(self._conn)
 
@@ -91,7 +102,8 @@ class SQLiteResponseStore:
         await self._call(lambda conn: conn.execute(_INSERT, values))
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
-        row = await self._call(lambda conn: conn.execute(_SELECT, (tenant, response_id)).fetchone())
+        key = (tenant, response_id, self.retention.cutoff())
+        row = await self._call(lambda conn: conn.execute(_SELECT, key).fetchone())
         if row is None:
             return None
         created_at, response, input_items, conversation = row
@@ -100,19 +112,28 @@ class SQLiteResponseStore:
         )
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        removed: int = await self._call(lambda conn: conn.execute(_DELETE, (tenant, response_id)).rowcount)
+        key = (tenant, response_id, self.retention.cutoff())
+        removed: int = await self._call(lambda conn: conn.execute(_DELETE, key).rowcount)
         return removed > 0
 
+    async def sweep(self, limit: int) -> int:
+        cutoff = self.retention.cutoff()
+        if cutoff is None:
+            return 0
+        removed: int = await self._call(lambda conn: conn.execute(_SWEEP, (cutoff, limit)).rowcount)
+        return removed
 
-def open_response_store(config: Config) -> ResponseStore:
+
+def open_response_store(config: Config, clock: Callable[[], float] = time.time) -> ResponseStore:
     state = config.state
+    retention = Retention(state.responses_retention_days, clock)
     if state.ledger == "postgres":
         dsn = state.dsn()
         if not dsn:
             raise ConfigError("key `state.postgres_dsn`: required when `state.ledger` is postgres")
         from router.responses_store_postgres import PostgresResponseStore
 
-        return PostgresResponseStore(dsn, timeout_s=state.ledger_timeout_s)
+        return PostgresResponseStore(dsn, retention, timeout_s=state.ledger_timeout_s)
     if state.ledger == "sqlite":
-        return SQLiteResponseStore(f"{state.ledger_path}.responses")
-    return SQLiteResponseStore(":memory:")
+        return SQLiteResponseStore(f"{state.ledger_path}.responses", retention)
+    return SQLiteResponseStore(":memory:", retention)

@@ -129,7 +129,8 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
                 code="previous_response_not_found",
             )
         history = _items(previous.conversation)
-    head = ResponseHead(f"resp_{request_id}", int(time.time()), wanted.model, echo(wanted, native))
+    # The gateway's clock, as the store's expiry reads it.
+    head = ResponseHead(f"resp_{request_id}", int(gateway.clock()), wanted.model, echo(wanted, native))
     common: dict[str, Any] = {
         "request_id": request_id,
         "snapshot": snapshot,

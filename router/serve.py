@@ -13,6 +13,8 @@ from core.errors import GatewayError
 from router.answers import Headers, JsonAnswer, StreamAnswer
 from router.context import RequestContext
 from router.gateway import Gateway
+from router.plugin_reply import reply_body, reply_stream
+from router.plugins import ShortCircuit
 
 _JSON_TYPE = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -28,6 +30,13 @@ async def run(gateway: Gateway, ctx: RequestContext, traceparent: str | None) ->
             relay = await pipeline.open_stream(ctx)
             return StreamAnswer(relay, response_headers(ctx, streaming=True))
         completion = await pipeline.unary(ctx)
+    except ShortCircuit as short:
+        # A plugin answered: nothing was served, nothing is charged but what its body says.
+        ctx.deployment = f"plugin:{short.plugin}"
+        await pipeline.complete(ctx)
+        if ctx.stream:
+            return StreamAnswer(reply_stream(ctx, short.reply.body), response_headers(ctx, streaming=True))
+        return JsonAnswer(reply_body(ctx, short.reply.body), response_headers(ctx, streaming=False))
     except GatewayError as exc:
         await pipeline.fail(ctx, exc)
         raise

@@ -17,9 +17,10 @@ from policies.fair_queue import FairQueue
 from policies.routing import Alias, Deployment, Router
 from policies.tenant_policy import TenantPolicies
 from router.config_resolve import Resolved
+from router.plugins import NO_PLUGINS, PluginSet
 from serving.base import Engine, EngineSpec
 from serving.health import BreakerSettings, CircuitBreaker
-from serving.registry import build_engine
+from serving.registry import PluginEngineOptions, build_engine
 from serving.retry import RetryPolicy
 
 
@@ -38,6 +39,8 @@ class Snapshot:
     failed: frozenset[str] = frozenset()
     # The version as a response header value, encoded once.
     header: bytes = b""
+    # The plugins this version enables, their hooks by step.
+    plugins: PluginSet = NO_PLUGINS
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -53,7 +56,7 @@ class Built:
     retired: list[Engine] = field(default_factory=list)
 
 
-def build(resolved: Resolved, version: int, hash: str, previous: Snapshot | None) -> Built:
+def build(resolved: Resolved, version: int, hash: str, previous: Snapshot | None, plugins: PluginSet = NO_PLUGINS) -> Built:
     config = resolved.config
     old = previous.deployments if previous is not None else {}
     same_breaker = previous is not None and previous.breaker == resolved.breaker
@@ -62,14 +65,17 @@ def build(resolved: Resolved, version: int, hash: str, previous: Snapshot | None
     for dep in config.deployments:
         spec = resolved.specs[dep.name]
         before = old.get(dep.name)
-        if before is not None and previous is not None and previous.specs.get(dep.name) == spec and dep.name not in previous.failed:
+        same_maker = not isinstance(spec.options, PluginEngineOptions) or (
+            previous is not None and previous.plugins.engine_owners.get(spec.options.engine) is plugins.engine_owners.get(spec.options.engine)
+        )
+        if before is not None and previous is not None and previous.specs.get(dep.name) == spec and dep.name not in previous.failed and same_maker:
             breaker = before.breaker if same_breaker else CircuitBreaker(resolved.breaker)
             if before.config == dep and breaker is before.breaker:
                 deployments[dep.name] = before
             else:
                 deployments[dep.name] = Deployment(config=dep, engine=before.engine, breaker=breaker, latency=before.latency)
             continue
-        engine = build_engine(spec)
+        engine = _plugin_engine(spec, plugins) if isinstance(spec.options, PluginEngineOptions) else build_engine(spec)
         new[dep.name] = engine
         deployments[dep.name] = Deployment(config=dep, engine=engine, breaker=CircuitBreaker(resolved.breaker))
     kept = {id(d.engine) for d in deployments.values()}
@@ -87,8 +93,16 @@ def build(resolved: Resolved, version: int, hash: str, previous: Snapshot | None
         breaker=resolved.breaker,
         specs=resolved.specs,
         header=str(version).encode(),
+        plugins=plugins,
     )
     return Built(snapshot=snapshot, new=new, retired=retired)
+
+
+def _plugin_engine(spec: EngineSpec, plugins: PluginSet) -> Engine:
+    """A ``provider: plugin`` deployment's engine, made by the plugin that offers it (checked by ``resolve``)."""
+    assert isinstance(spec.options, PluginEngineOptions)
+    engine: Engine = plugins.engines[spec.options.engine](spec)
+    return engine
 
 
 def with_failed(snapshot: Snapshot, failed: set[str]) -> Snapshot:

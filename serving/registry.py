@@ -31,8 +31,15 @@ class ProviderError(Exception):
     pass
 
 
+class PluginEngineOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """``provider: plugin``: the engine a plugin offers (by name), and the settings handed to its factory."""
+
+    engine: str
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 def providers() -> list[str]:
-    return sorted(_PROVIDERS)
+    return sorted([*_PROVIDERS, "plugin"])
 
 
 def _load(provider: str) -> tuple[Callable[[EngineSpec], Engine], type[msgspec.Struct]]:
@@ -48,7 +55,7 @@ def _load(provider: str) -> tuple[Callable[[EngineSpec], Engine], type[msgspec.S
 
 def parse_options(provider: str, raw: dict[str, Any] | None) -> msgspec.Struct:
     """Validate provider options; errors name the offending option."""
-    _, options_cls = _load(provider)
+    options_cls = PluginEngineOptions if provider == "plugin" else _load(provider)[1]
     try:
         return msgspec.convert(raw or {}, options_cls)
     except msgspec.ValidationError as exc:
@@ -56,5 +63,6 @@ def parse_options(provider: str, raw: dict[str, Any] | None) -> msgspec.Struct:
 
 
 def build_engine(spec: EngineSpec) -> Engine:
+    """A built-in provider's engine (``provider: plugin`` engines are made by their plugin)."""
     engine_cls, _ = _load(spec.provider)
     return engine_cls(spec)

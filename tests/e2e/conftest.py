@@ -62,12 +62,13 @@ class Process:
         return self.popen.returncode
 
 
-def spawn(args: list[str], log: Path, url: str, ready_path: str) -> Process:
-    """Start ``args`` and wait (bounded) until ``url + ready_path`` answers 200."""
+def spawn(args: list[str], log: Path, url: str, ready_path: str, path: list[str] | None = None) -> Process:
+    """Start ``args`` and wait (bounded) until ``url + ready_path`` answers 200; ``path``: more import directories."""
     env = {**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
     handle = log.open("wb")
     # The gateway keeps its embedded state (the SQLite ledger) in its working directory.
-    popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent, env={**env, "PYTHONPATH": str(REPO)})
+    python_path = os.pathsep.join([str(REPO), *(path or [])])
+    popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent, env={**env, "PYTHONPATH": python_path})
     handle.close()
     proc = Process(popen, log, url)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -84,13 +85,13 @@ def spawn(args: list[str], log: Path, url: str, ready_path: str) -> Process:
     raise RuntimeError(f"{args[2:4]} did not become ready within {START_TIMEOUT_S}s:\n{proc.output()[-4000:]}")
 
 
-def serve(settings: dict[str, Any], workdir: Path, ready_path: str = "/healthz") -> Process:
+def serve(settings: dict[str, Any], workdir: Path, ready_path: str = "/healthz", path: list[str] | None = None) -> Process:
     """Write ``settings`` as the config in ``workdir`` and start a gateway on a free port there."""
     config = workdir / "sluicegate.yaml"
     config.write_bytes(msgspec.yaml.encode(settings))
     port = free_port()
     args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    return spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", ready_path)
+    return spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", ready_path, path)
 
 
 def _deployment(name: str, upstream: str, model: str, **extra: Any) -> dict[str, Any]:

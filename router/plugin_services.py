@@ -1,0 +1,103 @@
+"""What the gateway offers a plugin (``core.plugin.Services``): its callers, its pipeline, its shared state.
+
+A model call a plugin makes runs the whole pipeline as any request does (PII,
+routing, limits, budgets, the ledger, the plugins' own hooks), as the
+principal the plugin names: the caller of one of its routes, or a tenant the
+plugin acts for (``principal``: the tenant's limits and budgets, no key's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+from core.errors import GatewayError, InternalError, NotFound, error_body
+from core.plugin import Completed
+from core.principal import Principal
+from router.context import CLIENT_CLOSED, RequestContext
+from router.plugins import ShortCircuit
+from router.tenant_records import TenantNotFound
+from serving.base import Kind
+
+if TYPE_CHECKING:
+    from core.config import StateConfig
+    from router.pipeline import Pipeline
+    from router.snapshot import Snapshot
+    from router.tenant_records import TenantStore
+
+_encode_prefix = os.urandom(6).hex()
+_ids = itertools.count()
+_KINDS: frozenset[str] = frozenset({"chat", "completion", "embedding"})
+
+
+class GatewayServices:
+    """One plugin's view of the gateway (its own logger and data directory)."""
+
+    def __init__(
+        self, plugin: str, state: StateConfig, authenticate: Callable[[str | None], Awaitable[Principal]], tenants: TenantStore,
+        pipeline: Callable[[], Pipeline], snapshot: Callable[[], Snapshot],
+    ) -> None:  # fmt: skip
+        self._plugin = plugin
+        self._authenticate = authenticate
+        self._tenants = tenants
+        self._pipeline = pipeline
+        self._snapshot = snapshot
+        self.log = logging.getLogger(f"sluicegate.plugin.{plugin}")
+        self.redis_url = state.redis_url
+        self.postgres_dsn = state.dsn()
+        self.data_dir = str(Path(state.files_path) / "plugins" / plugin)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        return await self._authenticate(authorization)
+
+    async def principal(self, tenant: str) -> Principal:
+        try:
+            record = await self._tenants.get_tenant(tenant)
+        except TenantNotFound:
+            raise NotFound(f"No tenant named {tenant!r}.", code="tenant_not_found") from None
+        return Principal(
+            tenant=record.id, key_id=f"plugin:{self._plugin}", priority=record.priority, weight=record.weight,
+            tenant_limits=record.limits, tenant_budgets=tuple(record.budgets),
+        )  # fmt: skip
+
+    async def complete(self, principal: Principal, body: dict[str, Any], *, kind: str = "chat") -> Completed:
+        """One model call through the pipeline; every failure is a ``Completed`` with the error envelope, never raised."""
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {sorted(_KINDS)}")
+        snapshot = self._snapshot()
+        request_id = f"{_encode_prefix}{next(_ids):012x}"
+        alias = body.get("model")
+        ctx = RequestContext(
+            request_id=request_id, snapshot=snapshot, principal=principal, kind=cast(Kind, kind),
+            route=f"plugin:{self._plugin}", alias=alias if isinstance(alias, str) else "", body={**body, "stream": False},
+        )  # fmt: skip
+        pipeline = self._pipeline()
+        pipeline.begin(ctx)
+        try:
+            snapshot.router.get(ctx.alias)
+            await pipeline.admit(ctx)
+            completion = await pipeline.unary(ctx)
+        except ShortCircuit as short:
+            await pipeline.complete(ctx)
+            return Completed(status=200, body=msgspec.json.encode(short.reply.body), request_id=request_id)
+        except GatewayError as exc:
+            await pipeline.fail(ctx, exc)
+            return Completed(status=exc.status, body=error_body(exc), request_id=request_id)
+        except asyncio.CancelledError:
+            ctx.status = CLIENT_CLOSED
+            pipeline.finish(ctx)
+            raise
+        except Exception as exc:
+            self.log.error("a plugin's model call failed unexpectedly: %s", type(exc).__name__)
+            error = InternalError("The gateway failed to process the request.")
+            await pipeline.fail(ctx, error)
+            return Completed(status=error.status, body=error_body(error), request_id=request_id)
+        await pipeline.complete(ctx)
+        return Completed(status=200, body=completion.body, request_id=request_id)
