@@ -32,8 +32,8 @@ raises, or a hook running past ``timeout_s``, is the plugin's failure: with
 ``on_error: fail_open`` it is logged and counted and the request goes on;
 with ``fail_closed`` the request ends with 503 ``plugin_failed``.
 
-A plugin may also serve HTTP routes under its own ``http_prefix`` (an ASGI
-app from ``asgi()``), offer engines (deployments with ``provider: plugin``
+A plugin may also serve HTTP routes under its own ``http_prefix`` (one or
+several; an ASGI app from ``asgi()``), offer engines (deployments with ``provider: plugin``
 and ``options.engine`` naming one), and run a background ``worker()``.
 ``api_version`` is the interface a plugin was built for; a gateway refuses
 at start (and at every config check) a plugin whose version it does not
@@ -151,8 +151,8 @@ class Plugin:
     api_version: ClassVar[int] = API_VERSION
     # The options' shape: decoded strictly from the config entry's ``options``.
     Options: ClassVar[type[msgspec.Struct]] = NoOptions
-    # Routes under this prefix (e.g. "/webhooks") go to ``asgi()``; None: no routes.
-    http_prefix: ClassVar[str | None] = None
+    # Routes under this prefix (e.g. "/webhooks"), or each of these prefixes, go to ``asgi()``; None: no routes.
+    http_prefix: ClassVar[str | tuple[str, ...] | None] = None
     # The engines it offers (``engines()`` makes them), by the name a deployment's ``options.engine`` gives.
     engine_names: ClassVar[tuple[str, ...]] = ()
 

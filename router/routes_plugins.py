@@ -23,18 +23,20 @@ from router.snapshot import Snapshot
 log = logging.getLogger("sluicegate.plugins")
 
 
-def prefixes() -> dict[str, str]:
+def prefixes() -> dict[str, list[str]]:
     """Installed plugins' route prefixes, by plugin name (a plugin that fails to import has none here)."""
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     for name, ep in discover().items():
         try:
             cls = ep.load()
         except Exception as exc:  # reported by the config check when the plugin is enabled
             log.warning("plugin %s could not be imported for its routes: %s", name, type(exc).__name__)
             continue
-        prefix = getattr(cls, "http_prefix", None) if isinstance(cls, type) and issubclass(cls, Plugin) else None
-        if isinstance(prefix, str) and prefix.startswith("/") and len(prefix) > 1:
-            found[name] = prefix.rstrip("/")
+        declared = getattr(cls, "http_prefix", None) if isinstance(cls, type) and issubclass(cls, Plugin) else None
+        wanted = [declared] if isinstance(declared, str) else list(declared or ())
+        valid = [p.rstrip("/") for p in wanted if isinstance(p, str) and p.startswith("/") and len(p.rstrip("/")) > 1]
+        if valid:
+            found[name] = valid
     return found
 
 
@@ -42,17 +44,18 @@ def mounts(current: Callable[[], Snapshot]) -> list[ASGIRouteHandler]:
     """One mount per installed plugin prefix, dispatching to the serving version's instance."""
     handlers = []
     taken: set[str] = set()
-    for name, prefix in sorted(prefixes().items()):
-        if prefix in taken:
-            log.warning("plugin %s wants prefix %s, which another plugin has; its routes are not mounted", name, prefix)
-            continue
-        taken.add(prefix)
-        handlers.append(_mount(name, prefix, current))
+    for name, wanted in sorted(prefixes().items()):
+        for prefix in wanted:
+            if prefix in taken:
+                log.warning("plugin %s wants prefix %s, which another plugin has; that prefix is not mounted for it", name, prefix)
+                continue
+            taken.add(prefix)
+            handlers.append(_mount(name, prefix, current))
     return handlers
 
 
 def _mount(name: str, prefix: str, current: Callable[[], Snapshot]) -> ASGIRouteHandler:
-    apps: dict[int, ASGIApp | None] = {}  # by instance: an app is made once per instance
+    apps: dict[int, ASGIApp | None] = {}  # by instance: an app is made once per instance (and per prefix)
 
     async def serve(scope: Any, receive: Any, send: Any) -> None:
         plugin = current().plugins.by_name.get(name)
@@ -72,4 +75,4 @@ def _mount(name: str, prefix: str, current: Callable[[], Snapshot]) -> ASGIRoute
         path = raw.decode("latin-1") if isinstance(raw, bytes) else prefix + scope["path"].rstrip("/")
         await app({**scope, "path": path, "root_path": ""}, receive, send)
 
-    return asgi(path=prefix, is_mount=True, name=f"plugin-{name}")(serve)
+    return asgi(path=prefix, is_mount=True, name=f"plugin-{name}{prefix.replace('/', '-')}")(serve)
