@@ -126,6 +126,8 @@ class Services(Protocol):
     """What the gateway offers a plugin: its pipeline, its callers, and where shared state lives."""
 
     log: logging.Logger
+    # "serve" (sluicegate serve) or "worker" (sluicegate worker, no HTTP): where a plugin's worker should run.
+    role: str
     redis_url: str | None
     postgres_dsn: str | None
     # A directory the plugin may keep embedded state in (its own subdirectory of the gateway's).

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8300)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
 
+    worker = sub.add_parser("worker", help="run plugins' background workers without serving HTTP")
+    worker.add_argument("--config", required=True, help="YAML or TOML config file")
+
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file")
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_admin_command(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "worker":
+        return _worker(args.config)
     if args.command == "config" and args.config_command == "check":
         return _check(args.file)
     if args.command in ("config", "canary"):
@@ -77,6 +82,21 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     _announce(config, args.config, args.config is None)
     serve(config, args.config)
+    return 0
+
+
+def _worker(path: str) -> int:
+    from router.config_resolve import resolve
+    from router.worker import run_worker
+
+    try:
+        config = load_config(path)
+        resolve(config)
+    except ConfigError as exc:
+        print(f"sluicegate: {exc}", file=sys.stderr)
+        return 2
+    print(f"sluicegate: worker (config: {path}); plugins: {', '.join(p.name for p in config.plugins if p.enabled) or 'none'}", flush=True)
+    run_worker(config, path)
     return 0
 
 

@@ -58,8 +58,10 @@ _JWT_TENANT_TTL_S = 5.0
 class Gateway:
     def __init__(
         self, config: Config, metrics: Metrics | None = None, *, source_path: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, role: str = "serve",
     ) -> None:  # fmt: skip
+        # What this process is (serve, worker): plugins may run their workers in one role only.
+        self.role = role
         # Start-time settings; what reloads lives in the snapshot (``self.snapshot.config``).
         self.base = config
         self.metrics = metrics if metrics is not None else Metrics()
@@ -106,7 +108,7 @@ class Gateway:
 
     def _plugin_services(self, plugin: str) -> GatewayServices:
         return GatewayServices(
-            plugin, self.base.state, self.authenticate, self.tenants, lambda: self.pipeline, lambda: self.reloader.current
+            plugin, self.base.state, self.authenticate, self.tenants, lambda: self.pipeline, lambda: self.reloader.current, self.role
         )
 
     @property

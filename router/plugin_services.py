@@ -42,9 +42,10 @@ class GatewayServices:
 
     def __init__(
         self, plugin: str, state: StateConfig, authenticate: Callable[[str | None], Awaitable[Principal]], tenants: TenantStore,
-        pipeline: Callable[[], Pipeline], snapshot: Callable[[], Snapshot],
+        pipeline: Callable[[], Pipeline], snapshot: Callable[[], Snapshot], role: str = "serve",
     ) -> None:  # fmt: skip
         self._plugin = plugin
+        self.role = role
         self._authenticate = authenticate
         self._tenants = tenants
         self._pipeline = pipeline

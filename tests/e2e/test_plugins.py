@@ -11,7 +11,9 @@ worker and offer an engine.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ import msgspec
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEY, REPO, Process, gateway_config, serve
+from tests.e2e.conftest import API_KEY, REPO, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Process, gateway_config, serve
 
 SAMPLE = REPO / "tests" / "plugins" / "sample"
 
@@ -155,9 +157,27 @@ def test_a_plugin_route_and_worker(plugged: tuple[Process, Path, Path]) -> None:
     whoami = httpx.get(proc.url + "/sample/whoami", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10)
     assert whoami.status_code == 200 and whoami.json() == {"tenant": "e2e"}
     assert httpx.get(proc.url + "/sample/whoami", headers={"authorization": "Bearer sk-wrong"}, timeout=10).status_code == 401
-    beats = int((workdir / "heartbeat").read_text())
+    role, beats = (workdir / "heartbeat").read_text().split()
     time.sleep(0.6)
-    assert int((workdir / "heartbeat").read_text()) > beats
+    assert role == "serve" and int((workdir / "heartbeat").read_text().split()[1]) > int(beats)
+
+
+def test_sluicegate_worker_runs_plugin_workers_without_http(tmp_path: Path, fake_server: Process, sample_path: str) -> None:
+    events, heartbeat = tmp_path / "events.jsonl", tmp_path / "heartbeat"
+    config = tmp_path / "sluicegate.yaml"
+    config.write_bytes(msgspec.yaml.encode(_settings(fake_server.url + "/v1", events, heartbeat)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), sample_path]), "PYTHONUNBUFFERED": "1", UPSTREAM_KEY_ENV: UPSTREAM_KEY}
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-m", "router", "worker", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        _wait(lambda: heartbeat.exists() and heartbeat.read_text().startswith("worker ") and int(heartbeat.read_text().split()[1]) > 2, 30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "worker.log").read_text()
+    assert code == 0, output
+    assert "worker started: plugins sample-first, sample-second, sample-guard, sample-routes" in output
 
 
 def test_plugins_reload_with_the_config(client: openai.OpenAI, plugged: tuple[Process, Path, Path]) -> None:

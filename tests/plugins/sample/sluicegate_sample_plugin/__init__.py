@@ -179,7 +179,7 @@ class Routes(Plugin):
         beats = 0
         while True:
             beats += 1
-            Path(self.options.heartbeat_path).write_text(str(beats))
+            Path(self.options.heartbeat_path).write_text(f"{self.services.role} {beats}")
             await asyncio.sleep(0.2)
 
     def engines(self) -> dict[str, Any]:

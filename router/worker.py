@@ -1,0 +1,43 @@
+"""``sluicegate worker``: the gateway without its HTTP server, for plugins' background work.
+
+It builds and starts the same ``Gateway`` as ``serve`` (config versions and
+their reloads, tenants, limits, budgets, the ledger, engines), so a model call
+a plugin's worker makes goes through the whole pipeline; plugins see
+``services.role == "worker"`` and may run their workers only here. SIGTERM or
+SIGINT stops it: the gateway stops as ``serve`` stops it (plugins closed,
+settlements drained, the ledger flushed), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging.config
+import signal
+
+import uvloop
+
+from core.config import Config
+from router.gateway import Gateway
+from router.logs import log_config
+
+log = logging.getLogger("sluicegate")
+
+
+async def _run(config: Config, source_path: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config, source_path=source_path, role="worker")
+    await gateway.start()
+    log.info("worker started: plugins %s", ", ".join(gateway.snapshot.plugins.by_name) or "none")
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
+    log.info("worker stopped")
+
+
+def run_worker(config: Config, source_path: str | None) -> None:
+    logging.config.dictConfig(log_config(config.server.log_level))
+    uvloop.run(_run(config, source_path))
