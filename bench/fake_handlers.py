@@ -120,7 +120,7 @@ class Handlers:
             return self.override.behavior
         return replies.behavior_of(model, header, body)
 
-    def _record(self, request: web.Request, body: object) -> None:
+    def record(self, request: web.Request, body: object) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
         self.requests.append(
             {
@@ -140,9 +140,9 @@ class Handlers:
         try:
             body = msgspec.json.decode(await request.read())
         except msgspec.DecodeError:
-            self._record(request, None)
+            self.record(request, None)
             return _invalid("The request body is not valid JSON.")
-        self._record(request, body)
+        self.record(request, body)
         if not isinstance(body, dict):
             return _invalid("The request body must be a JSON object.")
         model = body.get("model")
@@ -262,7 +262,7 @@ class Handlers:
         return _json_response(payload)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        self._record(request, None)
+        self.record(request, None)
         return _json_response(replies.models_body())
 
     async def recorded(self, request: web.Request) -> web.StreamResponse:

@@ -12,7 +12,9 @@ last 1000: method, path, query parameters, lower-cased headers, parsed JSON
 body). Azure OpenAI's paths, ``POST /openai/deployments/{deployment}/`` +
 ``chat/completions``, ``completions`` or ``embeddings`` (with ``?api-version=``),
 and ``GET /openai/models``, answer exactly as their ``/v1`` twins: Azure's wire
-format is OpenAI's.
+format is OpenAI's. The Files and Batches APIs (``/v1/files``, ``/v1/batches``,
+and Azure's ``/openai/files``, ``/openai/batches``) take the batches a gateway
+passes through, and complete them after a short delay: see ``bench.fake_batches``.
 
 Behaviour is picked by the header ``x-fake-behavior``, else by the model name
 (``fake-<behavior>`` or the bare name), else by a prompt (last user message or
@@ -67,6 +69,7 @@ import uvloop
 from aiohttp import web
 
 from bench import fake_replies as replies
+from bench.fake_batches import FakeBatches, add_routes
 from bench.fake_handlers import MAX_BODY_BYTES, Handlers
 from bench.fake_replies import JsonObject
 
@@ -84,6 +87,8 @@ def build_app(handlers: Handlers) -> web.Application:
     app.router.add_post(f"{azure}/embeddings", handlers.embeddings)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/openai/models", handlers.models)
+    # The Files and Batches APIs (bench.fake_batches), recorded with the rest, failing under the same override.
+    add_routes(app, FakeBatches(handlers.record, lambda: handlers.override.behavior))
     app.router.add_get("/_fake/requests", handlers.recorded)
     app.router.add_delete("/_fake/requests", handlers.clear)
     app.router.add_get("/_fake/behavior", handlers.get_override)

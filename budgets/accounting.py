@@ -211,12 +211,13 @@ class Accountant:
         return tokens, money, floors, cap if floors is not None else None
 
     async def reserve(
-        self, request_id: str, account: Account, prompt_tokens: int, max_completion: int | None, price: Price
-    ) -> Reservation:
-        """Reserve everything the request may consume, or raise the refusal."""
+        self, request_id: str, account: Account, prompt_tokens: int, max_completion: int | None, price: Price,
+        lease_ms: int | None = None,
+    ) -> Reservation:  # fmt: skip
+        """Reserve everything the request may consume, or raise the refusal; ``lease_ms``: held longer than a request's lease."""
         tokens, money, floors, flexible_cap = self._claim(account, prompt_tokens, max_completion, price)
         try:
-            admission = await self.store.reserve(account.plan, request_id, tokens, money, self._lease_ms, floors)
+            admission = await self.store.reserve(account.plan, request_id, tokens, money, lease_ms or self._lease_ms, floors)
         except StoreUnavailable:
             fail_open = self.settings.budgets_fail_open if account.plan.budgets else self.settings.limits_fail_open
             if not fail_open:

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from core.config import BatchesConfig
 from core.errors import InsufficientQuota, NotFound, Overloaded, RateLimited, UpstreamRateLimited
 from core.principal import Principal
 from router.batch_claims import BatchClaims
+from router.batch_native_plan import native_deployment, with_native
 from router.batch_records import ACTIVE, BatchError, BatchRecord, BatchStore, BatchUsage, Part, RequestCounts
 from router.batch_request import (
     Outcome,
@@ -75,14 +76,21 @@ async def creator(tenants: TenantStore, tenant_id: str, key_id: str) -> Principa
     return principal_of(tenant, key, "")  # a principal holds no hash
 
 
+# Runs a batch passed through to an upstream's Batch API (``router.batch_native.run_native``): True once it has a final status.
+NativeRun = Callable[["BatchServices", BatchRecord, Principal | None, Callable[[], bool]], Awaitable[bool]]
+
+
 def output_file_id(batch_id: str, part: Part) -> str:
     """The same id each time a batch's file is written, so writing it again after a crash replaces it."""
     return "file-" + hashlib.sha256(f"{batch_id}:{part}".encode()).hexdigest()[:24]
 
 
 class BatchJob:
-    def __init__(self, services: BatchServices, record: BatchRecord, slots: Callable[[str], asyncio.Semaphore]) -> None:
+    def __init__(
+        self, services: BatchServices, record: BatchRecord, slots: Callable[[str], asyncio.Semaphore], native: NativeRun | None = None
+    ) -> None:
         self.s = services
+        self._native = native
         self.record = record
         self.tenant, self.id = record.tenant, record.batch.id
         self.kind = ENDPOINTS[record.batch.endpoint][0]
@@ -116,10 +124,12 @@ class BatchJob:
         except StoreUnavailable:
             return False  # unknown for now: asked again at the next look
         status = self.record.batch.status
+        if self.principal is not None and status == "validating" and not await self._validate():
+            return True
+        if self.record.native is not None and self._native is not None:
+            return await self._native(self.s, self.record, self.principal, lambda: self.stop == "lost")
         if self.principal is None and status in ("validating", "in_progress"):
             self.stop = "revoked"
-        elif status == "validating" and not await self._validate():
-            return True
         await self._resume()
         if self.stop is None and self.record.batch.status == "in_progress":
             await self._execute()
@@ -143,7 +153,9 @@ class BatchJob:
             await self._update(lambda r: failed(r, result.errors, now, RequestCounts(total=result.total)))
             return False
         self.counts = RequestCounts(total=result.total)
-        await self._update(lambda r: validated(r, result.total, now, result.model))
+        # A batch of one alias whose deployment has its own Batch API may be passed through to it.
+        target = native_deployment(snapshot, self.tenant, result.model) if self._native is not None else None
+        await self._update(lambda r: with_native(validated(r, result.total, now, result.model), target))
         return self.record.batch.status == "in_progress"
 
     async def _update(self, change: Callable[[BatchRecord], BatchRecord]) -> None:

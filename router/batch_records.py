@@ -106,6 +106,21 @@ class Batch(msgspec.Struct, kw_only=True):
     usage: BatchUsage | None = None
 
 
+class NativeState(msgspec.Struct, kw_only=True):
+    """A batch passed through to its deployment's own Batch API (``router.batch_native``): what was done upstream."""
+
+    deployment: str
+    # The budget reservation held for the batch's worst case (None: nothing to hold).
+    reservation_id: str | None = None
+    upstream_file_id: str | None = None
+    upstream_batch_id: str | None = None
+    upstream_status: str | None = None
+    # The cancel was forwarded upstream (a client's cancel, or the creator's key revoked).
+    cancel_sent: bool = False
+    # Why the gateway cancelled it upstream when no client asked: "revoked".
+    stop: str | None = None
+
+
 class BatchRecord(msgspec.Struct, kw_only=True):
     """A batch as kept: the object clients see, and whose requests it runs as."""
 
@@ -116,6 +131,8 @@ class BatchRecord(msgspec.Struct, kw_only=True):
     # Output and error files expire this long after they are written (None: kept until deleted).
     output_expires_after_s: int | None = None
     batch: Batch
+    # Set when the batch runs at its deployment's upstream rather than in the gateway.
+    native: NativeState | None = None
 
 
 class BatchStore(Protocol):

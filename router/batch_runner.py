@@ -6,7 +6,8 @@ runs (``router.batch_claims``), and runs them side by side. Batch requests
 are capped per alias at ``batches.max_concurrent`` on this replica, across
 all batches, so an alias without a queue is not flooded either; an alias with
 a queue also makes them wait in its ``batch`` class, behind every interactive
-request.
+request. A batch passed through to an upstream's Batch API is polled there
+instead (``router.batch_native``), under the same claim.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 
 from core.errors import GatewayError
 from router.batch_job import BatchJob, BatchServices
+from router.batch_native import run_native
 from router.batch_records import BatchError
 from router.batch_state import failed
 
@@ -90,7 +92,7 @@ class BatchRunner:
         try:
             record = await self.s.batches.get(tenant, batch_id)
             if record is not None:
-                job = self._jobs[batch_id] = BatchJob(self.s, record, self.slot)
+                job = self._jobs[batch_id] = BatchJob(self.s, record, self.slot, run_native)
                 finished = await job.run()
             self._crashes.pop(batch_id, None)
         except Exception as exc:

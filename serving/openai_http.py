@@ -2,7 +2,9 @@
 
 With ``responses: native`` the upstream also serves the Responses API: kind
 ``responses`` is posted to its ``/responses`` as it is, and the Response or its
-events come back as they are (``serving.openai_responses`` reads them).
+events come back as they are (``serving.openai_responses`` reads them). With
+``batches: native`` its Files and Batches APIs take the batches the gateway
+passes through (``serving.openai_batches``).
 
 One pooled keep-alive aiohttp session per deployment; ``serving.http_transport``
 opens it and maps failures and statuses to the gateway's errors. Streams are
@@ -29,6 +31,7 @@ from serving.base import (
     Usage,
 )
 from serving.http_transport import ErrorFields, HttpUpstream, status_error
+from serving.openai_batches import BatchPaths, UpstreamBatches
 from serving.openai_responses import response_chunks, response_usage
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
 
@@ -63,6 +66,9 @@ class OpenAIOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # `native`: the upstream has the Responses API, and /v1/responses requests it
     # serves are passed through to it; `translated`: they become chat requests.
     responses: Literal["translated", "native"] = "translated"
+    # `native`: /v1/batches whose alias plans this deployment first are passed through
+    # to the upstream's own Files and Batches APIs; `gateway`: the gateway runs them.
+    batches: Literal["gateway", "native"] = "gateway"
 
 
 class OpenAIEngine(HttpUpstream):
@@ -77,6 +83,10 @@ class OpenAIEngine(HttpUpstream):
         self._headers = self._build_headers()
         # The model a Responses body names, where it is not the deployment's (Azure: its deployment name).
         self._responses_model: str | None = None
+        self.batch_api: UpstreamBatches | None = None
+        if options.batches == "native":
+            paths = BatchPaths(self._base)
+            self.batch_api = UpstreamBatches(self.name, spec.model, paths, self._require_session, lambda: self._headers)
 
     def _build_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -182,4 +192,3 @@ def _upstream_error_fields(data: bytes) -> ErrorFields:
         return ErrorFields()
     code = str(err.code) if err.code is not None else None
     return ErrorFields(message=err.message[:500], code=code, param=err.param)
-
