@@ -33,7 +33,8 @@ raises, or a hook running past ``timeout_s``, is the plugin's failure: with
 with ``fail_closed`` the request ends with 503 ``plugin_failed``.
 
 A plugin may also serve HTTP routes under its own ``http_prefix`` (one or
-several; an ASGI app from ``asgi()``), offer engines (deployments with ``provider: plugin``
+several; an ASGI app from ``asgi()``), offer task handlers to an orchestrator
+plugin (``task_handlers()``), offer engines (deployments with ``provider: plugin``
 and ``options.engine`` naming one), and run a background ``worker()``.
 ``api_version`` is the interface a plugin was built for; a gateway refuses
 at start (and at every config check) a plugin whose version it does not
@@ -141,8 +142,18 @@ class Services(Protocol):
         """A principal acting for ``tenant`` with the tenant's limits and budgets (NotFound if there is none)."""
         ...
 
-    async def complete(self, principal: Principal, body: dict[str, Any], *, kind: str = "chat") -> Completed:
-        """One model call through the whole pipeline (PII, routing, limits, budgets, ledger) as ``principal``."""
+    async def complete(
+        self, principal: Principal, body: dict[str, Any], *, kind: str = "chat", trace_id: str | None = None
+    ) -> Completed:
+        """One model call through the whole pipeline (PII, routing, limits, budgets, ledger) as ``principal``.
+
+        ``trace_id`` (32 hex digits) joins the call to the caller's trace: its span continues it and the
+        ledger row carries it.
+        """
+        ...
+
+    def task_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        """Every enabled plugin's task handlers by kind (the serving config version's; the first plugin's wins)."""
         ...
 
 
@@ -174,6 +185,10 @@ class Plugin:
     def asgi(self) -> ASGIApp | None:
         """The app that serves ``http_prefix``; the path it sees still starts with the prefix."""
         return None
+
+    def task_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        """Handlers of task kinds, by kind: what an orchestrator plugin runs (``services.task_handlers()``)."""
+        return {}
 
     def engines(self) -> dict[str, Callable[[Any], Any]]:
         """Engines by name: ``factory(spec)`` --> a ``serving.base.Engine`` for a deployment with ``provider: plugin``."""

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 _encode_prefix = os.urandom(6).hex()
 _ids = itertools.count()
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _KINDS: frozenset[str] = frozenset({"chat", "completion", "embedding"})
 
 
@@ -68,7 +70,16 @@ class GatewayServices:
             tenant_limits=record.limits, tenant_budgets=tuple(record.budgets),
         )  # fmt: skip
 
-    async def complete(self, principal: Principal, body: dict[str, Any], *, kind: str = "chat") -> Completed:
+    def task_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        for _, plugin in self._snapshot().plugins.plugins:
+            for kind, handler in plugin.task_handlers().items():
+                handlers.setdefault(kind, handler)
+        return handlers
+
+    async def complete(
+        self, principal: Principal, body: dict[str, Any], *, kind: str = "chat", trace_id: str | None = None
+    ) -> Completed:
         """One model call through the pipeline; every failure is a ``Completed`` with the error envelope, never raised."""
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {sorted(_KINDS)}")
@@ -80,7 +91,11 @@ class GatewayServices:
             route=f"plugin:{self._plugin}", alias=alias if isinstance(alias, str) else "", body={**body, "stream": False},
         )  # fmt: skip
         pipeline = self._pipeline()
-        pipeline.begin(ctx)
+        traceparent = None
+        if trace_id is not None and _TRACE_ID.fullmatch(trace_id) and trace_id != "0" * 32:
+            ctx.trace_id = trace_id
+            traceparent = f"00-{trace_id}-{os.urandom(8).hex()}-01"
+        pipeline.begin(ctx, traceparent)
         try:
             snapshot.router.get(ctx.alias)
             await pipeline.admit(ctx)
