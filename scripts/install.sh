@@ -20,6 +20,9 @@ install=("$PY" -m pip install --disable-pip-version-check --progress-bar off --n
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${install[@]}" --quiet --require-hashes \
     --only-binary :all: --no-binary llama-cpp-python -r requirements/lock.txt
 "${install[@]}" --quiet -e .
+"${install[@]}" --quiet -e plugins/orchestrator
+"${install[@]}" --quiet -e plugins/gateway
+"${install[@]}" --quiet -e plugins/adapters
 
 "$PY" - <<'PY'
 import importlib.util
