@@ -4,8 +4,8 @@ A gateway process (``sluicegate serve``) takes the webhooks and the task API
 (the ``gateway`` plugin); ``sluicegate worker`` processes run the tasks (the
 ``orchestrator`` plugin) with the ``adapters`` plugin's workflows, writing to
 a fake GitHub in this process that enforces its token and rate limits and
-records every write. Redis and the task store (SQLite) are real and shared by
-the processes, as in production.
+records every write. Redis and the task store are real and shared by
+the processes, as in production: the task store is a PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -41,6 +42,17 @@ WEBHOOK_SECRET = "whsec-" + secrets.token_hex(12)
 TASKS_KEY = "sk-e2e-tasks-" + secrets.token_hex(12)
 SECRET_ENV = "SG_E2E_WEBHOOK_SECRET"
 SCM_TOKEN_ENV = "SG_E2E_SCM_TOKEN"
+
+
+ADMIN_DSN = os.environ.get("SLUICEGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _database(sql: str) -> None:
+    admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
 
 
 class ThreadScm:
@@ -171,7 +183,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, fake_server: Process) -> Ite
     scm.call(lambda: scm.github.add_repo(REPOSITORY))
     workdir = tmp_path_factory.mktemp("scm-workflows")
     prefix = f"sg:e2e:{secrets.token_hex(4)}:"
-    store = str(workdir / "tasks.sqlite")
+    # The task store every process shares: a throwaway PostgreSQL database (row-level security per tenant).
+    database = f"sg_e2e_tasks_{secrets.token_hex(6)}"
+    asyncio.run(_database(f"CREATE DATABASE {database}"))
+    store = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{database}"
     os.environ[SECRET_ENV] = WEBHOOK_SECRET
     os.environ[SCM_TOKEN_ENV] = scm.github.token
     upstream = fake_server.url + "/v1"
@@ -220,6 +235,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, fake_server: Process) -> Ite
         if keys:
             client.delete(*keys)
         client.close()
+        asyncio.run(_database(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
 
 
 def test_a_bad_signature_queues_nothing(world: World) -> None:
