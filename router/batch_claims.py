@@ -24,7 +24,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from core.errors import GatewayError
-from router.pg_calls import PgCalls
+from core.pg_calls import PgCalls
 
 KEY_PREFIX = "sg:batch:claim:"
 # Taken when free, lapsed, or this process's already (then renewed).

@@ -28,9 +28,10 @@ from functools import partial
 import asyncpg
 import msgspec
 
+from budgets.migrate import apply_migrations
+from core.pg_calls import PgCalls
 from router.batch_records import BatchRecord, BatchStoreUnavailable, Part
 from router.batch_store import valid_batch_id
-from router.pg_calls import PgCalls
 
 log = logging.getLogger("sluicegate.batches")
 # Rows of result lines fetched per round trip when a part is read.
@@ -62,7 +63,14 @@ def _unavailable() -> BatchStoreUnavailable:
 
 class PostgresBatchStore:
     def __init__(self, dsn: str, *, timeout_s: float = 5.0, pool_size: int = 4, auto_migrate: bool = True) -> None:
-        self.calls = PgCalls(dsn, unavailable=_unavailable, log=log, timeout_s=timeout_s, pool_size=pool_size, auto_migrate=auto_migrate)
+        self.calls = PgCalls(
+            dsn,
+            unavailable=_unavailable,
+            log=log,
+            migrate=apply_migrations if auto_migrate else None,
+            timeout_s=timeout_s,
+            pool_size=pool_size,
+        )
 
     async def start(self) -> None:
         """Nothing to do yet: connecting waits for the first use so a down database cannot stop start-up."""

@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from router.pg_calls import PgCalls
+from budgets.migrate import apply_migrations
+from core.pg_calls import PgCalls
 from router.responses_records import ResponseStoreUnavailable, Retention, StoredResponse
 
 log = logging.getLogger("sluicegate.responses")
@@ -58,7 +59,14 @@ class PostgresResponseStore:
         self, dsn: str, retention: Retention | None = None, *, timeout_s: float = 5.0, pool_size: int = 4, auto_migrate: bool = True,
     ) -> None:  # fmt: skip
         self.retention = retention if retention is not None else Retention()
-        self._calls = PgCalls(dsn, unavailable=_unavailable, log=log, timeout_s=timeout_s, pool_size=pool_size, auto_migrate=auto_migrate)
+        self._calls = PgCalls(
+            dsn,
+            unavailable=_unavailable,
+            log=log,
+            migrate=apply_migrations if auto_migrate else None,
+            timeout_s=timeout_s,
+            pool_size=pool_size,
+        )
         self._run = self._calls.run
 
     async def start(self) -> None:

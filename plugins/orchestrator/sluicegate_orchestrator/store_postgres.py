@@ -13,13 +13,13 @@ import asyncpg
 
 from sluicegate_orchestrator import store_sql as sql
 from sluicegate_orchestrator.model import Json, NewTask, StepRecord, Task, TaskStatus, check_new, valid_task_id
-from sluicegate_orchestrator.pg import PgCalls
+from sluicegate_orchestrator.pg import task_calls
 
 
 class PostgresTaskStore:
     def __init__(self, dsn: str, *, timeout_s: float = 5.0, pool_size: int = 4, auto_migrate: bool = True) -> None:
         self.dsn = dsn
-        self.calls = PgCalls(dsn, timeout_s=timeout_s, pool_size=pool_size, auto_migrate=auto_migrate)
+        self.calls = task_calls(dsn, timeout_s=timeout_s, pool_size=pool_size, auto_migrate=auto_migrate)
 
     async def close(self) -> None:
         await self.calls.close()

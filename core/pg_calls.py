@@ -1,8 +1,9 @@
 """Calls to PostgreSQL that each run in one transaction bound to a tenant, within a deadline.
 
-The pool is created on the first call (a replica starts while the database is
-down) and the ledger's migrations are applied then, as the ledger and the
-response store do. Each call ends within ``timeout_s``, connecting included:
+Shared by the stores that keep tenant-scoped rows (responses, batches, the
+orchestrator plugin's tasks). The pool is created on the first call (a replica
+starts while the database is down) and the store's migrations (``migrate``)
+are applied then. Each call ends within ``timeout_s``, connecting included:
 at the deadline the connection is cut (a ROLLBACK or a cancel request would
 wait on the same silent server) and the call fails with the store's own
 503. An exception raised by the caller's code inside the transaction (a
@@ -20,11 +21,11 @@ from typing import TypeVar
 
 import asyncpg
 
-from budgets.migrate import apply_migrations
 from core.errors import GatewayError
 from core.pg_scope import scope
 
 T = TypeVar("T")
+Migrate = Callable[[asyncpg.Connection], Awaitable[object]]
 FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # The connection itself is in doubt after these: it is cut, never asked to roll back.
 _BROKEN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncio.CancelledError)
@@ -38,15 +39,15 @@ def _cut(conn: asyncpg.Connection) -> None:
 
 class PgCalls:
     def __init__(
-        self, dsn: str, *, unavailable: Callable[[], GatewayError], log: logging.Logger, timeout_s: float = 5.0,
-        pool_size: int = 4, auto_migrate: bool = True,
+        self, dsn: str, *, unavailable: Callable[[], GatewayError], log: logging.Logger, migrate: Migrate | None,
+        timeout_s: float = 5.0, pool_size: int = 4,
     ) -> None:  # fmt: skip
         self._dsn = dsn
         self._unavailable = unavailable
         self._log = log
         self._timeout_s = timeout_s
         self._pool_size = pool_size
-        self._auto_migrate = auto_migrate
+        self._migrations = migrate
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -68,8 +69,8 @@ class PgCalls:
                 t = self._timeout_s
                 pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=self._pool_size, timeout=t, command_timeout=t)
                 try:
-                    if self._auto_migrate:
-                        await self._migrate(pool, deadline)
+                    if self._migrations is not None:
+                        await self._migrate(pool, deadline, self._migrations)
                 except BaseException:
                     pool.terminate()
                     raise
@@ -77,11 +78,11 @@ class PgCalls:
             return self._pool
 
     @staticmethod
-    async def _migrate(pool: asyncpg.Pool, deadline: float) -> None:
+    async def _migrate(pool: asyncpg.Pool, deadline: float, migrate: Migrate) -> None:
         conn = await pool.acquire()
         cut = asyncio.get_running_loop().call_at(deadline, _cut, conn)
         try:
-            await apply_migrations(conn)
+            await migrate(conn)
         except BaseException:
             _cut(conn)
             raise
