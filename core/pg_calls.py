@@ -37,6 +37,13 @@ def _cut(conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
+def _raise_if_cancelling() -> None:
+    """A failure met while the caller is being cancelled (a cut connection's error) is that cancel, not an outage."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PgCalls:
     def __init__(
         self, dsn: str, *, unavailable: Callable[[], GatewayError], log: logging.Logger, migrate: Migrate | None,
@@ -99,6 +106,7 @@ class PgCalls:
                 pool = await self._get_pool(deadline)
                 conn = await pool.acquire()
         except FAILURES as exc:
+            _raise_if_cancelling()
             raise self._failed(exc) from None
         cut = loop.call_at(deadline, _cut, conn)
         try:
@@ -118,6 +126,7 @@ class PgCalls:
             if isinstance(exc, _BROKEN):
                 _cut(conn)  # timed out, cut or cancelled: no clean-up round trip to a silent server
             if isinstance(exc, FAILURES):
+                _raise_if_cancelling()
                 raise self._failed(exc) from None
             raise
         finally:

@@ -20,18 +20,23 @@ and its tenant, nothing more; the task itself is in the store.
   A task has one member (its id and tenant); a second schedule keeps the
   earlier time (``ZADD LT``): one entry per unfinished task is all it needs,
   and a worker that looks too early puts it back until it is due.
+- Every command ends within ``timeout_s`` (a blocking read: its block time
+  more); a silent Redis fails the call with ``TimeoutError``.
 - After the last attempt the entry moves to the dead-letter stream (XADD there,
   XACK + XDEL here, one script); ``replay`` moves it back.
 """
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+T = TypeVar("T")
 DEFAULT_PREFIX = "sluicegate:tasks"
 DEFAULT_GROUP = "workers"
 
@@ -95,8 +100,11 @@ def _entry(entry_id: bytes | str, fields: dict[bytes | str, bytes | str] | None,
 
 
 class TaskQueue:
-    def __init__(self, redis: aioredis.Redis, queue: str, *, prefix: str = DEFAULT_PREFIX, group: str = DEFAULT_GROUP) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, queue: str, *, prefix: str = DEFAULT_PREFIX, group: str = DEFAULT_GROUP, timeout_s: float = 5.0
+    ) -> None:
         self.redis = redis
+        self.timeout_s = timeout_s
         self.name = queue
         self.group = group
         # One hash tag per queue: the scripts touch two of its keys, which a Redis Cluster wants in one slot.
@@ -109,20 +117,27 @@ class TaskQueue:
         self._dead = redis.register_script(_DEAD)
         self._replay = redis.register_script(_REPLAY)
 
+    async def _within(self, call: Awaitable[T], extra_s: float = 0.0) -> T:
+        """Every command has a deadline: a Redis that stops answering fails the call, it does not hang it."""
+        async with asyncio.timeout(self.timeout_s + extra_s):
+            return await call
+
     async def ensure_group(self) -> None:
         try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self._within(self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def enqueue(self, task_id: str, tenant: str) -> str:
-        return _text(await self.redis.xadd(self.stream, {"task": task_id, "tenant": tenant}))
+        return _text(await self._within(self.redis.xadd(self.stream, {"task": task_id, "tenant": tenant})))
 
     async def read(self, consumer: str, *, count: int, block_ms: int) -> list[Entry]:
         reply = cast(
             "list[tuple[bytes, list[_Raw]]] | None",
-            await self.redis.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms),
+            await self._within(
+                self.redis.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms), block_ms / 1000
+            ),
         )
         out: list[Entry] = []
         for _stream, entries in reply or []:
@@ -136,14 +151,14 @@ class TaskQueue:
 
     async def reclaim(self, consumer: str, *, min_idle_ms: int, count: int = 100) -> list[Entry]:
         """Entries idle past the visibility timeout (their worker died), now this consumer's, with delivery counts."""
-        reply = await self.redis.xautoclaim(self.stream, self.group, consumer, min_idle_ms, start_id="0-0", count=count)
+        reply = await self._within(self.redis.xautoclaim(self.stream, self.group, consumer, min_idle_ms, start_id="0-0", count=count))
         claimed = cast("list[_Raw]", reply[1])
         if not claimed:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, _fields in claimed:
                 pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
-            replies = await pipe.execute()
+            replies = await self._within(pipe.execute())
         counts = {_text(p["message_id"]): int(p["times_delivered"]) for reply in replies for p in reply}
         out: list[Entry] = []
         for entry_id, fields in claimed:
@@ -154,43 +169,43 @@ class TaskQueue:
 
     async def touch(self, consumer: str, entry_id: str) -> None:
         """Reset an entry's idle time (the worker on it is alive) without counting a delivery."""
-        await self.redis.xclaim(self.stream, self.group, consumer, 0, [entry_id], justid=True)
+        await self._within(self.redis.xclaim(self.stream, self.group, consumer, 0, [entry_id], justid=True))
 
     async def ack(self, entry_id: str) -> None:
-        await self._ack(keys=[self.stream], args=[self.group, entry_id])
+        await self._within(self._ack(keys=[self.stream], args=[self.group, entry_id]))
 
     async def retry(self, entry: Entry, *, due: float) -> None:
-        await self._retry(
-            keys=[self.stream, self.delayed], args=[self.group, entry.entry_id, repr(due), f"{entry.task_id}\t{entry.tenant}"]
+        await self._within(
+            self._retry(keys=[self.stream, self.delayed], args=[self.group, entry.entry_id, repr(due), f"{entry.task_id}\t{entry.tenant}"])
         )
 
     async def promote(self, *, now: float, limit: int = 100) -> int:
         """Moves retries due by ``now`` back to the stream; returns how many."""
-        return int(cast(int, await self._promote(keys=[self.stream, self.delayed], args=[repr(now), limit])))
+        return int(cast(int, await self._within(self._promote(keys=[self.stream, self.delayed], args=[repr(now), limit]))))
 
     async def due_times(self) -> dict[str, float]:
         """Delayed retries by task id (for operators and tests)."""
-        members = cast("list[tuple[bytes, float]]", await self.redis.zrange(self.delayed, 0, -1, withscores=True))
+        members = cast("list[tuple[bytes, float]]", await self._within(self.redis.zrange(self.delayed, 0, -1, withscores=True)))
         return {_text(m).split("\t", 1)[0]: float(score) for m, score in members}
 
     async def dead_letter(self, entry: Entry) -> None:
-        await self._dead(keys=[self.stream, self.dead], args=[self.group, entry.entry_id, entry.task_id, entry.tenant])
+        await self._within(self._dead(keys=[self.stream, self.dead], args=[self.group, entry.entry_id, entry.task_id, entry.tenant]))
 
     async def dead_entries(self, *, count: int = 1000) -> list[Entry]:
-        rows = cast("list[_Raw]", await self.redis.xrange(self.dead, count=count))
+        rows = cast("list[_Raw]", await self._within(self.redis.xrange(self.dead, count=count)))
         return [e for e in (_entry(entry_id, fields) for entry_id, fields in rows) if e is not None]
 
     async def move_back(self, entry: Entry) -> bool:
         """A dead entry back on the stream; False when another replay already moved it."""
-        return bool(await self._replay(keys=[self.dead, self.stream], args=[entry.entry_id, entry.task_id, entry.tenant]))
+        return bool(await self._within(self._replay(keys=[self.dead, self.stream], args=[entry.entry_id, entry.task_id, entry.tenant])))
 
     async def drop_dead(self, entry: Entry) -> None:
-        await self.redis.xdel(self.dead, entry.entry_id)
+        await self._within(self.redis.xdel(self.dead, entry.entry_id))
 
     async def pending_count(self) -> int:
         """Entries delivered and not yet acknowledged (0 before any worker made the group)."""
         try:
-            info = await self.redis.xpending(self.stream, self.group)
+            info = await self._within(self.redis.xpending(self.stream, self.group))
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 return 0

@@ -29,7 +29,10 @@ Stopping: ``stop(grace_s)`` stops reading, lets running tasks finish within
 the grace, and cancels the rest without acknowledging them: their entries stay
 pending and another worker reclaims them after the visibility timeout, where
 the memoised steps are not run again. Trouble with Redis or the store while
-handling an entry leaves it pending the same way.
+handling an entry leaves it pending the same way. A cancel that a library
+answers with an error of its own (asyncpg cutting a connection) is still a
+stop: ``cancelling()`` is checked wherever errors are caught, and the
+heartbeat also stops on a flag, so that no run outlives its stop.
 
 Log lines are ``key=value`` with the task's id, tenant, kind, attempt and
 trace id, never its input, result or error text (only the exception's type).
@@ -55,6 +58,12 @@ from sluicegate_orchestrator.queue import Entry
 
 Handler = Callable[[StepContext], Awaitable[Json]]
 log = logging.getLogger("sluicegate.orchestrator")
+
+
+def cancelling() -> bool:
+    """Whether this task has been asked to stop (some libraries answer a cancel with an error of their own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def default_consumer() -> str:
@@ -103,6 +112,10 @@ class Worker:
         """Stop reading; running tasks get ``grace_s`` to finish, the rest stay pending for another worker."""
         self._stopping.set()
         if self._loop_task is not None:
+            # Its Redis calls have deadlines; should it still not end, it is cut short (nothing to lose: it holds no task).
+            done, _ = await asyncio.wait({self._loop_task}, timeout=self.block_ms / 1000 + 3 * self.queue.timeout_s)
+            if not done:
+                self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
@@ -196,13 +209,16 @@ class Worker:
         self._log("task.started", task)
         ctx = StepContext(self.orchestrator, task)
         # Beats through the settling too: compensations may take a while, and the lease must outlive them.
-        heartbeat = asyncio.create_task(self._heartbeat(entry, task))
+        beating = asyncio.Event()
+        beating.set()
+        heartbeat = asyncio.create_task(self._heartbeat(entry, task, beating))
         try:
             status = await self._settle(entry, ctx, await self._call(ctx))
         finally:
+            # Told twice: a library may turn a cancel into an error of its own, and the flag still holds.
+            beating.clear()
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await asyncio.wait({heartbeat}, timeout=self.visibility_timeout_s)
         self.hooks.finished(task.kind, status, loop.time() - started)
 
     async def _call(self, ctx: StepContext) -> Json | BaseException:
@@ -214,7 +230,9 @@ class Worker:
             if ctx.task.cancel_requested:  # a run to compensate that met no step boundary
                 raise TaskCancelled(ctx.task.id)
             return result
-        except (Exception, Yield, TaskCancelled) as exc:  # noqa: BLE001 - the outcome; CancelledError (a stop) is not caught
+        except (Exception, Yield, TaskCancelled) as exc:  # the outcome; CancelledError (a stop) is not caught
+            if cancelling():
+                raise asyncio.CancelledError from exc  # a stop that a library turned into its own error
             return exc
 
     async def _settle(self, entry: Entry, ctx: StepContext, outcome: Json | BaseException) -> str:
@@ -286,15 +304,19 @@ class Worker:
         if parent is not None and parent.status == "queued":
             await self.orchestrator.queue(parent.queue).enqueue(parent.id, parent.tenant)
 
-    async def _heartbeat(self, entry: Entry, task: Task) -> None:
+    async def _heartbeat(self, entry: Entry, task: Task, beating: asyncio.Event) -> None:
         interval = self.visibility_timeout_s / 3
-        while True:
+        while beating.is_set():
             await asyncio.sleep(interval)
             try:
+                if not beating.is_set():
+                    return
                 if not await self.store.renew(task.tenant, task.id, owner=self.consumer, until=self.clock() + self.lease_s):
                     return  # another worker has it now: keeping the entry fresh would only hold it from them
                 await self.queue.touch(self.consumer, entry.entry_id)
-            except Exception as exc:  # noqa: BLE001 - the next beat tries again; the lease outlasts one miss
+            except Exception as exc:  # the next beat tries again; the lease outlasts one miss
+                if cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning("event=task.heartbeat_failed task=%s error=%s", task.id, type(exc).__name__)
 
     def _log(self, event: str, task: Task, **fields: object) -> None:
