@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run plugins' background workers without serving HTTP")
     worker.add_argument("--config", required=True, help="YAML or TOML config file")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "worker":
-        return _worker(args.config)
+        return _worker(args.config, args.metrics_port)
     if args.command == "config" and args.config_command == "check":
         return _check(args.file)
     if args.command in ("config", "canary"):
@@ -85,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(path: str) -> int:
+def _worker(path: str, metrics_port: int | None) -> int:
     from router.config_resolve import resolve
     from router.worker import run_worker
 
@@ -96,7 +97,7 @@ def _worker(path: str) -> int:
         print(f"sluicegate: {exc}", file=sys.stderr)
         return 2
     print(f"sluicegate: worker (config: {path}); plugins: {', '.join(p.name for p in config.plugins if p.enabled) or 'none'}", flush=True)
-    run_worker(config, path)
+    run_worker(config, path, metrics_port)
     return 0
 
 

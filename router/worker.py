@@ -3,8 +3,10 @@
 It builds and starts the same ``Gateway`` as ``serve`` (config versions and
 their reloads, tenants, limits, budgets, the ledger, engines), so a model call
 a plugin's worker makes goes through the whole pipeline; plugins see
-``services.role == "worker"`` and may run their workers only here. SIGTERM or
-SIGINT stops it: the gateway stops as ``serve`` stops it (plugins closed,
+``services.role == "worker"`` and may run their workers only here. With
+``--metrics-port`` it serves Prometheus metrics (the gateway's and the
+plugins', e.g. the orchestrator's model calls) at ``/metrics`` on that port
+(bound to ``server.host``). SIGTERM or SIGINT stops it: the gateway stops as ``serve`` stops it (plugins closed,
 settlements drained, the ledger flushed), then the process exits 0.
 """
 
@@ -15,6 +17,7 @@ import logging.config
 import signal
 
 import uvloop
+from prometheus_client import start_http_server
 
 from core.config import Config
 from router.gateway import Gateway
@@ -23,12 +26,14 @@ from router.logs import log_config
 log = logging.getLogger("sluicegate")
 
 
-async def _run(config: Config, source_path: str | None) -> None:
+async def _run(config: Config, source_path: str | None, metrics_port: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(config, source_path=source_path, role="worker")
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=config.server.host, registry=gateway.metrics.registry)
     await gateway.start()
     log.info("worker started: plugins %s", ", ".join(gateway.snapshot.plugins.by_name) or "none")
     try:
@@ -38,6 +43,6 @@ async def _run(config: Config, source_path: str | None) -> None:
     log.info("worker stopped")
 
 
-def run_worker(config: Config, source_path: str | None) -> None:
+def run_worker(config: Config, source_path: str | None, metrics_port: int | None = None) -> None:
     logging.config.dictConfig(log_config(config.server.log_level))
-    uvloop.run(_run(config, source_path))
+    uvloop.run(_run(config, source_path, metrics_port))

@@ -27,7 +27,7 @@ import msgspec
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEY, REPO, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Process, gateway_config, serve
+from tests.e2e.conftest import API_KEY, REPO, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Process, free_port, gateway_config, serve
 
 SAMPLE = REPO / "tests" / "plugins" / "sample"
 
@@ -168,9 +168,13 @@ def test_sluicegate_worker_runs_plugin_workers_without_http(tmp_path: Path, fake
     config.write_bytes(msgspec.yaml.encode(_settings(fake_server.url + "/v1", events, heartbeat)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), sample_path]), "PYTHONUNBUFFERED": "1", UPSTREAM_KEY_ENV: UPSTREAM_KEY}
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "router", "worker", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    port = free_port()
+    argv = [sys.executable, "-m", "router", "worker", "--config", str(config), "--metrics-port", str(port)]
+    worker = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         _wait(lambda: heartbeat.exists() and heartbeat.read_text().startswith("worker ") and int(heartbeat.read_text().split()[1]) > 2, 30)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "sluicegate_config_version" in metrics and "sluicegate_plugin_hook_seconds" in metrics
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=30)
