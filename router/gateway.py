@@ -42,6 +42,7 @@ from router.responses_expiry import ResponseSweeper
 from router.responses_records import ResponseStore
 from router.responses_store import open_response_store
 from router.snapshot import Snapshot, build
+from serving.health import State
 from router.state import accounting_settings, open_config_store, open_counter_store, open_ledger
 from router.state_batches import open_batch_store, open_claims, open_file_store
 from router.tenant_records import TenantNotFound, TenantStore
@@ -104,6 +105,7 @@ class Gateway:
         ))  # fmt: skip
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
+        self.metrics.track_breakers(lambda: {name: d.breaker.state is State.OPEN for name, d in self.deployments.items()})
         self.started = False
 
     def _plugin_services(self, plugin: str) -> GatewayServices:

@@ -41,6 +41,22 @@ class _EngineLoad(Collector):
         yield waiting
 
 
+BreakerSource = Callable[[], dict[str, bool]]
+
+
+class _BreakerState(Collector):
+    """Whether each deployment's circuit breaker is open (1) or not (0), read at scrape time."""
+
+    def __init__(self, source: BreakerSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("sluicegate_breaker_open", "1 while a deployment's circuit breaker is open.", labels=["deployment"])
+        for name, is_open in self._source().items():
+            family.add_metric([name], 1.0 if is_open else 0.0)
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -123,6 +139,9 @@ class Metrics:
 
     def track_engine_load(self, source: LoadSource) -> None:
         self.registry.register(_EngineLoad(source))
+
+    def track_breakers(self, source: BreakerSource) -> None:
+        self.registry.register(_BreakerState(source))
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, str(status))

@@ -40,6 +40,7 @@ def exported_series() -> dict[str, set[str]]:
     """Series name --> its label names, for everything the gateway registers."""
     metrics = Metrics()
     metrics.track_engine_load(lambda: {"deployment-a": (1, 2)})
+    metrics.track_breakers(lambda: {"deployment-a": True})
     series: dict[str, set[str]] = {}
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
