@@ -24,23 +24,14 @@ from core.principal import Principal
 from router.batch_claims import BatchClaims
 from router.batch_native_plan import native_deployment, with_native
 from router.batch_records import ACTIVE, BatchError, BatchRecord, BatchStore, BatchUsage, Part, RequestCounts
-from router.batch_request import (
-    Outcome,
-    batch_principal,
-    done_id,
-    expired_line,
-    line_usage,
-    new_request_id,
-    response_usage,
-    result_line,
-    run_line,
-)  # fmt: skip
+from router.batch_request import batch_principal, done_id, expired_line, line_usage, response_usage, result_line, run_line
 from router.batch_state import counted, expired, failed, finalizing, finished, validated
 from router.batch_validate import ENDPOINTS, BatchLine, LineError, numbered_lines, parse_line, validate
 from router.files_store import FileStore
 from router.pipeline import Pipeline
 from router.snapshot import Snapshot
 from router.tenant_records import StoreUnavailable, TenantNotFound, TenantStore, principal_of, usable
+from router.unary import Outcome, new_request_id
 
 log = logging.getLogger("sluicegate.batches")
 _MAX_RETRY_WAIT_S = 30.0

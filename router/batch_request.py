@@ -9,35 +9,22 @@ class, so it waits behind every interactive request.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import msgspec
 
-from core.errors import GatewayError, InternalError, error_body
 from core.principal import Principal
 from router.batch_context import BATCH_ROUTE, BatchContext
 from router.batch_records import BatchUsage, InputTokensDetails, OutputTokensDetails
 from router.batch_validate import BatchLine
-from router.context import CLIENT_CLOSED
 from router.pipeline import Pipeline
-from router.plugins import ShortCircuit
 from router.snapshot import Snapshot
+from router.unary import Outcome, new_request_id, serve_unary
 from serving.base import Kind
 
 log = logging.getLogger("sluicegate.batches")
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
-
-
-@dataclass(slots=True)
-class Outcome:
-    status: int
-    body: bytes  # the response, or the error envelope
-    request_id: str
-    error: GatewayError | None = None
 
 
 class _Response(msgspec.Struct):
@@ -99,16 +86,6 @@ _encode = msgspec.json.encode
 _done_decoder = msgspec.json.Decoder(_Done)
 _body_decoder = msgspec.json.Decoder(_Body)
 _answered_decoder = msgspec.json.Decoder(_Answered)
-# Request ids as the HTTP routes make them (random per process, then a counter), from
-# a prefix of their own: the routes' module sits above the gateway that owns the runner.
-_ID_PREFIX = os.urandom(6).hex()
-_id_counter = itertools.count()
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):012x}"
-
-
 def batch_principal(principal: Principal) -> Principal:
     """The creator's principal, queued in the class below every interactive one."""
     return replace(principal, priority=BATCH_ROUTE)
@@ -120,28 +97,7 @@ async def run_line(pipeline: Pipeline, snapshot: Snapshot, principal: Principal,
         request_id=new_request_id(), snapshot=snapshot, principal=principal, kind=kind, route=BATCH_ROUTE,
         alias=line.model, body=line.body, batch_id=batch_id,
     )  # fmt: skip
-    pipeline.begin(ctx)
-    try:
-        await pipeline.admit(ctx)
-        completion = await pipeline.unary(ctx)
-    except ShortCircuit as short:
-        ctx.deployment = f"plugin:{short.plugin}"
-        await pipeline.complete(ctx)
-        return Outcome(200, _encode({**short.reply.body, "model": ctx.alias}), ctx.request_id)
-    except GatewayError as exc:
-        await pipeline.fail(ctx, exc)
-        return Outcome(exc.status, error_body(exc), ctx.request_id, exc)
-    except asyncio.CancelledError:
-        ctx.status = CLIENT_CLOSED
-        pipeline.finish(ctx)
-        raise
-    except Exception as exc:
-        log.error("batch request failed unexpectedly: %s", type(exc).__name__, exc_info=exc)
-        error = InternalError("The gateway failed to process the request.")
-        await pipeline.fail(ctx, error)
-        return Outcome(error.status, error_body(error), ctx.request_id, error)
-    await pipeline.complete(ctx)
-    return Outcome(200, completion.body, ctx.request_id)
+    return await serve_unary(pipeline, ctx, log)
 
 
 def result_line(custom_id: str, outcome: Outcome) -> bytes:

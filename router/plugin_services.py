@@ -8,23 +8,19 @@ plugin acts for (``principal``: the tenant's limits and budgets, no key's).
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import os
 import re
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import msgspec
-
-from core.errors import GatewayError, InternalError, NotFound, error_body
+from core.errors import NotFound
 from core.plugin import Completed
 from core.principal import Principal
-from router.context import CLIENT_CLOSED, RequestContext
-from router.plugins import ShortCircuit
+from router.context import RequestContext
 from router.tenant_records import TenantNotFound
+from router.unary import new_request_id, serve_unary
 from serving.base import Kind
 
 if TYPE_CHECKING:
@@ -33,8 +29,6 @@ if TYPE_CHECKING:
     from router.snapshot import Snapshot
     from router.tenant_records import TenantStore
 
-_encode_prefix = os.urandom(6).hex()
-_ids = itertools.count()
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _KINDS: frozenset[str] = frozenset({"chat", "completion", "embedding"})
 
@@ -84,36 +78,14 @@ class GatewayServices:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {sorted(_KINDS)}")
         snapshot = self._snapshot()
-        request_id = f"{_encode_prefix}{next(_ids):012x}"
         alias = body.get("model")
         ctx = RequestContext(
-            request_id=request_id, snapshot=snapshot, principal=principal, kind=cast(Kind, kind),
+            request_id=new_request_id(), snapshot=snapshot, principal=principal, kind=cast(Kind, kind),
             route=f"plugin:{self._plugin}", alias=alias if isinstance(alias, str) else "", body={**body, "stream": False},
         )  # fmt: skip
-        pipeline = self._pipeline()
         traceparent = None
         if trace_id is not None and _TRACE_ID.fullmatch(trace_id) and trace_id != "0" * 32:
             ctx.trace_id = trace_id
             traceparent = f"00-{trace_id}-{os.urandom(8).hex()}-01"
-        pipeline.begin(ctx, traceparent)
-        try:
-            snapshot.router.get(ctx.alias)
-            await pipeline.admit(ctx)
-            completion = await pipeline.unary(ctx)
-        except ShortCircuit as short:
-            await pipeline.complete(ctx)
-            return Completed(status=200, body=msgspec.json.encode(short.reply.body), request_id=request_id)
-        except GatewayError as exc:
-            await pipeline.fail(ctx, exc)
-            return Completed(status=exc.status, body=error_body(exc), request_id=request_id)
-        except asyncio.CancelledError:
-            ctx.status = CLIENT_CLOSED
-            pipeline.finish(ctx)
-            raise
-        except Exception as exc:
-            self.log.error("a plugin's model call failed unexpectedly: %s", type(exc).__name__)
-            error = InternalError("The gateway failed to process the request.")
-            await pipeline.fail(ctx, error)
-            return Completed(status=error.status, body=error_body(error), request_id=request_id)
-        await pipeline.complete(ctx)
-        return Completed(status=200, body=completion.body, request_id=request_id)
+        outcome = await serve_unary(self._pipeline(), ctx, self.log, traceparent)
+        return Completed(status=outcome.status, body=outcome.body, request_id=outcome.request_id)

@@ -10,11 +10,12 @@ import msgspec
 from core.config import Config
 from policies.routing import Router
 from router.batch_records import BatchUsage, InputTokensDetails, OutputTokensDetails
-from router.batch_request import Outcome, line_usage, response_usage, result_line
+from router.batch_request import line_usage, response_usage, result_line
 from router.batch_state import counted, finished, new_record, validated
 from router.batch_validate import validate
 from router.config_resolve import resolve
 from router.snapshot import build
+from router.unary import Outcome
 
 
 def test_each_endpoints_usage_counts_alike() -> None:
