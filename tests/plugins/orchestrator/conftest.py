@@ -12,12 +12,13 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from sluicegate_orchestrator import PostgresTaskStore, SqliteTaskStore, TaskStore
+from sluicegate_orchestrator import Orchestrator, PostgresTaskStore, SqliteTaskStore, Task, TaskStore, Worker
 
 ADMIN_DSN = os.environ.get("SLUICEGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -100,3 +101,40 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{what} did not happen within {timeout_s}s")
+
+
+@pytest.fixture
+def orchestrator(store: TaskStore, redis: aioredis.Redis, prefix: str) -> Orchestrator:
+    return Orchestrator(store, redis, prefix=prefix)
+
+
+@asynccontextmanager
+async def running(worker: Worker, *, grace_s: float = 5.0) -> AsyncIterator[Worker]:
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop(grace_s=grace_s)
+
+
+async def reaches(orchestrator: Orchestrator, task: Task, status: str, *, timeout_s: float = 10.0) -> Task:
+    async def check() -> bool:
+        current = await orchestrator.get(task.tenant, task.id)
+        return current is not None and current.status == status
+
+    await eventually(check, timeout_s=timeout_s, what=f"task {task.id} reaching {status}")
+    final = await orchestrator.get(task.tenant, task.id)
+    assert final is not None
+    return final
+
+
+async def pending_zero(orchestrator: Orchestrator, *, stream_empty: bool = False) -> bool:
+    queue = orchestrator.queue()
+    if stream_empty and await orchestrator.redis.xlen(queue.stream) != 0:
+        return False
+    return await queue.pending_count() == 0
+
+
+async def status_is(orchestrator: Orchestrator, task: Task, status: str) -> bool:
+    current = await orchestrator.get(task.tenant, task.id)
+    return current is not None and current.status == status
