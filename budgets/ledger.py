@@ -31,7 +31,7 @@ from budgets.ledger_row import LedgerRow, LedgerStore, decode_spooled
 from budgets.ledger_spool import Spool, replay_spool, write_or_reject
 
 # A row is what record() takes, so the ledger's callers find it here as well.
-__all__ = ["BatchingLedger", "Ledger", "LedgerOptions", "LedgerRow"]
+__all__ = ["BatchingLedger", "Ledger", "LedgerBacklog", "LedgerOptions", "LedgerRow"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,17 @@ class LedgerOptions(msgspec.Struct, kw_only=True, frozen=True):
             raise ValueError("drain_s must not be negative")
 
 
+class LedgerBacklog(msgspec.Struct, frozen=True):
+    """What has not reached the store yet: for the metrics, read when asked."""
+
+    # Rows in memory waiting for the next batch.
+    pending_rows: int
+    # Bytes of rows in the spool file (the store failed or was down).
+    spool_bytes: int
+    # False while writes fail and rows go to the spool.
+    healthy: bool
+
+
 class BatchingLedger:
     """A :class:`Ledger` over any :class:`LedgerStore`, with spool and replay."""
 
@@ -95,6 +106,10 @@ class BatchingLedger:
     def healthy(self) -> bool:
         """False while writes fail and rows are going to the spool."""
         return self._healthy
+
+    def backlog(self) -> LedgerBacklog:
+        """Rows waiting in memory and bytes waiting on disk, now (a stat of the spool: cheap enough per scrape)."""
+        return LedgerBacklog(len(self._buffer), self._spool.size(), self._healthy)
 
     async def start(self) -> None:
         """Start the writer; a spool left by an earlier run is replayed in its first round.
@@ -252,7 +267,7 @@ class BatchingLedger:
         except asyncio.CancelledError:
             self._spool.append(batch)  # shutting down mid-write: keep the rows, even if it blocks
             raise
-        except Exception as exc:  # whatever the cause, the rows go to the spool
+        except Exception as exc:  # noqa: BLE001 -- whatever the cause, the rows go to the spool
             self._mark(ok=False, reason=f"write failed ({type(exc).__name__})")
             return False
         self._mark(ok=True, reason="")
@@ -264,7 +279,7 @@ class BatchingLedger:
         generation = self._spool_gen
         try:
             await replay_spool(self._spool, self._store, decode_spooled, self._opts.max_batch)
-        except Exception as exc:  # unreachable store or unreadable spool: both retried later
+        except Exception as exc:  # noqa: BLE001 -- unreachable store or unreadable spool: both retried later
             self._mark(ok=False, reason=f"spool replay failed ({type(exc).__name__})")
             return
         self._mark(ok=True, reason="")

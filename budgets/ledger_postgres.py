@@ -67,9 +67,7 @@ _COLUMN_LIST = ", ".join(_NAMES)
 # connection handed back to the pool never carries rows into the next batch.
 _STAGE = "ledger_stage"
 _CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
-    + ", ".join(f"{name} {kind}" for name, kind in _COLUMNS)
-    + ") ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (" + ", ".join(f"{name} {kind}" for name, kind in _COLUMNS) + ") ON COMMIT DELETE ROWS"
 )
 _MOVE_STAGE = f"INSERT INTO ledger ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGE} ON CONFLICT DO NOTHING"
 _INSERT_UNNEST = (
@@ -237,7 +235,7 @@ class PostgresStore:
         try:
             async with self._connection(self._timeout_s) as conn:
                 return bool(await conn.fetchval("SELECT 1") == 1)
-        except Exception:  # any failure to answer means "not reachable" here
+        except Exception:  # noqa: BLE001 -- any failure to answer means "not reachable" here
             return False
 
 

@@ -6,7 +6,7 @@ expression per dialect, and every value travels as a bound parameter.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
 import msgspec
@@ -46,23 +46,23 @@ _TIME_COLUMN: dict[Dialect, str] = {"sqlite": "started_us", "postgres": "started
 _AGGREGATES = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
 def as_utc(value: datetime) -> datetime:
     """Naive datetimes are taken to be UTC; aware ones are converted to it."""
-    if value.tzinfo is timezone.utc:
+    if value.tzinfo is UTC:
         return value  # the common case, and on the write path for every row
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def to_epoch_us(value: datetime) -> int:
     """Exact integer microseconds since the epoch (no float rounding)."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return (value - _EPOCH) // _MICROSECOND
 
 
@@ -172,9 +172,7 @@ def usage_rows(query: UsageQuery, records: list[tuple[object, ...]]) -> list[Usa
     return out
 
 
-def rows_sql(
-    dialect: Dialect, tenant: str | None, start: datetime, end: datetime, limit: int
-) -> tuple[str, list[object]]:
+def rows_sql(dialect: Dialect, tenant: str | None, start: datetime, end: datetime, limit: int) -> tuple[str, list[object]]:
     """WHERE/ORDER/LIMIT tail for listing raw rows, oldest first."""
     if limit < 0:
         raise ValueError("limit must not be negative")

@@ -50,7 +50,7 @@ class SpoolReader:
     """Reads a claimed spool file batch by batch (blocking; run in a thread)."""
 
     def __init__(self, path: Path, decode: Callable[[bytes], LedgerRow]) -> None:
-        self._fh: IO[bytes] = open(path, "rb")
+        self._fh: IO[bytes] = open(path, "rb")  # noqa: SIM115 -- held across batches, closed by close()
         self._decode = decode
         self.skipped = 0
 
@@ -97,6 +97,16 @@ class Spool:
 
     def pending(self) -> bool:
         return self.claimed_path.exists() or (self.path.exists() and self.path.stat().st_size > 0)
+
+    def size(self) -> int:
+        """Bytes of rows waiting to be replayed (the live file and one being replayed); two stat calls."""
+        total = 0
+        for path in (self.path, self.claimed_path):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def claim(self) -> Path | None:
         """The file to replay next: an unfinished claimed one first, else the live one."""

@@ -126,4 +126,3 @@ def from_record(rec: sqlite3.Row) -> LedgerRow:
         pii_entities=pii_entities, trace_id=trace_id, stream=stream, started_us=rec["started_us"], finished_us=finished_us,
         config_version=rec["config_version"], arm=rec["arm"], batch_id=rec["batch_id"],
     )  # fmt: skip
-

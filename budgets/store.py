@@ -188,6 +188,15 @@ class CounterStore(Protocol):
         """(spent, reserved) of a budget key."""
         ...
 
+    async def claim_once(self, key: str, expire_at_ms: int | None) -> bool:
+        """True for the first caller to claim ``key`` until ``expire_at_ms`` (None: for ever), False for all others.
+
+        Atomic across every replica sharing the store: a budget alert goes out
+        once per threshold and period. A claim whose expiry has passed is never
+        granted; a retried call that had already won (a timed-out round trip)
+        still answers True."""
+        ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...

@@ -94,6 +94,9 @@ class MemoryCounterStore:
         # No lease ends, no record expires and no budget period ends before this.
         self._due: float = _NEVER
         self._budget_heap: list[tuple[int, str]] = []
+        # claim_once: key --> until when it is held; none expires before ``_claims_due``.
+        self._claims: dict[str, float] = {}
+        self._claims_due: float = _NEVER
 
     def _now_ms(self) -> int:
         # Epoch time, not monotonic: windows align to the same boundaries as in Redis.
@@ -161,8 +164,7 @@ class MemoryCounterStore:
             counter.used += tokens if kind == _TOKENS else 1
         lease_end = now + lease_ms
         self._records[request_id] = _Record(lease_end, lease_end + RECORD_GRACE_MS, bound, now, tokens, admission.held)
-        if lease_end < self._due:
-            self._due = lease_end
+        self._due = min(self._due, lease_end)
         return admission
 
     def settle_now(self, request_id: str, tokens: int = 0, money: int = 0) -> None:
@@ -218,6 +220,23 @@ class MemoryCounterStore:
             self._purge(now)
         state = self._budgets.get(key)
         return (0, 0) if state is None else (state.spent, state.reserved)
+
+    async def claim_once(self, key: str, expire_at_ms: int | None) -> bool:
+        now = self._now_ms()
+        if expire_at_ms is not None and expire_at_ms <= now:
+            return False
+        claims = self._claims
+        if self._claims_due <= now:
+            # Claims past their expiry are forgotten together, as seldom as any expires.
+            for name in [name for name, until in claims.items() if until <= now]:
+                del claims[name]
+            self._claims_due = min(claims.values(), default=_NEVER)
+        if key in claims:
+            return False
+        until = _NEVER if expire_at_ms is None else expire_at_ms
+        claims[key] = until
+        self._claims_due = min(self._claims_due, until)
+        return True
 
     async def ping(self) -> bool:
         return True
@@ -320,8 +339,7 @@ class MemoryCounterStore:
         if expire_at is not None and expire_at != state.expire_at:
             state.expire_at = expire_at
             heapq.heappush(self._budget_heap, (expire_at, key))
-            if expire_at < self._due:
-                self._due = expire_at
+            self._due = min(self._due, expire_at)
 
     def _purge(self, now: int) -> None:
         """End the leases that are over, forget expired records and budget counters past their period."""

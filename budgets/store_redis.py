@@ -10,7 +10,8 @@ one store live in a single cluster slot and every script stays single-slot
 ``r:<window>:`` / ``t:<window>:`` request and token windows, ``c:`` concurrency
 leases (ZSET id -> expiry), ``bs:`` budget state (HASH spent, reserved),
 ``bl:`` budget leases (ZSET id -> expiry), ``ba:`` budget holds (HASH id ->
-amount), ``res:<request id>`` the reservation record settle works from.
+amount), ``res:<request id>`` the reservation record settle works from,
+``cl:`` claims made once (``claim_once``, ``claim.lua``).
 
 A timed-out call may have run on the server; the client retries it safely
 because a repeated admit of the same id reserves nothing more and a repeated
@@ -20,6 +21,8 @@ settle does nothing.
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from importlib.resources import files
 from typing import Any
 
@@ -99,6 +102,7 @@ class RedisCounterStore:
         self._base = "{" + prefix + "}"
         self._admit_script = client.register_script(_script("admit.lua"))
         self._settle_script = client.register_script(_script("settle.lua"))
+        self._claim_script = client.register_script(files("budgets").joinpath("lua").joinpath("claim.lua").read_text(encoding="utf-8"))
 
     @property
     def key_prefix(self) -> str:
@@ -122,10 +126,7 @@ class RedisCounterStore:
                 "lease": lease_ms,
                 "now": -1 if now_ms is None else now_ms,
                 "grace": RECORD_GRACE_MS,
-                "limits": [
-                    [lim.kind, lim.key, lim.limit, tokens if lim.kind == "tokens" else 1, lim.window_ms]
-                    for lim in plan.limits
-                ],
+                "limits": [[lim.kind, lim.key, lim.limit, tokens if lim.kind == "tokens" else 1, lim.window_ms] for lim in plan.limits],
                 "budgets": [_budget_args(budget, tokens, money, floors) for budget in plan.budgets],
             }
         )
@@ -155,6 +156,17 @@ class RedisCounterStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"counter store unavailable ({type(exc).__name__})") from exc
         return int(spent or 0), int(reserved or 0)
+
+    async def claim_once(self, key: str, expire_at_ms: int | None) -> bool:
+        if expire_at_ms is not None and expire_at_ms <= time.time_ns() // 1_000_000:
+            return False
+        token = uuid.uuid4().hex
+        expiry = "-1" if expire_at_ms is None else str(expire_at_ms)
+        try:
+            won = await self._claim_script(keys=[self._base + "cl:" + key], args=[token, expiry])
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"counter store unavailable ({type(exc).__name__})") from exc
+        return int(won) == 1
 
     async def ping(self) -> bool:
         try:

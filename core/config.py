@@ -57,6 +57,8 @@ class ServerConfig(_Strict):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
     grace_period_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # One JSON line per request on the `sluicegate.access` logger.
+    access_log: bool = True
     # The garbage collector's thresholds once started (Python's default is
     # 700, 10, 10). Each request allocates a few hundred short-lived objects, so
     # at the default the youngest generation is collected every few requests:
@@ -267,6 +269,10 @@ class BudgetConfig(_Strict):
     limit: Annotated[int, msgspec.Meta(ge=0)]
     # Hard budgets refuse requests; soft budgets alert (metric, log) and allow.
     hard: bool = True
+    # Percentages of the limit at which a budget alert goes out, once each per period (empty: none).
+    alert_at: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=100)]], msgspec.Meta(max_length=10)] = msgspec.field(
+        default_factory=lambda: [80, 90, 100]
+    )
 
     def __post_init__(self) -> None:
         # Counters are signed 64-bit integers of tokens or pico-USD (1e6 per micro-USD).
@@ -325,6 +331,8 @@ class TenantConfig(_Strict):
     budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
     routing: RoutingPolicy | None = None
     pii: dict[str, Any] | None = None
+    # Prompts and completions on the tenant's trace spans (after its PII policy ran); off by default.
+    trace_content: bool = False
 
 
 class AlertsConfig(_Strict):
@@ -333,6 +341,9 @@ class AlertsConfig(_Strict):
     webhook_url: str | None = None
     webhook_secret: SecretRef | None = None
     timeout_s: PositiveFloat = 5.0
+    # A failed delivery is tried again this many times, waiting backoff_s, then twice as long each time.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 4
+    backoff_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
 
 
 class PluginConfig(_Strict):

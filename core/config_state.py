@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from core.config_base import PositiveFloat, PositiveInt, SecretRef
+from core.config_base import ConfigError, PositiveFloat, PositiveInt, SecretRef
 from core.config_base import Strict as _Strict
 
 
@@ -49,7 +49,8 @@ class StateConfig(_Strict):
     tenants: Literal["config", "postgres"] = "config"
     postgres_dsn: SecretRef | str | None = None
     # Set, replicas tell each other about revoked keys and changed tenants at once.
-    redis_url: str | None = None
+    # A URL with a password belongs in a secret reference ({env: NAME} or {file: PATH}).
+    redis_url: SecretRef | str | None = None
     # Rate limits, concurrency and budgets: in this process, or shared in Redis.
     counters: Literal["memory", "redis"] = "memory"
     # The cost ledger: a local SQLite file, or PostgreSQL (batched, spooled when down).
@@ -87,6 +88,15 @@ class StateConfig(_Strict):
         if isinstance(self.postgres_dsn, SecretRef):
             return self.postgres_dsn.resolve()
         return self.postgres_dsn
+
+    def redis(self) -> str | None:
+        """The Redis URL; a reference is resolved here, and a failure names the key (never the value)."""
+        if isinstance(self.redis_url, SecretRef):
+            try:
+                return self.redis_url.resolve()
+            except ConfigError as exc:
+                raise ConfigError(f"key `state.redis_url`: {exc}") from None
+        return self.redis_url
 
 
 class BatchesConfig(_Strict):

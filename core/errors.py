@@ -184,6 +184,14 @@ class NoHealthyDeployment(GatewayError):
     code = "no_healthy_deployment"
 
 
+# The HTTP server's own refusals (routing, body limits) --> the class that answers them.
+HTTP_STATUS_ERRORS: dict[int, type[GatewayError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
 _encoder = msgspec.json.Encoder()
 
 

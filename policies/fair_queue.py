@@ -22,6 +22,10 @@ the light tenant's latency.
 Waiters past their deadline, or arriving at a full queue, are shed with 503
 and ``Retry-After``.
 
+An ``observer``, when set, hears how long each admitted request waited (0
+when a slot was free) and each request shed, with its reason (``queue_full``,
+``queue_timeout``): the metrics, without this room knowing of them.
+
 The ``batch`` class, below ``low``, is for requests of ``/v1/batches``: it gets
 a slot only while no request of another class waits, and never the last free
 slot of an alias with more than one, so an interactive request that arrives
@@ -36,6 +40,7 @@ import itertools
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from core.errors import Overloaded
 
@@ -43,6 +48,11 @@ PRIORITIES = ("critical", "high", "standard", "low", "batch")
 BATCH = "batch"
 # A tenant counts as active this long after it last asked for or gave back a slot.
 ACTIVE_WINDOW_S = 1.0
+
+
+class QueueObserver(Protocol):
+    def waited(self, seconds: float) -> None: ...
+    def shed(self, tenant: str, reason: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -77,18 +87,25 @@ class FairQueue:
         self._active: OrderedDict[str, float] = OrderedDict()  # tenant --> when last seen, oldest first
         self._classes = {p: _Class() for p in PRIORITIES}
         self._seq = itertools.count()
+        self.observer: QueueObserver | None = None
 
     async def acquire(self, tenant: str, weight: int = 1, priority: str = "standard") -> None:
         """Wait for a slot; raises Overloaded when the queue is full or the deadline passes."""
         self._seen(tenant)
+        observer = self.observer
         if self.in_use < self.capacity:
             if self.waiting:
                 self._dispatch()  # a slot may have been kept back for tenants now gone
             if self.in_use < self.capacity and not self._capped(tenant) and (priority != BATCH or self._batch_may_start()):
                 self._take(tenant)
+                if observer is not None:
+                    observer.waited(0.0)
                 return
         if self.waiting >= self.max_waiting:
+            if observer is not None:
+                observer.shed(tenant, "queue_full")
             raise Overloaded("The model is saturated and its queue is full; retry shortly.", retry_after=1.0)
+        started = time.monotonic()
         cls = self._classes.get(priority) or self._classes["standard"]
         tag = max(cls.clock, cls.last_tag.get(tenant, 0.0)) + 1.0 / max(1, weight)
         cls.last_tag[tenant] = tag
@@ -105,12 +122,16 @@ class FairQueue:
             self._dispatch()
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.deadline_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._abandon(waiter)
+            if observer is not None:
+                observer.shed(tenant, "queue_timeout")
             raise Overloaded("The request waited too long in the model's queue; retry shortly.", retry_after=1.0) from None
         except asyncio.CancelledError:
             self._abandon(waiter)
             raise
+        if observer is not None:
+            observer.waited(time.monotonic() - started)
 
     def release(self, tenant: str) -> None:
         """Give back a slot ``tenant`` holds; it goes to the next waiter that may have it."""

@@ -1,4 +1,4 @@
-"""Each tenant's routing and PII policies, from the config (defaults under `policies`)."""
+"""Each tenant's routing, PII and trace-content policies, from the config (defaults under `policies`)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ class TenantPolicies:
         self._default_pii = _pii(config.policies.pii, "policies.pii")
         self._routing: dict[str, RoutingPolicy] = {}
         self._pii: dict[str, PiiPolicy | None] = {}
+        # Tenants whose prompts and completions may be recorded on their spans (`trace_content`).
+        self._trace_content = frozenset(tenant.id for tenant in config.tenants if tenant.trace_content)
         for i, tenant in enumerate(config.tenants):
             if tenant.routing is not None:
                 self._routing[tenant.id] = tenant.routing
@@ -52,3 +54,7 @@ class TenantPolicies:
     def pii(self, tenant: str) -> PiiPolicy | None:
         """None when PII scanning is off for the tenant: it then costs nothing."""
         return self._pii.get(tenant, self._default_pii)
+
+    def trace_content(self, tenant: str) -> bool:
+        """Whether the tenant opted in to prompts and completions on its trace spans (off unless it did)."""
+        return tenant in self._trace_content

@@ -9,6 +9,9 @@ it is retried there; a failure that shows the deployment down counts as it
 comes, one the request may have caused by itself is the breaker's to weigh by
 tenant (``CircuitBreaker.record_suspect``). An open breaker is left through
 the engine's health probe, never through a client request.
+
+On a traced request each try is a span of its own (``router.context.Trace``),
+and the upstream call names it as its parent.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from core.errors import GatewayError, NoHealthyDeployment, UpstreamRateLimited
 from policies.routing import Deployment
 from router.metrics import Metrics
 from serving.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from router.context import Trace
 
 T = TypeVar("T")
 
@@ -52,7 +58,7 @@ async def ready(deployment: Deployment) -> bool:
         return False
     try:
         up = await deployment.engine.health()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a probe that fails in any way says the deployment is down
         up = False
     except BaseException:
         breaker.probe_result(None)  # cancelled: no answer, the next request probes
@@ -77,7 +83,12 @@ async def attempt(
     metrics: Metrics,
     alias: str,
     tenant: str,
+    trace: Trace | None = None,
 ) -> tuple[T, Deployment]:
+    """Run ``run`` on the plan's deployments in order, again after a backoff, until one succeeds.
+
+    ``trace`` (None unless the request is traced) gets one span per try, numbered from 1.
+    """
     attempts = 0
     last: GatewayError | None = None
     counted: set[str] = set()
@@ -89,10 +100,14 @@ async def attempt(
             if not await ready(deployment):
                 continue
             attempts += 1
+            if trace is not None:
+                trace.attempt(deployment, attempts)
             started = time.perf_counter()
             try:
                 result = await run(deployment)
             except GatewayError as exc:
+                if trace is not None:
+                    trace.attempt_failed(exc)
                 record_failure(deployment, exc, metrics, tenant, counted)
                 if not exc.retryable:
                     raise
@@ -100,6 +115,8 @@ async def attempt(
                 continue
             deployment.breaker.record_success()
             deployment.latency.observe(time.perf_counter() - started)
+            if trace is not None:
+                trace.attempt_succeeded()
             return result, deployment
         if last is None:
             raise unavailable(alias, plan)

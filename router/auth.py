@@ -23,9 +23,7 @@ def new_api_key() -> str:
 def bearer_token(authorization: str | None) -> str:
     """The token of `Authorization: Bearer <token>`; a 401 for anything else."""
     if not authorization:
-        raise AuthenticationFailed(
-            "Missing API key: send it as `Authorization: Bearer sk-...`.", code="missing_api_key"
-        )
+        raise AuthenticationFailed("Missing API key: send it as `Authorization: Bearer sk-...`.", code="missing_api_key")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -77,6 +77,8 @@ class Billing:
         self._settles_inline = accountant.settles_inline
         # tenant --> its last reservation with a money budget (the share left is worked out when asked)
         self._last: dict[str, Reservation] = {}
+        # Called with each request once its cost is known (the access log, budget alerts); never raise.
+        self.after_record: list[Callable[[RequestContext], None]] = []
 
     def remaining_fraction(self, tenant: str) -> float | None:
         last = self._last.get(tenant)
@@ -178,6 +180,11 @@ class Billing:
 
     def _record(self, ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> None:
         ctx.cost = cost
+        if ctx.usage is None:
+            ctx.usage = usage  # counted here: the upstream reported none (the access log and spans read it)
+        self.metrics.settled(ctx)
+        for hook in self.after_record:
+            hook(ctx)
         plugins = ctx.snapshot.plugins
         if self.ledger is not None or plugins.on_ledger_row:
             row = self._row(ctx, deployment, usage, cost)

@@ -84,6 +84,8 @@ class CanaryController:
         self.lease = lease
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        # Alert deliveries in flight (retries can keep one going for a while): awaited, briefly, on close.
+        self._alerts: set[asyncio.Task[bool]] = set()
         # alias --> the last decision this replica made, "hold" included
         self.last: dict[str, Decision] = {}
 
@@ -94,6 +96,11 @@ class CanaryController:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._alerts:
+            _, late = await asyncio.wait(self._alerts, timeout=5.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self.lease.close()
 
     def _active(self) -> list[Alias]:
@@ -145,7 +152,9 @@ class CanaryController:
         log.warning("canary %s: %s (%s), config version %d", alias, decision.action, decision.reason, version.version)
         if decision.action == "rollback":
             event = {"event": "canary.rollback", "model": alias, "reason": decision.reason, "config_version": version.version, "numbers": decision.numbers}
-            asyncio.get_running_loop().create_task(send_alert(self.reloader.current.config.alerts, event))
+            task = asyncio.get_running_loop().create_task(send_alert(self.reloader.current.config.alerts, event))
+            self._alerts.add(task)
+            task.add_done_callback(self._alerts.discard)
 
     async def _write(self, alias: str, change: Callable[[ModelConfig], ModelConfig], actor: str, reason: str) -> ConfigVersion | None:
         snapshot = self.reloader.current

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import sys
 
 import msgspec
@@ -13,7 +14,9 @@ from core.config_check import load_config
 from router.cli_admin import add_admin_commands, is_admin_command, run_admin_command
 from router.cli_config import add_config_commands, run_config_command
 from router.cli_ledger import add_ledger_commands, run_ledger_command
+from router.logs import configure
 
+log = logging.getLogger("sluicegate")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -76,11 +79,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = msgspec.convert(msgspec.to_builtins(config), Config)  # re-validate overrides
         resolve(config)
     except (ConfigError, msgspec.ValidationError) as exc:
-        print(f"sluicegate: {exc}", file=sys.stderr)
+        # The server's output is JSON lines from its first: a config error names the key, never a secret.
+        log.error("%s", exc)
         return 2
     if args.config is None and config.server.host not in _LOOPBACK:
-        print("sluicegate: the embedded defaults serve loopback only; pass --config to bind elsewhere", file=sys.stderr)
+        log.error("the embedded defaults serve loopback only; pass --config to bind elsewhere")
         return 2
+    configure(config.server.log_level, config.server.access_log)
     _announce(config, args.config, args.config is None)
     serve(config, args.config)
     return 0
@@ -94,22 +99,22 @@ def _worker(path: str, metrics_port: int | None) -> int:
         config = load_config(path)
         resolve(config)
     except ConfigError as exc:
-        print(f"sluicegate: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
-    print(f"sluicegate: worker (config: {path}); plugins: {', '.join(p.name for p in config.plugins if p.enabled) or 'none'}", flush=True)
-    run_worker(config, path, metrics_port)
-    return 0
+    configure(config.server.log_level, config.server.access_log)
+    log.info("worker (config: %s); plugins: %s", path, ", ".join(p.name for p in config.plugins if p.enabled) or "none")
+    return run_worker(config, path, metrics_port)
 
 
 def _announce(config: Config, path: str | None, embedded: bool) -> None:
     s = config.server
     source = path if path else "embedded defaults"
-    print(f"sluicegate: serving the OpenAI API at http://{s.host}:{s.port}/v1 ({s.workers} worker(s), config: {source})", flush=True)
+    log.info("serving the OpenAI API at http://%s:%s/v1 (%s worker(s), config: %s)", s.host, s.port, s.workers, source)
     models = ", ".join(m.alias for m in config.models) or "none configured"
-    print(f"sluicegate: models: {models}; tenants: {len(config.tenants)}", flush=True)
+    log.info("models: %s; tenants: %s", models, len(config.tenants))
     if embedded:
-        print("sluicegate: the local tenant accepts the development key documented in the README", flush=True)
-    print("sluicegate: health at /healthz, readiness at /readyz, metrics at /metrics", flush=True)
+        log.info("the local tenant accepts the development key documented in the README")
+    log.info("health at /healthz, readiness at /readyz, metrics at /metrics")
 
 
 def _check(path: str) -> int:
@@ -142,4 +147,7 @@ def _keys(command: str) -> int:
 
 
 def run() -> None:
+    # Log records (a library's warning, an uncaught exception) are JSON lines from the start;
+    # what a command prints for its user (tables, a new key) is not a log record and stays as it is.
+    configure("warning")
     sys.exit(main())

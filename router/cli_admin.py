@@ -70,9 +70,7 @@ def add_admin_commands(
     audit_list.add_argument("--limit", type=int, default=100)
 
 
-def _command(
-    group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, handler: Handler
-) -> argparse.ArgumentParser:
+def _command(group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
     parser = group.add_parser(name, help=help)
     parser.add_argument("--config", required=True, help="YAML or TOML config file")
     parser.set_defaults(admin_handler=handler)

@@ -23,7 +23,9 @@ PREFIX = "/admin/v1"
 _TIMEOUT_S = 30.0
 
 
-def add_config_commands(config_sub: argparse._SubParsersAction[argparse.ArgumentParser], sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_config_commands(
+    config_sub: argparse._SubParsersAction[argparse.ArgumentParser], sub: argparse._SubParsersAction[argparse.ArgumentParser]
+) -> None:
     apply = config_sub.add_parser("apply", help="make a config file's live sections the new version")
     apply.add_argument("file")
     apply.add_argument("--if-match", type=int, help="refuse (409) unless this is still the latest version")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.principal import Principal
 from serving.base import EngineRequest, JsonObject, Kind, StreamChunk, Usage
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    import asyncio
+    from collections.abc import Callable
 
     from budgets.accounting import Reservation
     from budgets.tokens import Counter
+    from core.errors import GatewayError
     from policies.canary_samples import Arm
     from policies.fair_queue import FairQueue
     from policies.pii_restore import Restorer
@@ -23,6 +25,37 @@ if TYPE_CHECKING:
 
 # Status recorded when the client goes away before the response is complete.
 CLIENT_CLOSED = 499
+
+
+class Trace(Protocol):
+    """A traced request's spans, as the pipeline drives them (``router.tracing_request.RequestTrace``)."""
+
+    # A unary answer as the upstream sent it (masked values not restored yet).
+    reply: bytes | None
+
+    def enter(self, step: str) -> None:
+        """A pipeline step begins (and the one before it ends)."""
+
+    def leave(self) -> None:
+        """The current step ends."""
+
+    def queued(self) -> None:
+        """The fair queue let the request in: the wait goes on the current step."""
+
+    def attempt(self, deployment: Deployment, number: int) -> None:
+        """An upstream try begins: its span opens, and the upstream call will name it as its parent."""
+
+    def attempt_failed(self, exc: GatewayError) -> None:
+        """The try failed: its span ends with the error."""
+
+    def attempt_succeeded(self) -> None:
+        """The try succeeded: its span ends with the request (a stream's when the stream does)."""
+
+    def end(self) -> None:
+        """The request is finished: every span but the settlement's ends, and ``ctx.trace`` is None again."""
+
+    def settle(self, settle: Callable[[RequestContext], asyncio.Task[None] | None]) -> asyncio.Task[None] | None:
+        """Billing's ``settle``, in a span that ends when the settling does."""
 
 
 @dataclass(slots=True)
@@ -42,6 +75,8 @@ class RequestContext:
     render: Renderer[RequestContext] | None = None
     started: float = field(default_factory=time.perf_counter)
     wall_started: float = field(default_factory=time.time)
+    # When the caller was authenticated (``perf_counter``; 0.0: not by the route), for the trace's auth span.
+    authenticated: float = 0.0
     # routing
     plan: list[Deployment] = field(default_factory=list)
     deployment: str = ""
@@ -76,8 +111,14 @@ class RequestContext:
     ttft: float | None = None
     elapsed: float = 0.0
     pii_counts: dict[str, int] = field(default_factory=dict)
+    # The trace this request belongs to (32 hex digits): its span's, or the client's when tracing is off.
     trace_id: str | None = None
-    span: Span | None = None
+    # W3C trace context each upstream call carries: the client's own when tracing is off, the
+    # attempt's span when it is on (``router.tracing_request``); None: none is sent.
+    traceparent: str | None = None
+    tracestate: str | None = None
+    # The request's spans while it is traced; None when tracing is off, sampled out, or once ended.
+    trace: Trace | None = None
     # Scratch space plugins' hooks share for this request (None until one sets it).
     plugin_state: dict[str, Any] | None = None
     finished: bool = False

@@ -85,15 +85,21 @@ def decode_body(body: bytes, kind: type[R]) -> tuple[dict[str, Any], R, int]:
     return raw, request, len(unknown)
 
 
+# msgspec quotes the value it refused for an enum or a tagged union's tag: the client's
+# text (a key pasted in the wrong field), never echoed back.
+_QUOTED_VALUE = re.compile(r"^(Invalid (?:enum )?value) .*$", re.DOTALL)
+
+
 def validation_error(message: str) -> InvalidRequest:
     text, sep, where = message.rpartition(" - at ")
+    text = _QUOTED_VALUE.sub(r"\1", text if sep else message)
     if not sep:
-        missing = message.partition("required field `")[2].rstrip("`")
+        missing = text.partition("required field `")[2].rstrip("`")
         if missing:
             return InvalidRequest(
                 f"Missing required parameter: '{missing}'.", param=missing, code="missing_required_parameter"
             )
-        return InvalidRequest(f"Invalid request: {message}", code="invalid_value")
+        return InvalidRequest(f"Invalid request: {text}", code="invalid_value")
     param = where.strip("`").removeprefix("$").removeprefix(".")
     missing = text.partition("required field `")[2].rstrip("`")
     if missing:

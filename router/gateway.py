@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from budgets.accounting import Accountant
+from budgets.ledger import BatchingLedger
 from budgets.tokens import preload_tokenizer
 from core.config import Config, TenantConfig
 from core.config_version import document_hash
@@ -16,11 +17,13 @@ from core.errors import AuthenticationFailed
 from core.principal import Principal
 from policies.routing import Deployment, Router
 from policies.tenant_policy import TenantPolicies
+from router import access_log
 from router.auth import bearer_token, hash_api_key
 from router.batch_job import BatchServices
 from router.batch_records import BatchStore
 from router.batch_runner import BatchRunner
 from router.billing import Billing
+from router.budget_alerts import BudgetAlerts
 from router.canaries import Canaries, open_sample_store
 from router.canary_control import CanaryController, Lease
 from router.config_resolve import resolve
@@ -91,11 +94,16 @@ class Gateway:
         self.responses: ResponseStore = open_response_store(config, clock)
         self.responses_sweeper = ResponseSweeper(self.responses, self.metrics)
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
+        if config.server.access_log:
+            self.billing.after_record.append(access_log.record)
+        # Budget thresholds (alert_at): a signed webhook, an audit entry and a metric, once per period.
+        self.budget_alerts = BudgetAlerts(self.billing.accountant, self.tenants, self.metrics, lambda: self.reloader.current.config.alerts)
+        self.billing.after_record.append(self.budget_alerts)
         self.tracing = Tracing(config.telemetry)
         # Canaries: samples shared by every replica through Redis when there is one.
-        samples = open_sample_store(config.state.redis_url)
+        samples = open_sample_store(config.state.redis())
         self.canaries = Canaries(samples, self.billing, self.metrics)
-        self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis_url))
+        self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis()))
         self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
         # Files and batches (/v1/files, /v1/batches): a local directory by default; batches run in the background.
         self.files: FileStore = open_file_store(config)
@@ -106,6 +114,9 @@ class Gateway:
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)
         self.metrics.track_breakers(lambda: {name: d.breaker.state is State.OPEN for name, d in self.deployments.items()})
+        self.metrics.track_queues(lambda: self.router.aliases())
+        if isinstance(self.ledger, BatchingLedger):
+            self.metrics.track_ledger(self.ledger.backlog)
         self.started = False
 
     def _plugin_services(self, plugin: str) -> GatewayServices:
@@ -139,6 +150,7 @@ class Gateway:
         return self.reloader.current.policies
 
     def _swapped(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
+        self.metrics.watch_queues(snapshot.router.aliases())
         for model in snapshot.config.models:
             self.metrics.canary_weight.labels(model.alias).set(model.canary.weight() if model.canary is not None else 0.0)
         if isinstance(self.tenants, FileTenantStore):
@@ -148,7 +160,7 @@ class Gateway:
     def _jwt(self, config: Config) -> JwtAuthenticator | None:
         if config.auth.jwt is None:
             return None
-        redis_url = config.state.redis_url
+        redis_url = config.state.redis()
         # Shared through Redis when there is one, so a revoked token is refused by every replica.
         self._denylist: JtiDenylist = RedisJtiDenylist(redis_url) if redis_url else MemoryJtiDenylist()
         return JwtAuthenticator(config.auth.jwt, self._jwt_tenant, self._denylist)
@@ -199,6 +211,7 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(*self.base.server.gc_thresholds)
         self._health_task = asyncio.create_task(self._check_health())
+        self.metrics.start()
         self.started = True
 
     async def _check_health(self) -> None:
@@ -220,6 +233,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self.started = False
+        self.metrics.close()
         if self._health_task is not None:
             self._health_task.cancel()
         # Settlements first (their rows go to the ledger), then the ledger, which
@@ -234,6 +248,7 @@ class Gateway:
         await self.canaries.close()
         await self.snapshot.plugins.drain()
         await self.billing.drain()
+        await self.budget_alerts.close(grace_s=min(5.0, self.base.server.grace_period_s / 4))
         if self.ledger is not None:
             await self.ledger.close()
         await self.responses_sweeper.close()

@@ -11,10 +11,10 @@ from __future__ import annotations
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.errors import InvalidRequest, error_body
+from router import access_log
 
-_BODY = error_body(
-    InvalidRequest("The request is not valid HTTP/1.1: check the request line, the method and the header bytes.", code="invalid_http")
-)
+_ERROR = InvalidRequest("The request is not valid HTTP/1.1: check the request line, the method and the header bytes.", code="invalid_http")
+_BODY = error_body(_ERROR)
 _RESPONSE = (
     b"HTTP/1.1 400 Bad Request\r\n"
     b"content-type: application/json\r\n"
@@ -28,3 +28,4 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
         # uvicorn's message names nothing the client sent; ours says the same in the API's shape.
         self.transport.write(_RESPONSE)
         self.transport.close()
+        access_log.refused_unparsed(_ERROR)

@@ -8,8 +8,13 @@ frames, never its message: messages can quote request data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import logging.config
+import sys
+import threading
 import traceback
+from types import TracebackType
 from typing import Any
 
 import msgspec
@@ -48,17 +53,66 @@ def _plain(value: object) -> object:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def log_config(level: str) -> dict[str, Any]:
+# Whatever ``server.log_level`` says, access lines are info lines: ``server.access_log`` turns them off.
+ACCESS_LOGGER = "sluicegate.access"
+
+
+def log_config(level: str, access_log: bool = True) -> dict[str, Any]:
     """``logging.config.dictConfig`` settings for the server (uvicorn applies them in every worker)."""
     upper = level.upper()
+    loggers: dict[str, Any] = {
+        name: {"handlers": [], "level": upper, "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+    }
+    loggers[ACCESS_LOGGER] = {"handlers": [], "level": "INFO" if access_log else "CRITICAL", "propagate": True}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": upper},
-        "loggers": {
-            name: {"handlers": [], "level": upper, "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
-        },
+        "loggers": loggers,
     }
+
+
+def configure(level: str, access_log: bool = True) -> None:
+    """JSON lines for everything this process logs, warns or fails with (the CLI, ``worker``, ``serve``)."""
+    logging.config.dictConfig(log_config(level, access_log))
+    capture_process_errors()
+
+
+def capture_process_errors() -> None:
+    """Warnings and uncaught exceptions (main thread, other threads) as JSON lines, by type and stack.
+
+    Python prints these itself, in plain text and with the exception's message;
+    uvicorn's workers call this from the app factory, since they configure
+    logging from ``log_config`` alone.
+    """
+    logging.captureWarnings(True)
+    # A handler that cannot write (a closed pipe) would print the record's message and arguments, in plain text.
+    logging.raiseExceptions = False
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("sluicegate").critical("uncaught exception: %s", kind.__name__, exc_info=(kind, exc, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("sluicegate").error("uncaught exception in thread %s: %s", name, args.exc_type.__name__, exc_info=args.exc_value)
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's unhandled errors (a task's exception never retrieved, a failing callback).
+
+    asyncio's own handler writes the task's or callback's repr, which quotes the
+    exception's message and the callback's arguments: here only the type and stack.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, BaseException):
+        logging.getLogger("asyncio").error("unhandled error in the event loop: %s", type(exc).__name__, exc_info=exc)
+    else:
+        logging.getLogger("asyncio").error("unhandled error in the event loop")

@@ -1,9 +1,18 @@
-"""Prometheus metrics. Label children are cached so recording costs a dict lookup."""
+"""Prometheus metrics. Label children are cached so recording costs a dict lookup.
+
+Families by module: request counts and latency here; the OpenTelemetry GenAI
+instruments in ``metrics_genai``; cost, budgets left, rejections and queue
+waits in ``metrics_spend``; figures read from live state (engine load,
+breakers, queue depth, the ledger's backlog, budgets left) in ``metrics_live``,
+which also keeps them right with several workers. ``/metrics`` answers in the
+OpenMetrics format (with trace-id exemplars) to a scraper that asks for it.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import (
@@ -14,134 +23,194 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import choose_encoder
+
+from core.errors import NotFound
+from router.metrics_genai import UNKNOWN, GenAIMetrics
+from router.metrics_live import LiveFigure, LiveFigures, Reading
+from router.metrics_spend import BUDGET_LABELS, SpendMetrics
+
+if TYPE_CHECKING:
+    from budgets.ledger import LedgerBacklog
+    from policies.routing import Alias
+    from router.metrics_view import FinishedRequest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OPENMETRICS = "application/openmetrics-text"
 
-__all__ = ["Metrics", "PROMETHEUS_CONTENT_TYPE"]
+__all__ = ["PROMETHEUS_CONTENT_TYPE", "Metrics"]
 
 # deployment --> (running, waiting), read at scrape time.
 LoadSource = Callable[[], dict[str, tuple[int, int]]]
-
-
-class _EngineLoad(Collector):
-    """Engine queue figures for autoscaling (KEDA reads them through Prometheus)."""
-
-    def __init__(self, source: LoadSource) -> None:
-        self._source = source
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        running = GaugeMetricFamily("sluicegate_engine_running_requests", "Requests an engine is running.", labels=["deployment"])
-        waiting = GaugeMetricFamily("sluicegate_engine_waiting_requests", "Requests waiting for an engine.", labels=["deployment"])
-        for name, (run, wait) in self._source().items():
-            running.add_metric([name], run)
-            waiting.add_metric([name], wait)
-        yield running
-        yield waiting
-
-
 BreakerSource = Callable[[], dict[str, bool]]
 
 
-class _BreakerState(Collector):
-    """Whether each deployment's circuit breaker is open (1) or not (0), read at scrape time."""
-
-    def __init__(self, source: BreakerSource) -> None:
-        self._source = source
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("sluicegate_breaker_open", "1 while a deployment's circuit breaker is open.", labels=["deployment"])
-        for name, is_open in self._source().items():
-            family.add_metric([name], 1.0 if is_open else 0.0)
-        yield family
-
-
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, multiproc_dir: str | None = None) -> None:
+        """``multiproc_dir``: where the workers' metric files are; by default ``PROMETHEUS_MULTIPROC_DIR``, if set."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiproc_dir = multiproc_dir if multiproc_dir is not None else os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
         self.requests = Counter(
             "sluicegate_requests_total", "Requests answered, by route, model alias and HTTP status.",
             ("route", "model", "status"), registry=r,
-        )
+        )  # fmt: skip
         self.latency = Histogram(
             "sluicegate_request_duration_seconds", "Time from request to last byte, by route, model and status.",
             ("route", "model", "status"), buckets=LATENCY_BUCKETS, registry=r,
-        )
+        )  # fmt: skip
         self.ttft = Histogram(
             "sluicegate_time_to_first_token_seconds", "Time to the first streamed chunk, by model and deployment.",
             ("model", "deployment"), buckets=LATENCY_BUCKETS, registry=r,
-        )
+        )  # fmt: skip
         self.upstream_errors = Counter(
             "sluicegate_upstream_errors_total", "Upstream failures, by deployment and error code.",
             ("deployment", "code"), registry=r,
-        )
+        )  # fmt: skip
         self.tokens = Counter(
             "sluicegate_tokens_total", "Tokens served, by model alias and kind (prompt/completion).",
             ("model", "kind"), registry=r,
-        )
+        )  # fmt: skip
         self.unknown_fields = Counter(
             "sluicegate_unknown_request_fields_total", "Request fields the gateway passed through without modelling.",
             ("route",), registry=r,
-        )
+        )  # fmt: skip
         self.in_flight = Gauge(
             "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
-        )
+        )  # fmt: skip
         self.pii_entities = Counter(
             "sluicegate_pii_entities_total", "Personal data found in requests, by entity type (never values).",
             ("entity",), registry=r,
-        )
+        )  # fmt: skip
         self.pii_failures = Counter(
             "sluicegate_pii_analyzer_failures_total", "Requests whose PII scan failed.", registry=r,
-        )
+        )  # fmt: skip
         self.soft_budget_exceeded = Counter(
             "sluicegate_soft_budget_exceeded_total", "Requests admitted while over a soft budget, by tenant.",
             ("tenant",), registry=r,
-        )
+        )  # fmt: skip
         self.config_version = Gauge(
             "sluicegate_config_version", "The live config version this replica serves.", registry=r, multiprocess_mode="max",
-        )
+        )  # fmt: skip
         self.config_reloads = Counter(
             "sluicegate_config_reloads_total", "Config versions this replica tried to apply, by result (applied, invalid, failed).",
             ("result",), registry=r,
-        )
+        )  # fmt: skip
         self.config_apply_latency = Histogram(
             "sluicegate_config_apply_latency_seconds", "From a version's commit to this replica serving it.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
-        )
+        )  # fmt: skip
         self.canary_weight = Gauge(
             "sluicegate_canary_weight_percent", "Share of an alias's live traffic its canary serves, in percent.",
             ("model",), registry=r, multiprocess_mode="max",
-        )
+        )  # fmt: skip
         self.canary_decisions = Counter(
             "sluicegate_canary_decisions_total", "Canary decisions written (step, promote, rollback, ...), by alias.",
             ("model", "action"), registry=r,
-        )
+        )  # fmt: skip
         self.shadow_requests = Counter(
             "sluicegate_shadow_requests_total", "Requests mirrored to a canary candidate, by alias and result (ok, error, shed).",
             ("model", "result"), registry=r,
-        )
+        )  # fmt: skip
         self.plugin_hook_seconds = Histogram(
             "sluicegate_plugin_hook_seconds", "Time in plugin hooks, by plugin and hook.", ("plugin", "hook"), registry=r,
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
-        )
+        )  # fmt: skip
         self.plugin_errors = Counter(
             "sluicegate_plugin_errors_total", "Plugin hooks that raised or timed out, by plugin, hook and reason (error, timeout).",
             ("plugin", "hook", "reason"), registry=r,
-        )
+        )  # fmt: skip
         self.responses_expired = Counter(
             "sluicegate_responses_expired_total", "Stored responses deleted by the expiry sweep once past their retention.",
             registry=r,
-        )
+        )  # fmt: skip
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._token_children: dict[str, tuple[Counter, Counter]] = {}
+        # prometheus_client keeps no exemplars in multiprocess mode: none are made there.
+        self.genai = GenAIMetrics(r, exemplars=self.multiproc_dir is None)
+        self.spend = SpendMetrics(r)
+        self.live = LiveFigures(r, self.multiproc_dir)
+        budgets = self.spend.budgets
+        self.live.add(LiveFigure(
+            "sluicegate_budget_remaining", "What a budget has left (USD for money, tokens for tokens) after the latest reservation on it; "
+            "its whole limit once its period has ended.", BUDGET_LABELS, "livemin", budgets.remaining,
+        ))  # fmt: skip
+        self.live.add(LiveFigure(
+            "sluicegate_budget_limit", "A budget's limit for its period (USD for money, tokens for tokens).", BUDGET_LABELS, "livemax", budgets.limits,
+        ))  # fmt: skip
 
     def track_engine_load(self, source: LoadSource) -> None:
-        self.registry.register(_EngineLoad(source))
+        """Engine queue figures for autoscaling (KEDA reads them through Prometheus); each worker's engines add up."""
+        self.live.add(LiveFigure(
+            "sluicegate_engine_running_requests", "Requests an engine is running.", ("deployment",), "livesum",
+            lambda: (((name,), run) for name, (run, _) in source().items()),
+        ))  # fmt: skip
+        self.live.add(LiveFigure(
+            "sluicegate_engine_waiting_requests", "Requests waiting for an engine.", ("deployment",), "livesum",
+            lambda: (((name,), wait) for name, (_, wait) in source().items()),
+        ))  # fmt: skip
 
     def track_breakers(self, source: BreakerSource) -> None:
-        self.registry.register(_BreakerState(source))
+        """Whether each deployment's circuit breaker is open (1) or not (0): open in any worker reads open."""
+        self.live.add(LiveFigure(
+            "sluicegate_breaker_open", "1 while a deployment's circuit breaker is open.", ("deployment",), "livemax",
+            lambda: (((name,), 1.0 if is_open else 0.0) for name, is_open in source().items()),
+        ))  # fmt: skip
+
+    def track_queues(self, source: Callable[[], Iterable[Alias]]) -> None:
+        """The aliases' fair queues (those with ``max_concurrent``): their depth, waits and refusals."""
+        self.live.add(LiveFigure(
+            "sluicegate_queue_depth", "Requests waiting in an alias's queue for a slot, by alias.", ("model",), "livesum",
+            lambda: (((alias.name,), alias.queue.waiting) for alias in source() if alias.queue is not None),
+        ))  # fmt: skip
+        self.watch_queues(source())
+
+    def watch_queues(self, aliases: Iterable[Alias]) -> None:
+        """Observe the queues of ``aliases`` (a new config's); a queue a reload kept is already observed."""
+        for alias in aliases:
+            queue = alias.queue
+            if queue is not None and queue.observer is None:
+                queue.observer = self.spend.queue_observer(alias.name)
+
+    def track_ledger(self, source: Callable[[], LedgerBacklog]) -> None:
+        """The ledger's backlog: rows in memory for the next batch, bytes spooled on disk while the store is down."""
+
+        def pending() -> Reading:
+            return (((), source().pending_rows),)
+
+        def spooled() -> Reading:
+            return (((), source().spool_bytes),)
+
+        def healthy() -> Reading:
+            return (((), 1.0 if source().healthy else 0.0),)
+
+        self.live.add(
+            LiveFigure("sluicegate_ledger_pending_rows", "Ledger rows in memory waiting for the next batch.", (), "livesum", pending)
+        )
+        # Workers share the spool file (state.ledger_spool_path): each reads all of it.
+        self.live.add(LiveFigure(
+            "sluicegate_ledger_spool_bytes", "Bytes of ledger rows spooled on disk, waiting for the store to take them.", (), "livemax", spooled,
+        ))  # fmt: skip
+        self.live.add(
+            LiveFigure("sluicegate_ledger_store_up", "0 while ledger writes fail and rows go to the spool.", (), "livemin", healthy)
+        )
+
+    def finished(self, ctx: FinishedRequest) -> None:
+        """A request ended (answered, failed or cut off): its count, latency, tokens, GenAI figures, refusal."""
+        model = _model(ctx)
+        status = ctx.status
+        self.observe(ctx.route, model, status, ctx.elapsed)
+        usage = ctx.usage
+        if usage is not None and status == 200:
+            self.count_tokens(model, usage.prompt_tokens, usage.completion_tokens)
+        self.genai.finished(ctx, model)
+        if ctx.error is not None:
+            self.spend.finished(ctx)
+
+    def settled(self, ctx: FinishedRequest) -> None:
+        """A request's cost is known (``ctx.cost``, pico-USD): settlement is done."""
+        self.spend.settled(ctx, _model(ctx))
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, str(status))
@@ -160,10 +229,40 @@ class Metrics:
         children[0].inc(prompt)
         children[1].inc(completion)
 
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The /metrics body and its content type: OpenMetrics (with exemplars) if ``accept`` asks for it."""
+        registry = self._collected()
+        if accept is not None and OPENMETRICS in accept:
+            encode, content_type = choose_encoder(accept)
+            return encode(registry), content_type
+        return generate_latest(registry), PROMETHEUS_CONTENT_TYPE
+
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            # Several workers: aggregate every worker's files, not just this one's.
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        return self.exposition()[0]
+
+    def _collected(self) -> CollectorRegistry:
+        if self.multiproc_dir is None:
+            return self.registry
+        # Several workers: aggregate every worker's files, not just this one's (this one's live figures fresh).
+        self.live.refresh()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+        return registry
+
+    def start(self) -> None:
+        """With several workers, keep this worker's live figures copied into the shared files."""
+        self.live.start()
+
+    def close(self) -> None:
+        self.live.close()
+
+
+def _model(ctx: FinishedRequest) -> str:
+    """The alias as a label value: a configured one only, for a client may ask for any name."""
+    if ctx.plan:
+        return ctx.alias  # routed, so configured
+    try:
+        ctx.snapshot.router.get(ctx.alias)
+    except NotFound:
+        return UNKNOWN
+    return ctx.alias

@@ -2,7 +2,9 @@
 
 auth and decode happen in the handler; here: plan the route --> admit (queue,
 limits, budget reservation) --> serve (fallback and retries before the first
-byte only) --> meter the stream --> settle (metrics, budget, ledger).
+byte only) --> meter the stream --> settle (metrics, budget, ledger). On a
+traced request each step, upstream try and the settlement is a span of its own
+(``router.tracing_request``); untraced, that costs one check per step.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from router.canaries import Canaries
 from router.context import CLIENT_CLOSED, RequestContext
 from router.metrics import Metrics
 from router.privacy import apply_pii
+from router.reply_text import completion_texts
 from router.stream_meter import StreamMeter
-from router.tracing import Tracing
+from router.tracing import Tracing, pass_through
 from serving.base import Completion, StreamChunk, Usage
 
 _DONE = b"data: [DONE]\n\n"
@@ -42,24 +45,34 @@ class Pipeline:
         self.billing = billing
         self.canaries = canaries
 
-    def begin(self, ctx: RequestContext, traceparent: str | None = None) -> None:
+    def begin(self, ctx: RequestContext, traceparent: str | None = None, tracestate: str | None = None) -> None:
+        """The request is under way; it continues the client's W3C trace context, if it sent one."""
         self.metrics.in_flight.inc()
         if self.tracing.enabled:
-            self.tracing.start(ctx, traceparent)
+            self.tracing.start(ctx, traceparent, tracestate)
+        elif traceparent is not None:
+            pass_through(ctx, traceparent, tracestate)
 
     async def admit(self, ctx: RequestContext) -> None:
         """Route by the tenant's policy, queue for the alias (fair between tenants), reserve limits and budget."""
         p = ctx.principal
         snapshot = ctx.snapshot
         plugins = snapshot.plugins
+        trace = ctx.trace  # None unless the request is traced: a step then costs one check
         if plugins.after_auth:
             await plugins.run(plugins.after_auth, "after_auth", ctx)
         policies = snapshot.policies
         pii = policies.pii(p.tenant)
         if pii is not None:
+            if trace is not None:
+                trace.enter("pii")
             await apply_pii(ctx, pii, self.metrics)
+            if trace is not None:
+                trace.leave()
         if plugins.before_route:
             await plugins.run(plugins.before_route, "before_route", ctx)
+        if trace is not None:
+            trace.enter("routing")
         policy = policies.routing(p.tenant)
         router = snapshot.router
         router.get(ctx.alias, policy)  # a 404 for an alias the tenant may not call
@@ -78,12 +91,18 @@ class Pipeline:
                 )
             raise unavailable(ctx.alias, alias.deployments)
         ctx.plan = ctx.servable(plan.deployments)
+        if trace is not None:
+            trace.enter("admission")
         if alias.queue is not None:
             await alias.queue.acquire(p.tenant, p.weight, p.priority)
             ctx.queue = alias.queue
+            if trace is not None:
+                trace.queued()
         pending = self.billing.reserve(ctx, ctx.plan)
         if pending is not None:
             await pending
+        if trace is not None:
+            trace.leave()
         if plugins.before_serve:
             await plugins.run(plugins.before_serve, "before_serve", ctx)
 
@@ -103,16 +122,19 @@ class Pipeline:
 
         async def run(deployment: Deployment) -> Completion:
             request = ctx.engine_request(deployment)
+            request.traceparent, request.tracestate = ctx.traceparent, ctx.tracestate
             if ctx.kind == "embedding":
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
 
         ctx.attempted = True
-        completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant)
+        completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace)
         ctx.served, ctx.deployment = deployment, deployment.name
         ctx.usage = completion.usage
         if completion.usage is None:
             ctx.generated_text = completion_texts(completion.body)
+        if ctx.trace is not None:
+            ctx.trace.reply = completion.body  # as the upstream sent it: masked values not restored yet
         if ctx.restorer is not None and deployment.config.privacy == "cloud":
             completion.body = ctx.restorer.restore_completion(completion.body)
         return completion
@@ -126,7 +148,9 @@ class Pipeline:
         """
 
         async def run(deployment: Deployment) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
-            chunks = deployment.engine.stream(ctx.engine_request(deployment))
+            request = ctx.engine_request(deployment)
+            request.traceparent, request.tracestate = ctx.traceparent, ctx.tracestate
+            chunks = deployment.engine.stream(request)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -139,7 +163,9 @@ class Pipeline:
             return first, chunks
 
         ctx.attempted = True
-        (first, chunks), deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant)
+        (first, chunks), deployment = await attempt(
+            ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace
+        )
         ctx.served, ctx.deployment = deployment, deployment.name
         if ctx.restorer is None or deployment.config.privacy != "cloud":
             ctx.restorer = None  # nothing was masked on the way to this deployment
@@ -201,7 +227,11 @@ class Pipeline:
         if ctx.reservation is not None:
             reservation = ctx.reservation
             # A bound is not a count: what is reported and billed is the count (of a short prompt).
-            prompt = reservation.prompt_estimate if reservation.prompt_exact or ctx.counter is None else count_prompt_tokens(ctx.kind, ctx.body, ctx.counter)
+            prompt = (
+                reservation.prompt_estimate
+                if reservation.prompt_exact or ctx.counter is None
+                else count_prompt_tokens(ctx.kind, ctx.body, ctx.counter)
+            )
             ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
         chat = ctx.kind != "completion"  # a Responses request's renderer reads chat chunks
         envelope = {
@@ -240,63 +270,14 @@ class Pipeline:
         if ctx.queue is not None:
             ctx.queue.release(ctx.principal.tenant)
             ctx.queue = None
-        self.metrics.observe(ctx.route, ctx.alias, ctx.status, ctx.elapsed)
-        usage = ctx.usage
-        if usage is not None and ctx.status == 200:
-            self.metrics.count_tokens(ctx.alias, usage.prompt_tokens, usage.completion_tokens)
-        if ctx.span is not None:
-            self.tracing.end(ctx)
+        self.metrics.finished(ctx)
+        trace = ctx.trace
+        if trace is not None:
+            trace.end()
         if ctx.arm is not None and self.canaries is not None:
             self.canaries.finished(ctx)
-        settling = self.billing.settle(ctx)
+        settling = self.billing.settle(ctx) if trace is None else trace.settle(self.billing.settle)
         plugins = ctx.snapshot.plugins
         if plugins.after_settle:
             plugins.settled(ctx, settling)
         return settling
-
-
-class _Message(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message | None = None
-    text: str | None = None
-
-
-class _Part(msgspec.Struct):
-    text: str | None = None
-
-
-class _Item(msgspec.Struct):
-    """An output item of a Response (served by an upstream with the Responses API)."""
-
-    content: list[_Part] | None = None
-    arguments: str | None = None
-
-
-class _Body(msgspec.Struct):
-    choices: list[_Choice] = []
-    output: list[_Item] = []
-
-
-_body_decoder = msgspec.json.Decoder(_Body)
-
-
-def completion_texts(body: bytes) -> list[str]:
-    """Generated text of a response that came without usage, for counting."""
-    try:
-        parsed = _body_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return []
-    out = []
-    for choice in parsed.choices:
-        if choice.message is not None and choice.message.content:
-            out.append(choice.message.content)
-        elif choice.text:
-            out.append(choice.text)
-    for item in parsed.output:
-        out.extend(part.text for part in item.content or () if part.text)
-        if item.arguments:
-            out.append(item.arguments)
-    return out

@@ -47,7 +47,7 @@ class GatewayServices:
         self._pipeline = pipeline
         self._snapshot = snapshot
         self.log = logging.getLogger(f"sluicegate.plugin.{plugin}")
-        self.redis_url = state.redis_url
+        self.redis_url = state.redis()
         self.postgres_dsn = state.dsn()
         self.data_dir = str(Path(state.files_path) / "plugins" / plugin)
 
@@ -71,9 +71,7 @@ class GatewayServices:
                 handlers.setdefault(kind, handler)
         return handlers
 
-    async def complete(
-        self, principal: Principal, body: dict[str, Any], *, kind: str = "chat", trace_id: str | None = None
-    ) -> Completed:
+    async def complete(self, principal: Principal, body: dict[str, Any], *, kind: str = "chat", trace_id: str | None = None) -> Completed:
         """One model call through the pipeline; every failure is a ``Completed`` with the error envelope, never raised."""
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {sorted(_KINDS)}")
@@ -85,7 +83,7 @@ class GatewayServices:
         )  # fmt: skip
         traceparent = None
         if trace_id is not None and _TRACE_ID.fullmatch(trace_id) and trace_id != "0" * 32:
-            ctx.trace_id = trace_id
+            # A parent of our own making in the caller's trace: the call's span (or, tracing off, its ledger row) joins it.
             traceparent = f"00-{trace_id}-{os.urandom(8).hex()}-01"
         outcome = await serve_unary(self._pipeline(), ctx, self.log, traceparent)
         return Completed(status=outcome.status, body=outcome.body, request_id=outcome.request_id)

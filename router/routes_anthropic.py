@@ -98,12 +98,13 @@ async def create_message(request: Request[Any, Any, Any]) -> ASGIApp:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(ROUTE, "-", exc.status, time.perf_counter() - started)
         raise
-    return await run(gateway, ctx, request.headers.get("traceparent"))
+    return await run(gateway, ctx, request.headers)
 
 
 async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: float) -> RequestContext:
     """Authenticate, decode and validate; the alias must exist before any work is done."""
     principal = await _principal(request, gateway)
+    authenticated = time.perf_counter()
     wanted, unknown = decode_request(await read_body(request, gateway.base.server.max_body_bytes), MessagesRequest)
     if unknown:
         gateway.metrics.unknown_fields.labels(ROUTE).inc(unknown)
@@ -125,6 +126,7 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
         session_id=request.headers.get("x-session-id"),
         render=MessagesRenderer(head),
         started=started,
+        authenticated=authenticated,
     )
 
 

@@ -59,7 +59,7 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
         raise
-    return await run(gateway, ctx, headers.get("traceparent"))
+    return await run(gateway, ctx, headers)
 
 
 async def _admit(
@@ -73,6 +73,7 @@ async def _admit(
 ) -> RequestContext:
     """Authenticate, decode and validate; the alias must exist before any work is done."""
     principal = await gateway.authenticate(headers.get("authorization"))
+    authenticated = time.perf_counter()
     if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
         raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
     body = await read_body(request, gateway.base.server.max_body_bytes)
@@ -94,6 +95,7 @@ async def _admit(
         include_usage=bool(options is not None and options.include_usage),
         session_id=headers.get("x-session-id"),
         started=started,
+        authenticated=authenticated,
     )
 
 

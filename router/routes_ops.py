@@ -8,7 +8,6 @@ import msgspec
 from litestar import Request, Response, get
 
 from router.gateway import Gateway
-from router.metrics import PROMETHEUS_CONTENT_TYPE
 
 JSON = "application/json"
 
@@ -29,8 +28,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/metrics", sync_to_thread=False)
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text, or OpenMetrics (with trace-id exemplars) when the scraper's Accept asks for it."""
     gateway: Gateway = request.app.state.gateway
-    return Response(gateway.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+    body, content_type = gateway.metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 ROUTES = [healthz, readyz, metrics]

@@ -95,7 +95,7 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(ROUTE, "-", exc.status, time.perf_counter() - started)
         raise
-    answer = await run(gateway, created.ctx, request.headers.get("traceparent"))
+    answer = await run(gateway, created.ctx, request.headers)
     if not created.store:
         return answer
     if not created.ctx.stream:
@@ -107,6 +107,7 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
 async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: float) -> _Created:
     """Authenticate, decode and validate, and load the conversation it continues; all before any work is done."""
     principal = await _principal(request, gateway)
+    authenticated = time.perf_counter()
     raw = decode_object(await read_body(request, gateway.base.server.max_body_bytes))
     snapshot = gateway.reloader.current  # once: the request keeps it to its end
     # The alias decides the decoding: only one with the Responses API somewhere keeps what chat cannot carry.
@@ -142,6 +143,7 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
         "include_usage": wanted.stream,
         "session_id": request.headers.get("x-session-id"),
         "started": started,
+        "authenticated": authenticated,
     }
     renderer: ResponsesRenderer | NativeRenderer
     if native is None:

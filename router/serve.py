@@ -7,11 +7,14 @@ OpenAI chat itself); from there every surface is served the same way.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+
 from litestar.types import ASGIApp
 
-from core.errors import GatewayError
+from core.errors import GatewayError, InternalError
 from router.answers import Headers, JsonAnswer, StreamAnswer
-from router.context import RequestContext
+from router.context import CLIENT_CLOSED, RequestContext
 from router.gateway import Gateway
 from router.plugin_reply import reply_body, reply_stream
 from router.plugins import ShortCircuit
@@ -20,10 +23,14 @@ _JSON_TYPE = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
-async def run(gateway: Gateway, ctx: RequestContext, traceparent: str | None) -> ASGIApp:
-    """Admit, serve (streamed or not) and settle; a ``GatewayError`` before the first byte is raised to the route."""
+async def run(gateway: Gateway, ctx: RequestContext, headers: Mapping[str, str]) -> ASGIApp:
+    """Admit, serve (streamed or not) and settle; a ``GatewayError`` before the first byte is raised to the route.
+
+    The request continues the W3C trace context in ``headers`` (the client's).
+    """
     pipeline = gateway.pipeline
-    pipeline.begin(ctx, traceparent)
+    traceparent = headers.get("traceparent")
+    pipeline.begin(ctx, traceparent, None if traceparent is None else headers.get("tracestate"))
     try:
         await pipeline.admit(ctx)
         if ctx.stream:
@@ -39,6 +46,16 @@ async def run(gateway: Gateway, ctx: RequestContext, traceparent: str | None) ->
         return JsonAnswer(reply_body(ctx, short.reply.body), response_headers(ctx, streaming=False))
     except GatewayError as exc:
         await pipeline.fail(ctx, exc)
+        raise
+    except asyncio.CancelledError:
+        # The client went away: the request is still recorded, once, and nothing it holds is left open.
+        ctx.status = CLIENT_CLOSED
+        pipeline.finish(ctx)
+        raise
+    except Exception:
+        # A failure the route renders as a 500: recorded as one.
+        ctx.status, ctx.error = InternalError.status, InternalError.code
+        pipeline.finish(ctx)
         raise
     await pipeline.complete(ctx)
     body = completion.body if ctx.render is None else ctx.render.unary(ctx, completion.body)

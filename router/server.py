@@ -48,7 +48,7 @@ def serve(config: Config, config_path: str | None) -> None:
         lifespan="on",
         access_log=False,
         log_level=server.log_level,
-        log_config=log_config(server.log_level),
+        log_config=log_config(server.log_level, server.access_log),
         # Typed int, but applied with asyncio.timeout, which takes any number of seconds.
         timeout_graceful_shutdown=in_flight_s,  # type: ignore[arg-type]
         timeout_keep_alive=30,

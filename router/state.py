@@ -16,7 +16,7 @@ def open_counter_store(config: Config) -> CounterStore:
             raise ConfigError("key `state.redis_url`: required when `state.counters` is redis")
         from budgets.store_redis import RedisCounterStore
 
-        return RedisCounterStore(state.redis_url)
+        return RedisCounterStore(state.redis() or "")
     from budgets.store_memory import MemoryCounterStore
 
     return MemoryCounterStore()
@@ -76,5 +76,5 @@ def open_config_store(config: Config) -> ConfigStore:
 
         dsn = state.dsn()
         assert dsn is not None  # validated: `state.config: postgres` needs a DSN
-        return PostgresConfigStore(dsn, state.redis_url)
+        return PostgresConfigStore(dsn, state.redis())
     return MemoryConfigStore()

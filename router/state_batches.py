@@ -52,5 +52,5 @@ def open_claims(config: Config, batches: BatchStore) -> BatchClaims:
     if isinstance(batches, PostgresBatchStore):
         return PostgresClaims(batches.calls, config.batches.lease_s)
     if config.state.redis_url:
-        return RedisClaims(config.state.redis_url, config.batches.lease_s)
+        return RedisClaims(config.state.redis() or "", config.batches.lease_s)
     return LocalClaims(Path(config.state.files_path) / "batches" / "claims")

@@ -12,7 +12,7 @@ entry whose old and new values never hold a hash or a key.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import msgspec
@@ -183,12 +183,18 @@ class TenantStore(Protocol):
 
     async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
 
+    async def record_event(self, actor: str, action: str, tenant: str | None, target: str, new: dict[str, Any]) -> None:
+        """Append an entry that no change through this store made: ``actor`` "system" (a budget threshold reached).
+
+        ``new`` is the event as JSON-ready builtins and must hold no secret."""
+        ...
+
 
 # --- shared by both stores ---------------------------------------------------
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def actor_of(principal: Principal) -> str:
@@ -225,7 +231,7 @@ def new_key(tenant_id: str, spec: KeyCreate, pepper: bytes, now: datetime) -> tu
 
 def as_utc(value: datetime) -> datetime:
     # A timestamp without a zone is taken as UTC rather than the host's zone.
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def principal_of(tenant: Tenant, key: ApiKey, key_hash: str) -> Principal:

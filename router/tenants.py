@@ -27,5 +27,5 @@ def open_tenant_store(config: Config, pepper: bytes, *, listen: bool = True) -> 
         raise ConfigError(f"key `state.postgres_dsn`: {exc}") from None
     if dsn is None:
         raise ConfigError("key `state.postgres_dsn`: required when `state.tenants` is 'postgres'")
-    bus = RevocationBus(state.redis_url) if state.redis_url else None
+    bus = RevocationBus(state.redis() or "") if state.redis_url else None
     return PostgresTenantStore(dsn, pepper, bus=bus, listen=listen)

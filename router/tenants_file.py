@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -39,7 +39,7 @@ from router.tenant_records import (
 
 Snapshot = dict[str, Any]
 KeyName = tuple[str, str]  # (tenant id, key id): key ids are unique within a tenant only
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class FileTenantStore:
@@ -162,6 +162,9 @@ class FileTenantStore:
                     break
         return out
 
+    async def record_event(self, actor: str, action: str, tenant: str | None, target: str, new: dict[str, Any]) -> None:
+        self._record(actor, action, tenant, target, None, new)
+
     def reload(self, tenants: list[TenantConfig]) -> None:
         """A new config version's tenants replace the previous version's, in one step.
 
@@ -209,9 +212,7 @@ class FileTenantStore:
 
     def _record(self, actor: str, action: str, tenant: str | None, target: str, old: Snapshot | None, new: Snapshot | None) -> None:
         self._audit_ids += 1
-        entry = AuditEntry(
-            id=self._audit_ids, at=utcnow(), actor=actor, action=action, tenant=tenant, target=target, old=old, new=new
-        )
+        entry = AuditEntry(id=self._audit_ids, at=utcnow(), actor=actor, action=action, tenant=tenant, target=target, old=old, new=new)
         self._audit.append(entry)
 
 

@@ -56,14 +56,10 @@ log = logging.getLogger("sluicegate.tenants")
 T = TypeVar("T")
 
 _TENANT = "id, name, disabled, priority, weight, limits, budgets, created_at, updated_at"
-_KEY = (
-    "id, tenant_id AS tenant, scopes, expires_at, revoked_at IS NOT NULL AS revoked, revoked_at,"
-    " priority, limits, budgets, created_at"
-)
+_KEY = "id, tenant_id AS tenant, scopes, expires_at, revoked_at IS NOT NULL AS revoked, revoked_at, priority, limits, budgets, created_at"
 # One round trip for an unknown key: the key and its tenant together.
 _KEY_BY_HASH = (
-    f"SELECT k.*, to_jsonb(t) AS t FROM (SELECT {_KEY}, hash FROM api_keys) k"
-    " JOIN tenants t ON t.id = k.tenant WHERE k.hash = $1"
+    f"SELECT k.*, to_jsonb(t) AS t FROM (SELECT {_KEY}, hash FROM api_keys) k JOIN tenants t ON t.id = k.tenant WHERE k.hash = $1"
 )
 _UPDATE_TENANT = (
     "UPDATE tenants SET name = $2, disabled = $3, priority = $4, weight = $5, limits = $6, budgets = $7,"
@@ -85,9 +81,7 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceE
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=lambda v: msgspec.json.encode(v).decode(), decoder=msgspec.json.decode
-    )
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=lambda v: msgspec.json.encode(v).decode(), decoder=msgspec.json.decode)
 
 
 class PostgresTenantStore:
@@ -199,9 +193,7 @@ class PostgresTenantStore:
 
         async def op(conn: asyncpg.Connection) -> Tenant:
             try:
-                await conn.execute(
-                    f"INSERT INTO tenants ({_TENANT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *_tenant_values(tenant)
-                )
+                await conn.execute(f"INSERT INTO tenants ({_TENANT}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *_tenant_values(tenant))
             except asyncpg.UniqueViolationError:
                 raise AlreadyExists(f"Tenant {tenant.id!r} already exists.") from None
             await conn.execute(_AUDIT, actor, "tenant.create", tenant.id, f"tenant/{tenant.id}", None, snapshot(tenant))
@@ -285,6 +277,9 @@ class PostgresTenantStore:
     async def list_audit(self, tenant: str | None = None, limit: int = 100) -> list[AuditEntry]:
         rows = await self._run(tenant, lambda conn: conn.fetch(_LIST_AUDIT, tenant, limit))
         return [_convert(r, AuditEntry) for r in rows]
+
+    async def record_event(self, actor: str, action: str, tenant: str | None, target: str, new: dict[str, Any]) -> None:
+        await self._run(tenant, lambda conn: conn.execute(_AUDIT, actor, action, tenant, target, None, new))
 
 
 async def _tenant(conn: asyncpg.Connection, tenant_id: str, *, lock: bool = False) -> Tenant:

@@ -13,15 +13,15 @@ settlements drained, the ledger flushed), then the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import logging.config
+import logging
 import signal
 
 import uvloop
 from prometheus_client import start_http_server
 
-from core.config import Config
+from core.config import Config, ConfigError
 from router.gateway import Gateway
-from router.logs import log_config
+from router.logs import loop_exception_handler
 
 log = logging.getLogger("sluicegate")
 
@@ -29,6 +29,7 @@ log = logging.getLogger("sluicegate")
 async def _run(config: Config, source_path: str | None, metrics_port: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(loop_exception_handler)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(config, source_path=source_path, role="worker")
@@ -43,6 +44,16 @@ async def _run(config: Config, source_path: str | None, metrics_port: int | None
     log.info("worker stopped")
 
 
-def run_worker(config: Config, source_path: str | None, metrics_port: int | None = None) -> None:
-    logging.config.dictConfig(log_config(config.server.log_level))
-    uvloop.run(_run(config, source_path, metrics_port))
+def run_worker(config: Config, source_path: str | None, metrics_port: int | None = None) -> int:
+    """Run until signalled (logging is set up by the caller: ``router.logs.configure``); the exit status."""
+    try:
+        uvloop.run(_run(config, source_path, metrics_port))
+    except ConfigError as exc:
+        # Written for operators, naming a key or a file, never a secret's value.
+        log.critical("the worker failed: %s", exc)
+        return 2
+    except Exception as exc:
+        # By type and stack: Python would print the message, which may quote anything.
+        log.critical("the worker failed: %s", type(exc).__name__, exc_info=exc)
+        return 1
+    return 0

@@ -9,7 +9,6 @@ upstream; it never appears in an error message.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -67,13 +66,13 @@ class AnthropicEngine(HttpUpstream):
         payload = self._payload(request, stream=False)
         self._running += 1
         try:
-            resp = await self._send(payload, request.request_id)
+            resp = await self._send(payload, request)
             try:
                 raw = await resp.read()
             finally:
                 resp.release()
             body, usage = _translate_message(raw, self.name)
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._failed(request.request_id, self._transport_error(exc)) from None
         except GatewayError as exc:
             raise self._failed(request.request_id, exc) from None
@@ -89,17 +88,15 @@ class AnthropicEngine(HttpUpstream):
         resp: aiohttp.ClientResponse | None = None
         self._running += 1
         try:
-            resp = await self._send(payload, request.request_id)
+            resp = await self._send(payload, request)
             async for data in iter_sse_data(resp.content.iter_any()):
                 for chunk in translator.feed(_decode_event(data, self.name)):
                     yield chunk
                 if translator.done:
                     break
         except EOFError:
-            raise self._failed(
-                request.request_id, UpstreamError(f"deployment {self.name} closed the stream early")
-            ) from None
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failed(request.request_id, UpstreamError(f"deployment {self.name} closed the stream early")) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._failed(request.request_id, self._transport_error(exc)) from None
         except GatewayError as exc:
             raise self._failed(request.request_id, exc) from None
@@ -116,9 +113,7 @@ class AnthropicEngine(HttpUpstream):
                     resp.close()
 
     async def embed(self, request: EngineRequest) -> Completion:
-        raise InvalidRequest(
-            f"deployment {self.name} is an Anthropic model, which has no embeddings endpoint", param="model"
-        )
+        raise InvalidRequest(f"deployment {self.name} is an Anthropic model, which has no embeddings endpoint", param="model")
 
     async def abort(self, request_id: str) -> None:
         # Anthropic has no cancel call: closing the connection stops generation.
@@ -137,11 +132,11 @@ class AnthropicEngine(HttpUpstream):
             body.pop("stream", None)
         return _encode(body)
 
-    async def _send(self, payload: bytes, request_id: str) -> aiohttp.ClientResponse:
+    async def _send(self, payload: bytes, request: EngineRequest) -> aiohttp.ClientResponse:
         """POST to /v1/messages; returns a 200 response or raises the mapped error."""
-        resp = await self._require_session().post(self._url, data=payload, headers=self._headers)
+        resp = await self._require_session().post(self._url, data=payload, headers=self._headers_for(request))
         if resp.status == 200:
-            self._open[request_id] = resp
+            self._open[request.request_id] = resp
             return resp
         try:
             raw = await resp.read()
@@ -181,7 +176,4 @@ def _error_fields(raw: bytes) -> ErrorFields:
         return ErrorFields()
     kind = error.get("type")
     message = error.get("message")
-    return ErrorFields(
-        message=message[:500] if isinstance(message, str) else "", code=kind if isinstance(kind, str) else None
-    )
-
+    return ErrorFields(message=message[:500] if isinstance(message, str) else "", code=kind if isinstance(kind, str) else None)

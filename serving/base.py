@@ -71,6 +71,11 @@ class EngineRequest:
     # the router drops it when the client did not ask.
     include_usage: bool = False
     session_id: str | None = None
+    # W3C trace context for the upstream call (``traceparent`` / ``tracestate`` headers):
+    # the attempt's span when tracing is on, else the client's own, passed on unchanged.
+    # Engines in this process ignore it.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(slots=True)

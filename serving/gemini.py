@@ -101,7 +101,7 @@ class GeminiEngine(HttpUpstream):
 
     async def generate(self, request: EngineRequest) -> Completion:
         model, payload = self._chat(request)
-        reply = await self._unary(self.model_url(model, "generateContent"), payload, request.request_id)
+        reply = await self._unary(self.model_url(model, "generateContent"), payload, request)
         body, usage = to_openai_response(reply, model=model, max_calls=max_calls(request.body))
         return Completion(body=_encode(body), usage=usage)
 
@@ -115,7 +115,7 @@ class GeminiEngine(HttpUpstream):
         else:
             model_path = model if "/" in model else f"models/{model}"
             url, out = self.model_url(model, "batchEmbedContents"), batch_embed_request(request.body, model_path, texts)
-        reply = await self._unary(url, _encode(out), request.request_id)
+        reply = await self._unary(url, _encode(out), request)
         body, usage = to_openai_embeddings(reply, request.body, texts)
         return Completion(body=_encode(body), usage=usage)
 
@@ -127,7 +127,7 @@ class GeminiEngine(HttpUpstream):
         whole = False
         self._running += 1
         try:
-            resp = await self._send(url, payload, request.request_id)
+            resp = await self._send(url, payload, request)
             try:
                 async for data in iter_sse_data(resp.content.iter_any()):
                     for chunk in translator.feed(_decode_json(data, self.name)):
@@ -170,10 +170,11 @@ class GeminiEngine(HttpUpstream):
             body["safetySettings"] = self._safety
         return _model_name(request.body["model"]), _encode(body)
 
-    async def _unary(self, url: str, payload: bytes, request_id: str) -> JsonObject:
+    async def _unary(self, url: str, payload: bytes, request: EngineRequest) -> JsonObject:
+        request_id = request.request_id
         self._running += 1
         try:
-            resp = await self._send(url, payload, request_id)
+            resp = await self._send(url, payload, request)
             try:
                 raw = await resp.read()
             finally:
@@ -187,11 +188,11 @@ class GeminiEngine(HttpUpstream):
             self._forget(request_id)
         return _decode_json(raw, self.name)
 
-    async def _send(self, url: str, payload: bytes, request_id: str) -> aiohttp.ClientResponse:
+    async def _send(self, url: str, payload: bytes, request: EngineRequest) -> aiohttp.ClientResponse:
         """POST one call; returns a 200 response or raises the mapped error."""
-        resp = await self._require_session().post(url, data=payload, headers=self._headers)
+        resp = await self._require_session().post(url, data=payload, headers=self._headers_for(request))
         if resp.status == 200:
-            self._open[request_id] = resp
+            self._open[request.request_id] = resp
             return resp
         try:
             raw = await resp.read()

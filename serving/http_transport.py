@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -31,7 +31,8 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from serving.base import EngineSpec, Load, Timeouts
+from serving.base import EngineRequest, EngineSpec, Load, Timeouts
+from serving.error_codes import known_code
 
 # A Retry-After beyond this is taken as this: a broken or hostile upstream must not
 # take its deployment out of rotation for days.
@@ -60,9 +61,7 @@ class ErrorFields:
 def open_session(spec: EngineSpec) -> aiohttp.ClientSession:
     """One pooled keep-alive session per deployment, bounded by its timeouts."""
     t = spec.timeouts
-    connector = aiohttp.TCPConnector(
-        limit=spec.max_connections, ttl_dns_cache=300, keepalive_timeout=60, enable_cleanup_closed=True
-    )
+    connector = aiohttp.TCPConnector(limit=spec.max_connections, ttl_dns_cache=300, keepalive_timeout=60, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.read_s),
@@ -91,15 +90,16 @@ def _seconds_until(http_date: str, now: Callable[[], float]) -> float | None:
         return None
     if when.tzinfo is None:
         # "-0000" parses to a naive datetime; HTTP dates are always GMT.
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp() - now()
 
 
 def status_error(
     name: str, status: int, fields: ErrorFields, retry_after: str | None, now: Callable[[], float] = time.time
 ) -> GatewayError:
-    """An upstream's non-200 answer --> the gateway's error for it."""
+    """An upstream's non-200 answer --> the gateway's error for it (only a documented error code is kept)."""
     where = f"deployment {name} answered {status}"
+    code = known_code(fields.code)
     if status == 429:
         return UpstreamRateLimited(f"{where}: rate limited", retry_after=parse_retry_after(retry_after, now))
     if status in _REFUSED_STATUSES:
@@ -107,9 +107,9 @@ def status_error(
     if status in (408, 504):
         return UpstreamTimeout(f"{where}: timed out")
     if 400 <= status < 500:
-        return UpstreamRejected(fields.message or where, status=status, param=fields.param, code=fields.code)
+        return UpstreamRejected(fields.message or where, status=status, param=fields.param, code=code)
     # The provider's error type, not its message: messages can quote the request.
-    detail = f"{where}: {fields.code or 'server error'}"
+    detail = f"{where}: {code or 'server error'}"
     wait = parse_retry_after(retry_after, now)
     if status in _DOWN_STATUSES:
         return UpstreamUnavailable(detail, retry_after=wait)
@@ -146,9 +146,7 @@ class HealthProbe:
     ``ttl_s``.
     """
 
-    def __init__(
-        self, timeouts: Timeouts, ttl_s: float = PROBE_TTL_S, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, timeouts: Timeouts, ttl_s: float = PROBE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self._timeout = aiohttp.ClientTimeout(total=min(PROBE_TIMEOUT_S, timeouts.total_s), connect=timeouts.connect_s)
         self._ttl_s = ttl_s
         self._clock = clock
@@ -171,7 +169,7 @@ class HealthProbe:
                 # read, so the connection goes back to the pool
                 await resp.read()
                 return resp.status < 500
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
 
@@ -211,6 +209,15 @@ class HttpUpstream(ABC):
 
     def load(self) -> Load:
         return Load(running=self._running)
+
+    def _headers_for(self, request: EngineRequest) -> dict[str, str]:
+        """The deployment's headers, plus the W3C trace context the request carries (the shared dict when none)."""
+        if request.traceparent is None:
+            return self._headers
+        headers = {**self._headers, "traceparent": request.traceparent}
+        if request.tracestate:
+            headers["tracestate"] = request.tracestate
+        return headers
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:

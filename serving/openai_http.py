@@ -114,7 +114,8 @@ class OpenAIEngine(HttpUpstream):
         session = self._require_session()
         self._running += 1
         try:
-            async with session.post(self.url_for(request.kind), data=_encode(self._body(request)), headers=self._headers) as resp:
+            payload = _encode(self._body(request))
+            async with session.post(self.url_for(request.kind), data=payload, headers=self._headers_for(request)) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     raise self._status_error(resp.status, data, resp.headers.get("retry-after"))
@@ -133,7 +134,7 @@ class OpenAIEngine(HttpUpstream):
         body = self._stream_body(request)
         self._running += 1
         try:
-            async with session.post(self.url_for(request.kind), data=_encode(body), headers=self._headers) as resp:
+            async with session.post(self.url_for(request.kind), data=_encode(body), headers=self._headers_for(request)) as resp:
                 if resp.status != 200:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
                 if request.kind == "responses":

@@ -152,6 +152,7 @@ class TritonEngine:
             stream=stream,
             counts=options.count_tokens_with == "server",
             guide=plan.guide,
+            metadata=trace_metadata(request),
         )
         model = body.get("model")
         name = model if isinstance(model, str) else self._spec.model
@@ -265,7 +266,7 @@ class TritonEngine:
         io = self._require_io()
         names = (self._options.embedding_input, self._options.embedding_output)
         timeout = min(self._spec.timeouts.read_s, self._spec.timeouts.total_s)
-        work = io.embed(model, self._options.model_version, request.request_id, names, texts, timeout)
+        work = io.embed(model, self._options.model_version, request.request_id, names, texts, timeout, trace_metadata(request))
         vectors = await self._unary(request.request_id, work)
         tokens = sum(estimate_tokens(text) for text in texts)
         name = request.body.get("model")
@@ -290,6 +291,15 @@ class TritonEngine:
 
     def load(self) -> Load:
         return Load(running=len(self._inflight))
+
+
+def trace_metadata(request: EngineRequest) -> dict[str, str] | None:
+    """The W3C trace context as gRPC metadata (Triton continues it in its OpenTelemetry trace mode), or None."""
+    if request.traceparent is None:
+        return None
+    if request.tracestate:
+        return {"traceparent": request.traceparent, "tracestate": request.tracestate}
+    return {"traceparent": request.traceparent}
 
 
 def _embedding_texts(value: object) -> list[str]:

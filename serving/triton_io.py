@@ -205,7 +205,7 @@ class TritonIO:
             "request_id": request.request_id,
         }
         try:
-            responses = self._client.stream_infer(_one_request(call), stream_timeout=timeout)
+            responses = self._client.stream_infer(_one_request(call), stream_timeout=timeout, headers=request.metadata)
         except (grpc.RpcError, InferenceServerException) as exc:
             raise to_gateway_error(exc) from None
         return LLMStream(responses)
@@ -218,6 +218,7 @@ class TritonIO:
                 model_version=request.version,
                 request_id=request.request_id,
                 client_timeout=timeout,
+                headers=request.metadata,
             )
         except (grpc.RpcError, InferenceServerException) as exc:
             raise to_gateway_error(exc) from None
@@ -226,8 +227,9 @@ class TritonIO:
         return piece
 
     async def embed(
-        self, model: str, version: str, request_id: str, names: tuple[str, str], texts: list[str], timeout: float
-    ) -> list[list[float]]:
+        self, model: str, version: str, request_id: str, names: tuple[str, str], texts: list[str], timeout: float,
+        metadata: dict[str, str] | None = None,
+    ) -> list[list[float]]:  # fmt: skip
         """KServe v2 embeddings: BYTES [n] in, FP32 [n, d] out."""
         input_name, output_name = names
         try:
@@ -238,6 +240,7 @@ class TritonIO:
                 outputs=[InferRequestedOutput(output_name)],
                 request_id=request_id,
                 client_timeout=timeout,
+                headers=metadata,
             )
         except (grpc.RpcError, InferenceServerException) as exc:
             raise to_gateway_error(exc) from None

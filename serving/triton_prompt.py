@@ -81,6 +81,8 @@ class LLMRequest:
     counts: bool
     # The constraint to decode under, if any.
     guide: Guide | None = None
+    # gRPC metadata sent with the call: the W3C trace context, when the request carries one.
+    metadata: dict[str, str] | None = None
 
 
 def render_prompt(kind: Kind, body: JsonObject, template: ChatTemplate, tools: list[JsonObject] | None = None) -> str:

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
@@ -199,13 +199,13 @@ async def test_revoked_key_is_refused_at_once(store: TenantStore) -> None:
 
 
 async def test_expired_key_is_refused(store: TenantStore) -> None:
-    soon = datetime.now(timezone.utc) + timedelta(seconds=1)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
     _, _, key_hash = await _tenant_with_key(store, expires_at=soon.isoformat())
     assert await store.authenticate(key_hash) is not None
-    await asyncio.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
     assert await store.authenticate(key_hash) is None
     with pytest.raises(InvalidRequest):
-        await _tenant_with_key(store, expires_at=(datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat())
+        await _tenant_with_key(store, expires_at=(datetime.now(UTC) - timedelta(seconds=1)).isoformat())
 
 
 async def test_disabled_tenants_keys_are_refused_until_enabled(store: TenantStore) -> None:
@@ -254,6 +254,19 @@ async def test_audit_records_every_change_without_secrets(store: TenantStore) ->
     assert {tid, other} <= {e.tenant for e in await store.list_audit(None, 1000)}
 
 
+async def test_a_system_event_is_appended_to_the_audit_log(store: TenantStore) -> None:
+    tid = unique()
+    await store.create_tenant(TenantCreate(id=tid), "ops/k1")
+    event = {"type": "budget.threshold", "threshold": 80, "budget": {"kind": "tokens", "period": "monthly", "limit": 100}}
+    await store.record_event("system", "budget.threshold", tid, "budget/tenant/tokens/month:2026-11", event)
+    newest = (await store.list_audit(tid, 1))[0]
+    assert (newest.actor, newest.action, newest.tenant) == ("system", "budget.threshold", tid)
+    assert (newest.target, newest.old, newest.new) == ("budget/tenant/tokens/month:2026-11", None, event)
+    await store.record_event("system", "budget.threshold", None, "budget/none", {"n": 1})
+    assert (await store.list_audit(None, 1))[0].target == "budget/none"
+    assert all(e.tenant == tid for e in await store.list_audit(tid, 100))
+
+
 async def test_key_ids_are_unique_per_tenant_only(store: TenantStore) -> None:
     a, b = unique(), unique()
     for tenant in (a, b):
@@ -283,7 +296,7 @@ async def test_key_ids_are_unique_per_tenant_only(store: TenantStore) -> None:
 
 
 async def test_config_file_tenants_and_keys_are_loaded() -> None:
-    past = datetime.now(timezone.utc) - timedelta(seconds=5)
+    past = datetime.now(UTC) - timedelta(seconds=5)
     tenants = msgspec.convert(
         [
             {

@@ -125,7 +125,7 @@ async def test_what_a_minted_key_leaves_out_it_inherits(env: Env, http: aiohttp.
     status, child = await mint(http, env, "parent", {})
     assert status == 201, child
     assert (child["scopes"], child["priority"], limits(child)) == ([], "standard", {"rpm": 2, "max_concurrent": 2})
-    assert child["budgets"] == [{"kind": "tokens", "period": "daily", "limit": 1000, "hard": True}]
+    assert child["budgets"] == [{"kind": "tokens", "period": "daily", "limit": 1000, "hard": True, "alert_at": [80, 90, 100]}]
     assert at(child["expires_at"]) == EXPIRES
 
     status, partial = await mint(http, env, "parent", {"limits": {"rpm": 1}, "budgets": [], "priority": "low"})
@@ -140,7 +140,7 @@ async def test_within_its_makers_bounds_a_key_gets_what_it_asks(env: Env, http: 
         "scopes": ["tenant:read"],
         "priority": "standard",
         "limits": {"rpm": 2, "tpm": 10_000, "max_concurrent": 1},
-        "budgets": [{"kind": "tokens", "period": "daily", "limit": 500, "hard": True}],
+        "budgets": [{"kind": "tokens", "period": "daily", "limit": 500, "hard": True, "alert_at": [50, 100]}],
         "expires_at": earlier.isoformat(),
     }
     status, child = await mint(http, env, "parent", spec)

@@ -2,8 +2,9 @@
 
 `promtool check rules` and `promtool test rules` run on deploy/monitoring/ (skipped only
 where promtool is not installed; `.ci/run` installs it). Every metric name in a rule or
-a dashboard query must be one that `router.metrics.Metrics()` registers, with labels it
-has, so neither can drift from the code.
+a dashboard query (`sluicegate_*`, and the OpenTelemetry GenAI `gen_ai_*`) must be one
+that `router.metrics.Metrics()` registers, with labels it has, so neither can drift from
+the code; and the README lists every one of them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from budgets.ledger import LedgerBacklog
 from router.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +34,9 @@ TARGET_LABELS = {"instance", "job", "le"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"), "gauge": ("",)}
 QUOTED = re.compile(r'"(?:\\.|[^"\\])*"')
 IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-SELECTOR = re.compile(r"\b(sluicegate_[a-z0-9_]+)\s*\{([^}]*)\}")
+SELECTOR = re.compile(r"\b((?:sluicegate|gen_ai)_[a-z0-9_]+)\s*\{([^}]*)\}")
+EXPORTED_PREFIXES = ("sluicegate", "gen_ai_")
+LABEL_LISTS = re.compile(r"\{[^}]*\}|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 LABEL_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
 
 
@@ -41,17 +45,19 @@ def exported_series() -> dict[str, set[str]]:
     metrics = Metrics()
     metrics.track_engine_load(lambda: {"deployment-a": (1, 2)})
     metrics.track_breakers(lambda: {"deployment-a": True})
+    metrics.track_queues(list)
+    metrics.track_ledger(lambda: LedgerBacklog(pending_rows=0, spool_bytes=0, healthy=True))
     series: dict[str, set[str]] = {}
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            for suffix in SUFFIXES[str(value._type)]:
-                series[value._name + suffix] = set(value._labelnames)
-    # Custom collectors (the engine load figures) show their names and labels when collected.
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            series.setdefault(sample.name, set()).update(sample.labels)
+    for collector in metrics.registry._collector_to_names:
+        if isinstance(collector, MetricWrapperBase):
+            for suffix in SUFFIXES[str(collector._type)]:
+                series[collector._name + suffix] = set(collector._labelnames)
+    # Figures read from live state (engine load, breakers, queues, ledger, budgets) name their labels.
+    for figure in metrics.live.figures:
+        series[figure.name] = set(figure.labelnames)
     assert "sluicegate_engine_waiting_requests" in series
     assert "sluicegate_requests_total" in series
+    assert "gen_ai_client_token_usage_bucket" in series
     return series
 
 
@@ -59,14 +65,19 @@ def check_expr(expr: str, series: dict[str, set[str]], recorded: set[str]) -> No
     """Every sluicegate_* name is exported, every label matcher on it is one of its labels,
     and every recording-rule name (with a colon) is defined in the rules file."""
     bare = QUOTED.sub('""', expr)
-    for name in IDENT.findall(bare):
+    # Metric names only: label names (in selectors and grouping clauses) may start with gen_ai_ too.
+    for name in IDENT.findall(LABEL_LISTS.sub("", bare)):
         if ":" in name:
             assert name in recorded, f"{name!r} in {expr!r} is not a recording rule in {RULES.name}"
-        elif name.startswith("sluicegate"):
+        elif name.startswith(EXPORTED_PREFIXES):
             assert name in series, f"{name!r} in {expr!r} is not a metric the gateway exports"
     for name, matchers in SELECTOR.findall(bare):
         for label in LABEL_MATCHER.findall(matchers):
             assert label in series[name] | TARGET_LABELS, f"{name} has no label {label!r} ({expr!r})"
+
+
+def metric_names(expr: str) -> set[str]:
+    return {name for name in IDENT.findall(LABEL_LISTS.sub("", QUOTED.sub('""', expr))) if name.startswith(EXPORTED_PREFIXES)}
 
 
 def load_rules() -> list[dict[str, Any]]:
@@ -111,7 +122,9 @@ def test_rules_use_exported_metrics() -> None:
 def test_every_alert_is_documented_and_tested_both_ways() -> None:
     alerts = {rule["alert"]: rule for rule in load_rules() if "alert" in rule}
     assert {"SluicegateAvailabilityBurnFast", "SluicegateTTFTBurnFast", "SluicegateConfigVersionSkew",
-            "SluicegateCanaryRolledBack", "SluicegateSoftBudgetExceeded"} <= set(alerts)  # fmt: skip
+            "SluicegateCanaryRolledBack", "SluicegateSoftBudgetExceeded", "SluicegateBudget80Percent",
+            "SluicegateBudget90Percent", "SluicegateBudgetSpent", "SluicegateLedgerStoreDown",
+            "SluicegateLedgerSpoolGrowing"} <= set(alerts)  # fmt: skip
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"page", "ticket"}, name
         for key in ("summary", "description", "runbook"):
@@ -134,6 +147,14 @@ def test_readme_lists_every_alert() -> None:
     for rule in load_rules():
         if "alert" in rule:
             assert f"`{rule['alert']}`" in readme, rule["alert"]
+
+
+def test_readme_lists_every_metric() -> None:
+    """The metrics table names each family the gateway exports (a histogram by its base name)."""
+    readme = (ROOT / "README.md").read_text()
+    families = {re.sub(r"_(bucket|count|sum|created)$", "", name) for name in exported_series() if not name.endswith("_created")}
+    missing = sorted(name for name in families if f"`{name}`" not in readme)
+    assert not missing, f"README's metrics table lacks {missing}"
 
 
 def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,13 +193,22 @@ def test_dashboard_uses_exported_metrics() -> None:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
             check_expr(target["expr"], series, recorded)
             exprs.append(target["expr"])
-    used = {name for expr in exprs for name in IDENT.findall(QUOTED.sub('""', expr)) if name.startswith("sluicegate_")}
+    used = {name for expr in exprs for name in metric_names(expr)}
+    # A recording rule a panel uses counts as the metrics it is built on.
+    for rule in load_rules():
+        if "record" in rule and any(rule["record"] in expr for expr in exprs):
+            used |= metric_names(rule["expr"])
     # The panels the dashboard promises.
     for name in (
         "sluicegate_requests_total", "sluicegate_request_duration_seconds_bucket",
         "sluicegate_time_to_first_token_seconds_bucket", "sluicegate_tokens_total", "sluicegate_canary_weight_percent",
         "sluicegate_config_version", "sluicegate_engine_running_requests", "sluicegate_engine_waiting_requests",
         "sluicegate_pii_entities_total", "sluicegate_plugin_hook_seconds_bucket", "sluicegate_plugin_errors_total",
+        "sluicegate_cost_usd_total", "sluicegate_budget_remaining", "sluicegate_budget_limit", "sluicegate_rejections_total",
+        "sluicegate_queue_depth", "sluicegate_queue_wait_seconds_bucket", "sluicegate_ledger_spool_bytes",
+        "sluicegate_ledger_pending_rows", "sluicegate_ledger_store_up", "gen_ai_client_token_usage_sum",
+        "gen_ai_client_operation_duration_seconds_bucket", "gen_ai_server_time_to_first_token_seconds_bucket",
+        "gen_ai_server_time_per_output_token_seconds_bucket",
     ):  # fmt: skip
         assert name in used, name
 
@@ -192,3 +222,8 @@ def test_drift_check_catches_unknown_names() -> None:
     with pytest.raises(AssertionError):
         check_expr("sluicegate:nothing:ratio_rate5m > 1", series, set())
     check_expr('sum by (model) (rate(sluicegate_requests_total{status=~"5..",instance="x"}[5m]))', series, set())
+    with pytest.raises(AssertionError):
+        check_expr("rate(gen_ai_client_token_usage_total[5m])", series, set())
+    with pytest.raises(AssertionError):
+        check_expr('rate(gen_ai_client_token_usage_sum{model="a"}[5m])', series, set())
+    check_expr('rate(gen_ai_client_token_usage_sum{gen_ai_token_type="input"}[5m])', series, set())

@@ -83,9 +83,18 @@ def test_statuses_map_to_one_error_each(status: int, error_class: type[GatewayEr
 
 
 def test_a_rejection_carries_the_upstreams_fields_and_status() -> None:
-    error = status_error("dep", 413, ErrorFields(message="context too long", code="too_long", param="messages"), None)
+    error = status_error("dep", 413, ErrorFields(message="context too long", code="context_length_exceeded", param="messages"), None)
     assert isinstance(error, UpstreamRejected)
-    assert (error.status, error.message, error.code, error.param) == (413, "context too long", "too_long", "messages")
+    assert (error.status, error.message, error.code, error.param) == (413, "context too long", "context_length_exceeded", "messages")
+
+
+def test_a_code_the_providers_do_not_document_is_dropped() -> None:
+    """An upstream's code reaches logs, the ledger and a metric label: free text (a quoted prompt) never does."""
+    rejected = status_error("dep", 400, ErrorFields(message="m", code="bad_my secret prompt"), None)
+    assert rejected.code == "upstream_rejected"
+    failed = status_error("dep", 500, ErrorFields(code="quoting: my secret prompt"), None)
+    assert "secret" not in failed.message and failed.code != "quoting: my secret prompt"
+    assert status_error("dep", 400, ErrorFields(code="400"), None).code == "400"  # vLLM sends the status
 
 
 def test_server_errors_name_the_type_never_the_message() -> None:

@@ -1,0 +1,132 @@
+"""The OpenTelemetry GenAI semantic-convention instruments, in Prometheus naming.
+
+``gen_ai.client.token.usage`` --> ``gen_ai_client_token_usage`` (histogram,
+``gen_ai_token_type`` input/output), ``gen_ai.client.operation.duration`` -->
+``gen_ai_client_operation_duration_seconds``, ``gen_ai.server.time_to_first_token``
+and ``gen_ai.server.time_per_output_token`` --> ``..._seconds``; attributes
+become labels with dots as underscores. Buckets are the conventions' advice.
+
+Every label value is bounded by the config: the request model is a configured
+alias (``UNKNOWN`` otherwise), the provider and response model come from the
+deployment, ``error_type`` is one of the gateway's own error codes (``_OTHER``
+for whatever an upstream calls its errors). A request's trace id, when it has
+one, rides along as an exemplar (OpenMetrics only; prometheus_client keeps no
+exemplars in multiprocess mode, so with several workers there are none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from core.errors import GatewayError
+
+if TYPE_CHECKING:
+    from router.metrics_view import FinishedRequest
+
+# Bucket boundaries the GenAI semantic conventions advise.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+# A label value the client could not choose: a model alias that does not exist, no deployment.
+UNKNOWN = "-"
+OTHER_ERROR = "_OTHER"
+CLIENT_CLOSED_ERROR = "client_closed"
+# request kind --> gen_ai.operation.name
+OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+# provider in the config --> gen_ai.provider.name (the conventions' well-known values; others as named)
+PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
+LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
+
+
+def _own_codes(cls: type[GatewayError]) -> Iterator[str]:
+    for sub in cls.__subclasses__():
+        # Only the error tree's own classes: the set must not depend on what else was imported.
+        if sub.__module__ == GatewayError.__module__ and sub.code:
+            yield sub.code
+        yield from _own_codes(sub)
+
+
+# The error codes error_type may take; anything else (an upstream's own code) is _OTHER.
+ERROR_TYPES = frozenset({"internal_error", "no_permitted_deployment", *_own_codes(GatewayError)})
+
+
+def error_type(code: str | None, status: int) -> str:
+    if code is not None and code in ERROR_TYPES:
+        return code
+    return CLIENT_CLOSED_ERROR if status == 499 else OTHER_ERROR
+
+
+# (kind, provider, request model, response model) --> label values
+_Key = tuple[str, str, str, str]
+
+
+class GenAIMetrics:
+    def __init__(self, registry: CollectorRegistry, exemplars: bool) -> None:
+        self.exemplars = exemplars
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage", "Tokens used per operation (gen_ai.client.token.usage), by token type (input, output).",
+            (*LABELS, "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds", "GenAI operation duration (gen_ai.client.operation.duration); error_type is empty on success.",
+            (*LABELS, "error_type"), buckets=DURATION_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds", "Time to the first token of successful streamed responses (gen_ai.server.time_to_first_token).",
+            LABELS, buckets=TTFT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first, of successful streamed responses (gen_ai.server.time_per_output_token).",
+            LABELS, buckets=TPOT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self._durations: dict[tuple[str, str, str, str, str], Histogram] = {}
+        # key --> (input tokens, output tokens, time to first token, time per output token)
+        self._children: dict[_Key, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+
+    def finished(self, ctx: FinishedRequest, model: str) -> None:
+        """Record a finished request; ``model`` is its alias if that is a configured one, else ``UNKNOWN``."""
+        served = ctx.served
+        config = served.config if served is not None else ctx.plan[0].config if ctx.plan else None
+        key = (ctx.kind, config.provider if config is not None else UNKNOWN, model, served.config.model if served is not None else "")
+        status = ctx.status
+        exemplar = {"trace_id": ctx.trace_id} if ctx.trace_id is not None and self.exemplars else None
+        error = "" if status == 200 else error_type(ctx.error, status)
+        with_error = (*key, error)
+        duration = self._durations.get(with_error)
+        if duration is None:
+            duration = self._durations[with_error] = self.duration.labels(*_labels(key), error)
+        duration.observe(ctx.elapsed, exemplar)
+        usage, ttft = ctx.usage, ctx.ttft
+        if usage is None and (ttft is None or status != 200):
+            return
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._new_children(key)
+        if usage is not None:
+            children[0].observe(usage.prompt_tokens, exemplar)
+            if ctx.kind != "embedding":
+                children[1].observe(usage.completion_tokens, exemplar)
+        if ttft is not None and status == 200:
+            children[2].observe(ttft, exemplar)
+            if usage is not None and usage.completion_tokens > 1:
+                children[3].observe((ctx.elapsed - ttft) / (usage.completion_tokens - 1), exemplar)
+
+    def _new_children(self, key: _Key) -> tuple[Histogram, Histogram, Histogram, Histogram]:
+        labels = _labels(key)
+        return (
+            self.token_usage.labels(*labels, "input"),
+            self.token_usage.labels(*labels, "output"),
+            self.ttft.labels(*labels),
+            self.tpot.labels(*labels),
+        )
+
+
+def _labels(key: _Key) -> tuple[str, str, str, str]:
+    kind, provider, model, response = key
+    return OPERATIONS.get(kind, kind), PROVIDERS.get(provider, provider), model, response

@@ -1,0 +1,46 @@
+"""`sluicegate serve` with two workers: whichever answers /metrics shows what both did and hold.
+
+Requests each go on a new connection, so both workers serve some; every scrape,
+again on a new connection, must add them all up and show the figures read from
+live state (breakers, engine load), which a per-worker collector would not.
+"""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import GatewayFactory
+
+REQUESTS = 12
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_two_workers_are_one_metrics_page(launch_gateway: GatewayFactory, api_key: str) -> None:
+    gateway = launch_gateway(workers=2)
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
+    for _ in range(REQUESTS):
+        reply = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {api_key}"}, timeout=20)
+        assert reply.status_code == 200, reply.text
+    served = {
+        "gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai",
+        "gen_ai_request_model": "fake-model", "gen_ai_response_model": "fake-normal", "error_type": "",
+    }  # fmt: skip
+    for _ in range(6):
+        reply = httpx.get(gateway.url + "/metrics", timeout=10)
+        assert reply.status_code == 200
+        samples = _samples(reply.text)
+        requests = {"route": "chat", "model": "fake-model", "status": "200"}
+        assert samples[("sluicegate_requests_total", frozenset(requests.items()))] == REQUESTS
+        assert samples[("gen_ai_client_operation_duration_seconds_count", frozenset(served.items()))] == REQUESTS
+        # Read from live state in each worker, yet on every worker's page.
+        assert samples[("sluicegate_breaker_open", frozenset({"deployment": "fake"}.items()))] == 0
+        assert ("sluicegate_engine_running_requests", frozenset({"deployment": "fake"}.items())) in samples
+        assert samples[("sluicegate_ledger_store_up", frozenset())] == 1
+    # OpenMetrics on request; prometheus_client keeps no exemplars with several workers.
+    reply = httpx.get(gateway.url + "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}, timeout=10)
+    assert reply.headers["content-type"].startswith("application/openmetrics-text")
+    assert reply.text.endswith("# EOF\n") and "trace_id" not in reply.text
