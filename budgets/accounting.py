@@ -29,7 +29,7 @@ from budgets.store import (
     StoreUnavailable,
 )
 from core.config import BudgetConfig, LimitsConfig, Price
-from core.errors import InsufficientQuota, Overloaded, RateLimited
+from core.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
 from core.principal import Principal
 from serving.base import Usage
 
@@ -243,7 +243,7 @@ class Accountant:
         self, request_id: str, account: Account, prompt_tokens: int, price: Price, admission: Admission, flexible_cap: int | None
     ) -> Reservation:
         if not admission.allowed:
-            raise self._refusal(admission.reason, admission.retry_after_ms)
+            raise self._refusal(admission.reason, admission.retry_after_ms, admission.key)
         allowance: int | None = None
         if flexible_cap is not None:
             # The completion tokens every budget's (possibly partial) reservation covers.
@@ -266,14 +266,20 @@ class Accountant:
         )
 
     @staticmethod
-    def _refusal(reason: str | None, retry_after_ms: int | None) -> Exception:
+    def _refusal(reason: str | None, retry_after_ms: int | None, key: str | None = None) -> GatewayError:
         retry = retry_after_ms / 1000 if retry_after_ms else None
+        refusal: GatewayError
         if reason == "budget":
-            return InsufficientQuota("You exceeded your current quota: the budget for this period is spent.")
-        if reason == "concurrency":
-            return RateLimited("Too many concurrent requests for this tenant or key.", retry_after=retry or 1.0)
-        what = "tokens" if reason == "tokens" else "requests"
-        return RateLimited(f"Rate limit reached for {what} per minute.", retry_after=retry or 1.0)
+            refusal = InsufficientQuota("You exceeded your current quota: the budget for this period is spent.")
+            refusal.refused = key
+        elif reason == "concurrency":
+            refusal = RateLimited("Too many concurrent requests for this tenant or key.", retry_after=retry or 1.0)
+            refusal.refused = reason
+        else:
+            what = "tokens" if reason == "tokens" else "requests"
+            refusal = RateLimited(f"Rate limit reached for {what} per minute.", retry_after=retry or 1.0)
+            refusal.refused = what
+        return refusal
 
     async def settle(self, reservation: Reservation, usage: Usage, price: Price) -> int:
         """Charge actual usage; returns the cost in pico-USD. Never raises for store outages."""

@@ -48,10 +48,17 @@ class GatewayError(Exception):
     def detail(self) -> ErrorDetail:
         return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
 
+    # Set once the request had an id (it reached the pipeline): the answer names it, as a success would.
+    request_id: str | None = None
+    # What admission refused, for metrics and budget alerts (never shown to the client): the limit's
+    # kind ("requests", "tokens", "concurrency") or the key of the budget that was spent.
+    refused: str | None = None
+
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
+        headers = {} if self.request_id is None else {"x-request-id": self.request_id}
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(1, int(self.retry_after + 0.999)))
+        return headers
 
 
 # --- client errors -----------------------------------------------------------

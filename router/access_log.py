@@ -28,10 +28,12 @@ import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
 
 from core.errors import HTTP_STATUS_ERRORS, GatewayError
+from router.logs import JsonFormatter
 
 if TYPE_CHECKING:
     from litestar.types import Scope
@@ -69,6 +71,37 @@ def usd(pico: int) -> str:
     return f"{sign}{whole}.{fraction:012d}".rstrip("0")
 
 
+class _Line(msgspec.Struct, gc=False):
+    """An access line as ``JsonFormatter`` writes a record: its four standard keys, then the fields."""
+
+    ts: float
+    level: str
+    logger: str
+    msg: str
+    trace_id: str | None
+    request_id: str | None
+    tenant: str | None
+    key_id: str | None
+    model: str | None
+    deployment: str | None
+    route: str
+    status: int
+    error: str | None
+    stream: bool | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: str | None
+    latency_ms: float | None
+    ttft_ms: float | None
+    config_version: int | None
+    canary: str | None
+    route_reason: str | None
+
+
+_encode_line = msgspec.json.Encoder().encode
+_FIELDS = _Line.__struct_fields__[4:]
+
+
 def record(ctx: RequestContext) -> None:
     """``Billing.after_record`` hook: the line of a request the pipeline finished (never raises)."""
     seen = _current.get()
@@ -77,41 +110,31 @@ def record(ctx: RequestContext) -> None:
     if not log.isEnabledFor(_INFO):
         return
     usage, ttft = ctx.usage, ctx.ttft
-    snapshot = ctx.snapshot
-    _emit({
-        "trace_id": ctx.trace_id,
-        "request_id": ctx.request_id,
-        "tenant": ctx.principal.tenant,
-        "key_id": ctx.principal.key_id,
-        "model": ctx.alias,
-        "deployment": ctx.deployment or None,
-        "route": ctx.route,
-        "status": ctx.status,
-        "error": ctx.error,
-        "stream": ctx.stream,
-        "prompt_tokens": usage.prompt_tokens if usage is not None else None,
-        "completion_tokens": usage.completion_tokens if usage is not None else None,
-        "cost_usd": usd(ctx.cost),
-        "latency_ms": round(ctx.elapsed * 1000, 3),
-        "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
-        "config_version": snapshot.version,
-        "canary": ("mirrored" if ctx.mirror else ctx.arm) if ctx.arm is not None else None,
-        "route_reason": ctx.route_reason,
-    })  # fmt: skip
+    _emit(
+        _Line(
+            round(time.time(), 6), "info", _NAME, "request",
+            ctx.trace_id, ctx.request_id, ctx.principal.tenant, ctx.principal.key_id, ctx.alias, ctx.deployment or None,
+            ctx.route, ctx.status, ctx.error, ctx.stream,
+            usage.prompt_tokens if usage is not None else None, usage.completion_tokens if usage is not None else None,
+            usd(ctx.cost), round(ctx.elapsed * 1000, 3), round(ttft * 1000, 3) if ttft is not None else None,
+            ctx.snapshot.version, ("mirrored" if ctx.mirror else ctx.arm) if ctx.arm is not None else None, ctx.route_reason,
+        )
+    )  # fmt: skip
 
 
 def _refused(route: str, status: int, error: str | None, latency_s: float | None) -> None:
     if not log.isEnabledFor(_INFO):
         return
-    _emit({
-        "trace_id": None, "request_id": None, "tenant": None, "key_id": None, "model": None, "deployment": None,
-        "route": route, "status": status, "error": error, "stream": None,
-        "prompt_tokens": None, "completion_tokens": None, "cost_usd": None,
-        "latency_ms": round(latency_s * 1000, 3) if latency_s is not None else None, "ttft_ms": None,
-        "config_version": None, "canary": None, "route_reason": None,
-    })  # fmt: skip
+    latency = round(latency_s * 1000, 3) if latency_s is not None else None
+    _emit(
+        _Line(
+            round(time.time(), 6), "info", _NAME, "request", None, None, None, None, None, None,
+            route, status, error, None, None, None, None, latency, None, None, None, None,
+        )
+    )  # fmt: skip
 
 
+_NAME = log.name
 # A record's standard attributes, the same for every line. LogRecord() looks up the
 # process, thread, task and source file of each record (and Logger.info the caller's
 # frame): most of what a line would cost, for attributes no line shows.
@@ -119,23 +142,42 @@ _TEMPLATE = logging.LogRecord(log.name, _INFO, __file__, 0, "request", (), None)
 _TEMPLATE.update(dict.fromkeys(("process", "processName", "thread", "threadName", "taskName") & _TEMPLATE.keys()))
 # What ``relativeCreated`` counts from, as LogRecord() reads it.
 _LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())
+_root = logging.getLogger()
 
 
-class _Line(logging.LogRecord):
-    """An access line: a ``LogRecord`` whose ``fields`` are attributes of their own, as ``extra=`` makes them."""
+class _Record(logging.LogRecord):
+    """An access line as a ``LogRecord`` whose fields are attributes of their own, as ``extra=`` makes them."""
 
-    def __init__(self, fields: dict[str, Any]) -> None:  # noqa: PLW0231 - LogRecord.__init__ is the cost spared
+    def __init__(self, line: _Line) -> None:  # noqa: PLW0231 - LogRecord.__init__ is the cost spared
         d = self.__dict__
         d.update(_TEMPLATE)
-        d.update(fields)
-        now = time.time()
+        for name in _FIELDS:
+            d[name] = getattr(line, name)
+        now = line.ts
         self.created = now
         self.msecs = (now - int(now)) * 1000
         self.relativeCreated = (now - _LOGGING_STARTED) * 1000
 
 
-def _emit(fields: dict[str, Any]) -> None:
-    log.handle(_Line(fields))
+def _emit(line: _Line) -> None:
+    """Straight to the stream when the only listener is the JSON handler ``router.logs`` installs; else as a record."""
+    handlers = _root.handlers
+    if len(handlers) == 1 and not log.handlers and log.propagate and not log.disabled and not log.filters and not _root.filters:
+        handler = handlers[0]
+        if type(handler) is logging.StreamHandler and type(handler.formatter) is JsonFormatter and not handler.filters:
+            if _INFO >= handler.level:
+                text = _encode_line(line).decode() + "\n"
+                handler.acquire()
+                try:
+                    stream = handler.stream
+                    stream.write(text)
+                    stream.flush()
+                except Exception:  # noqa: BLE001 - as logging's own emit: the handler reports it
+                    handler.handleError(_Record(line))
+                finally:
+                    handler.release()
+            return
+    log.handle(_Record(line))
 
 
 def status_and_code(exc: BaseException) -> tuple[int, str | None]:

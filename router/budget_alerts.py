@@ -20,9 +20,10 @@ sends the alert. The claim comes before the delivery: an alert whose webhook
 never answers is logged, not sent again by another replica.
 
 A request refused for its budget (``insufficient_quota``, before any attempt)
-counts as 100 % used: of the account's hard budgets, the only one, or when
-there are several (the refusal does not say which), each that is fully spent
-or held at the read.
+counts as 100 % used for the budget the refusal names (``GatewayError.refused``);
+a refusal that names none (a store that does not say) counts for the only
+hard budget, or when there are several, for each that is fully spent or held
+at the read.
 
 Each alert: a signed webhook (``router.alerts``, with retries), an audit
 entry (actor ``system``, action ``budget.threshold``), the counter
@@ -120,7 +121,7 @@ class BudgetAlerts:
             reservation = ctx.reservation
             if reservation is None:
                 if ctx.error == _REFUSED and not ctx.attempted:
-                    self._refused(ctx.principal, ctx.wall_started)
+                    self._refused(ctx.principal, ctx.wall_started, ctx.refused)
             elif reservation.plan.budgets:
                 self._settled(ctx, reservation)
         except Exception:
@@ -147,14 +148,16 @@ class BudgetAlerts:
             if bound * 100 >= watch.pending[0] * rule.limit:
                 self._read(watch)
 
-    def _refused(self, principal: Principal, now_s: float) -> None:
+    def _refused(self, principal: Principal, now_s: float, key: str | None) -> None:
+        """``key``: the budget the store refused for (the refusal names it); else each hard budget may be it."""
         account = self._accountant.account(principal, now_s)
         hard = [i for i, rule in enumerate(account.plan.budgets) if rule.hard]
-        for i in hard:
+        named = [i for i in hard if account.plan.budgets[i].key == key]
+        for i in named or hard:
             scope, config = account.budgets[i]
             watch = self._watch(account.plan.budgets[i], config, principal, scope)
             if watch.pending:
-                watch.refused = _ALONE if len(hard) == 1 else _AMONG
+                watch.refused = _ALONE if named or len(hard) == 1 else _AMONG
                 self._read(watch)
 
     def _watch(self, rule: BudgetRule, config: BudgetConfig, principal: Principal, scope: str) -> _Watch:

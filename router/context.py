@@ -108,6 +108,8 @@ class RequestContext:
     # outcome
     status: int = 200
     error: str | None = None
+    # What admission refused (GatewayError.refused): a limit's kind or a spent budget's key.
+    refused: str | None = None
     ttft: float | None = None
     elapsed: float = 0.0
     pii_counts: dict[str, int] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Histogram
 
 from core.errors import GatewayError
+from router.tracing_genai import OPERATIONS, provider_name
 
 if TYPE_CHECKING:
     from router.metrics_view import FinishedRequest
@@ -36,10 +37,6 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 UNKNOWN = "-"
 OTHER_ERROR = "_OTHER"
 CLIENT_CLOSED_ERROR = "client_closed"
-# request kind --> gen_ai.operation.name
-OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
-# provider in the config --> gen_ai.provider.name (the conventions' well-known values; others as named)
-PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
 LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
 
 
@@ -92,8 +89,10 @@ class GenAIMetrics:
     def finished(self, ctx: FinishedRequest, model: str) -> None:
         """Record a finished request; ``model`` is its alias if that is a configured one, else ``UNKNOWN``."""
         served = ctx.served
-        config = served.config if served is not None else ctx.plan[0].config if ctx.plan else None
-        key = (ctx.kind, config.provider if config is not None else UNKNOWN, model, served.config.model if served is not None else "")
+        deployment = served if served is not None else ctx.plan[0] if ctx.plan else None
+        # The same provider names and operation names as the request's span.
+        provider = provider_name(deployment) if deployment is not None else UNKNOWN
+        key = (ctx.kind, provider, model, served.config.model if served is not None else "")
         status = ctx.status
         exemplar = {"trace_id": ctx.trace_id} if ctx.trace_id is not None and self.exemplars else None
         error = "" if status == 200 else error_type(ctx.error, status)
@@ -129,4 +128,4 @@ class GenAIMetrics:
 
 def _labels(key: _Key) -> tuple[str, str, str, str]:
     kind, provider, model, response = key
-    return OPERATIONS.get(kind, kind), PROVIDERS.get(provider, provider), model, response
+    return OPERATIONS.get(kind, kind), provider, model, response  # type: ignore[call-overload]

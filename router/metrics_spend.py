@@ -98,7 +98,7 @@ class SpendMetrics:
         )  # fmt: skip
         self.rejections = Counter(
             "sluicegate_rejections", "Requests refused or cut short by admission, by tenant and reason "
-            "(rate_limit: RPM, TPM or concurrency; budget; budget_cutoff; queue_full; queue_timeout).",
+            "(rate_limit: RPM or TPM; concurrency; budget; budget_cutoff; queue_full; queue_timeout).",
             ("tenant", "reason"), registry=registry,
         )  # fmt: skip
         self.queue_wait = Histogram(
@@ -130,6 +130,8 @@ class SpendMetrics:
             self.reject(ctx.principal.tenant, error)
         elif not ctx.attempted:
             reason = REFUSALS.get(error)
+            if reason == "rate_limit" and ctx.refused == "concurrency":
+                reason = "concurrency"
             if reason is not None:
                 self.reject(ctx.principal.tenant, reason)
 

@@ -252,6 +252,7 @@ class Pipeline:
     async def fail(self, ctx: RequestContext, exc: GatewayError) -> None:
         ctx.status = exc.status
         ctx.error = exc.code
+        ctx.refused = exc.refused
         await self.complete(ctx)
 
     async def complete(self, ctx: RequestContext) -> None:

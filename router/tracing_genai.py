@@ -78,6 +78,12 @@ def upstream_attributes(deployment: Deployment) -> Attributes:
     return _upstream(config.provider, config.base_url, location if isinstance(location, str) else None)
 
 
+def provider_name(deployment: Deployment) -> str:
+    """``gen_ai.provider.name`` of ``deployment``: the one list spans and metrics share."""
+    name: str = upstream_attributes(deployment)["gen_ai.provider.name"]
+    return name
+
+
 @functools.lru_cache(maxsize=512)
 def _upstream(provider: str, base_url: str, vertex_location: str | None) -> Attributes:
     name = _PROVIDERS.get(provider, provider)

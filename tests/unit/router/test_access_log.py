@@ -126,8 +126,11 @@ async def test_a_failed_upstream_is_one_line_not_two(gateway: Running, http: Ses
     base, _ = gateway
     async with http.post(f"{base}/v1/chat/completions", json={"model": "broken", **CHAT}, headers=AUTH) as resp:
         status, error = resp.status, (await resp.json())["error"]
+        request_id = resp.headers.get("x-request-id")
     line = _one(access())
     assert line["status"] == status >= 500 and line["error"] == error["code"]
+    # The error answer names the request, so a client can find its line.
+    assert request_id is not None and line["request_id"] == request_id
     assert line["tenant"] == "tenant-a" and line["model"] == "broken" and line["cost_usd"] == "0"
 
 
@@ -233,3 +236,33 @@ async def test_an_upstream_error_code_that_quotes_the_prompt_is_written_nowhere(
     finally:
         await runner.cleanup()
     assert secret not in json.dumps(access()) and secret not in metrics
+
+
+def test_the_fast_path_writes_what_the_json_formatter_would() -> None:
+    """With only the server's JSON handler listening, lines skip the LogRecord: the text must not change."""
+    import io
+    import logging.config
+
+    from router import access_log
+    from router.logs import log_config
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logging.config.dictConfig(log_config("warning"))
+        (handler,) = root.handlers
+        stream = io.StringIO()
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        line = access_log._Line(
+            1796505479.058637, "info", "sluicegate.access", "request", "a" * 32, "req-1", "t", "k", "m", "d",
+            "chat", 200, None, True, 7, 20, "0.00000123", 8.772, 1.5, 3, "candidate", "pinned:d",
+        )  # fmt: skip
+        access_log._emit(line)
+        written = stream.getvalue()
+        assert written.endswith("\n") and written.count("\n") == 1
+        assert written[:-1] == JsonFormatter().format(access_log._Record(line))
+        assert json.loads(written)["cost_usd"] == "0.00000123"
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -54,7 +54,7 @@ class Setup:
         try:
             reservation = await self.accountant.reserve(ctx.request_id, account, prompt, max_tokens or completion, price)
         except InsufficientQuota as exc:
-            ctx.status, ctx.error = exc.status, exc.code
+            ctx.status, ctx.error, ctx.refused = exc.status, exc.code, exc.refused  # as Pipeline.fail
             self.alerts(ctx)
             return ctx
         ctx.reservation = reservation
@@ -185,6 +185,19 @@ async def test_with_several_hard_budgets_a_refusal_counts_only_for_one_spent_or_
     events = await setup.events("two")
     assert [(e["budget"]["limit"], e["threshold"], e["reason"]) for e in events] == [
         (100, 80, "spent"), (100, 90, "spent"), (100, 100, "refused"),
+    ]  # fmt: skip
+
+
+async def test_a_refusal_that_names_its_budget_counts_for_that_one_only() -> None:
+    setup = Setup()
+    who = principal("named", [tokens(100), tokens(1000, period="daily")])
+    for _ in range(7):
+        await setup.request(who, 2, 8)  # 70 of 100, 70 of 1000
+    refused = await setup.request(who, 2, 8, max_tokens=40)  # 112 > 100: the monthly budget refuses
+    assert refused.refused is not None and ":month:" in refused.refused
+    events = await setup.events("named")
+    assert [(e["budget"]["limit"], e["threshold"], e["reason"]) for e in events] == [
+        (100, 80, "refused"), (100, 90, "refused"), (100, 100, "refused"),
     ]  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from tests.integration.gateway_server import running_gateway
 
 CHAT = {"messages": [{"role": "user", "content": "hello there"}]}
 # tenant --> its API key
-KEYS = {name: f"sk-test-{name}-0123456789" for name in ("budgeted", "limited", "broke", "queued")}
+KEYS = {name: f"sk-test-{name}-0123456789" for name in ("budgeted", "limited", "broke", "queued", "single")}
 # micro-USD per million tokens: $2 in, $8 out
 PRICE = {"input_per_mtok": 2_000_000, "output_per_mtok": 8_000_000}
 
@@ -49,6 +49,7 @@ def _config(upstream: str) -> Any:
             {"alias": "priced", "deployments": ["priced"]},
             # One request at a time, one may wait, and not for long.
             {"alias": "queued", "deployments": ["held"], "max_concurrent": 1, "max_queue": 1, "queue_timeout_s": 0.2},
+            {"alias": "slow", "deployments": ["held"]},
         ],
         tenants=[
             tenant(
@@ -59,6 +60,7 @@ def _config(upstream: str) -> Any:
             tenant("limited", limits={"rpm": 1}),
             tenant("broke", budgets=[{"kind": "tokens", "period": "lifetime", "limit": 5}]),
             tenant("queued"),
+            tenant("single", limits={"max_concurrent": 1}),
         ],
     )  # fmt: skip
 
@@ -134,6 +136,18 @@ async def test_rate_limit_and_budget_refusals_are_counted_by_tenant(gateway: tup
     assert value(after, "sluicegate_rejections_total", tenant="limited", reason="rate_limit") == 1
     assert value(after, "sluicegate_rejections_total", tenant="broke", reason="budget") == 1
     assert value(after, "sluicegate_rejections_total", tenant="budgeted", reason="budget") is None
+
+
+async def test_a_concurrency_refusal_is_told_from_a_rate_limit(gateway: tuple[str, Gateway], http: aiohttp.ClientSession) -> None:
+    base, _ = gateway
+    first = asyncio.create_task(chat(http, base, "single", "slow"))
+    await asyncio.sleep(0.2)  # the first holds the tenant's one slot for 600 ms
+    status, body = await chat(http, base, "single", "slow")
+    assert (await first)[0] == 200
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+    after = await scrape(http, base)
+    assert value(after, "sluicegate_rejections_total", tenant="single", reason="concurrency") == 1
+    assert value(after, "sluicegate_rejections_total", tenant="single", reason="rate_limit") is None
 
 
 async def test_the_alias_queue_reports_depth_waits_and_what_it_shed(gateway: tuple[str, Gateway], http: aiohttp.ClientSession) -> None:
