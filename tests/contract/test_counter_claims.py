@@ -9,23 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from budgets.store_redis import RedisCounterStore
-from tests.contract.test_counter_store import REDIS_URL, Harness, MemoryHarness, RedisHarness
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    made: Harness = MemoryHarness() if request.param == "memory" else RedisHarness()
-    if not await made.store.ping():
-        await made.close()
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield made
-    await made.close()
+from tests.contract.test_counter_store import REDIS_URL, Harness
 
 
 async def test_the_first_claim_wins_and_every_later_one_loses(harness: Harness) -> None:

@@ -84,6 +84,7 @@ Harness = MemoryHarness | RedisHarness
 
 @pytest.fixture(params=["memory", "redis"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Each store behind one harness (also used by test_counter_claims)."""
     made: Harness = MemoryHarness() if request.param == "memory" else RedisHarness()
     if not await made.store.ping():
         await made.close()

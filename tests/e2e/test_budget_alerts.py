@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.fake_upstream import FakeUpstream
 from core.config import Config
 from router.auth import hash_api_key
+from tests.fakes.webhook import webhook_receiver
 from tests.integration.gateway_server import running_gateway
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -75,13 +76,8 @@ class Receiver:
 async def receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Receiver]]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
     hook = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", hook
-    await runner.cleanup()
+    async with webhook_receiver(hook.handle) as url:
+        yield url, hook
 
 
 def gateway_config(upstream: str, hook: str, suffix: str, *, redis: bool) -> Config:

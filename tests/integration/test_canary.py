@@ -25,6 +25,7 @@ from bench.fake_upstream import FakeUpstream, start_fake_upstream
 from core.config import Config
 from router.auth import hash_api_key
 from tests.conftest import OTHER_KEY, TEST_KEY
+from tests.fakes.webhook import webhook_receiver
 from tests.integration.gateway_server import running_gateway
 
 Json = dict[str, Any]
@@ -63,13 +64,8 @@ async def fakes() -> AsyncIterator[Fakes]:
 async def webhook(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Hook]]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
     hook = Hook()
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", hook
-    await runner.cleanup()
+    async with webhook_receiver(hook.handle) as url:
+        yield url, hook
 
 
 def raw_config(fakes: Fakes, tmp: Path, canary: Json, *, webhook: str | None = None, tenant: Json | None = None) -> Json:

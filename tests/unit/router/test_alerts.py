@@ -13,6 +13,7 @@ from aiohttp import web
 
 from core.config import AlertsConfig
 from router.alerts import MAX_RETRY_AFTER_S, retry_after_s, send_alert
+from tests.fakes.webhook import webhook_receiver
 
 SECRET_ENV = "SLUICEGATE_TEST_ALERT_SECRET"
 SECRET = "alert-secret-for-unit-tests"
@@ -37,13 +38,8 @@ class Receiver:
 async def receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Receiver]]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
     hook = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", hook
-    await runner.cleanup()
+    async with webhook_receiver(hook.handle) as url:
+        yield url, hook
 
 
 def config(url: str | None, **extra: Any) -> AlertsConfig:
