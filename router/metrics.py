@@ -6,6 +6,9 @@ waits in ``metrics_spend``; figures read from live state (engine load,
 breakers, queue depth, the ledger's backlog, budgets left) in ``metrics_live``,
 which also keeps them right with several workers. ``/metrics`` answers in the
 OpenMetrics format (with trace-id exemplars) to a scraper that asks for it.
+In one process the labelled counters and histograms are ``metrics_fast``'s,
+which record without locks and expose what prometheus_client's would; with
+several workers, prometheus_client's own, which write the shared files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from core.errors import NotFound
+from router.metrics_fast import CounterChild, HistogramChild, counter, histogram
 from router.metrics_genai import UNKNOWN, GenAIMetrics
 from router.metrics_live import LiveFigure, LiveFigures, Reading
 from router.metrics_spend import BUDGET_LABELS, SpendMetrics
@@ -52,50 +56,53 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiproc_dir = multiproc_dir if multiproc_dir is not None else os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
-        self.requests = Counter(
+        # One process: the labelled counters and histograms record without locks (router.metrics_fast);
+        # several workers: prometheus_client's, which write the files every worker's figures are added up from.
+        fast = self.multiproc_dir is None
+        self.requests = counter(
             "sluicegate_requests_total", "Requests answered, by route, model alias and HTTP status.",
-            ("route", "model", "status"), registry=r,
+            ("route", "model", "status"), r, fast=fast,
         )  # fmt: skip
-        self.latency = Histogram(
+        self.latency = histogram(
             "sluicegate_request_duration_seconds", "Time from request to last byte, by route, model and status.",
-            ("route", "model", "status"), buckets=LATENCY_BUCKETS, registry=r,
+            ("route", "model", "status"), LATENCY_BUCKETS, r, fast=fast,
         )  # fmt: skip
-        self.ttft = Histogram(
+        self.ttft = histogram(
             "sluicegate_time_to_first_token_seconds", "Time to the first streamed chunk, by model and deployment.",
-            ("model", "deployment"), buckets=LATENCY_BUCKETS, registry=r,
+            ("model", "deployment"), LATENCY_BUCKETS, r, fast=fast,
         )  # fmt: skip
-        self.upstream_errors = Counter(
+        self.upstream_errors = counter(
             "sluicegate_upstream_errors_total", "Upstream failures, by deployment and error code.",
-            ("deployment", "code"), registry=r,
+            ("deployment", "code"), r, fast=fast,
         )  # fmt: skip
-        self.tokens = Counter(
+        self.tokens = counter(
             "sluicegate_tokens_total", "Tokens served, by model alias and kind (prompt/completion).",
-            ("model", "kind"), registry=r,
+            ("model", "kind"), r, fast=fast,
         )  # fmt: skip
-        self.unknown_fields = Counter(
+        self.unknown_fields = counter(
             "sluicegate_unknown_request_fields_total", "Request fields the gateway passed through without modelling.",
-            ("route",), registry=r,
+            ("route",), r, fast=fast,
         )  # fmt: skip
         self.in_flight = Gauge(
             "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
-        self.pii_entities = Counter(
+        self.pii_entities = counter(
             "sluicegate_pii_entities_total", "Personal data found in requests, by entity type (never values).",
-            ("entity",), registry=r,
+            ("entity",), r, fast=fast,
         )  # fmt: skip
         self.pii_failures = Counter(
             "sluicegate_pii_analyzer_failures_total", "Requests whose PII scan failed.", registry=r,
         )  # fmt: skip
-        self.soft_budget_exceeded = Counter(
+        self.soft_budget_exceeded = counter(
             "sluicegate_soft_budget_exceeded_total", "Requests admitted while over a soft budget, by tenant.",
-            ("tenant",), registry=r,
+            ("tenant",), r, fast=fast,
         )  # fmt: skip
         self.config_version = Gauge(
             "sluicegate_config_version", "The live config version this replica serves.", registry=r, multiprocess_mode="max",
         )  # fmt: skip
-        self.config_reloads = Counter(
+        self.config_reloads = counter(
             "sluicegate_config_reloads_total", "Config versions this replica tried to apply, by result (applied, invalid, failed).",
-            ("result",), registry=r,
+            ("result",), r, fast=fast,
         )  # fmt: skip
         self.config_apply_latency = Histogram(
             "sluicegate_config_apply_latency_seconds", "From a version's commit to this replica serving it.",
@@ -105,31 +112,32 @@ class Metrics:
             "sluicegate_canary_weight_percent", "Share of an alias's live traffic its canary serves, in percent.",
             ("model",), registry=r, multiprocess_mode="max",
         )  # fmt: skip
-        self.canary_decisions = Counter(
+        self.canary_decisions = counter(
             "sluicegate_canary_decisions_total", "Canary decisions written (step, promote, rollback, ...), by alias.",
-            ("model", "action"), registry=r,
+            ("model", "action"), r, fast=fast,
         )  # fmt: skip
-        self.shadow_requests = Counter(
+        self.shadow_requests = counter(
             "sluicegate_shadow_requests_total", "Requests mirrored to a canary candidate, by alias and result (ok, error, shed).",
-            ("model", "result"), registry=r,
+            ("model", "result"), r, fast=fast,
         )  # fmt: skip
-        self.plugin_hook_seconds = Histogram(
-            "sluicegate_plugin_hook_seconds", "Time in plugin hooks, by plugin and hook.", ("plugin", "hook"), registry=r,
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+        self.plugin_hook_seconds = histogram(
+            "sluicegate_plugin_hook_seconds", "Time in plugin hooks, by plugin and hook.", ("plugin", "hook"),
+            (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), r, fast=fast,
         )  # fmt: skip
-        self.plugin_errors = Counter(
+        self.plugin_errors = counter(
             "sluicegate_plugin_errors_total", "Plugin hooks that raised or timed out, by plugin, hook and reason (error, timeout).",
-            ("plugin", "hook", "reason"), registry=r,
+            ("plugin", "hook", "reason"), r, fast=fast,
         )  # fmt: skip
         self.responses_expired = Counter(
             "sluicegate_responses_expired_total", "Stored responses deleted by the expiry sweep once past their retention.",
             registry=r,
         )  # fmt: skip
-        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
-        self._token_children: dict[str, tuple[Counter, Counter]] = {}
+        # (route, model, status) --> (count, duration); model --> (prompt tokens, completion tokens)
+        self._children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
+        self._token_children: dict[str, tuple[CounterChild, CounterChild]] = {}
         # prometheus_client keeps no exemplars in multiprocess mode: none are made there.
-        self.genai = GenAIMetrics(r, exemplars=self.multiproc_dir is None)
-        self.spend = SpendMetrics(r)
+        self.genai = GenAIMetrics(r, exemplars=fast, fast=fast)
+        self.spend = SpendMetrics(r, fast=fast)
         self.live = LiveFigures(r, self.multiproc_dir)
         budgets = self.spend.budgets
         self.live.add(LiveFigure(
@@ -198,36 +206,53 @@ class Metrics:
 
     def finished(self, ctx: FinishedRequest) -> None:
         """A request ended (answered, failed or cut off): its count, latency, tokens, GenAI figures, refusal."""
-        model = _model(ctx)
+        model = ctx.alias if ctx.plan else _model(ctx)  # routed, so configured
         status = ctx.status
-        self.observe(ctx.route, model, status, ctx.elapsed)
+        key = (ctx.route, model, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._new_children(key)
+        children[0].inc()
+        children[1].observe(ctx.elapsed)
         usage = ctx.usage
         if usage is not None and status == 200:
-            self.count_tokens(model, usage.prompt_tokens, usage.completion_tokens)
+            tokens = self._token_children.get(model)
+            if tokens is None:
+                tokens = self._new_token_children(model)
+            tokens[0].inc(usage.prompt_tokens)
+            tokens[1].inc(usage.completion_tokens)
         self.genai.finished(ctx, model)
         if ctx.error is not None:
             self.spend.finished(ctx)
 
     def settled(self, ctx: FinishedRequest) -> None:
         """A request's cost is known (``ctx.cost``, pico-USD): settlement is done."""
-        self.spend.settled(ctx, _model(ctx))
+        self.spend.settled(ctx, ctx.alias if ctx.plan else _model(ctx))
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
-        key = (route, model, str(status))
+        key = (route, model, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(*key), self.latency.labels(*key))
-            self._children[key] = children
+            children = self._new_children(key)
         children[0].inc()
         children[1].observe(seconds)
 
     def count_tokens(self, model: str, prompt: int, completion: int) -> None:
         children = self._token_children.get(model)
         if children is None:
-            children = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
-            self._token_children[model] = children
+            children = self._new_token_children(model)
         children[0].inc(prompt)
         children[1].inc(completion)
+
+    def _new_children(self, key: tuple[str, str, int]) -> tuple[CounterChild, HistogramChild]:
+        route, model, status = key
+        labels = (route, model, str(status))
+        children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        return children
+
+    def _new_token_children(self, model: str) -> tuple[CounterChild, CounterChild]:
+        children = self._token_children[model] = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
+        return children
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The /metrics body and its content type: OpenMetrics (with exemplars) if ``accept`` asks for it."""
@@ -258,7 +283,10 @@ class Metrics:
 
 
 def _model(ctx: FinishedRequest) -> str:
-    """The alias as a label value: a configured one only, for a client may ask for any name."""
+    """The alias as a label value: a configured one only, for a client may ask for any name.
+
+    (``finished`` and ``settled`` take a routed request's alias, configured, without calling this.)
+    """
     if ctx.plan:
         return ctx.alias  # routed, so configured
     try:

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from core.errors import GatewayError
+from router.metrics_fast import HistogramChild, histogram
 from router.tracing_genai import OPERATIONS, provider_name
 
 if TYPE_CHECKING:
@@ -60,64 +61,82 @@ def error_type(code: str | None, status: int) -> str:
 
 # (kind, provider, request model, response model) --> label values
 _Key = tuple[str, str, str, str]
+# (input tokens, output tokens, time to first token, time per output token)
+_Children = tuple[HistogramChild, HistogramChild, HistogramChild, HistogramChild]
+
+
+class _Series:
+    """The children of one operation, provider, request model and response model, made as they are first needed."""
+
+    __slots__ = ("children", "durations", "labels")
+
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        self.labels = labels
+        # error_type ("" on success) --> operation duration
+        self.durations: dict[str, HistogramChild] = {}
+        self.children: _Children | None = None
 
 
 class GenAIMetrics:
-    def __init__(self, registry: CollectorRegistry, exemplars: bool) -> None:
+    def __init__(self, registry: CollectorRegistry, exemplars: bool, fast: bool = False) -> None:
+        """``fast``: lock-free instruments (``router.metrics_fast``), for one process only."""
         self.exemplars = exemplars
-        self.token_usage = Histogram(
+        self.token_usage = histogram(
             "gen_ai_client_token_usage", "Tokens used per operation (gen_ai.client.token.usage), by token type (input, output).",
-            (*LABELS, "gen_ai_token_type"), buckets=TOKEN_BUCKETS, registry=registry,
+            (*LABELS, "gen_ai_token_type"), TOKEN_BUCKETS, registry, fast=fast,
         )  # fmt: skip
-        self.duration = Histogram(
+        self.duration = histogram(
             "gen_ai_client_operation_duration_seconds", "GenAI operation duration (gen_ai.client.operation.duration); error_type is empty on success.",
-            (*LABELS, "error_type"), buckets=DURATION_BUCKETS, registry=registry,
+            (*LABELS, "error_type"), DURATION_BUCKETS, registry, fast=fast,
         )  # fmt: skip
-        self.ttft = Histogram(
+        self.ttft = histogram(
             "gen_ai_server_time_to_first_token_seconds", "Time to the first token of successful streamed responses (gen_ai.server.time_to_first_token).",
-            LABELS, buckets=TTFT_BUCKETS, registry=registry,
+            LABELS, TTFT_BUCKETS, registry, fast=fast,
         )  # fmt: skip
-        self.tpot = Histogram(
+        self.tpot = histogram(
             "gen_ai_server_time_per_output_token_seconds",
             "Time per output token after the first, of successful streamed responses (gen_ai.server.time_per_output_token).",
-            LABELS, buckets=TPOT_BUCKETS, registry=registry,
+            LABELS, TPOT_BUCKETS, registry, fast=fast,
         )  # fmt: skip
-        self._durations: dict[tuple[str, str, str, str, str], Histogram] = {}
-        # key --> (input tokens, output tokens, time to first token, time per output token)
-        self._children: dict[_Key, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        self._series: dict[_Key, _Series] = {}
 
     def finished(self, ctx: FinishedRequest, model: str) -> None:
         """Record a finished request; ``model`` is its alias if that is a configured one, else ``UNKNOWN``."""
         served = ctx.served
-        deployment = served if served is not None else ctx.plan[0] if ctx.plan else None
-        # The same provider names and operation names as the request's span.
-        provider = provider_name(deployment) if deployment is not None else UNKNOWN
-        key = (ctx.kind, provider, model, served.config.model if served is not None else "")
-        status = ctx.status
-        exemplar = {"trace_id": ctx.trace_id} if ctx.trace_id is not None and self.exemplars else None
+        if served is not None:
+            # The same provider names and operation names as the request's span.
+            key = (ctx.kind, provider_name(served), model, served.config.model)
+        else:
+            plan = ctx.plan
+            key = (ctx.kind, provider_name(plan[0]) if plan else UNKNOWN, model, "")
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(_labels(key))
+        status, elapsed, trace_id = ctx.status, ctx.elapsed, ctx.trace_id
+        exemplar = {"trace_id": trace_id} if trace_id is not None and self.exemplars else None
         error = "" if status == 200 else error_type(ctx.error, status)
-        with_error = (*key, error)
-        duration = self._durations.get(with_error)
+        duration = series.durations.get(error)
         if duration is None:
-            duration = self._durations[with_error] = self.duration.labels(*_labels(key), error)
-        duration.observe(ctx.elapsed, exemplar)
+            duration = series.durations[error] = self.duration.labels(*series.labels, error)
+        duration.observe(elapsed, exemplar)
         usage, ttft = ctx.usage, ctx.ttft
-        if usage is None and (ttft is None or status != 200):
+        if ttft is not None and status != 200:
+            ttft = None
+        if usage is None and ttft is None:
             return
-        children = self._children.get(key)
+        children = series.children
         if children is None:
-            children = self._children[key] = self._new_children(key)
+            children = series.children = self._new_children(series.labels)
         if usage is not None:
             children[0].observe(usage.prompt_tokens, exemplar)
-            if ctx.kind != "embedding":
+            if key[0] != "embedding":
                 children[1].observe(usage.completion_tokens, exemplar)
-        if ttft is not None and status == 200:
+        if ttft is not None:
             children[2].observe(ttft, exemplar)
             if usage is not None and usage.completion_tokens > 1:
-                children[3].observe((ctx.elapsed - ttft) / (usage.completion_tokens - 1), exemplar)
+                children[3].observe((elapsed - ttft) / (usage.completion_tokens - 1), exemplar)
 
-    def _new_children(self, key: _Key) -> tuple[Histogram, Histogram, Histogram, Histogram]:
-        labels = _labels(key)
+    def _new_children(self, labels: tuple[str, str, str, str]) -> _Children:
         return (
             self.token_usage.labels(*labels, "input"),
             self.token_usage.labels(*labels, "output"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
+from router.metrics_fast import CounterChild, HistogramChild, counter, histogram
 from router.metrics_live import Reading
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class QueueObserver:
 
     __slots__ = ("_spend", "_wait")
 
-    def __init__(self, wait: Histogram, spend: SpendMetrics) -> None:
+    def __init__(self, wait: HistogramChild, spend: SpendMetrics) -> None:
         self._wait = wait
         self._spend = spend
 
@@ -91,23 +92,24 @@ class QueueObserver:
 
 
 class SpendMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.cost = Counter(
+    def __init__(self, registry: CollectorRegistry, fast: bool = False) -> None:
+        """``fast``: lock-free instruments (``router.metrics_fast``), for one process only."""
+        self.cost = counter(
             "sluicegate_cost_usd", "What requests cost (USD, from the ledger's pico-USD), by tenant, model alias and deployment.",
-            ("tenant", "model", "deployment"), registry=registry,
+            ("tenant", "model", "deployment"), registry, fast=fast,
         )  # fmt: skip
-        self.rejections = Counter(
+        self.rejections = counter(
             "sluicegate_rejections", "Requests refused or cut short by admission, by tenant and reason "
             "(rate_limit: RPM or TPM; concurrency; budget; budget_cutoff; queue_full; queue_timeout).",
-            ("tenant", "reason"), registry=registry,
+            ("tenant", "reason"), registry, fast=fast,
         )  # fmt: skip
-        self.queue_wait = Histogram(
+        self.queue_wait = histogram(
             "sluicegate_queue_wait_seconds", "Time requests waited for a slot in their alias's queue (0 when one was free), by alias.",
-            ("model",), buckets=QUEUE_WAIT_BUCKETS, registry=registry,
+            ("model",), QUEUE_WAIT_BUCKETS, registry, fast=fast,
         )  # fmt: skip
         self.budgets = BudgetFigures()
-        self._cost_children: dict[tuple[str, str, str], Counter] = {}
-        self._rejection_children: dict[tuple[str, str], Counter] = {}
+        self._cost_children: dict[tuple[str, str, str], CounterChild] = {}
+        self._rejection_children: dict[tuple[str, str], CounterChild] = {}
 
     def settled(self, ctx: FinishedRequest, model: str) -> None:
         cost = ctx.cost
