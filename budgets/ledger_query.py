@@ -44,6 +44,11 @@ _GROUP_EXPR: dict[Dialect, dict[str, str]] = {
 _TIME_COLUMN: dict[Dialect, str] = {"sqlite": "started_us", "postgres": "started_at"}
 
 _AGGREGATES = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost")
+# Cache hits: the embedded table keeps the cache's result in the detail array (its ninth item).
+_HITS: dict[Dialect, str] = {
+    "sqlite": "count(*) FILTER (WHERE json_extract(detail, '$[8]') = 'hit')",
+    "postgres": "count(*) FILTER (WHERE cache = 'hit')",
+}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -104,6 +109,9 @@ class UsageRow(msgspec.Struct, kw_only=True):
     cached_tokens: int
     cost: int
     errors: int
+    # Answers the response cache replayed, and what they had cost when first served (pico-USD).
+    cache_hits: int = 0
+    saved: int = 0
 
 
 class _Params:
@@ -138,7 +146,7 @@ def usage_sql(query: UsageQuery, dialect: Dialect) -> tuple[str, list[object]]:
     params = _Params(dialect)
     exprs = [_GROUP_EXPR[dialect][name] for name in query.group_by]
     sums = [f"sum({col})" for col in _AGGREGATES]
-    select = [*exprs, "count(*)", *sums, "count(*) FILTER (WHERE status >= 400)"]
+    select = [*exprs, "count(*)", *sums, "count(*) FILTER (WHERE status >= 400)", _HITS[dialect], "sum(saved)"]
     where = _where(dialect, params, query.tenant, query.start, query.end)
     sql = f"SELECT {', '.join(select)} FROM ledger WHERE {where}"
     if exprs:
@@ -167,6 +175,8 @@ def usage_rows(query: UsageQuery, records: list[tuple[object, ...]]) -> list[Usa
                 cached_tokens=totals[2],
                 cost=totals[3],
                 errors=totals[4],
+                cache_hits=totals[5],
+                saved=totals[6],
             )
         )
     return out

@@ -47,6 +47,9 @@ class LedgerRow(msgspec.Struct):
     config_version: int  # the live config the request ran on; 0 for rows from before versions
     arm: str | None  # its canary arm ("stable", "candidate", "shadow"); None outside a canary
     batch_id: str | None = None  # the /v1/batches batch it ran in, billed at the batch price; None when interactive
+    cache: str | None = None  # the response cache: "hit", "miss" or "bypass"; None when the alias has no cache
+    cache_entry: str | None = None  # the entry (a prefix of its key's digest, revealing nothing); None unless hit or stored
+    saved: int = 0  # pico-USD: on a hit, what the stored answer cost when it was first served
 
     @property
     def started_at(self) -> datetime:

@@ -4,7 +4,8 @@ Every column a FinOps query filters, groups or sums on is a column of its own,
 and so are the config version and canary arm a request ran on (comparing a
 canary's arms is a grouping) and the batch it ran in; the fields no query touches (finish time,
 latency, time to first token, error, routing reason, PII counts, trace id,
-stream) travel together as one JSON array in ``detail``. Each bound parameter
+stream, and a response cache's result and entry) travel together as one JSON array
+in ``detail``; what a cache hit saved is a column of its own, since reports sum it. Each bound parameter
 costs SQLite and the driver work on every insert, and the ledger inserts one
 row per request: fifteen parameters instead of twenty-two take about a third
 off the cost of writing a row.
@@ -13,8 +14,11 @@ The layout is versioned with ``PRAGMA user_version``. A database written by an
 earlier release is brought up to this layout in place, in one transaction, the
 first time this release opens it: the twenty-column layout (version 0) is
 converted, a table without the config version and arm (version 2) gains
-them, its rows reading as version 0 outside any canary, and one without the
-batch id (version 3) gains it, its rows reading as interactive.
+them, its rows reading as version 0 outside any canary, one without the
+batch id (version 3) gains it, its rows reading as interactive, and one
+without the cache savings (version 4) gains them, its rows saving nothing. A
+detail array of eight items (rows without a cache, or of earlier releases)
+reads as no cache.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from msgspec.structs import astuple
 
 from budgets.ledger_row import LedgerRow
 
-VERSION = 4
+VERSION = 5
 
 COLUMNS = (
     "request_id", "started_us", "tenant", "key_id", "model", "deployment", "provider",
     "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "status", "detail",
-    "config_version", "arm", "batch_id",
+    "config_version", "arm", "batch_id", "saved",
 )  # fmt: skip
 
 _TABLE = """
@@ -48,11 +52,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     cached_tokens INTEGER NOT NULL,
     cost INTEGER NOT NULL,
     status INTEGER NOT NULL,
-    -- [finished_us, latency_ms, ttft_ms, error, route_reason, pii_entities, trace_id, stream]
+    -- [finished_us, latency_ms, ttft_ms, error, route_reason, pii_entities, trace_id, stream(, cache, cache_entry)]
     detail TEXT NOT NULL,
     config_version INTEGER NOT NULL DEFAULT 0,
     arm TEXT,
     batch_id TEXT,
+    saved INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, started_us)
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
@@ -62,12 +67,30 @@ CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
 # where it ends among the fields: those after it are columns again.
 _DETAIL = COLUMNS.index("detail")
 _AFTER_DETAIL = LedgerRow.__struct_fields__.index("config_version")
-_Detail = tuple[int, float, float | None, str | None, str | None, dict[str, int], str | None, bool]
+# The columns after the detail end with the batch id; the cache fields follow it among LedgerRow's.
+_CACHE = LedgerRow.__struct_fields__.index("cache")
+
+
+class _Detail(msgspec.Struct, array_like=True):
+    """The detail array; the cache fields are written only for a request of an alias with a cache."""
+
+    finished_us: int
+    latency_ms: float
+    ttft_ms: float | None
+    error: str | None
+    route_reason: str | None
+    pii_entities: dict[str, int]
+    trace_id: str | None
+    stream: bool
+    cache: str | None = None
+    cache_entry: str | None = None
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_detail = msgspec.json.Decoder(_Detail).decode
 
 # Columns a version 2 table lacks (its rows ran before config versions and canaries), and a version 3 one (before batches).
-_ADDED = {"config_version": "INTEGER NOT NULL DEFAULT 0", "arm": "TEXT", "batch_id": "TEXT"}
+_ADDED = {"config_version": "INTEGER NOT NULL DEFAULT 0", "arm": "TEXT", "batch_id": "TEXT", "saved": "INTEGER NOT NULL DEFAULT 0"}
 
 # The twenty-column layout's columns, turned into this one's (the added ones take their defaults).
 _UPGRADE = f"""
@@ -111,18 +134,21 @@ def prepare(conn: sqlite3.Connection) -> None:
 
 
 def to_record(row: LedgerRow) -> tuple[object, ...]:
-    # row --> sqlite values: its first twelve fields are columns, the next eight the detail, the rest columns
+    # row --> sqlite values: its first twelve fields are columns, the next eight the detail (and the
+    # cache's result and entry, when there is a cache), then config version, arm, batch id and saved
     values = astuple(row)
-    return (*values[:_DETAIL], _encode(values[_DETAIL:_AFTER_DETAIL]).decode(), *values[_AFTER_DETAIL:])
+    detail = values[_DETAIL:_AFTER_DETAIL] if row.cache is None else (*values[_DETAIL:_AFTER_DETAIL], row.cache, row.cache_entry)
+    return (*values[:_DETAIL], _encode(detail).decode(), *values[_AFTER_DETAIL:_CACHE], row.saved)
 
 
 def from_record(rec: sqlite3.Row) -> LedgerRow:
-    finished_us, latency_ms, ttft_ms, error, route_reason, pii_entities, trace_id, stream = _decode_detail(rec["detail"])
+    d = _decode_detail(rec["detail"])
     return LedgerRow(
         request_id=rec["request_id"], tenant=rec["tenant"], key_id=rec["key_id"], model=rec["model"],
         deployment=rec["deployment"], provider=rec["provider"], prompt_tokens=rec["prompt_tokens"],
         completion_tokens=rec["completion_tokens"], cached_tokens=rec["cached_tokens"], cost=rec["cost"],
-        latency_ms=latency_ms, ttft_ms=ttft_ms, status=rec["status"], error=error, route_reason=route_reason,
-        pii_entities=pii_entities, trace_id=trace_id, stream=stream, started_us=rec["started_us"], finished_us=finished_us,
+        latency_ms=d.latency_ms, ttft_ms=d.ttft_ms, status=rec["status"], error=d.error, route_reason=d.route_reason,
+        pii_entities=d.pii_entities, trace_id=d.trace_id, stream=d.stream, started_us=rec["started_us"], finished_us=d.finished_us,
         config_version=rec["config_version"], arm=rec["arm"], batch_id=rec["batch_id"],
+        cache=d.cache, cache_entry=d.cache_entry, saved=rec["saved"],
     )  # fmt: skip

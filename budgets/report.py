@@ -64,6 +64,9 @@ def as_dicts(rows: list[UsageRow]) -> list[dict[str, Any]]:
             "cost_pico_usd": row.cost,
             "cost_usd": usd(row.cost),
             "errors": row.errors,
+            "cache_hits": row.cache_hits,
+            "saved_pico_usd": row.saved,
+            "saved_usd": usd(row.saved),
         }
         for row in rows
     ]

@@ -19,6 +19,7 @@ from core.config_base import PositiveFloat as PositiveFloat  # noqa: PLC0414 - r
 from core.config_base import PositiveInt as PositiveInt  # noqa: PLC0414 - re-exported
 from core.config_base import SecretRef as SecretRef  # noqa: PLC0414 - re-exported
 from core.config_base import Strict as _Strict
+from core.config_cache import CacheConfig, TenantCacheConfig
 from core.config_state import BatchesConfig as BatchesConfig  # noqa: PLC0414 - re-exported
 from core.config_state import S3Config as S3Config  # noqa: PLC0414 - re-exported
 from core.config_state import StateConfig as StateConfig  # noqa: PLC0414 - re-exported
@@ -231,6 +232,10 @@ class ModelConfig(_Strict):
     # light tenant never waits behind a heavy one's requests (0: none kept back).
     queue_headroom: Annotated[int, msgspec.Meta(ge=0)] = 1
     canary: CanaryConfig | None = None
+    # The exact response cache (``core.config_cache``); None: this alias's answers are never cached.
+    cache: CacheConfig | None = None
+    # What a cache hit is billed (per million tokens of the stored usage); None: nothing.
+    cache_price: Price | None = None
 
     def tiers(self) -> list[list[str]]:
         return [[t] if isinstance(t, str) else list(t) for t in self.deployments]
@@ -333,6 +338,8 @@ class TenantConfig(_Strict):
     pii: dict[str, Any] | None = None
     # Prompts and completions on the tenant's trace spans (after its PII policy ran); off by default.
     trace_content: bool = False
+    # Its part in the response cache: opt out, or share entries through a named scope. None: its own entries.
+    cache: TenantCacheConfig | None = None
 
 
 class AlertsConfig(_Strict):

@@ -87,6 +87,8 @@ def live_problems(config: LiveConfig) -> list[str]:
                     problems.append(f"key `models[{i}].deployments[{j}]`: unknown deployment {name!r}")
         if model.canary is not None:
             problems += _canary_problems(f"models[{i}].canary", model, model.canary, known)
+        if model.cache_price is not None and model.cache is None:
+            problems.append(f"key `models[{i}].cache_price`: needs a `cache` block")
     for i, tenant in enumerate(config.tenants):
         routing = tenant.routing or config.policies.routing
         for name in routing.allowed_deployments or ():
@@ -134,16 +136,18 @@ def _state_problems(config: Config) -> list[str]:
         problems += _s3_problems(config)
     if state.counters == "redis" and not state.redis_url:
         problems.append("key `state.redis_url`: required when `state.counters` is 'redis'")
+    if state.cache.backend == "redis" and not state.redis_url:
+        problems.append("key `state.redis_url`: required when `state.cache.backend` is 'redis'")
     if state.tenants == "postgres":
         # The store holds tenants, keys, limits and budgets; the live document may
         # give stored tenants their routing and PII policies, nothing else. Refuse
         # rather than silently ignore keys an operator expects to work.
         for i, tenant in enumerate(config.tenants):
-            policy_only = TenantConfig(id=tenant.id, name=tenant.name, routing=tenant.routing, pii=tenant.pii)
+            policy_only = TenantConfig(id=tenant.id, name=tenant.name, routing=tenant.routing, pii=tenant.pii, cache=tenant.cache)
             for key in TenantConfig.__struct_fields__:
                 if getattr(tenant, key) != getattr(policy_only, key):
                     problems.append(
-                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing` and `pii`;"
+                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing`, `pii` and `cache`;"
                         " manage the rest with `sluicegate tenants`"
                     )
     return problems

@@ -11,6 +11,7 @@ import msgspec
 
 from core.config_base import ConfigError, PositiveFloat, PositiveInt, SecretRef
 from core.config_base import Strict as _Strict
+from core.config_cache import CacheStoreConfig
 
 
 class S3Config(_Strict):
@@ -82,6 +83,8 @@ class StateConfig(_Strict):
     batches: Literal["local", "postgres"] = "local"
     # Stored responses (/v1/responses `store`) expire this many days after their creation (0: never).
     responses_retention_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 30
+    # The response cache's entries: in this process, or in Redis (`redis_url`) every replica shares.
+    cache: CacheStoreConfig = msgspec.field(default_factory=CacheStoreConfig)
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""

@@ -13,11 +13,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from core.config import DeploymentConfig, ModelConfig, RoutingPolicy
 from core.errors import ModelNotFound
 from policies.fair_queue import FairQueue
 from serving.base import Engine
 from serving.health import CircuitBreaker, LatencyTracker
+
+_sorted_json = msgspec.json.Encoder(order="sorted").encode
 
 
 @dataclass(slots=True)
@@ -26,6 +30,12 @@ class Deployment:
     engine: Engine
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     latency: LatencyTracker = field(default_factory=LatencyTracker)
+    # A digest of ``config`` (part of a response cache key): a changed deployment never serves an old answer.
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = hashlib.sha256(_sorted_json(self.config)).hexdigest()[:32]
 
     @property
     def name(self) -> str:

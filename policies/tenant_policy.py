@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from core.config import Config, ConfigError, RoutingPolicy
+from core.config_cache import TenantCacheConfig
 
 if TYPE_CHECKING:
     from policies.pii import PiiPolicy
@@ -32,6 +33,8 @@ class TenantPolicies:
         self._pii: dict[str, PiiPolicy | None] = {}
         # Tenants whose prompts and completions may be recorded on their spans (`trace_content`).
         self._trace_content = frozenset(tenant.id for tenant in config.tenants if tenant.trace_content)
+        # Tenants whose part in the response cache is not the default (their own entries).
+        self._cache = {tenant.id: tenant.cache for tenant in config.tenants if tenant.cache is not None}
         for i, tenant in enumerate(config.tenants):
             if tenant.routing is not None:
                 self._routing[tenant.id] = tenant.routing
@@ -58,3 +61,7 @@ class TenantPolicies:
     def trace_content(self, tenant: str) -> bool:
         """Whether the tenant opted in to prompts and completions on its trace spans (off unless it did)."""
         return tenant in self._trace_content
+
+    def cache(self, tenant: str) -> TenantCacheConfig | None:
+        """The tenant's part in the response cache; None: the default (it takes part, with entries of its own)."""
+        return self._cache.get(tenant)

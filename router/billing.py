@@ -58,6 +58,14 @@ def _max_price(plan: list[Deployment], batch: bool) -> Price:
     )
 
 
+def _charged(ctx: RequestContext, deployment: Deployment | None) -> Price:
+    """What this request pays per token: a response cache hit, the alias's cache price."""
+    cache = ctx.cache
+    if cache is not None and cache.entry is not None:
+        return cache.price
+    return _price(deployment, isinstance(ctx, BatchContext))
+
+
 def _price(deployment: Deployment | None, batch: bool) -> Price:
     """What a request served by ``deployment`` pays: a batch's requests pay its batch price."""
     if deployment is None:
@@ -154,7 +162,7 @@ class Billing:
         if usage is not None:
             reservation = ctx.reservation
             deployment = ctx.served
-            price = _price(deployment, isinstance(ctx, BatchContext))
+            price = _charged(ctx, deployment)
             if reservation is None:
                 # Nothing to release and nothing to count: record it here, no task needed.
                 self._record(ctx, deployment, usage, cost_pico(usage, price))
@@ -171,7 +179,7 @@ class Billing:
     async def _settle(self, ctx: RequestContext) -> None:
         deployment = ctx.served
         usage = ctx.usage if ctx.usage is not None else await self._measured_usage(ctx, deployment)
-        price = _price(deployment, isinstance(ctx, BatchContext))
+        price = _charged(ctx, deployment)
         if ctx.reservation is not None:
             cost = await self.accountant.settle(ctx.reservation, usage, price)
         else:
@@ -225,6 +233,7 @@ class Billing:
         principal, ttft = ctx.principal, ctx.ttft
         elapsed_us = int(ctx.elapsed * 1_000_000)
         details = usage.prompt_tokens_details
+        cache = ctx.cache
         # positionally, in LedgerRow's field order
         return LedgerRow(
             ctx.request_id,
@@ -250,6 +259,9 @@ class Billing:
             ctx.snapshot.version,
             ("mirrored" if ctx.mirror else ctx.arm),
             ctx.batch_id if isinstance(ctx, BatchContext) else None,
+            cache.result if cache is not None else None,
+            cache.entry_id if cache is not None else None,
+            cache.entry.cost if cache is not None and cache.entry is not None else 0,
         )
 
     def record_mirrored(
@@ -276,6 +288,9 @@ class Billing:
                 ttft_ms=int(ttft * 1_000_000) / 1000 if ttft is not None else None,
                 pii_entities={},
                 arm="shadow",
+                cache=None,
+                cache_entry=None,
+                saved=0,
             )
         )
         if self.ledger is not None:

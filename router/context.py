@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from policies.fair_queue import FairQueue
     from policies.pii_restore import Restorer
     from policies.routing import Deployment
+    from router.cache_state import CacheState
     from router.render import Renderer
     from router.snapshot import Snapshot
 
@@ -121,6 +123,10 @@ class RequestContext:
     tracestate: str | None = None
     # The request's spans while it is traced; None when tracing is off, sampled out, or once ended.
     trace: Trace | None = None
+    # The client's request headers, where the route has them (the cache reads `Cache-Control`).
+    client_headers: Mapping[str, str] | None = None
+    # What the response cache did (``router.cache_state``); None when the alias has no cache.
+    cache: CacheState | None = None
     # Scratch space plugins' hooks share for this request (None until one sets it).
     plugin_state: dict[str, Any] | None = None
     finished: bool = False

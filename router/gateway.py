@@ -24,6 +24,7 @@ from router.batch_records import BatchStore
 from router.batch_runner import BatchRunner
 from router.billing import Billing
 from router.budget_alerts import BudgetAlerts
+from router.cache_step import ResponseCache, open_cache_store
 from router.canaries import Canaries, open_sample_store
 from router.canary_control import CanaryController, Lease
 from router.config_resolve import resolve
@@ -45,7 +46,6 @@ from router.responses_expiry import ResponseSweeper
 from router.responses_records import ResponseStore
 from router.responses_store import open_response_store
 from router.snapshot import Snapshot, build
-from serving.health import State
 from router.state import accounting_settings, open_config_store, open_counter_store, open_ledger
 from router.state_batches import open_batch_store, open_claims, open_file_store
 from router.tenant_records import TenantNotFound, TenantStore
@@ -53,6 +53,7 @@ from router.tenants import open_tenant_store
 from router.tenants_file import FileTenantStore
 from router.tracing import Tracing
 from serving.base import Engine
+from serving.health import State
 
 log = logging.getLogger("sluicegate")
 # How long a tenant looked up for a JWT is trusted before it is read again.
@@ -105,6 +106,10 @@ class Gateway:
         self.canaries = Canaries(samples, self.billing, self.metrics)
         self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis()))
         self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
+        # The response cache: memory by default (empty until an alias caches), Redis per `state.cache`.
+        self.response_cache = self.pipeline.cache = ResponseCache(open_cache_store(config), self.metrics.registry)
+        self.response_cache.follow(config, self.billing.after_record)
+        self.reloader.on_swap(lambda snapshot, _: self.response_cache.follow(snapshot.config, self.billing.after_record))
         # Files and batches (/v1/files, /v1/batches): a local directory by default; batches run in the background.
         self.files: FileStore = open_file_store(config)
         self.batches: BatchStore = open_batch_store(config)
@@ -248,6 +253,7 @@ class Gateway:
         await self.canaries.close()
         await self.snapshot.plugins.drain()
         await self.billing.drain()
+        await self.response_cache.close()
         await self.budget_alerts.close(grace_s=min(5.0, self.base.server.grace_period_s / 4))
         if self.ledger is not None:
             await self.ledger.close()

@@ -21,6 +21,8 @@ from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error
 from policies.routing import Deployment, RouteHint
 from router.attempts import attempt, unavailable
 from router.billing import Billing
+from router.cache_replay import replay_stream, replayed
+from router.cache_step import ResponseCache
 from router.canaries import Canaries
 from router.context import CLIENT_CLOSED, RequestContext
 from router.metrics import Metrics
@@ -44,6 +46,8 @@ class Pipeline:
         self.metrics = metrics
         self.billing = billing
         self.canaries = canaries
+        # The response cache (``router.cache_step``); consulted only for an alias with a ``cache`` block.
+        self.cache: ResponseCache | None = None
 
     def begin(self, ctx: RequestContext, traceparent: str | None = None, tracestate: str | None = None) -> None:
         """The request is under way; it continues the client's W3C trace context, if it sent one."""
@@ -105,6 +109,8 @@ class Pipeline:
             trace.leave()
         if plugins.before_serve:
             await plugins.run(plugins.before_serve, "before_serve", ctx)
+        if alias.config.cache is not None and self.cache is not None:
+            await self.cache.lookup(ctx, alias, policy.self_hosted_only)
 
     def _downgrade(self, ctx: RequestContext, policy: RoutingPolicy) -> str | None:
         """A tenant whose money budget runs low is moved to the cheaper alias its policy names."""
@@ -127,10 +133,15 @@ class Pipeline:
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
 
+        cache = ctx.cache
+        if cache is not None and cache.entry is not None:
+            return replayed(ctx)
         ctx.attempted = True
         completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace)
         ctx.served, ctx.deployment = deployment, deployment.name
         ctx.usage = completion.usage
+        if cache is not None:
+            cache.body = completion.body  # as the deployment sent it: each hit restores it for its own requester
         if completion.usage is None:
             ctx.generated_text = completion_texts(completion.body)
         if ctx.trace is not None:
@@ -162,6 +173,8 @@ class Pipeline:
                 raise
             return first, chunks
 
+        if ctx.cache is not None and ctx.cache.entry is not None:
+            return replay_stream(self, ctx)
         ctx.attempted = True
         (first, chunks), deployment = await attempt(
             ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace

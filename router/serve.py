@@ -29,6 +29,7 @@ async def run(gateway: Gateway, ctx: RequestContext, headers: Mapping[str, str])
     The request continues the W3C trace context in ``headers`` (the client's).
     """
     pipeline = gateway.pipeline
+    ctx.client_headers = headers
     traceparent = headers.get("traceparent")
     pipeline.begin(ctx, traceparent, None if traceparent is None else headers.get("tracestate"))
     try:
@@ -64,7 +65,7 @@ async def run(gateway: Gateway, ctx: RequestContext, headers: Mapping[str, str])
 
 
 def response_headers(ctx: RequestContext, *, streaming: bool) -> Headers:
-    """The gateway's own headers: request id, deployment, config version, canary arm, route reason."""
+    """The gateway's own headers: request id, deployment, config version, canary arm, route reason, cache result."""
     headers = [
         (b"x-request-id", ctx.request_id.encode()),
         (b"x-sluicegate-deployment", ctx.deployment.encode()),
@@ -74,6 +75,8 @@ def response_headers(ctx: RequestContext, *, streaming: bool) -> Headers:
         headers.append((b"x-sluicegate-canary", b"mirrored" if ctx.mirror else ctx.arm.encode()))
     if ctx.route_reason:
         headers.append((b"x-sluicegate-route-reason", ctx.route_reason.encode()))
+    if ctx.cache is not None:
+        headers.append((b"x-sluicegate-cache", ctx.cache.header))
     if streaming:
         headers += _SSE_HEADERS
     else:

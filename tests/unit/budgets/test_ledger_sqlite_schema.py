@@ -10,6 +10,8 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import msgspec
+
 from budgets.ledger_query import UsageQuery, to_epoch_us
 from budgets.ledger_row import LedgerRow
 from budgets.ledger_sqlite import SQLiteLedger
@@ -82,14 +84,16 @@ async def test_opening_twice_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_a_rows_fields_are_the_tables_columns_in_order_with_the_detail_between() -> None:
-    # Rows are written as their first fields, the next eight as one detail document, the rest as columns.
+    # Rows are written as their first fields, the next eight as one detail document, the rest as columns
+    # but for the cache's result and entry, which end the detail document when there is a cache.
     fields = LedgerRow.__struct_fields__
     detail = COLUMNS.index("detail")
     assert fields[:detail] == COLUMNS[:detail]
     assert fields[detail : detail + 8] == (
         "finished_us", "latency_ms", "ttft_ms", "error", "route_reason", "pii_entities", "trace_id", "stream",
     )  # fmt: skip
-    assert fields[detail + 8 :] == COLUMNS[detail + 1 :] == ("config_version", "arm", "batch_id")
+    assert fields[detail + 8 :] == ("config_version", "arm", "batch_id", "cache", "cache_entry", "saved")
+    assert COLUMNS[detail + 1 :] == ("config_version", "arm", "batch_id", "saved")
 
 
 _VERSION_2 = """
@@ -157,6 +161,43 @@ async def test_a_table_without_batch_id_gains_it_and_its_rows_read_as_interactiv
         await ledger.close()
     assert (old.request_id, old.cost, old.config_version, old.arm, old.batch_id) == ("old", BIG, 4, "stable", None)
     assert got == new
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    assert tuple(row[1] for row in conn.execute("PRAGMA table_info(ledger)")) == COLUMNS
+    conn.close()
+
+
+async def test_a_table_without_cache_savings_gains_them_and_cache_fields_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    start = to_epoch_us(T0)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        _VERSION_2.replace(
+            "status INTEGER NOT NULL, detail TEXT NOT NULL,",
+            "status INTEGER NOT NULL, detail TEXT NOT NULL, config_version INTEGER NOT NULL DEFAULT 0, arm TEXT, batch_id TEXT,",
+        ).replace("user_version = 2", "user_version = 4")
+    )
+    detail = f"[{start + 900},0.9,null,null,null,{{}},null,false]"
+    conn.execute("INSERT INTO ledger VALUES (" + ", ".join("?" * 16) + ")",
+                 ("old", start, "acme", "k1", "gpt", "dep", "openai", 3, 4, 0, BIG, 200, detail, 4, None, None))  # fmt: skip
+    conn.commit()
+    conn.close()
+    ledger = SQLiteLedger(str(path))
+    await ledger.start()
+    try:
+        hit = LedgerRow("hit", start + 5, "acme", "k1", "gpt", "dep", "openai", 1, 2, 0, 0, 200,
+                        start + 50, 0.05, None, None, None, {}, None, False, 17, None, None, "hit", "0123456789abcdef", BIG)  # fmt: skip
+        miss = msgspec.structs.replace(hit, request_id="miss", started_us=start + 6, cache="miss", saved=0, cost=9)
+        ledger.record(hit)
+        ledger.record(miss)
+        await ledger.flush()
+        old, got_hit, got_miss = await ledger.rows(None, T0 - timedelta(days=1), T0 + timedelta(days=1), limit=10)
+        [usage] = await ledger.usage(UsageQuery(start=T0, end=T0 + timedelta(hours=1), group_by=["tenant", "model"]))
+    finally:
+        await ledger.close()
+    assert (old.cache, old.cache_entry, old.saved) == (None, None, 0)
+    assert (got_hit, got_miss) == (hit, miss)
+    assert (usage.requests, usage.cache_hits, usage.saved, usage.cost) == (3, 1, BIG, BIG + 9)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
     assert tuple(row[1] for row in conn.execute("PRAGMA table_info(ledger)")) == COLUMNS
