@@ -1,0 +1,122 @@
+"""The response cache's hit path beside its miss path and the upstream served directly.
+
+``python -m bench.cache_hits [--duration 10] [--concurrency 16] [--stream] [--upstream-delay-ms 0]``
+
+One gateway (one worker, the in-process cache store, ledger off) in front of
+the fake upstream, with two aliases of the same deployment: ``cached`` (an
+exact cache that takes every request) and ``uncached``. The same request body
+every time, so after one warm-up request every ``cached`` request is a hit.
+Each target is driven by wrk for ``--duration`` seconds; printed: req/s, p50
+and p99 latency. ``--upstream-delay-ms`` makes the upstream wait before
+answering, as a real model would (the fake's ``slow`` behaviour): a hit never
+waits for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.overhead_targets import BENCH_KEY, bench_key_hash, serve_argv
+from bench.processes import Server, free_port
+from bench.wrk import WrkMissing, WrkResult, find_wrk, run_wrk
+
+_MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+
+
+def _config(upstream_url: str, key_hash: str, delay_ms: int) -> str:
+    q = json.dumps
+    headers = {"x-fake-behavior": "slow", "x-fake-delay-ms": str(delay_ms)} if delay_ms else {}
+    return "\n".join(
+        [
+            "server: {log_level: warning}",
+            'state: {ledger: "off", cache: {backend: memory}}',
+            "deployments:",
+            "  - name: fake",
+            "    provider: openai",
+            f"    base_url: {q(upstream_url)}",
+            "    model: fake-model",
+            f"    options: {{extra_headers: {q(headers)}}}",
+            "models:",
+            "  - alias: cached",
+            "    deployments: [fake]",
+            "    cache: {mode: exact, ttl_s: 3600, qualify: always}",
+            "  - alias: uncached",
+            "    deployments: [fake]",
+            "tenants:",
+            "  - id: bench",
+            "    keys:",
+            "      - id: bench-key",
+            f"        hash: {q(key_hash)}",
+            "",
+        ]
+    )
+
+
+def _body(model: str, stream: bool) -> bytes:
+    body: dict[str, object] = {"model": model, "messages": _MESSAGES, "temperature": 0}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cache_hits", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per target")
+    parser.add_argument("--concurrency", type=int, default=16, help="open connections")
+    parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
+    parser.add_argument("--upstream-delay-ms", type=int, default=0, help="the upstream's wait before answering")
+    args = parser.parse_args(argv)
+    try:
+        find_wrk()
+    except WrkMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results: dict[str, WrkResult] = {}
+    with tempfile.TemporaryDirectory(prefix="sluicegate-cache-") as tmp:
+        work = Path(tmp)
+        upstream_port, port = free_port(), free_port()
+        upstream = Server(
+            "upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port), "--chunks", "20"],
+            work / "upstream.log", work,
+        )  # fmt: skip
+        config = work / "gateway.yaml"
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        config.write_text(_config(upstream_url, bench_key_hash(), args.upstream_delay_ms))
+        gateway = Server("gateway", serve_argv(config, port), work / "gateway.log", work)
+        upstream.start()
+        gateway.start()
+        try:
+            direct_headers = {"Content-Type": "application/json"}
+            if args.upstream_delay_ms:
+                direct_headers |= {"x-fake-behavior": "slow", "x-fake-delay-ms": str(args.upstream_delay_ms)}
+            gateway_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
+            direct_url = f"{upstream_url}/chat/completions"
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            upstream.wait_ready(direct_url, _body("fake-model", False), direct_headers)
+            targets = {
+                "upstream direct": (direct_url, _body("fake-model", args.stream), direct_headers),
+                "gateway, miss": (url, _body("uncached", args.stream), gateway_headers),
+                "gateway, hit": (url, _body("cached", args.stream), gateway_headers),
+            }
+            gateway.wait_ready(url, _body("uncached", False), gateway_headers, timeout_s=120)
+            for name, (target_url, body, headers) in targets.items():
+                run_wrk(target_url, body, headers, duration_s=2, concurrency=args.concurrency)  # warm-up
+                results[name] = run_wrk(target_url, body, headers, duration_s=args.duration, concurrency=args.concurrency)
+        finally:
+            gateway.stop()
+            upstream.stop()
+    mode = "stream" if args.stream else "non-stream"
+    print(f"{'target':<16} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, result in results.items():
+        print(f"{name:<16} {mode:<10} {result.rps:9.0f} {result.p50_ms:8.2f} {result.p99_ms:8.2f}")
+    miss, hit = results["gateway, miss"], results["gateway, hit"]
+    print(f"hit / miss req/s: {hit.rps / miss.rps:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
