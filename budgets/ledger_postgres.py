@@ -59,6 +59,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", "integer"), ("error", "text"), ("route_reason", "text"), ("pii_entities", "jsonb"),
     ("trace_id", "text"), ("stream", "boolean"), ("config_version", "integer"), ("arm", "text"),
     ("batch_id", "text"), ("cache", "text"), ("cache_entry", "text"), ("saved", "bigint"),
+    ("guardrail", "text"),
 )  # fmt: skip
 _NAMES = [name for name, _ in _COLUMNS]
 _COLUMN_LIST = ", ".join(_NAMES)
@@ -90,7 +91,7 @@ def _to_record(row: LedgerRow) -> tuple[object, ...]:
         row.deployment, row.provider, row.prompt_tokens, row.completion_tokens, row.cached_tokens, row.cost,
         row.latency_ms, row.ttft_ms, row.status, row.error, row.route_reason,
         _json_encode(row.pii_entities).decode(), row.trace_id, row.stream, row.config_version, row.arm,
-        row.batch_id, row.cache, row.cache_entry, row.saved,
+        row.batch_id, row.cache, row.cache_entry, row.saved, row.guardrail,
     )  # fmt: skip
 
 

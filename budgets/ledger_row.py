@@ -50,6 +50,7 @@ class LedgerRow(msgspec.Struct):
     cache: str | None = None  # the response cache: "hit", "miss" or "bypass"; None when the alias has no cache
     cache_entry: str | None = None  # the entry (a prefix of its key's digest, revealing nothing); None unless hit or stored
     saved: int = 0  # pico-USD: on a hit, what the stored answer cost when it was first served
+    guardrail: str | None = None  # the guardrail that blocked the request or cut its stream (its config name); None when none did
 
     @property
     def started_at(self) -> datetime:

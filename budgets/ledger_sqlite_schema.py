@@ -4,7 +4,7 @@ Every column a FinOps query filters, groups or sums on is a column of its own,
 and so are the config version and canary arm a request ran on (comparing a
 canary's arms is a grouping) and the batch it ran in; the fields no query touches (finish time,
 latency, time to first token, error, routing reason, PII counts, trace id,
-stream, and a response cache's result and entry) travel together as one JSON array
+stream, a response cache's result and entry, and the guardrail that blocked) travel together as one JSON array
 in ``detail``; what a cache hit saved is a column of its own, since reports sum it. Each bound parameter
 costs SQLite and the driver work on every insert, and the ledger inserts one
 row per request: fifteen parameters instead of twenty-two take about a third
@@ -18,7 +18,8 @@ them, its rows reading as version 0 outside any canary, one without the
 batch id (version 3) gains it, its rows reading as interactive, and one
 without the cache savings (version 4) gains them, its rows saving nothing. A
 detail array of eight items (rows without a cache, or of earlier releases)
-reads as no cache.
+reads as no cache; one of ten, as no guardrail (the eleventh item names the
+guardrail that blocked the request, when one did).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     cached_tokens INTEGER NOT NULL,
     cost INTEGER NOT NULL,
     status INTEGER NOT NULL,
-    -- [finished_us, latency_ms, ttft_ms, error, route_reason, pii_entities, trace_id, stream(, cache, cache_entry)]
+    -- [finished_us, latency_ms, ttft_ms, error, route_reason, pii_entities, trace_id, stream(, cache, cache_entry(, guardrail))]
     detail TEXT NOT NULL,
     config_version INTEGER NOT NULL DEFAULT 0,
     arm TEXT,
@@ -72,7 +73,7 @@ _CACHE = LedgerRow.__struct_fields__.index("cache")
 
 
 class _Detail(msgspec.Struct, array_like=True):
-    """The detail array; the cache fields are written only for a request of an alias with a cache."""
+    """The detail array; the cache fields are written only for a request of an alias with a cache or one a guardrail blocked."""
 
     finished_us: int
     latency_ms: float
@@ -84,6 +85,7 @@ class _Detail(msgspec.Struct, array_like=True):
     stream: bool
     cache: str | None = None
     cache_entry: str | None = None
+    guardrail: str | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -137,7 +139,11 @@ def to_record(row: LedgerRow) -> tuple[object, ...]:
     # row --> sqlite values: its first twelve fields are columns, the next eight the detail (and the
     # cache's result and entry, when there is a cache), then config version, arm, batch id and saved
     values = astuple(row)
-    detail = values[_DETAIL:_AFTER_DETAIL] if row.cache is None else (*values[_DETAIL:_AFTER_DETAIL], row.cache, row.cache_entry)
+    detail = values[_DETAIL:_AFTER_DETAIL]
+    if row.guardrail is not None:
+        detail = (*detail, row.cache, row.cache_entry, row.guardrail)
+    elif row.cache is not None:
+        detail = (*detail, row.cache, row.cache_entry)
     return (*values[:_DETAIL], _encode(detail).decode(), *values[_AFTER_DETAIL:_CACHE], row.saved)
 
 
@@ -150,5 +156,5 @@ def from_record(rec: sqlite3.Row) -> LedgerRow:
         latency_ms=d.latency_ms, ttft_ms=d.ttft_ms, status=rec["status"], error=d.error, route_reason=d.route_reason,
         pii_entities=d.pii_entities, trace_id=d.trace_id, stream=d.stream, started_us=rec["started_us"], finished_us=d.finished_us,
         config_version=rec["config_version"], arm=rec["arm"], batch_id=rec["batch_id"],
-        cache=d.cache, cache_entry=d.cache_entry, saved=rec["saved"],
+        cache=d.cache, cache_entry=d.cache_entry, saved=rec["saved"], guardrail=d.guardrail,
     )  # fmt: skip

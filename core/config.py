@@ -20,6 +20,7 @@ from core.config_base import PositiveInt as PositiveInt  # noqa: PLC0414 - re-ex
 from core.config_base import SecretRef as SecretRef  # noqa: PLC0414 - re-exported
 from core.config_base import Strict as _Strict
 from core.config_cache import CacheConfig, TenantCacheConfig
+from core.config_guardrails import GuardrailConfig
 from core.config_state import BatchesConfig as BatchesConfig  # noqa: PLC0414 - re-exported
 from core.config_state import S3Config as S3Config  # noqa: PLC0414 - re-exported
 from core.config_state import StateConfig as StateConfig  # noqa: PLC0414 - re-exported
@@ -236,6 +237,8 @@ class ModelConfig(_Strict):
     cache: CacheConfig | None = None
     # What a cache hit is billed (per million tokens of the stored usage); None: nothing.
     cache_price: Price | None = None
+    # Guardrails (``core.config_guardrails``) every request of this alias runs, after its tenant's.
+    guardrails: list[GuardrailConfig] = msgspec.field(default_factory=list)
 
     def tiers(self) -> list[list[str]]:
         return [[t] if isinstance(t, str) else list(t) for t in self.deployments]
@@ -340,6 +343,8 @@ class TenantConfig(_Strict):
     trace_content: bool = False
     # Its part in the response cache: opt out, or share entries through a named scope. None: its own entries.
     cache: TenantCacheConfig | None = None
+    # Guardrails (``core.config_guardrails``) every request of this tenant runs, before its alias's.
+    guardrails: list[GuardrailConfig] = msgspec.field(default_factory=list)
 
 
 class AlertsConfig(_Strict):

@@ -7,6 +7,7 @@ policies) are ``router.config_resolve``'s, which calls these first.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from core.config import CanaryConfig, Config, ConfigError, LiveConfig, ModelConfig, TenantConfig
+from core.config_guardrails import GuardrailConfig, Moderation, check_guardrails
 
 T = TypeVar("T")
 
@@ -42,6 +44,10 @@ def _describe(message: str) -> str:
     if not sep:
         return message
     key = where.strip("`").removeprefix("$").removeprefix(".") or "(top level)"
+    # A check that names a key below the one msgspec points at ("`patterns[0]` is ..."): one path.
+    sub = re.match(r"`([A-Za-z_][\w.\[\]]*)` (.*)", text, re.DOTALL)
+    if sub is not None and key != "(top level)":
+        return f"key `{key}.{sub.group(1)}`: {sub.group(2)}"
     return f"key `{key}`: {text}"
 
 
@@ -89,7 +95,9 @@ def live_problems(config: LiveConfig) -> list[str]:
             problems += _canary_problems(f"models[{i}].canary", model, model.canary, known)
         if model.cache_price is not None and model.cache is None:
             problems.append(f"key `models[{i}].cache_price`: needs a `cache` block")
+        problems += _guardrail_problems(f"models[{i}].guardrails", model.guardrails, known)
     for i, tenant in enumerate(config.tenants):
+        problems += _guardrail_problems(f"tenants[{i}].guardrails", tenant.guardrails, known)
         routing = tenant.routing or config.policies.routing
         for name in routing.allowed_deployments or ():
             if name not in known:
@@ -105,6 +113,19 @@ def live_problems(config: LiveConfig) -> list[str]:
         if dep.provider in {"openai_compatible", "azure", "triton"} and not dep.base_url:
             problems.append(f"key `deployments[{i}].base_url`: required for provider {dep.provider!r}")
     return problems + _batch_price_problems(config)
+
+
+def _guardrail_problems(where: str, guardrails: list[GuardrailConfig], known: set[str]) -> list[str]:
+    """Names unique within the list; a moderation guardrail names a configured deployment."""
+    problems = []
+    try:
+        check_guardrails(guardrails)
+    except ValueError as exc:
+        problems.append(f"key `{where}`: {exc}")
+    for j, guardrail in enumerate(guardrails):
+        if isinstance(guardrail, Moderation) and guardrail.deployment not in known:
+            problems.append(f"key `{where}[{j}].deployment`: unknown deployment {guardrail.deployment!r}")
+    return problems
 
 
 def _canary_problems(where: str, model: ModelConfig, canary: CanaryConfig, known: set[str]) -> list[str]:
@@ -140,14 +161,16 @@ def _state_problems(config: Config) -> list[str]:
         problems.append("key `state.redis_url`: required when `state.cache.backend` is 'redis'")
     if state.tenants == "postgres":
         # The store holds tenants, keys, limits and budgets; the live document may
-        # give stored tenants their routing and PII policies, nothing else. Refuse
-        # rather than silently ignore keys an operator expects to work.
+        # give stored tenants their routing, PII, cache and guardrail policies, nothing
+        # else. Refuse rather than silently ignore keys an operator expects to work.
         for i, tenant in enumerate(config.tenants):
-            policy_only = TenantConfig(id=tenant.id, name=tenant.name, routing=tenant.routing, pii=tenant.pii, cache=tenant.cache)
+            policy_only = TenantConfig(
+                id=tenant.id, name=tenant.name, routing=tenant.routing, pii=tenant.pii, cache=tenant.cache, guardrails=tenant.guardrails
+            )
             for key in TenantConfig.__struct_fields__:
                 if getattr(tenant, key) != getattr(policy_only, key):
                     problems.append(
-                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing`, `pii` and `cache`;"
+                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing`, `pii`, `cache` and `guardrails`;"
                         " manage the rest with `sluicegate tenants`"
                     )
     return problems

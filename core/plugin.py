@@ -35,7 +35,10 @@ with ``fail_closed`` the request ends with 503 ``plugin_failed``.
 A plugin may also serve HTTP routes under its own ``http_prefix`` (one or
 several; an ASGI app from ``asgi()``), offer task handlers to an orchestrator
 plugin (``task_handlers()``), offer engines (deployments with ``provider: plugin``
-and ``options.engine`` naming one), and run a background ``worker()``.
+and ``options.engine`` naming one), offer guardrails (a ``guardrails:`` entry
+with ``kind: plugin`` and ``plugin`` naming one: ``guardrail_names`` and
+``guardrails()``, objects shaped as ``policies.guardrails_types.Guardrail``),
+and run a background ``worker()``.
 ``api_version`` is the interface a plugin was built for; a gateway refuses
 at start (and at every config check) a plugin whose version it does not
 speak, naming both.
@@ -168,6 +171,8 @@ class Plugin:
     http_prefix: ClassVar[str | tuple[str, ...] | None] = None
     # The engines it offers (``engines()`` makes them), by the name a deployment's ``options.engine`` gives.
     engine_names: ClassVar[tuple[str, ...]] = ()
+    # The guardrails it offers (``guardrails()`` gives them), by the name a ``kind: plugin`` guardrail's ``plugin`` gives.
+    guardrail_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any, services: Services) -> None:
         self.options = options
@@ -192,6 +197,10 @@ class Plugin:
 
     def engines(self) -> dict[str, Callable[[Any], Any]]:
         """Engines by name: ``factory(spec)`` --> a ``serving.base.Engine`` for a deployment with ``provider: plugin``."""
+        return {}
+
+    def guardrails(self) -> dict[str, Any]:
+        """Guardrails by name: each with ``name``, ``async check(texts) -> Verdict`` (and ``stream()`` for ``mode: stream``)."""
         return {}
 
     async def after_auth(self, request: HookRequest) -> Reply | None:

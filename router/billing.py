@@ -262,6 +262,7 @@ class Billing:
             cache.result if cache is not None else None,
             cache.entry_id if cache is not None else None,
             cache.entry.cost if cache is not None and cache.entry is not None else 0,
+            ctx.guardrail,
         )
 
     def record_mirrored(
@@ -291,6 +292,7 @@ class Billing:
                 cache=None,
                 cache_entry=None,
                 saved=0,
+                guardrail=None,
             )
         )
         if self.ledger is not None:

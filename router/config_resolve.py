@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from core.config import Config, ConfigError, DeploymentConfig, ResilienceConfig
 from core.config_check import cross_check
+from core.config_guardrails import PluginGuardrail
 from policies.tenant_policy import TenantPolicies
+from router.plugins import Loaded, check
 from serving.base import EngineSpec, Timeouts
 from serving.health import BreakerSettings
-from router.plugins import Loaded, check
 from serving.registry import PluginEngineOptions, ProviderError, parse_options
 from serving.retry import RetryPolicy
 
@@ -50,6 +51,8 @@ def resolve(config: Config) -> Resolved:
         if isinstance(options, PluginEngineOptions) and options.engine not in engines and not plugin_problems:
             offered = ", ".join(sorted(engines)) or "none"
             problems.append(f"key `deployments[{i}].options.engine`: no enabled plugin offers engine {options.engine!r} (offered: {offered})")
+    if not plugin_problems:
+        problems += _plugin_guardrail_problems(config, {name for entry in plugins for name in entry.cls.guardrail_names})
     policies: TenantPolicies | None = None
     try:
         policies = TenantPolicies(config)
@@ -61,6 +64,19 @@ def resolve(config: Config) -> Resolved:
     return Resolved(
         config=config, specs=specs, policies=policies, retry=retry_policy(r), breaker=breaker_settings(r), plugins=tuple(plugins)
     )
+
+
+def _plugin_guardrail_problems(config: Config, offered: set[str]) -> list[str]:
+    """A ``kind: plugin`` guardrail names a guardrail an enabled plugin offers."""
+    lists = [(f"tenants[{i}]", t.guardrails) for i, t in enumerate(config.tenants)]
+    lists += [(f"models[{i}]", m.guardrails) for i, m in enumerate(config.models)]
+    names = ", ".join(sorted(offered)) or "none"
+    return [
+        f"key `{where}.guardrails[{j}].plugin`: no enabled plugin offers guardrail {g.plugin!r} (offered: {names})"
+        for where, guardrails in lists
+        for j, g in enumerate(guardrails)
+        if isinstance(g, PluginGuardrail) and g.plugin not in offered
+    ]
 
 
 def engine_spec(index: int, dep: DeploymentConfig) -> EngineSpec:

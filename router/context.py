@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from core.errors import GatewayError
     from policies.canary_samples import Arm
     from policies.fair_queue import FairQueue
+    from policies.guardrails import Guardrails
     from policies.pii_restore import Restorer
     from policies.routing import Deployment
     from router.cache_state import CacheState
@@ -127,6 +128,10 @@ class RequestContext:
     client_headers: Mapping[str, str] | None = None
     # What the response cache did (``router.cache_state``); None when the alias has no cache.
     cache: CacheState | None = None
+    # The request's guardrails (``router.guardrail_step``); None when neither its tenant nor its alias has any.
+    guardrails: Guardrails | None = None
+    # The guardrail that blocked the request or cut its stream, for the ledger.
+    guardrail: str | None = None
     # Scratch space plugins' hooks share for this request (None until one sets it).
     plugin_state: dict[str, Any] | None = None
     finished: bool = False

@@ -30,6 +30,7 @@ from router.canary_control import CanaryController, Lease
 from router.config_resolve import resolve
 from router.config_store import MemoryConfigStore
 from router.files_store import FileStore
+from router.guardrail_step import GuardrailStep
 from router.jwt_auth import (
     JtiDenylist,
     JwtAuthenticator,
@@ -110,6 +111,8 @@ class Gateway:
         self.response_cache = self.pipeline.cache = ResponseCache(open_cache_store(config), self.metrics.registry)
         self.response_cache.follow(config, self.billing.after_record)
         self.reloader.on_swap(lambda snapshot, _: self.response_cache.follow(snapshot.config, self.billing.after_record))
+        # Guardrails: built per tenant and alias on first use; a detector pool and a moderation session, made when needed.
+        self.guardrails = self.pipeline.guardrails = GuardrailStep(self.metrics.registry, self.tenants)
         # Files and batches (/v1/files, /v1/batches): a local directory by default; batches run in the background.
         self.files: FileStore = open_file_store(config)
         self.batches: BatchStore = open_batch_store(config)
@@ -255,6 +258,7 @@ class Gateway:
         await self.billing.drain()
         await self.response_cache.close()
         await self.budget_alerts.close(grace_s=min(5.0, self.base.server.grace_period_s / 4))
+        await self.guardrails.close(grace_s=min(5.0, self.base.server.grace_period_s / 4))
         if self.ledger is not None:
             await self.ledger.close()
         await self.responses_sweeper.close()

@@ -13,9 +13,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import msgspec
-
-from budgets.tokens import count_prompt_tokens
 from core.config import RoutingPolicy
 from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from policies.routing import Deployment, RouteHint
@@ -25,15 +22,16 @@ from router.cache_replay import replay_stream, replayed
 from router.cache_step import ResponseCache
 from router.canaries import Canaries
 from router.context import CLIENT_CLOSED, RequestContext
+from router.guardrail_step import GuardrailStep
 from router.metrics import Metrics
 from router.privacy import apply_pii
 from router.reply_text import completion_texts
+from router.stream_end import cut_off
 from router.stream_meter import StreamMeter
 from router.tracing import Tracing, pass_through
-from serving.base import Completion, StreamChunk, Usage
+from serving.base import Completion, StreamChunk
 
 _DONE = b"data: [DONE]\n\n"
-_encode = msgspec.json.encode
 
 __all__ = ["CLIENT_CLOSED", "Pipeline", "RequestContext"]
 
@@ -48,6 +46,8 @@ class Pipeline:
         self.canaries = canaries
         # The response cache (``router.cache_step``); consulted only for an alias with a ``cache`` block.
         self.cache: ResponseCache | None = None
+        # The guardrail step (``router.guardrail_step``); consulted only when the snapshot has a guardrail.
+        self.guardrails: GuardrailStep | None = None
 
     def begin(self, ctx: RequestContext, traceparent: str | None = None, tracestate: str | None = None) -> None:
         """The request is under way; it continues the client's W3C trace context, if it sent one."""
@@ -73,6 +73,8 @@ class Pipeline:
             await apply_pii(ctx, pii, self.metrics)
             if trace is not None:
                 trace.leave()
+        if snapshot.guardrails is not None and self.guardrails is not None:
+            await self.guardrails.pre(ctx)  # on the client's own body, before anything is routed or reserved
         if plugins.before_route:
             await plugins.run(plugins.before_route, "before_route", ctx)
         if trace is not None:
@@ -146,6 +148,8 @@ class Pipeline:
             ctx.generated_text = completion_texts(completion.body)
         if ctx.trace is not None:
             ctx.trace.reply = completion.body  # as the upstream sent it: masked values not restored yet
+        if ctx.guardrails is not None and self.guardrails is not None:
+            await self.guardrails.post(ctx, completion.body)  # a block answers 400; the call is still billed
         if ctx.restorer is not None and deployment.config.privacy == "cloud":
             completion.body = ctx.restorer.restore_completion(completion.body)
         return completion
@@ -194,17 +198,25 @@ class Pipeline:
         restore = ctx.restorer.stream() if ctx.restorer is not None else None
         meter = None if ctx.allowance is None else StreamMeter(ctx.allowance, ctx.counter, ctx.generated)
         hooks = ctx.snapshot.plugins if ctx.snapshot.plugins.on_chunk else None
+        guard = self.guardrails if ctx.guardrails is not None else None
+        screen = guard.screen(ctx) if guard is not None else None  # None: nothing per chunk
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
                 if chunk.usage is not None:
                     ctx.usage = chunk.usage
                 if meter is not None and not meter.admits(chunk):
-                    events = self._cut_off(ctx, meter.exact())
+                    events = cut_off(ctx, meter.exact())
                     await self.complete(ctx)
                     yield b"".join(pending + events)
                     return
                 ctx.generated.append(chunk)
+                if screen is not None and (verdict := screen.feed_chunk(chunk.data)) is not None:
+                    assert guard is not None
+                    events = guard.cut(ctx, screen, verdict, chunk.data)  # content_filter; never a retry
+                    await self.complete(ctx)
+                    yield b"".join(pending + events)
+                    return
                 if include_usage or not chunk.usage_only:
                     data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
                     if hooks is not None:
@@ -215,6 +227,8 @@ class Pipeline:
                     pending.clear()
                 chunk = await anext(chunks, None)
             ctx.status = 200
+            if screen is not None and guard is not None:
+                guard.screened(ctx, screen)
             await self.complete(ctx)
             held = restore.flush() if restore is not None else None
             if held is not None:
@@ -232,35 +246,6 @@ class Pipeline:
             if aclose is not None:
                 await aclose()
             self.finish(ctx)
-
-    def _cut_off(self, ctx: RequestContext, completion_tokens: int) -> list[bytes]:
-        """End a stream the budget cannot pay for, as a model would at max_tokens."""
-        ctx.status = 200
-        ctx.error = "budget_cutoff"
-        if ctx.reservation is not None:
-            reservation = ctx.reservation
-            # A bound is not a count: what is reported and billed is the count (of a short prompt).
-            prompt = (
-                reservation.prompt_estimate
-                if reservation.prompt_exact or ctx.counter is None
-                else count_prompt_tokens(ctx.kind, ctx.body, ctx.counter)
-            )
-            ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
-        chat = ctx.kind != "completion"  # a Responses request's renderer reads chat chunks
-        envelope = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{ctx.request_id}",
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(ctx.wall_started),
-            "model": ctx.alias,
-        }
-        choice = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else {"index": 0, "text": "", "finish_reason": "length"}
-        payloads = [_encode({**envelope, "choices": [choice]})]
-        if ctx.include_usage and ctx.usage is not None:
-            payloads.append(_encode({**envelope, "choices": [], "usage": ctx.usage}))
-        render = ctx.render
-        if render is not None:
-            return [*(render.chunk(ctx, data) for data in payloads), render.end(ctx)]
-        return [*(b"data: " + data + b"\n\n" for data in payloads), _DONE]
 
     async def fail(self, ctx: RequestContext, exc: GatewayError) -> None:
         ctx.status = exc.status

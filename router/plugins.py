@@ -127,6 +127,8 @@ class PluginSet:
     by_name: dict[str, Plugin] = field(default_factory=dict)
     # engine name --> the instance that makes it: an engine is kept across versions only while its maker is.
     engine_owners: dict[str, Plugin] = field(default_factory=dict)
+    # Guardrails the plugins offer, by name (the first plugin in config order that offers a name wins).
+    guardrails: dict[str, Any] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -143,6 +145,8 @@ class PluginSet:
                 if engine not in self.engines:
                     self.engines[engine] = factory
                     self.engine_owners[engine] = plugin
+            for name, guardrail in (plugin.guardrails() if loaded.cls.guardrail_names else {}).items():
+                self.guardrails.setdefault(name, guardrail)
 
     async def run(self, hooks: tuple[_Hook, ...], name: str, ctx: HookRequest) -> None:
         """Run one request hook of each plugin in order; a Reply ends the request (``ShortCircuit``)."""

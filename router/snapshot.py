@@ -17,6 +17,7 @@ from policies.fair_queue import FairQueue
 from policies.routing import Alias, Deployment, Router
 from policies.tenant_policy import TenantPolicies
 from router.config_resolve import Resolved
+from router.guardrail_index import GuardrailIndex
 from router.plugins import NO_PLUGINS, PluginSet
 from serving.base import Engine, EngineSpec
 from serving.health import BreakerSettings, CircuitBreaker
@@ -41,6 +42,8 @@ class Snapshot:
     header: bytes = b""
     # The plugins this version enables, their hooks by step.
     plugins: PluginSet = NO_PLUGINS
+    # Tenants' and aliases' guardrails and the engines built for them; None when none has any.
+    guardrails: GuardrailIndex | None = None
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -94,6 +97,7 @@ def build(resolved: Resolved, version: int, hash: str, previous: Snapshot | None
         specs=resolved.specs,
         header=str(version).encode(),
         plugins=plugins,
+        guardrails=GuardrailIndex.of(config),
     )
     return Built(snapshot=snapshot, new=new, retired=retired)
 

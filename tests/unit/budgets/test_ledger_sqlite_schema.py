@@ -85,14 +85,14 @@ async def test_opening_twice_changes_nothing(tmp_path: Path) -> None:
 
 def test_a_rows_fields_are_the_tables_columns_in_order_with_the_detail_between() -> None:
     # Rows are written as their first fields, the next eight as one detail document, the rest as columns
-    # but for the cache's result and entry, which end the detail document when there is a cache.
+    # but for the cache's result and entry and the blocking guardrail, which end the detail document when there are any.
     fields = LedgerRow.__struct_fields__
     detail = COLUMNS.index("detail")
     assert fields[:detail] == COLUMNS[:detail]
     assert fields[detail : detail + 8] == (
         "finished_us", "latency_ms", "ttft_ms", "error", "route_reason", "pii_entities", "trace_id", "stream",
     )  # fmt: skip
-    assert fields[detail + 8 :] == ("config_version", "arm", "batch_id", "cache", "cache_entry", "saved")
+    assert fields[detail + 8 :] == ("config_version", "arm", "batch_id", "cache", "cache_entry", "saved", "guardrail")
     assert COLUMNS[detail + 1 :] == ("config_version", "arm", "batch_id", "saved")
 
 
