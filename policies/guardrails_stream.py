@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,15 @@ def action_applied(config: GuardrailConfig, verdict: Verdict) -> Verdict:
 class StreamScreen:
     """The stream guardrails of one response."""
 
-    __slots__ = ("_bound", "_guards", "_off", "faults", "warnings")
+    __slots__ = ("_bound", "_guards", "_off", "faults", "fed", "hold", "warnings")
 
     def __init__(self, bound: Sequence[Bound]) -> None:
         self._bound = tuple(bound)
+        # Characters of text the relay keeps back from the client: the longest window among the guards,
+        # so that no part of a finding is sent before its last piece arrives and is screened.
+        self.hold = max((getattr(b.config, "window", 0) for b in self._bound), default=0)
+        # Characters of text the last ``feed_chunk`` saw.
+        self.fed = 0
         self._guards: dict[tuple[Any, ...], list[StreamGuard | None]] = {}
         # Guardrails switched off for this stream (warned once, or failed open).
         self._off = [False] * len(self._bound)
@@ -67,11 +73,13 @@ class StreamScreen:
 
     def feed_chunk(self, data: bytes) -> Verdict | None:
         """One chunk's ``data:`` payload (chat, completion, or a Responses event); not ``[DONE]``."""
+        self.fed = 0
         try:
             chunk = msgspec.json.decode(data)
         except msgspec.DecodeError:
             return None
         for key, delta in chunk_deltas(chunk):
+            self.fed += len(delta)
             verdict = self.feed(delta, key)
             if verdict is not None:
                 return verdict
@@ -127,3 +135,37 @@ def content_filter_chunk(data: bytes) -> bytes:
     completion = chunk.get("object") == "text_completion"
     ended = [{"index": i, **({"text": ""} if completion else {"delta": {}}), "finish_reason": "content_filter"} for i in indexes]
     return msgspec.json.encode({**{k: chunk[k] for k in _TEMPLATE_FIELDS if k in chunk}, "choices": ended})
+
+
+class HoldBack:
+    """Screened events kept from the client until ``hold`` characters of text follow them.
+
+    A stream guard finds a secret when its last piece arrives; what came before
+    it is still here, and is dropped with the rest when the stream is cut.
+    """
+
+    __slots__ = ("_chars", "_events", "_hold")
+
+    def __init__(self, hold: int) -> None:
+        self._hold = hold
+        self._events: deque[tuple[bytes, int]] = deque()
+        self._chars = 0
+
+    def add(self, event: bytes, chars: int) -> list[bytes]:
+        """Keep ``event`` (carrying ``chars`` of text); the events now far enough behind to send."""
+        events = self._events
+        events.append((event, chars))
+        self._chars += chars
+        out = []
+        while events and self._chars - events[0][1] >= self._hold:
+            sent, n = events.popleft()
+            self._chars -= n
+            out.append(sent)
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Everything kept: the stream ended without a finding."""
+        out = [event for event, _ in self._events]
+        self._events.clear()
+        self._chars = 0
+        return out

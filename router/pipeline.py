@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from core.config import RoutingPolicy
 from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
+from policies.guardrails_stream import HoldBack
 from policies.routing import Deployment, RouteHint
 from router.attempts import attempt, unavailable
 from router.billing import Billing
@@ -200,6 +201,7 @@ class Pipeline:
         hooks = ctx.snapshot.plugins if ctx.snapshot.plugins.on_chunk else None
         guard = self.guardrails if ctx.guardrails is not None else None
         screen = guard.screen(ctx) if guard is not None else None  # None: nothing per chunk
+        hold = HoldBack(screen.hold) if screen is not None and screen.hold else None
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
@@ -207,6 +209,8 @@ class Pipeline:
                     ctx.usage = chunk.usage
                 if meter is not None and not meter.admits(chunk):
                     events = cut_off(ctx, meter.exact())
+                    if hold is not None:
+                        pending += hold.flush()
                     await self.complete(ctx)
                     yield b"".join(pending + events)
                     return
@@ -221,7 +225,11 @@ class Pipeline:
                     data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
                     if hooks is not None:
                         data = hooks.chunk(ctx, data)
-                    pending.append(b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data))
+                    event = b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data)
+                    if hold is None:
+                        pending.append(event)
+                    else:
+                        pending += hold.add(event, screen.fed if screen is not None else 0)
                 if chunk.batch_end and pending:
                     yield pending[0] if len(pending) == 1 else b"".join(pending)
                     pending.clear()
@@ -229,6 +237,8 @@ class Pipeline:
             ctx.status = 200
             if screen is not None and guard is not None:
                 guard.screened(ctx, screen)
+            if hold is not None:
+                pending += hold.flush()
             await self.complete(ctx)
             held = restore.flush() if restore is not None else None
             if held is not None:
@@ -239,6 +249,8 @@ class Pipeline:
             # After the first byte: tell the client in-band, never retry.
             self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
             await self.fail(ctx, exc)
+            if hold is not None:
+                pending += hold.flush()  # screened: only text no guard found anything in
             pending.append(sse_error_event(exc) if render is None else render.error(ctx, exc))
             yield b"".join(pending)
         finally:

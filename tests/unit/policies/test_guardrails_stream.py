@@ -185,3 +185,37 @@ def test_content_filter_chunk_ends_every_choice_seen() -> None:
     completion = msgspec.json.decode(content_filter_chunk(b'{"object": "text_completion", "choices": [{"index": 0, "text": "x"}]}'))
     assert completion["choices"] == [{"index": 0, "text": "", "finish_reason": "content_filter"}]
     assert msgspec.json.decode(content_filter_chunk(b"garbage"))["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_hold_back_sends_an_event_only_once_enough_text_follows_it() -> None:
+    from policies.guardrails_stream import HoldBack
+
+    hold = HoldBack(10)
+    assert hold.add(b"a", 4) == []
+    assert hold.add(b"b", 4) == []
+    assert hold.add(b"c", 4) == []  # 12 held: "a" has 8 after it, fewer than 10
+    assert hold.add(b"d", 4) == [b"a"]  # now 12 follow "a"
+    assert hold.add(b"e", 0) == []
+    assert hold.flush() == [b"b", b"c", b"d", b"e"]
+    assert hold.flush() == []
+    assert HoldBack(0).add(b"x", 3) == [b"x"]
+
+
+def test_a_screen_holds_back_its_longest_window() -> None:
+    import msgspec
+
+    from core.config_guardrails import GuardrailConfig
+    from policies.guardrails import GuardrailDeps, build_guardrails
+
+    configs = msgspec.convert(
+        [{"kind": "secrets", "name": "s", "mode": "stream", "window_chars": 64},
+         {"kind": "deny_patterns", "name": "d", "mode": "stream", "patterns": ["x+y"], "window_chars": 128}],
+        list[GuardrailConfig],
+    )  # fmt: skip
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        screen = build_guardrails(configs, GuardrailDeps(executor=pool)).stream.screen()
+    assert screen is not None and screen.hold == 128
+    screen.feed_chunk(b'{"choices":[{"index":0,"delta":{"content":"hello"}}]}')
+    assert screen.fed == 5
