@@ -13,6 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# Optional: pgvector for the semantic cache's PostgreSQL index, only as root with
+# apt-get and a local PostgreSQL, and never fatal (the index then reports itself down).
+pg_major=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n1 || true)
+if [ "$(id -u)" -eq 0 ] && [ -n "$pg_major" ] && command -v apt-get >/dev/null 2>&1 \
+    && ! dpkg -s "postgresql-$pg_major-pgvector" >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$pg_major-pgvector" >/dev/null 2>&1 \
+    || echo "warning: could not install postgresql-$pg_major-pgvector; the semantic cache cannot use PostgreSQL" >&2
+fi
+
 install=("$PY" -m pip install --disable-pip-version-check --progress-bar off --no-deps --no-build-isolation)
 "${install[@]}" --quiet --require-hashes -r requirements/build.txt
 # GGML_NATIVE=OFF keeps the llama.cpp build portable across the CPUs CI runs on
