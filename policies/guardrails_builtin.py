@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
@@ -53,7 +54,7 @@ class WindowGuard:
         return None if category is None else Verdict("blocked", self._name, category)
 
 
-class _Scanner:
+class _Scanner(ABC):
     """A guardrail whose check is one synchronous finder over every scanned text."""
 
     always_in_pool = False
@@ -67,8 +68,9 @@ class _Scanner:
     def name(self) -> str:
         return self._name
 
+    @abstractmethod
     def find(self, text: str) -> str | None:
-        raise NotImplementedError
+        """The category of what ``text`` holds, or None."""
 
     def _find_all(self, texts: Sequence[Text]) -> str | None:
         for t in texts:

@@ -31,6 +31,7 @@ classes, which write the mmap files ``MultiProcessCollector`` adds up:
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Sequence
 from threading import Lock
@@ -177,8 +178,9 @@ class _Family(MetricWrapperBase):
                 child = self._metrics[key] = self._new_child()
         return child
 
+    @abstractmethod
     def _new_child(self) -> object:
-        raise NotImplementedError
+        """A child for one new set of label values (each family says what kind)."""
 
     def _listed(self) -> list[tuple[Sequence[str], Any]]:
         with self._lock:
