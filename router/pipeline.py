@@ -131,7 +131,6 @@ class Pipeline:
 
         async def run(deployment: Deployment) -> Completion:
             request = ctx.engine_request(deployment)
-            request.traceparent, request.tracestate = ctx.traceparent, ctx.tracestate
             if ctx.kind == "embedding":
                 return await deployment.engine.embed(request)
             return await deployment.engine.generate(request)
@@ -164,9 +163,7 @@ class Pipeline:
         """
 
         async def run(deployment: Deployment) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
-            request = ctx.engine_request(deployment)
-            request.traceparent, request.tracestate = ctx.traceparent, ctx.tracestate
-            chunks = deployment.engine.stream(request)
+            chunks = deployment.engine.stream(ctx.engine_request(deployment))
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -263,6 +260,7 @@ class Pipeline:
         ctx.status = exc.status
         ctx.error = exc.code
         ctx.refused = exc.refused
+        exc.request_id = ctx.request_id  # the error answer names the request, as a success would
         await self.complete(ctx)
 
     async def complete(self, ctx: RequestContext) -> None:

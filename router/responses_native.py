@@ -77,6 +77,9 @@ class ResponsesContext(RequestContext):
             stream=self.stream,
             include_usage=self.include_usage,
             session_id=self.session_id,
+            # The W3C trace context the upstream continues (an attempt's span when traced).
+            traceparent=self.traceparent,
+            tracestate=self.tracestate,
         )
 
 

@@ -46,7 +46,6 @@ async def run(gateway: Gateway, ctx: RequestContext, headers: Mapping[str, str])
             return StreamAnswer(reply_stream(ctx, short.reply.body), response_headers(ctx, streaming=True))
         return JsonAnswer(reply_body(ctx, short.reply.body), response_headers(ctx, streaming=False))
     except GatewayError as exc:
-        exc.request_id = ctx.request_id
         await pipeline.fail(ctx, exc)
         raise
     except asyncio.CancelledError:

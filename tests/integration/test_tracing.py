@@ -3,6 +3,7 @@ children, the client's W3C trace context continued and passed upstream, no promp
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,8 @@ from router.gateway import Gateway
 from tests.conftest import TEST_KEY, make_config
 from tests.integration.gateway_server import running_gateway
 
-PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+# A trace id of this file's own: the fake upstream is shared by the session, and other tests send the W3C example id.
+PARENT_TRACE = uuid.uuid4().hex
 PARENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
 TRACESTATE = "vendor=opaque-value"
