@@ -256,7 +256,7 @@ class Handlers:
         early = await self._misbehave(request, behavior, stream=False)
         if early is not None:
             return early
-        payload = replies.embeddings_body(body, body["model"])
+        payload = replies.embeddings_body(body, body["model"], behavior)
         if behavior == "no_usage":
             del payload["usage"]
         return _json_response(payload)

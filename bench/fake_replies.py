@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -48,8 +49,39 @@ ERROR_BEHAVIORS: dict[str, tuple[int, str, str | None, str]] = {
 STREAM_BEHAVIORS = frozenset({"error_midstream", "disconnect_midstream"})
 # ``ignore_max_tokens``: an upstream that does not honour max_tokens (some do not).
 # ``echo``: answers with the last user text (or the prompt), streamed in 4-character pieces.
-BEHAVIORS = frozenset(
-    {"normal", "slow", "huge", "no_usage", "ignore_max_tokens", "echo", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS}
+# ``words``: embeddings by the words an input uses (``_word_vector``), so that paraphrases lie near each other.
+BEHAVIORS = frozenset({"normal", "slow", "huge", "no_usage", "ignore_max_tokens", "echo", "words", *ERROR_BEHAVIORS, *STREAM_BEHAVIORS})
+WORD_DIM = 256
+# Words that carry no meaning of their own, and contractions spelled out: "what's" and "what is" embed alike.
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "be",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "and",
+        "or",
+        "please",
+        "me",
+        "my",
+        "i",
+        "you",
+        "your",
+        "it",
+        "its",
+        "s",
+        "do",
+        "does",
+        "what",
+    ]
 )
 ECHO_PIECE = 4
 # ``error_429_date`` sends its Retry-After as an HTTP date this far ahead.
@@ -91,11 +123,7 @@ def _content_words(content: object) -> int:
         return count_words(content)
     if isinstance(content, list):
         # multi-part content: only text parts count
-        return sum(
-            count_words(part["text"])
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+        return sum(count_words(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
     return 0
 
 
@@ -295,14 +323,30 @@ def _vector(item: str | list[int], dim: int) -> list[float]:
     return values
 
 
-def embeddings_body(body: JsonObject, model: str) -> JsonObject:
+def _word_vector(item: str | list[int], dim: int) -> list[float]:
+    """A bag of the input's words (lower-cased, stop words out, a plural's ``s`` dropped), each hashed to a dimension."""
+    text = item if isinstance(item, str) else " ".join(map(str, item))
+    values = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if word in _STOPWORDS:
+            continue
+        if len(word) > 3 and word.endswith("s"):
+            word = word[:-1]
+        values[zlib.crc32(word.encode()) % dim] += 1.0
+    if not any(values):
+        values[0] = 1.0
+    return values
+
+
+def embeddings_body(body: JsonObject, model: str, behavior: str = "normal") -> JsonObject:
     inputs = _embedding_inputs(body.get("input"))
     dims = body.get("dimensions")
-    dim = dims if isinstance(dims, int) and 0 < dims <= 4096 else EMBEDDING_DIM
+    words = behavior == "words"
+    dim = dims if isinstance(dims, int) and 0 < dims <= 4096 else (WORD_DIM if words else EMBEDDING_DIM)
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for index, item in enumerate(inputs):
-        floats = _vector(item, dim)
+        floats = _word_vector(item, dim) if words else _vector(item, dim)
         # base64 is what the OpenAI SDK asks for by default: little-endian float32
         vector = base64.b64encode(struct.pack(f"<{dim}f", *floats)).decode() if as_base64 else floats
         data.append({"object": "embedding", "index": index, "embedding": vector})

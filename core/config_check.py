@@ -95,6 +95,9 @@ def live_problems(config: LiveConfig) -> list[str]:
             problems += _canary_problems(f"models[{i}].canary", model, model.canary, known)
         if model.cache_price is not None and model.cache is None:
             problems.append(f"key `models[{i}].cache_price`: needs a `cache` block")
+        for j, name in enumerate(model.cache.embedding if model.cache is not None else ()):
+            if name not in known:
+                problems.append(f"key `models[{i}].cache.embedding[{j}]`: unknown deployment {name!r}")
         problems += _guardrail_problems(f"models[{i}].guardrails", model.guardrails, known)
     for i, tenant in enumerate(config.tenants):
         problems += _guardrail_problems(f"tenants[{i}].guardrails", tenant.guardrails, known)
@@ -159,6 +162,8 @@ def _state_problems(config: Config) -> list[str]:
         problems.append("key `state.redis_url`: required when `state.counters` is 'redis'")
     if state.cache.backend == "redis" and not state.redis_url:
         problems.append("key `state.redis_url`: required when `state.cache.backend` is 'redis'")
+    if state.cache.index == "postgres" and state.postgres_dsn is None:
+        problems.append("key `state.postgres_dsn`: required when `state.cache.index` is 'postgres'")
     if state.tenants == "postgres":
         # The store holds tenants, keys, limits and budgets; the live document may
         # give stored tenants their routing, PII, cache and guardrail policies, nothing

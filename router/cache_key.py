@@ -67,6 +67,8 @@ _INERT: dict[str, frozenset[str]] = {
     # A Response object repeats the request's settings: only the shape fields stay out.
     "responses": frozenset({"stream", "stream_options"}),
 }
+# The fields a semantic match compares by meaning instead of bytes.
+_CONVERSATION = frozenset({"messages", "prompt"})
 # Responses fields that name state kept elsewhere: the same body may mean another conversation tomorrow.
 _STATEFUL = ("background", "conversation", "previous_response_id")
 
@@ -114,6 +116,19 @@ def cache_key(scope: str, alias: str, deployment: str, deployment_version: str, 
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
         return None
     return hashlib.sha256(material).hexdigest()
+
+
+def semantic_partition(alias: str, deployment: str, deployment_version: str, kind: Kind, body: JsonObject) -> str | None:
+    """Where the semantic cache files a conversation: everything of the key but the conversation itself.
+
+    Two requests share a partition when they differ only in ``messages`` (or
+    ``prompt``): their answers may then stand in for each other if the
+    conversations are near enough. The scope is kept apart (the index files
+    entries under scope and partition). None where ``cache_key`` would be.
+    """
+    reduced = {name: value for name, value in body.items() if name not in _CONVERSATION}
+    key = cache_key("", alias, deployment, deployment_version, kind, reduced)
+    return None if key is None else "s1:" + key
 
 
 def _stream_options(options: object) -> object:

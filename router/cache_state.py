@@ -38,6 +38,10 @@ class CacheState:
     body: bytes | None = None
     # The entry a ledger row names: the one replayed, or the one stored.
     entry_id: str | None = None
+    # Semantic mode: the conversation's embedding and where it is filed (kept with a stored miss), and a hit's similarity.
+    vector: list[float] | None = None
+    partition: str | None = None
+    similarity: float | None = None
 
     @property
     def header(self) -> bytes:

@@ -11,7 +11,8 @@ tenant that opted out, an API surface that renders its own envelopes: all
 deployment would get, after the PII step, and looks the key up unless the
 client asked ``no-cache`` (a refresh). ``ctx.cache`` then says what happened
 (``hit``, ``miss``, ``bypass``): the response header, the ledger row and the
-metrics read it there. A hit is served by ``router.cache_replay``.
+metrics read it there. A hit is served by ``router.cache_replay``. An alias in mode ``semantic``
+looks an exact miss up again by meaning (``router.semantic_cache``).
 
 A miss is stored once settled (``recorded``, a billing ``after_record``
 hook from the first config with a cache on, when the cost is known): a unary answer as the deployment sent it,
@@ -36,12 +37,14 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter
 
 from core.config import Config, Price
-from router.cache_key import cache_key, cache_scope, qualifies
+from router.cache_key import cache_key, cache_scope, qualifies, semantic_partition
 from router.cache_state import ENTRY_ID_CHARS, CacheState
 from router.cache_store import CacheEntry, CacheStore
 from router.cache_store_memory import MemoryCacheStore
 from router.cache_store_redis import RedisCacheStore
 from router.context import RequestContext
+from router.semantic_cache import SemanticCache
+from serving.base import JsonObject
 
 if TYPE_CHECKING:
     from policies.routing import Alias, Deployment
@@ -86,8 +89,9 @@ def directives(headers: Mapping[str, str] | None) -> frozenset[str]:
 
 
 class ResponseCache:
-    def __init__(self, store: CacheStore, registry: CollectorRegistry) -> None:
+    def __init__(self, store: CacheStore, registry: CollectorRegistry, semantic: SemanticCache | None = None) -> None:
         self.store = store
+        self.semantic = semantic
         self.metrics = CacheMetrics(registry)
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -105,23 +109,59 @@ class ResponseCache:
         asked = directives(ctx.client_headers)
         deployment = ctx.plan[0]
         key = None
+        restricted = self_hosted_only or ctx.self_hosted_only
         if "no-store" not in asked and _cacheable(ctx) and qualifies(ctx.body, config.qualify, kind=ctx.kind):
             tenant = ctx.principal.tenant
-            scope = cache_scope(tenant, ctx.snapshot.policies.cache(tenant), self_hosted_only or ctx.self_hosted_only)
+            scope = cache_scope(tenant, ctx.snapshot.policies.cache(tenant), restricted)
             key = _key(ctx, scope, deployment) if scope is not None else None
             state.scope = scope
         if key is None:
             self.metrics.requests.labels(ctx.alias, "bypass").inc()
             return
         state.result, state.key, state.keyed_on = "miss", key, deployment
-        entry = None if "no-cache" in asked else await self._get(key)
+        look = "no-cache" not in asked
+        entry = await self._get(key) if look else None
+        if entry is None and config.mode == "semantic" and self.semantic is not None:
+            entry = await self._semantic(ctx, state, deployment, restricted, look)
         if entry is None or entry.deployment != deployment.name or entry.streamed != ctx.stream:
             self.metrics.requests.labels(ctx.alias, "miss").inc()
             return
-        state.result, state.entry, state.entry_id = "hit", entry, key[:ENTRY_ID_CHARS]
+        assert state.key is not None
+        state.result, state.entry, state.entry_id = "hit", entry, state.key[:ENTRY_ID_CHARS]
         ctx.served, ctx.deployment, ctx.usage = deployment, deployment.name, entry.usage
         self.metrics.requests.labels(ctx.alias, "hit").inc()
         self.metrics.bytes.labels(ctx.alias, "served").inc(entry.payload_bytes())
+
+    async def _semantic(
+        self, ctx: RequestContext, state: CacheState, deployment: Deployment, restricted: bool, look: bool
+    ) -> CacheEntry | None:
+        """Embed the conversation (kept on ``state`` for the store) and, unless refreshing, replay the nearest answer."""
+        semantic = self.semantic
+        assert semantic is not None and state.scope is not None
+        body = _keyed_body(ctx, deployment)
+        partition = semantic_partition(ctx.alias, deployment.name, deployment.version, ctx.kind, body)
+        if partition is None:
+            return None
+        vector = await semantic.vector(ctx, state.config, body, deployment, restricted)
+        if vector is None:
+            return None
+        state.vector, state.partition = vector, partition
+        if not look:
+            return None
+        match = await semantic.nearest(ctx.alias, state.scope, partition, vector, state.config.threshold)
+        if match is None:
+            return None
+        key, similarity = match
+        try:
+            entry = await self.store.get(key)
+        except Exception as exc:  # noqa: BLE001 - a store must answer a miss, never fail a request
+            log.warning("response cache lookup failed (%s): served as a miss", type(exc).__name__)
+            return None
+        if entry is None:
+            await semantic.forget(key)  # its answer expired or was dropped: the vector leads nowhere
+            return None
+        state.key, state.similarity = key, similarity
+        return entry
 
     async def _get(self, key: str) -> CacheEntry | None:
         try:
@@ -143,7 +183,9 @@ class ResponseCache:
         if key is None:
             return
         state.entry_id = key[:ENTRY_ID_CHARS]
-        task = asyncio.get_running_loop().create_task(self._put(ctx.alias, key, entry, state.config.ttl_s))
+        # The vector is of the conversation as keyed for the planned deployment: filed only if that one answered.
+        semantic = (state.scope, state.partition, state.vector) if served is state.keyed_on else None
+        task = asyncio.get_running_loop().create_task(self._put(ctx.alias, key, entry, state.config.ttl_s, semantic))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -161,20 +203,29 @@ class ResponseCache:
             return None
         return CacheEntry(deployment=served.name, created_at=created, cost=ctx.cost, usage=ctx.usage, body=state.body)
 
-    async def _put(self, alias: str, key: str, entry: CacheEntry, ttl_s: float) -> None:
+    async def _put(
+        self, alias: str, key: str, entry: CacheEntry, ttl_s: float, semantic: tuple[str | None, str | None, list[float] | None] | None
+    ) -> None:
         try:
             stored = await self.store.put(key, entry, ttl_s)
         except Exception as exc:  # noqa: BLE001 - a write that fails is an entry not kept, nothing more
             log.warning("response cache write failed (%s)", type(exc).__name__)
             return
-        if stored:
-            self.metrics.bytes.labels(alias, "stored").inc(entry.payload_bytes())
+        if not stored:
+            return
+        self.metrics.bytes.labels(alias, "stored").inc(entry.payload_bytes())
+        if semantic is not None and self.semantic is not None:
+            scope, partition, vector = semantic
+            if scope is not None and partition is not None and vector is not None:
+                await self.semantic.add(scope, partition, vector, key, ttl_s)  # after the entry: a match always finds it
 
     async def close(self) -> None:
         """Finish the writes under way, then close the store."""
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
         await self.store.close()
+        if self.semantic is not None:
+            await self.semantic.close()
 
 
 def _cacheable(ctx: RequestContext) -> bool:
@@ -182,11 +233,16 @@ def _cacheable(ctx: RequestContext) -> bool:
     return ctx.render is None and type(ctx) is RequestContext and ctx.kind in _KINDS
 
 
-def _key(ctx: RequestContext, scope: str | None, deployment: Deployment) -> str | None:
-    """The key of ``ctx`` as ``deployment`` would be asked: its post-PII body, with the completion bound a budget set."""
-    if scope is None:
-        return None
+def _keyed_body(ctx: RequestContext, deployment: Deployment) -> JsonObject:
+    """``ctx`` as ``deployment`` would be asked: its post-PII body, with the completion bound a budget set."""
     body = ctx.source(deployment)
     if ctx.max_tokens is not None:
         body = {**body, "max_tokens": ctx.max_tokens}
-    return cache_key(scope, ctx.alias, deployment.name, deployment.version, ctx.kind, body)
+    return body
+
+
+def _key(ctx: RequestContext, scope: str | None, deployment: Deployment) -> str | None:
+    """The key of ``ctx`` as ``deployment`` would be asked."""
+    if scope is None:
+        return None
+    return cache_key(scope, ctx.alias, deployment.name, deployment.version, ctx.kind, _keyed_body(ctx, deployment))

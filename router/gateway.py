@@ -46,6 +46,7 @@ from router.reload import Reloader
 from router.responses_expiry import ResponseSweeper
 from router.responses_records import ResponseStore
 from router.responses_store import open_response_store
+from router.semantic_cache import SemanticCache, open_vector_index
 from router.snapshot import Snapshot, build
 from router.state import accounting_settings, open_config_store, open_counter_store, open_ledger
 from router.state_batches import open_batch_store, open_claims, open_file_store
@@ -108,7 +109,8 @@ class Gateway:
         self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis()))
         self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
         # The response cache: memory by default (empty until an alias caches), Redis per `state.cache`.
-        self.response_cache = self.pipeline.cache = ResponseCache(open_cache_store(config), self.metrics.registry)
+        semantic = SemanticCache(open_vector_index(config), self.metrics.registry, config.state.cache.index_sweep_s)
+        self.response_cache = self.pipeline.cache = ResponseCache(open_cache_store(config), self.metrics.registry, semantic)
         self.response_cache.follow(config, self.billing.after_record)
         self.reloader.on_swap(lambda snapshot, _: self.response_cache.follow(snapshot.config, self.billing.after_record))
         # Guardrails: built per tenant and alias on first use; a detector pool and a moderation session, made when needed.

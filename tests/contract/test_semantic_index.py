@@ -1,17 +1,16 @@
 """One behaviour for both vector indexes of the semantic cache: in-process and pgvector.
 
 Both run on a clock that moves only when told (``expires_at`` is compared with
-it). The PostgreSQL index gets a scratch database of its own, dropped at the
-end; it is skipped, saying why, when PostgreSQL is not reachable or cannot
-create the ``vector`` extension (Debian: ``postgresql-NN-pgvector``). Below the
-contract: what only one of them does (memory is bounded in entries; a
-database that is down is a fast miss, logged once).
+it). The PostgreSQL index gets a scratch database of its own on the server of
+the ``pgvector_dsn`` fixture (tests/conftest.py: a bundled PostgreSQL with
+pgvector where no other is at hand), dropped at the end. Below the contract:
+what only one of them does (memory is bounded in entries; a database that is
+down is a fast miss, logged once).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import socket
 import time
@@ -24,9 +23,6 @@ from router.semantic_index import VectorIndex
 from router.semantic_index_memory import MemoryVectorIndex
 from router.semantic_index_pg import PgVectorIndex
 
-ADMIN_DSN = os.environ.get("SLUICEGATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-NO_POSTGRES = "PostgreSQL is not reachable at SLUICEGATE_TEST_POSTGRES_DSN"
-NO_PGVECTOR = "PostgreSQL cannot create the `vector` extension (install pgvector: Debian's postgresql-NN-pgvector)"
 NOW = 1_700_000_000.0
 LATER = NOW + 300
 THRESHOLD = 0.95
@@ -43,26 +39,19 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-async def pg_database() -> AsyncIterator[str | None]:
-    """A scratch database with pgvector; None when there is none."""
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        yield None
-        return
+async def pg_database(pgvector_dsn: str) -> AsyncIterator[str]:
+    """A scratch database with the `vector` extension, dropped at the end."""
+    admin = await asyncpg.connect(pgvector_dsn, timeout=5)
     name = f"sg_semantic_{secrets.token_hex(6)}"
     await admin.execute(f"CREATE DATABASE {name}")
-    dsn = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    dsn = f"{pgvector_dsn.rsplit('/', 1)[0]}/{name}"
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            usable: str | None = dsn
-        except asyncpg.PostgresError:
-            usable = None
         finally:
             await conn.close()
-        yield usable
+        yield dsn
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
@@ -74,35 +63,34 @@ class Harness:
         self.clock = clock
 
 
-@pytest.fixture(params=["memory", "postgres"])
-async def harness(request: pytest.FixtureRequest, pg_database: str | None) -> AsyncIterator[Harness]:
+@pytest.fixture
+async def memory_harness() -> AsyncIterator[Harness]:
     clock = Clock()
-    index: VectorIndex
-    if request.param == "memory":
-        index = MemoryVectorIndex(max_entries=1000, clock=clock)
-    else:
-        if pg_database is None:
-            admin_up = await _reachable(ADMIN_DSN)
-            pytest.skip(NO_PGVECTOR if admin_up else NO_POSTGRES)
-        index = PgVectorIndex(pg_database, timeout_s=5.0, clock=clock)
-        # Each test starts from an empty table (created by the index's first call if missing).
-        await index.delete_expired()
-        conn = await asyncpg.connect(pg_database, timeout=5)
-        try:
-            await conn.execute("TRUNCATE semantic_cache_index")
-        finally:
-            await conn.close()
+    index = MemoryVectorIndex(max_entries=1000, clock=clock)
     yield Harness(index, clock)
     await index.close()
 
 
-async def _reachable(dsn: str) -> bool:
+@pytest.fixture
+async def postgres_harness(pg_database: str) -> AsyncIterator[Harness]:
+    clock = Clock()
+    index = PgVectorIndex(pg_database, timeout_s=5.0, clock=clock)
+    # Each test starts from an empty table (created by the index's first call if missing).
+    await index.delete_expired()
+    conn = await asyncpg.connect(pg_database, timeout=5)
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return False
-    await conn.close()
-    return True
+        await conn.execute("TRUNCATE semantic_cache_index")
+    finally:
+        await conn.close()
+    yield Harness(index, clock)
+    await index.close()
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def harness(request: pytest.FixtureRequest) -> Harness:
+    # Looked up by name so that the memory half never asks for a PostgreSQL server.
+    found: Harness = request.getfixturevalue(f"{request.param}_harness")
+    return found
 
 
 def closed_port() -> int:

@@ -29,7 +29,14 @@ def test_alias_cache_from_yaml() -> None:
 @pytest.mark.parametrize(
     "raw, key",
     [
-        ({"mode": "semantic"}, "$.mode"),  # reserved for later work, which brings its own fields
+        ({"mode": "fuzzy"}, "$.mode"),
+        ({"mode": "semantic"}, "`embedding`"),  # a semantic cache names who embeds
+        ({"embedding": ["e"]}, "mode 'semantic' only"),
+        ({"mode": "semantic", "embedding": ["e"], "threshold": 0.2}, "$.threshold"),
+        ({"mode": "semantic", "embedding": ["e"], "threshold": 1.5}, "$.threshold"),
+        ({"mode": "semantic", "embedding": ["e"], "max_turns": 0}, "$.max_turns"),
+        ({"mode": "semantic", "embedding": ["e"], "embedding_timeout_s": 0}, "$.embedding_timeout_s"),
+        ({"mode": "semantic", "embedding": [""]}, "$.embedding[0]"),
         ({"ttl_s": 0}, "$.ttl_s"),
         ({"ttl_s": -5}, "$.ttl_s"),
         ({"ttl_s": 31 * 86_400}, "$.ttl_s"),
@@ -41,6 +48,18 @@ def test_alias_cache_from_yaml() -> None:
 )
 def test_alias_cache_refusals_name_the_key(raw: dict[str, Any], key: str) -> None:
     assert key in refusal(CacheConfig, raw)
+
+
+def test_semantic_cache_from_yaml() -> None:
+    raw = b"mode: semantic\nembedding: [embed-local, embed-cloud]\nthreshold: 0.9\nmax_turns: 3\nallow_tools: true\n"
+    config = msgspec.yaml.decode(raw, type=CacheConfig)
+    assert (config.mode, config.embedding, config.threshold) == ("semantic", ("embed-local", "embed-cloud"), 0.9)
+    assert (config.max_turns, config.allow_tools, config.max_chars, config.embedding_timeout_s) == (3, True, 16_000, 1.0)
+    defaults = msgspec.convert({"mode": "semantic", "embedding": ["e"]}, CacheConfig)
+    assert (defaults.threshold, defaults.max_turns, defaults.allow_tools) == (0.95, 1, False)
+    store = msgspec.convert({"index": "postgres"}, CacheStoreConfig)
+    assert (store.index, store.index_timeout_s, store.index_sweep_s) == ("postgres", 0.5, 60.0)
+    assert "$.index" in refusal(CacheStoreConfig, {"index": "faiss"})
 
 
 def test_unknown_keys_are_refused_by_name() -> None:
