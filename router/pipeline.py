@@ -27,7 +27,7 @@ from router.guardrail_step import GuardrailStep
 from router.metrics import Metrics
 from router.privacy import apply_pii
 from router.reply_text import completion_texts
-from router.stream_end import cut_off
+from router.stream_end import cut_off, with_usage
 from router.stream_meter import StreamMeter
 from router.tracing import Tracing, pass_through
 from serving.base import Completion, StreamChunk
@@ -137,6 +137,8 @@ class Pipeline:
 
         cache = ctx.cache
         if cache is not None and cache.entry is not None:
+            if ctx.guardrails is not None and self.guardrails is not None:
+                await self.guardrails.post(ctx, cache.entry.body or b"")  # this requester's own post guardrails
             return replayed(ctx)
         ctx.attempted = True
         completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace)
@@ -176,7 +178,7 @@ class Pipeline:
             return first, chunks
 
         if ctx.cache is not None and ctx.cache.entry is not None:
-            return replay_stream(self, ctx)
+            return replay_stream(self, ctx, self.guardrails)
         ctx.attempted = True
         (first, chunks), deployment = await attempt(
             ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace
@@ -216,7 +218,7 @@ class Pipeline:
                     assert guard is not None
                     events = guard.cut(ctx, screen, verdict, chunk.data)  # content_filter; never a retry
                     await self.complete(ctx)
-                    yield b"".join(pending + events)
+                    yield b"".join(pending + with_usage(ctx, events))
                     return
                 if include_usage or not chunk.usage_only:
                     data = chunk.data if restore is None else restore.feed_chunk(chunk.data)

@@ -56,6 +56,7 @@ def _config(upstream: str, moderation: str) -> Config:
             {"kind": "secrets", "name": "no-secrets-answer", "mode": "post"},
         ]},
         {"alias": "echo-open", "deployments": ["echo"]},
+        {"alias": "echo-cached", "deployments": ["echo"], "cache": {"ttl_s": 300}},
         {"alias": "moderated-open", "deployments": ["normal"], "guardrails": [{**hanging, "name": "mod-open", "on_error": "fail_open"}]},
         {"alias": "moderated-closed", "deployments": ["normal"], "guardrails": [{**hanging, "name": "mod-closed", "on_error": "fail_closed"}]},
         {"alias": "moderation", "deployments": ["moderator"]},
@@ -63,8 +64,13 @@ def _config(upstream: str, moderation: str) -> Config:
     ]  # fmt: skip
     # tenant-b's own guardrail runs before any alias's: a pattern it may never send.
     raw["tenants"][1]["guardrails"] = [
-        {"kind": "deny_patterns", "name": "no-codenames", "patterns": ["project[- ]falcon"], "ignore_case": True}
+        {"kind": "deny_patterns", "name": "no-codenames", "patterns": ["project[- ]falcon"], "ignore_case": True},
+        {"kind": "secrets", "name": "b-no-secrets-answer", "mode": "post"},
+        {"kind": "secrets", "name": "b-no-secrets-out", "mode": "stream", "window_chars": 64},
     ]
+    # Both tenants share cache entries: what one was answered, the other may be replayed, screened by its own guardrails.
+    for tenant in raw["tenants"][:2]:
+        tenant["cache"] = {"scope": "team"}
     return msgspec.convert(raw, Config)
 
 
@@ -144,8 +150,10 @@ async def test_a_tenants_guardrail_applies_to_its_requests_only(gateway: tuple[s
             assert r.status == 200
 
 
-async def _stream_text(http: aiohttp.ClientSession, base: str, body: dict[str, Any]) -> tuple[str, list[str | None], str, bool]:
-    async with http.post(f"{base}/v1/chat/completions", json={**body, "stream": True}, headers=_headers()) as r:
+async def _stream_text(
+    http: aiohttp.ClientSession, base: str, body: dict[str, Any], key: str = TEST_KEY, usage: list[Any] | None = None
+) -> tuple[str, list[str | None], str, bool]:
+    async with http.post(f"{base}/v1/chat/completions", json={**body, "stream": True}, headers=_headers(key)) as r:
         assert r.status == 200
         request_id = r.headers["x-request-id"]
         raw = (await r.read()).decode()
@@ -156,7 +164,10 @@ async def _stream_text(http: aiohttp.ClientSession, base: str, body: dict[str, A
         if line == "data: [DONE]":
             done = True
             continue
-        for choice in msgspec.json.decode(line[6:]).get("choices", []):
+        chunk = msgspec.json.decode(line[6:])
+        if usage is not None and chunk.get("usage"):
+            usage.append(chunk["usage"])
+        for choice in chunk.get("choices", []):
             text += choice.get("delta", {}).get("content") or ""
             reasons.append(choice.get("finish_reason"))
     return text, [r for r in reasons if r is not None], request_id, done
@@ -185,6 +196,49 @@ async def test_a_secret_the_upstream_streams_ends_the_stream_with_content_filter
     assert (row.status, row.error, row.guardrail, row.stream) == (200, "guardrail_blocked", "no-secrets-out", True)
     assert row.completion_tokens > 0  # what the upstream generated is still billed
     assert _verdicts(gw, "no-secrets-out", "stream", "blocked") == 1
+
+
+async def test_a_stream_a_guardrail_ended_still_reports_its_usage(gateway: tuple[str, Gateway]) -> None:
+    base, gw = gateway
+    prompt = f"The key is {AWS_KEY} and then a long tail of text that must never be sent on."
+    usage: list[Any] = []
+    async with aiohttp.ClientSession() as http:
+        body = _chat("echo-guarded", prompt, stream_options={"include_usage": True})
+        text, reasons, request_id, done = await _stream_text(http, base, body, usage=usage)
+    assert reasons == ["content_filter"] and done and AWS_KEY not in text
+    row = await _row(gw, "tenant-a", request_id)
+    assert len(usage) == 1 and usage[0]["completion_tokens"] == row.completion_tokens > 0
+    assert usage[0]["prompt_tokens"] == row.prompt_tokens
+
+
+async def test_a_cache_hit_is_screened_by_the_requesters_own_guardrails(gateway: tuple[str, Gateway], fake_upstream: FakeUpstream) -> None:
+    base, gw = gateway
+    marker = secrets.token_hex(6)
+    payload = _chat("echo-cached", f"the key is {AWS_KEY} ({marker})", temperature=0)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v1/chat/completions", json=payload, headers=_headers()) as r:
+            assert (r.status, r.headers["x-sluicegate-cache"]) == (200, "miss")  # tenant-a has no guardrail
+            stored = r.headers["x-request-id"]
+        await _row(gw, "tenant-a", stored)
+        await asyncio.sleep(0.2)  # the entry is written after the response
+        async with http.post(f"{base}/v1/chat/completions", json=payload, headers=_headers()) as r:
+            assert (r.status, r.headers["x-sluicegate-cache"]) == (200, "hit")
+        async with http.post(f"{base}/v1/chat/completions", json=payload, headers=_headers(OTHER_KEY)) as r:
+            assert r.status == 400
+            body = await r.json()
+        assert "'b-no-secrets-answer'" in body["error"]["message"] and AWS_KEY not in msgspec.json.encode(body).decode()
+        # Streamed: stored from tenant-a's stream, replayed to tenant-b's and ended by its stream guardrail.
+        streamed = {**payload, "stream_options": {"include_usage": True}}
+        whole, _, first, _ = await _stream_text(http, base, streamed)
+        assert AWS_KEY in whole
+        await _row(gw, "tenant-a", first)
+        await asyncio.sleep(0.2)
+        usage: list[Any] = []
+        text, reasons, request_id, done = await _stream_text(http, base, streamed, key=OTHER_KEY, usage=usage)
+    assert reasons == ["content_filter"] and done and AWS_KEY[:4] not in text and len(usage) == 1
+    row = await _row(gw, "tenant-b", request_id)
+    assert (row.cache, row.guardrail, row.error) == ("hit", "b-no-secrets-out", "guardrail_blocked")
+    assert _upstream_saw(fake_upstream, marker) == 2  # one unary answer and one stream, each asked once
 
 
 @pytest.mark.parametrize(
