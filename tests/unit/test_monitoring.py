@@ -14,14 +14,18 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from budgets.ledger import LedgerBacklog
+from router.cache_step import CacheMetrics
+from router.guardrail_step import GuardrailStep
 from router.metrics import Metrics
+from router.semantic_cache import SemanticMetrics
+from router.tenant_records import TenantStore
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -47,6 +51,10 @@ def exported_series() -> dict[str, set[str]]:
     metrics.track_breakers(lambda: {"deployment-a": True})
     metrics.track_queues(list)
     metrics.track_ledger(lambda: LedgerBacklog(pending_rows=0, spool_bytes=0, healthy=True))
+    # The response cache's and the guardrails' families, registered by their steps on the same registry.
+    CacheMetrics(metrics.registry)
+    SemanticMetrics(metrics.registry)
+    GuardrailStep(metrics.registry, cast(TenantStore, None))
     series: dict[str, set[str]] = {}
     for collector in metrics.registry._collector_to_names:
         if isinstance(collector, MetricWrapperBase):
