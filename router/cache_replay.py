@@ -5,7 +5,9 @@ client who first asked (``router.cache_step``), so each requester's own PII
 restore, and the plugins' chunk hooks, apply here as they would to a fresh
 answer. A stream replays its stored payloads (the usage chunk among them only
 when the stored request asked for it, as the key's stream options say this
-one does too) and ends with ``[DONE]``; it is settled before its last bytes
+one does too) and ends with ``[DONE]``, or, on a surface with a renderer
+(Anthropic Messages, translated Responses), through the renderer as a served
+stream's chunks are; it is settled before its last bytes
 go out, as a served stream is.
 
 An entry may have been stored for a requester with other guardrails (a shared
@@ -58,6 +60,7 @@ async def replay_stream(pipeline: Settles, ctx: RequestContext, guard: Guardrail
     restore = ctx.restorer.stream() if ctx.restorer is not None and ctx.served.config.privacy == "cloud" else None
     hooks = ctx.snapshot.plugins if ctx.snapshot.plugins.on_chunk else None
     screen = guard.screen(ctx) if guard is not None and ctx.guardrails is not None else None
+    render = ctx.render
     ctx.status = CLIENT_CLOSED
     try:
         events: list[bytes] = []
@@ -71,15 +74,15 @@ async def replay_stream(pipeline: Settles, ctx: RequestContext, guard: Guardrail
             data = stored if restore is None else restore.feed_chunk(stored)
             if hooks is not None:
                 data = hooks.chunk(ctx, data)
-            events.append(b"data: " + data + b"\n\n")
+            events.append(b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data))
         ctx.status = 200
         if screen is not None and guard is not None:
             guard.screened(ctx, screen)
         await pipeline.complete(ctx)
         held = restore.flush() if restore is not None else None
         if held is not None:
-            events.append(b"data: " + held + b"\n\n")
-        events.append(_DONE)
+            events.append(b"data: " + held + b"\n\n" if render is None else render.chunk(ctx, held))
+        events.append(_DONE if render is None else render.end(ctx))
         yield b"".join(events)
     finally:
         pipeline.finish(ctx)

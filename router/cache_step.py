@@ -6,7 +6,7 @@ one that does, ``ResponseCache.lookup`` runs last in admission, after the
 limits and budget were reserved (a hit still counts against RPM): it decides
 whether the request may use the cache (``Cache-Control: no-store`` from the
 client, a request that does not qualify under the alias's ``qualify``, a
-tenant that opted out, an API surface that renders its own envelopes: all
+tenant that opted out, a native Responses request or a batch line: all
 ``bypass``), keys it (``router.cache_key``) on the body the first planned
 deployment would get, after the PII step, and looks the key up unless the
 client asked ``no-cache`` (a refresh). ``ctx.cache`` then says what happened
@@ -22,8 +22,11 @@ only under the key of the deployment that answered. Writes run in the
 background, kept until ``close`` drains them. A store that is down answers a
 miss; nothing here raises into a request.
 
-Only OpenAI chat, completions and embeddings are cached: the Responses and
-Anthropic surfaces (and batches, billed at their own price) are ``bypass``.
+OpenAI chat, completions and embeddings are cached, and so are Anthropic
+Messages and Responses requests served by translation to chat (each replay
+rendered for its own surface, under its own response id); a Responses
+request relayed to an upstream's own Responses API, and batch lines (billed
+at their own price), are ``bypass``.
 """
 
 from __future__ import annotations
@@ -229,15 +232,24 @@ class ResponseCache:
 
 
 def _cacheable(ctx: RequestContext) -> bool:
-    """OpenAI chat, completions and embeddings: a surface with a renderer, or a batch, is not cached."""
-    return ctx.render is None and type(ctx) is RequestContext and ctx.kind in _KINDS
+    """Chat, completions and embeddings, whichever surface renders them; a native Responses request or a batch is not cached."""
+    return type(ctx) is RequestContext and ctx.kind in _KINDS
 
 
 def _keyed_body(ctx: RequestContext, deployment: Deployment) -> JsonObject:
-    """``ctx`` as ``deployment`` would be asked: its post-PII body, with the completion bound a budget set."""
+    """``ctx`` as ``deployment`` would be asked: its post-PII body, with the completion bound a budget set.
+
+    A surface that always takes the usage chunk (its renderer reports usage)
+    asks for it without saying so in the body: the key says so, as the entry
+    it stores holds that chunk.
+    """
     body = ctx.source(deployment)
     if ctx.max_tokens is not None:
         body = {**body, "max_tokens": ctx.max_tokens}
+    if ctx.stream and ctx.include_usage:
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            body = {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
     return body
 
 

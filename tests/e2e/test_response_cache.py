@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -301,3 +302,52 @@ def test_a_dead_redis_serves_misses_and_never_a_500(dead_redis_gateway: Process,
     assert results == ["miss", "miss", "miss"]
     assert chunks and any(c.choices and c.choices[0].delta.content for c in chunks)
     assert len(upstream_requests(text)) == 4
+
+
+def test_messages_and_responses_hit_rendered_for_their_own_surface(cache_gateway: Process, upstream_requests: Requests) -> None:
+    """Anthropic Messages and translated Responses requests are cached too: each replay in its own envelope."""
+    text = marker()
+    with anthropic.Anthropic(base_url=cache_gateway.url, api_key=KEYS["a"], max_retries=0, timeout=20.0) as claude:
+
+        def ask_claude() -> Any:
+            messages = [{"role": "user", "content": text}]
+            return claude.messages.with_raw_response.create(
+                model="cached-model", max_tokens=64, extra_body={"temperature": 0}, messages=messages
+            )
+
+        miss = ask_claude()
+        ledger_row(cache_gateway, miss.headers["x-request-id"])
+        time.sleep(0.2)
+        hit = ask_claude()
+        assert (miss.headers["x-sluicegate-cache"], hit.headers["x-sluicegate-cache"]) == ("miss", "hit")
+        first, last = miss.parse(), hit.parse()
+        assert last.content == first.content and last.usage.output_tokens == first.usage.output_tokens > 0
+        assert last.id != first.id
+        with claude.messages.stream(
+            model="cached-model", max_tokens=64, extra_body={"temperature": 0}, messages=[{"role": "user", "content": text + " streamed"}]
+        ) as stream:
+            streamed = stream.get_final_message()
+            assert stream.response.headers["x-sluicegate-cache"] == "miss"
+            request_id = stream.response.headers["x-request-id"]
+        ledger_row(cache_gateway, request_id)
+        time.sleep(0.2)
+        with claude.messages.stream(
+            model="cached-model", max_tokens=64, extra_body={"temperature": 0}, messages=[{"role": "user", "content": text + " streamed"}]
+        ) as stream:
+            replayed = stream.get_final_message()
+            assert stream.response.headers["x-sluicegate-cache"] == "hit"
+        assert replayed.content == streamed.content and replayed.usage.output_tokens == streamed.usage.output_tokens > 0
+    with sdk(cache_gateway) as client:
+        one = client.responses.with_raw_response.create(model="cached-model", input=text + " responses", temperature=0)
+        ledger_row(cache_gateway, one.headers["x-request-id"])
+        time.sleep(0.2)
+        two = client.responses.with_raw_response.create(model="cached-model", input=text + " responses", temperature=0)
+        assert (one.headers["x-sluicegate-cache"], two.headers["x-sluicegate-cache"]) == ("miss", "hit")
+        a, b = one.parse(), two.parse()
+        assert a.output_text == b.output_text and a.id != b.id  # the same answer, each under its own response id
+        assert client.responses.retrieve(b.id).output_text == b.output_text  # a replayed response is stored like any other
+        events = list(client.responses.create(model="cached-model", input=text + " responses", temperature=0, stream=True))
+        assert events[-1].type == "response.completed"
+    # One upstream call per distinct request: Messages unary, Messages stream, Responses (unary; its stream is another key).
+    chat_calls = [r for r in upstream_requests(text) if r["path"].endswith("/chat/completions")]
+    assert len(chat_calls) == 4
