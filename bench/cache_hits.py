@@ -3,9 +3,13 @@
 ``python -m bench.cache_hits [--duration 10] [--concurrency 16] [--stream] [--upstream-delay-ms 0]``
 
 One gateway (one worker, the in-process cache store, ledger off) in front of
-the fake upstream, with two aliases of the same deployment: ``cached`` (an
-exact cache that takes every request) and ``uncached``. The same request body
-every time, so after one warm-up request every ``cached`` request is a hit.
+the fake upstream, with three aliases of the same deployment: ``cached`` (an
+exact cache that takes every request), ``semantic`` (a semantic cache whose
+embeddings come from the fake's ``words`` model on the same upstream) and
+``uncached``. The same request body every time, so after one warm-up request
+every ``cached`` request is a hit. The ``semantic`` target sends a rewording
+of the conversation its warm-up stored: each request is an exact miss, an
+embedding call, a nearest-neighbour search and a replay.
 Each target is driven by wrk for ``--duration`` seconds; printed: req/s, p50
 and p99 latency. ``--upstream-delay-ms`` makes the upstream wait before
 answering, as a real model would (the fake's ``slow`` behaviour): a hit never
@@ -18,6 +22,8 @@ import argparse
 import json
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 from bench.overhead_targets import BENCH_KEY, bench_key_hash, serve_argv
@@ -25,6 +31,7 @@ from bench.processes import Server, free_port
 from bench.wrk import WrkMissing, WrkResult, find_wrk, run_wrk
 
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+_REWORDED = [{"role": "user", "content": "say hello to the benchmark, please"}]
 
 
 def _config(upstream_url: str, key_hash: str, delay_ms: int) -> str:
@@ -40,10 +47,17 @@ def _config(upstream_url: str, key_hash: str, delay_ms: int) -> str:
             f"    base_url: {q(upstream_url)}",
             "    model: fake-model",
             f"    options: {{extra_headers: {q(headers)}}}",
+            "  - name: embed",
+            "    provider: openai",
+            f"    base_url: {q(upstream_url)}",
+            "    model: fake-words",
             "models:",
             "  - alias: cached",
             "    deployments: [fake]",
             "    cache: {mode: exact, ttl_s: 3600, qualify: always}",
+            "  - alias: semantic",
+            "    deployments: [fake]",
+            "    cache: {mode: semantic, embedding: [embed], threshold: 0.9, ttl_s: 3600, qualify: always}",
             "  - alias: uncached",
             "    deployments: [fake]",
             "tenants:",
@@ -56,11 +70,19 @@ def _config(upstream_url: str, key_hash: str, delay_ms: int) -> str:
     )
 
 
-def _body(model: str, stream: bool) -> bytes:
-    body: dict[str, object] = {"model": model, "messages": _MESSAGES, "temperature": 0}
+def _body(model: str, stream: bool, messages: list[dict[str, str]] = _MESSAGES) -> bytes:
+    body: dict[str, object] = {"model": model, "messages": messages, "temperature": 0}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _cache_result(url: str, body: bytes, headers: dict[str, str]) -> str:
+    """What the gateway's cache did for one request (``x-sluicegate-cache``)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+        return str(response.headers.get("x-sluicegate-cache"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +123,18 @@ def main(argv: list[str] | None = None) -> int:
                 "upstream direct": (direct_url, _body("fake-model", args.stream), direct_headers),
                 "gateway, miss": (url, _body("uncached", args.stream), gateway_headers),
                 "gateway, hit": (url, _body("cached", args.stream), gateway_headers),
+                "semantic hit": (url, _body("semantic", args.stream, _REWORDED), gateway_headers),
             }
             gateway.wait_ready(url, _body("uncached", False), gateway_headers, timeout_s=120)
+            # Store the answers the hit targets replay: the same body, and the conversation the rewording finds.
+            _cache_result(*targets["gateway, hit"])
+            _cache_result(url, _body("semantic", args.stream), gateway_headers)
+            time.sleep(0.5)  # entries are written after the response
+            for name in ("gateway, hit", "semantic hit"):
+                result = _cache_result(*targets[name])
+                if result != "hit":
+                    print(f"error: {name!r} is a cache {result}, not a hit; see {work / 'gateway.log'}", file=sys.stderr)
+                    return 1
             for name, (target_url, body, headers) in targets.items():
                 run_wrk(target_url, body, headers, duration_s=2, concurrency=args.concurrency)  # warm-up
                 results[name] = run_wrk(target_url, body, headers, duration_s=args.duration, concurrency=args.concurrency)
@@ -113,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'target':<16} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for name, result in results.items():
         print(f"{name:<16} {mode:<10} {result.rps:9.0f} {result.p50_ms:8.2f} {result.p99_ms:8.2f}")
-    miss, hit = results["gateway, miss"], results["gateway, hit"]
-    print(f"hit / miss req/s: {hit.rps / miss.rps:.2f}x")
+    miss, hit, semantic = results["gateway, miss"], results["gateway, hit"], results["semantic hit"]
+    print(f"hit / miss req/s: {hit.rps / miss.rps:.2f}x; semantic hit / miss: {semantic.rps / miss.rps:.2f}x")
     return 0
 
 
