@@ -26,6 +26,9 @@ from core.config_state import S3Config as S3Config  # noqa: PLC0414 - re-exporte
 from core.config_state import StateConfig as StateConfig  # noqa: PLC0414 - re-exported
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
+# An MCP grant: "server/tool" (one tool of an upstream MCP server) or "server/*" (all of that server's tools,
+# resources and prompts); the mcp plugin reads them (plugins/mcp/README.md).
+McpGrant = Annotated[str, msgspec.Meta(max_length=257, pattern=r"^[A-Za-z0-9_-]{1,64}/(\*|[A-Za-z0-9_.-]{1,128})$")]
 Provider = Literal["openai", "openai_compatible", "azure", "anthropic", "gemini", "vllm", "triton", "llamacpp", "plugin"]
 
 DEFAULT_PORT = 8300
@@ -298,6 +301,8 @@ class KeyConfig(_Strict):
     priority: Priority | None = None
     limits: LimitsConfig | None = None
     budgets: list[BudgetConfig] = msgspec.field(default_factory=list)
+    # Narrows the tenant's MCP grants for this key (a tool must match both); None: the tenant's grants.
+    mcp_tools: list[McpGrant] | None = None
 
 
 class DowngradeConfig(_Strict):
@@ -345,6 +350,8 @@ class TenantConfig(_Strict):
     cache: TenantCacheConfig | None = None
     # Guardrails (``core.config_guardrails``) every request of this tenant runs, before its alias's.
     guardrails: list[GuardrailConfig] = msgspec.field(default_factory=list)
+    # The MCP tools (resources, prompts) the tenant may see and call through the mcp plugin; empty: none.
+    mcp_tools: list[McpGrant] = msgspec.field(default_factory=list)
 
 
 class AlertsConfig(_Strict):

@@ -55,6 +55,10 @@ import msgspec
 from core.errors import GatewayError
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+    from prometheus_client import CollectorRegistry
+
+    from core.config import TenantConfig
     from core.principal import Principal
 
 # The interface this gateway speaks; a plugin declares the one it was built for.
@@ -126,6 +130,18 @@ class Completed(msgspec.Struct):
     request_id: str
 
 
+class PiiScan(msgspec.Struct):
+    """Texts as a tenant's PII policy leaves them: ``action`` is the policy's ("off" when it has none).
+
+    With ``redact`` and ``mask_and_restore`` the found values are placeholders in ``texts``; with ``block``
+    and ``restrict`` the texts are as given and ``counts`` says what was found (entity types, never values).
+    """
+
+    texts: list[str]
+    counts: dict[str, int]
+    action: str
+
+
 class Services(Protocol):
     """What the gateway offers a plugin: its pipeline, its callers, and where shared state lives."""
 
@@ -157,6 +173,30 @@ class Services(Protocol):
 
     def task_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
         """Every enabled plugin's task handlers by kind (the serving config version's; the first plugin's wins)."""
+        ...
+
+    def tenant_config(self, tenant: str) -> TenantConfig | None:
+        """The serving config version's entry for ``tenant`` (None for a tenant the config file does not name)."""
+        ...
+
+    async def scan_pii(self, tenant: str, texts: list[str]) -> PiiScan:
+        """``texts`` under the tenant's PII policy (raises ``GatewayError`` 503 when the analyzer fails)."""
+        ...
+
+    async def check_guardrails(self, tenant: str, texts: list[str]) -> str | None:
+        """The tenant's ``pre`` guardrails over ``texts`` as tool results: "guardrail/category" of a block, else None."""
+        ...
+
+    async def record_event(self, actor: str, action: str, tenant: str | None, target: str, event: dict[str, Any]) -> None:
+        """Append an entry to the audit log (``event``: JSON-ready builtins holding no secret)."""
+        ...
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """The registry the gateway's ``/metrics`` exposes: a plugin registers its collectors there, and unregisters them on close."""
+        ...
+
+    def tracer(self) -> Tracer | None:
+        """The gateway's tracer when tracing is on (spans join the gateway's exporter), else None."""
         ...
 
 

@@ -4,6 +4,10 @@ A model call a plugin makes runs the whole pipeline as any request does (PII,
 routing, limits, budgets, the ledger, the plugins' own hooks), as the
 principal the plugin names: the caller of one of its routes, or a tenant the
 plugin acts for (``principal``: the tenant's limits and budgets, no key's).
+A plugin that handles other traffic (the MCP gateway's tool calls) applies the
+serving version's tenant policies to it through the same objects the pipeline
+uses: the tenant's config entry, its PII policy (``scan_pii``) and guardrails
+(``check_guardrails``), the audit log, the metrics registry and the tracer.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from core.errors import NotFound
-from core.plugin import Completed
+from core.plugin import Completed, PiiScan
 from core.principal import Principal
 from router.context import RequestContext
 from router.tenant_records import TenantNotFound
@@ -24,7 +28,10 @@ from router.unary import new_request_id, serve_unary
 from serving.base import Kind
 
 if TYPE_CHECKING:
-    from core.config import StateConfig
+    from opentelemetry.trace import Tracer
+    from prometheus_client import CollectorRegistry
+
+    from core.config import Config, StateConfig, TenantConfig
     from router.pipeline import Pipeline
     from router.snapshot import Snapshot
     from router.tenant_records import TenantStore
@@ -50,6 +57,7 @@ class GatewayServices:
         self.redis_url = state.redis()
         self.postgres_dsn = state.dsn()
         self.data_dir = str(Path(state.files_path) / "plugins" / plugin)
+        self._tenant_index: tuple[Config, dict[str, TenantConfig]] | None = None
 
     async def authenticate(self, authorization: str | None) -> Principal:
         return await self._authenticate(authorization)
@@ -70,6 +78,51 @@ class GatewayServices:
             for kind, handler in plugin.task_handlers().items():
                 handlers.setdefault(kind, handler)
         return handlers
+
+    def tenant_config(self, tenant: str) -> TenantConfig | None:
+        config = self._snapshot().config
+        if self._tenant_index is None or self._tenant_index[0] is not config:
+            # Indexed once per config version: a plugin may ask on every request.
+            self._tenant_index = (config, {entry.id: entry for entry in config.tenants})
+        return self._tenant_index[1].get(tenant)
+
+    async def scan_pii(self, tenant: str, texts: list[str]) -> PiiScan:
+        """The tenant's policy (its own, else ``policies.pii``) over ``texts``, scanned as one completion prompt."""
+        policy = self._snapshot().policies.pii(tenant)
+        if policy is None or not texts:
+            return PiiScan(texts=list(texts), counts={}, action="off")
+        from policies.pii import scan_request
+
+        result = await scan_request("completion", {"prompt": list(texts)}, policy)
+        scanned = result.body.get("prompt")
+        out = [t if isinstance(t, str) else "" for t in scanned] if isinstance(scanned, list) else list(texts)
+        return PiiScan(texts=out, counts=dict(result.counts), action=policy.action)
+
+    async def check_guardrails(self, tenant: str, texts: list[str]) -> str | None:
+        """The tenant's own guardrails (no alias's), ``pre`` mode, each text a ``tool_result``."""
+        snapshot = self._snapshot()
+        index, step = snapshot.guardrails, self._pipeline().guardrails
+        if index is None or step is None or not texts:
+            return None
+        guardrails = index.get(tenant, "", lambda configs: step.build(snapshot, configs))
+        if guardrails is None or not guardrails.pre:
+            return None
+        from policies.guardrails_types import Text
+
+        result = await guardrails.pre.check([Text((i,), text, "tool_result") for i, text in enumerate(texts)])
+        blocked = result.blocked
+        return None if blocked is None else f"{blocked.guardrail}/{blocked.category or 'blocked'}"
+
+    async def record_event(self, actor: str, action: str, tenant: str | None, target: str, event: dict[str, Any]) -> None:
+        await self._tenants.record_event(actor, action, tenant, target, event)
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self._pipeline().metrics.registry
+
+    def tracer(self) -> Tracer | None:
+        tracing = self._pipeline().tracing
+        found: Tracer | None = getattr(tracing, "_tracer", None) if tracing.enabled else None
+        return found
 
     async def complete(self, principal: Principal, body: dict[str, Any], *, kind: str = "chat", trace_id: str | None = None) -> Completed:
         """One model call through the pipeline; every failure is a ``Completed`` with the error envelope, never raised."""

@@ -32,6 +32,7 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${install[@]}" --quiet --require-
 "${install[@]}" --quiet -e plugins/orchestrator
 "${install[@]}" --quiet -e plugins/gateway
 "${install[@]}" --quiet -e plugins/adapters
+"${install[@]}" --quiet -e plugins/mcp
 
 "$PY" - <<'PY'
 import importlib.util
