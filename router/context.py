@@ -90,6 +90,8 @@ class RequestContext:
     mirror: bool = False
     # The request got as far as an upstream attempt (refusals before it say nothing of a canary).
     attempted: bool = False
+    # Seconds spent in upstream attempts (retries and their backoff included): for a stream, until its first chunk.
+    upstream_s: float = 0.0
     route_reason: str | None = None
     # PII found under a `restrict` policy: only self-hosted deployments may serve.
     self_hosted_only: bool = False

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from router.metrics_view import FinishedRequest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OPENMETRICS = "application/openmetrics-text"
 
@@ -120,6 +121,13 @@ class Metrics:
             "sluicegate_shadow_requests_total", "Requests mirrored to a canary candidate, by alias and result (ok, error, shed).",
             ("model", "result"), r, fast=fast,
         )  # fmt: skip
+        # What the gateway itself adds, as ``x-sluicegate-overhead-ms`` says per response (``router.serve``).
+        overhead = histogram(
+            "sluicegate_overhead_seconds",
+            "Time spent outside upstream calls until the response headers: a whole non-streamed answer, a stream before its first byte.",
+            ("mode",), OVERHEAD_BUCKETS, r, fast=fast,
+        )  # fmt: skip
+        self.overhead_unary, self.overhead_stream = overhead.labels("unary"), overhead.labels("stream")
         self.plugin_hook_seconds = histogram(
             "sluicegate_plugin_hook_seconds", "Time in plugin hooks, by plugin and hook.", ("plugin", "hook"),
             (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), r, fast=fast,

@@ -141,7 +141,9 @@ class Pipeline:
                 await self.guardrails.post(ctx, cache.entry.body or b"")  # this requester's own post guardrails
             return replayed(ctx)
         ctx.attempted = True
+        upstream = time.perf_counter()
         completion, deployment = await attempt(ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace)
+        ctx.upstream_s = time.perf_counter() - upstream
         ctx.served, ctx.deployment = deployment, deployment.name
         ctx.usage = completion.usage
         if cache is not None:
@@ -180,13 +182,16 @@ class Pipeline:
         if ctx.cache is not None and ctx.cache.entry is not None:
             return replay_stream(self, ctx, self.guardrails)
         ctx.attempted = True
+        upstream = time.perf_counter()
         (first, chunks), deployment = await attempt(
             ctx.plan, run, ctx.snapshot.retry, self.metrics, ctx.alias, ctx.principal.tenant, ctx.trace
         )
+        now = time.perf_counter()
+        ctx.upstream_s = now - upstream
         ctx.served, ctx.deployment = deployment, deployment.name
         if ctx.restorer is None or deployment.config.privacy != "cloud":
             ctx.restorer = None  # nothing was masked on the way to this deployment
-        ctx.ttft = time.perf_counter() - ctx.started
+        ctx.ttft = now - ctx.started
         self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
         return self._relay(ctx, first, chunks)
 
