@@ -3,16 +3,27 @@
 Litestar's ``ASGIResponse`` takes ``encoded_headers`` only to decode each one,
 add it to a case-insensitive header map (a linear scan per header) and encode
 it again, with a deprecation warning per response. These keep Litestar's
-sending (and, for streams, its disconnect watch, which cancels the relay) and
-skip the header map: the handler's list of byte pairs is what uvicorn gets.
+sending and skip the header map: the handler's list of byte pairs is what
+uvicorn gets.
+
+A stream is sent from the handler's own task while one more task waits for
+the client to go away, and cancels the sending task when it does (the relay
+then ends as a client disconnect: settled, the upstream closed). Litestar's
+streaming response does the same through an anyio task group, a cancel scope
+and two tasks per stream, which cost more than the rest of the answer's
+framing.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import HTTPResponseBodyEvent, Receive, Send
+
+_END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -39,12 +50,12 @@ class JsonAnswer(ASGIResponse):
 
 
 class StreamAnswer(ASGIStreamingResponse):
-    """Chunks as they come; the client's disconnect cancels ``iterator`` (Litestar's task group)."""
+    """Chunks as they come; the client's disconnect cancels ``iterator``."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_chunks", "_raw")
 
     def __init__(self, iterator: AsyncIterator[bytes], headers: Headers, status_code: int = 200) -> None:
-        self.iterator = iterator
+        self.iterator = self._chunks = iterator
         self.body = b""
         self.status_code = status_code
         self.content_length = 0
@@ -56,3 +67,30 @@ class StreamAnswer(ASGIStreamingResponse):
 
     def encode_headers(self) -> Headers:
         return self._raw
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        """Send each chunk as it comes; return quietly once the client has gone (the relay cancelled)."""
+        sender = asyncio.current_task()
+        assert sender is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            sender.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            async for chunk in self._chunks:
+                event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": chunk, "more_body": True}
+                await send(event)
+            await send(_END)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            sender.uncancel()  # the cancel was the watcher's: the client left, nothing failed here
+        finally:
+            if not watcher.done():
+                watcher.cancel()
