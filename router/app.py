@@ -34,6 +34,7 @@ from router import (
     routes_ops,
     routes_plugins,
     routes_responses,
+    ui,
 )
 from router.defaults import embedded_config
 from router.gateway import Gateway
@@ -122,6 +123,7 @@ def create_app(config: Config, gateway: Gateway | None = None, source_path: str 
             *routes_batches.ROUTES,
             *routes_anthropic.ROUTES,
             *routes_moderations.ROUTES,
+            *ui.ROUTES,
             *routes_plugins.mounts(lambda: gw.snapshot),
         ],
         on_startup=[startup],

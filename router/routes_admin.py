@@ -31,7 +31,11 @@ from router.tenant_records import (
     OPS_SCOPE,
     READ_SCOPE,
     WRITE_SCOPE,
+    ApiKey,
+    AuditEntry,
+    CreatedKey,
     KeyCreate,
+    Tenant,
     TenantCreate,
     TenantNotFound,
     TenantStore,
@@ -71,13 +75,78 @@ class Caller:
             raise PermissionDenied(f"This operation needs the `{OPS_SCOPE}` scope.")
 
 
-async def caller_of(request: Request[Any, Any, Any]) -> tuple[Caller, TenantStore]:
-    gateway: Gateway = request.app.state.gateway
-    principal = await gateway.authenticate(request.headers.get("authorization"))
+def caller_for(principal: Principal) -> Caller:
+    """The admin API's view of a principal; 403 for one with no admin scope."""
     ops = principal.has_scope(OPS_SCOPE)
     if not (ops or principal.has_scope(READ_SCOPE) or principal.has_scope(WRITE_SCOPE)):
         raise PermissionDenied("This key may not use the admin API.")
-    return Caller(principal, ops), gateway.tenants
+    return Caller(principal, ops)
+
+
+async def caller_of(request: Request[Any, Any, Any]) -> tuple[Caller, TenantStore]:
+    gateway: Gateway = request.app.state.gateway
+    principal = await gateway.authenticate(request.headers.get("authorization"))
+    return caller_for(principal), gateway.tenants
+
+
+# --- the operations, shared by the routes below and the console (router.ui) ------------
+
+
+async def visible_tenants(caller: Caller, store: TenantStore) -> list[Tenant]:
+    if caller.ops:
+        return await store.list_tenants()
+    return [await store.get_tenant(caller.principal.tenant)]
+
+
+async def add_tenant(caller: Caller, store: TenantStore, spec: TenantCreate) -> Tenant:
+    caller.require_ops()
+    return await store.create_tenant(spec, caller.actor)
+
+
+async def read_tenant(caller: Caller, store: TenantStore, tenant_id: str) -> Tenant:
+    caller.reach(tenant_id)
+    return await store.get_tenant(tenant_id)
+
+
+async def change_tenant(caller: Caller, store: TenantStore, tenant_id: str, update: TenantUpdate) -> Tenant:
+    caller.reach(tenant_id, write=True)
+    forbidden = sorted(update.fields_set() - {"name"})
+    if forbidden and not caller.ops:
+        raise PermissionDenied(f"Only operators may change {', '.join(forbidden)}.", param=forbidden[0])
+    return await store.update_tenant(tenant_id, update, caller.actor)
+
+
+async def stop_tenant(caller: Caller, store: TenantStore, tenant_id: str) -> Tenant:
+    caller.reach(tenant_id)
+    caller.require_ops()
+    return await store.disable_tenant(tenant_id, caller.actor)
+
+
+async def tenant_keys(caller: Caller, store: TenantStore, tenant_id: str) -> list[ApiKey]:
+    caller.reach(tenant_id)
+    return await store.list_keys(tenant_id)
+
+
+async def mint_key(caller: Caller, store: TenantStore, tenant_id: str, spec: KeyCreate) -> CreatedKey:
+    """A new key; its plaintext is in the answer and nowhere else."""
+    caller.reach(tenant_id, write=True)
+    if not caller.ops:
+        spec = bounded_by(caller.principal, spec)
+    return await store.create_key(tenant_id, spec, caller.actor)
+
+
+async def drop_key(caller: Caller, store: TenantStore, tenant_id: str, key_id: str) -> ApiKey:
+    caller.reach(tenant_id, write=True)
+    return await store.revoke_key(tenant_id, key_id, caller.actor)
+
+
+async def audit_entries(caller: Caller, store: TenantStore, tenant: str | None, limit: int) -> list[AuditEntry]:
+    """Newest first; a tenant's own entries only, unless the caller is an operator."""
+    if not caller.ops:
+        if tenant is not None:
+            caller.reach(tenant)
+        tenant = caller.principal.tenant
+    return await store.list_audit(tenant, limit)
 
 
 async def _decode(request: Request[Any, Any, Any], kind: type[T]) -> T:
@@ -101,9 +170,7 @@ def _listing(items: list[Any]) -> Response[bytes]:
 @get(f"{PREFIX}/tenants")
 async def list_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
     caller, store = await caller_of(request)
-    if caller.ops:
-        return _listing(await store.list_tenants())
-    return _listing([await store.get_tenant(caller.principal.tenant)])
+    return _listing(await visible_tenants(caller, store))
 
 
 @post(f"{PREFIX}/tenants", status_code=201, opt={BODY: TenantCreate})
@@ -111,14 +178,13 @@ async def create_tenant(request: Request[Any, Any, Any]) -> Response[bytes]:
     caller, store = await caller_of(request)
     caller.require_ops()
     spec = await _decode(request, TenantCreate)
-    return _json(await store.create_tenant(spec, caller.actor), 201)
+    return _json(await add_tenant(caller, store, spec), 201)
 
 
 @get(f"{PREFIX}/tenants/{{tenant_id:str}}")
 async def get_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
     caller, store = await caller_of(request)
-    caller.reach(tenant_id)
-    return _json(await store.get_tenant(tenant_id))
+    return _json(await read_tenant(caller, store, tenant_id))
 
 
 @patch(f"{PREFIX}/tenants/{{tenant_id:str}}", opt={BODY: TenantUpdate})
@@ -126,25 +192,19 @@ async def update_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Resp
     caller, store = await caller_of(request)
     caller.reach(tenant_id, write=True)
     update = await _decode(request, TenantUpdate)
-    forbidden = sorted(update.fields_set() - {"name"})
-    if forbidden and not caller.ops:
-        raise PermissionDenied(f"Only operators may change {', '.join(forbidden)}.", param=forbidden[0])
-    return _json(await store.update_tenant(tenant_id, update, caller.actor))
+    return _json(await change_tenant(caller, store, tenant_id, update))
 
 
 @post(f"{PREFIX}/tenants/{{tenant_id:str}}/disable", status_code=200)
 async def disable_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
     caller, store = await caller_of(request)
-    caller.reach(tenant_id)
-    caller.require_ops()
-    return _json(await store.disable_tenant(tenant_id, caller.actor))
+    return _json(await stop_tenant(caller, store, tenant_id))
 
 
 @get(f"{PREFIX}/tenants/{{tenant_id:str}}/keys")
 async def list_keys(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
     caller, store = await caller_of(request)
-    caller.reach(tenant_id)
-    return _listing(await store.list_keys(tenant_id))
+    return _listing(await tenant_keys(caller, store, tenant_id))
 
 
 @post(f"{PREFIX}/tenants/{{tenant_id:str}}/keys", status_code=201, opt={BODY: KeyCreate})
@@ -152,9 +212,7 @@ async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Respons
     caller, store = await caller_of(request)
     caller.reach(tenant_id, write=True)
     spec = await _decode(request, KeyCreate)
-    if not caller.ops:
-        spec = bounded_by(caller.principal, spec)
-    created = await store.create_key(tenant_id, spec, caller.actor)
+    created = await mint_key(caller, store, tenant_id, spec)
     # The plaintext appears in this one response and nowhere else.
     body = {"key": created.key, **msgspec.to_builtins(created.record)}
     return _json(body, 201)
@@ -163,19 +221,14 @@ async def create_key(request: Request[Any, Any, Any], tenant_id: str) -> Respons
 @delete(f"{PREFIX}/tenants/{{tenant_id:str}}/keys/{{key_id:str}}", status_code=200)
 async def revoke_key(request: Request[Any, Any, Any], tenant_id: str, key_id: str) -> Response[bytes]:
     caller, store = await caller_of(request)
-    caller.reach(tenant_id, write=True)
-    return _json(await store.revoke_key(tenant_id, key_id, caller.actor))
+    return _json(await drop_key(caller, store, tenant_id, key_id))
 
 
 @get(f"{PREFIX}/audit")
 async def list_audit(request: Request[Any, Any, Any]) -> Response[bytes]:
     caller, store = await caller_of(request)
     tenant = request.query_params.get("tenant")
-    if not caller.ops:
-        if tenant is not None:
-            caller.reach(tenant)
-        tenant = caller.principal.tenant
-    return _listing(await store.list_audit(tenant, _limit(request.query_params.get("limit"))))
+    return _listing(await audit_entries(caller, store, tenant, _limit(request.query_params.get("limit"))))
 
 
 class TokenRevocation(msgspec.Struct, forbid_unknown_fields=True):
@@ -206,6 +259,14 @@ def _limit(raw: str | None) -> int:
 
 
 ROUTES = [
-    list_tenants, create_tenant, get_tenant, update_tenant, disable_tenant,
-    list_keys, create_key, revoke_key, list_audit, revoke_token,
+    list_tenants,
+    create_tenant,
+    get_tenant,
+    update_tenant,
+    disable_tenant,
+    list_keys,
+    create_key,
+    revoke_key,
+    list_audit,
+    revoke_token,
 ]

@@ -83,14 +83,52 @@ def _writable(gateway: Gateway) -> None:
     base = gateway.base
     if base.state.config == "file" and base.server.workers > 1:
         # One worker's history is not another's: a write here would reach one process only.
-        raise VersionConflict("With several workers and `state.config: file`, change the config by editing the file (or use `state.config: postgres`).")
+        raise VersionConflict(
+            "With several workers and `state.config: file`, change the config by editing the file (or use `state.config: postgres`)."
+        )
+
+
+# --- the operations, shared by the routes below and the console (router.ui) ------------
+
+
+async def current_version(gateway: Gateway) -> ConfigVersion:
+    """The version serving here, with its document."""
+    return await gateway.reloader.store.get(gateway.snapshot.version)
+
+
+async def replace_config(gateway: Gateway, actor: str, raw: dict[str, Any], *, expected: int | None, reason: str) -> ConfigVersion:
+    """A new version holding ``raw``; 409 when ``expected`` is not the latest, 422 for an invalid document."""
+    _writable(gateway)
+    document = _document(raw)
+    return await gateway.reloader.commit(document, expected=expected, actor=actor, reason=reason or "replaced through the admin API")
+
+
+async def roll_back(gateway: Gateway, actor: str, version: int, *, expected: int | None, reason: str) -> ConfigVersion:
+    """A new version whose document is ``version``'s."""
+    _writable(gateway)
+    target = await gateway.reloader.store.get(version)
+    return await gateway.reloader.commit(target.document, expected=expected, actor=actor, reason=reason or f"rollback to version {version}")
+
+
+async def version_diff(gateway: Gateway, old: int, new: int) -> dict[str, Any]:
+    store = gateway.reloader.store
+    a, b = await store.get(old), await store.get(new)
+    return {"from": old, "to": new, "changes": diff(msgspec.to_builtins(a.document), msgspec.to_builtins(b.document))}
+
+
+async def steer(gateway: Gateway, actor: str, model: str, action: str, reason: str) -> ConfigVersion:
+    """promote, pause, resume or abort the canary of ``model``: a new version."""
+    _writable(gateway)
+    if action not in ("promote", "pause", "resume", "abort"):
+        raise InvalidRequest("The action must be one of promote, pause, resume, abort.", param="action")
+    step: Literal["promote", "pause", "resume", "abort"] = action  # type: ignore[assignment]
+    return await gateway.canary_control.operate(model, step, actor, reason)
 
 
 @get(f"{PREFIX}/config")
 async def get_config(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, _ = await _ops(request)
-    version = gateway.snapshot.version
-    return _version_json(await gateway.reloader.store.get(version), document=True)
+    return _version_json(await current_version(gateway), document=True)
 
 
 @put(f"{PREFIX}/config", opt={BODY: ConfigWrite})
@@ -99,8 +137,7 @@ async def put_config(request: Request[Any, Any, Any]) -> Response[bytes]:
     _writable(gateway)
     expected = _if_match(request)
     spec: ConfigWrite = await _body(request, gateway, ConfigWrite)
-    document = _document(spec.config)
-    version = await gateway.reloader.commit(document, expected=expected, actor=actor, reason=spec.reason or "replaced through the admin API")
+    version = await replace_config(gateway, actor, spec.config, expected=expected, reason=spec.reason)
     return _version_json(version, document=False)
 
 
@@ -130,14 +167,11 @@ async def config_version(request: Request[Any, Any, Any], version: int) -> Respo
 @get(f"{PREFIX}/config/diff")
 async def config_diff(request: Request[Any, Any, Any]) -> Response[bytes]:
     gateway, _ = await _ops(request)
-    store = gateway.reloader.store
     old = _int(request.query_params.get("from"), "from", None, 2**62)
     new = _int(request.query_params.get("to"), "to", gateway.snapshot.version, 2**62) or gateway.snapshot.version
     if old is None:
         raise InvalidRequest("`from` is required: the version to compare.", param="from")
-    a, b = await store.get(old), await store.get(new)
-    body = {"from": old, "to": new, "changes": diff(msgspec.to_builtins(a.document), msgspec.to_builtins(b.document))}
-    return Response(msgspec.json.encode(body), media_type=JSON)
+    return Response(msgspec.json.encode(await version_diff(gateway, old, new)), media_type=JSON)
 
 
 @post(f"{PREFIX}/config/rollback", status_code=200, opt={BODY: Rollback})
@@ -146,9 +180,7 @@ async def config_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     _writable(gateway)
     expected = _if_match(request)
     spec: Rollback = await _body(request, gateway, Rollback)
-    target = await gateway.reloader.store.get(spec.version)
-    reason = spec.reason or f"rollback to version {spec.version}"
-    version = await gateway.reloader.commit(target.document, expected=expected, actor=actor, reason=reason)
+    version = await roll_back(gateway, actor, spec.version, expected=expected, reason=spec.reason)
     return _version_json(version, document=False)
 
 
@@ -165,8 +197,7 @@ async def steer_canary(request: Request[Any, Any, Any], model: str, action: str)
     if action not in ("promote", "pause", "resume", "abort"):
         raise InvalidRequest("The action must be one of promote, pause, resume, abort.", param="action")
     spec: CanaryAction = await _body(request, gateway, CanaryAction)
-    step: Literal["promote", "pause", "resume", "abort"] = action  # type: ignore[assignment]
-    version = await gateway.canary_control.operate(model, step, actor, spec.reason)
+    version = await steer(gateway, actor, model, action, spec.reason)
     return _version_json(version, document=False)
 
 

