@@ -26,7 +26,7 @@ from typing import Protocol
 
 import msgspec
 
-from budgets.ledger_query import UsageQuery, UsageRow
+from budgets.ledger_query import UsageQuery, UsageRow, UsageSource
 from budgets.ledger_row import LedgerRow, LedgerStore, decode_spooled
 from budgets.ledger_spool import Spool, replay_spool, write_or_reject
 
@@ -41,7 +41,7 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
     def record(self, row: LedgerRow) -> None: ...
     async def flush(self) -> None: ...
-    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+    async def usage(self, query: UsageQuery, source: UsageSource = "auto") -> list[UsageRow]: ...
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
     async def ping(self) -> bool: ...
 
@@ -194,8 +194,8 @@ class BatchingLedger:
             await self._replay_if_due(force=True)
             await self._write_buffer(force=True)
 
-    async def usage(self, query: UsageQuery) -> list[UsageRow]:
-        return await self._store.usage(query)
+    async def usage(self, query: UsageQuery, source: UsageSource = "auto") -> list[UsageRow]:
+        return await self._store.usage(query, source)
 
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]:
         return await self._store.rows(tenant, start, end, limit)

@@ -22,12 +22,19 @@ Row-level security (``core.pg_scope``): each call runs in a transaction bound
 to the tenant it asks about; the writer's batches mix tenants and run under
 ``ALL``. Monthly partitions are added through ``ledger_partition()``
 (migration 0002), which puts each under the same policy.
+
+The rollups (``ledger_hourly``, ``ledger_daily``; migration 0010) are kept by
+a statement trigger on ``ledger`` in the transaction of each batch, from the
+rows the insert added (a replayed duplicate adds none), so every writer keeps
+them, an older replica during a rolling upgrade included. Usage reports read
+them where they can (``budgets.ledger_usage``), and the raw rows where a role may not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Literal
@@ -35,21 +42,25 @@ from typing import Literal
 import asyncpg
 import msgspec
 
+from budgets import ledger_query
 from budgets.ledger import BatchingLedger, LedgerOptions
 from budgets.ledger_query import (
     UsageQuery,
     UsageRow,
+    UsageSource,
     from_epoch_us,
     rows_sql,
     to_epoch_us,
     usage_rows,
-    usage_sql,
 )
 from budgets.ledger_row import LedgerRow
+from budgets.ledger_usage import reads_rollup, usage_sql
 from budgets.migrate import apply_migrations
 from core.pg_scope import scope
 
 WriteMethod = Literal["copy", "unnest"]
+
+logger = logging.getLogger(__name__)
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text"), ("started_at", "timestamptz"), ("finished_at", "timestamptz"),
@@ -130,6 +141,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._months: set[tuple[int, int]] = set()  # partitions known to exist
+        self._rollup_warned = False
 
     async def open(self) -> None:
         """Nothing to do yet: connecting waits for the first use so a down database cannot stop start-up."""
@@ -218,8 +230,18 @@ class PostgresStore:
             records: list[asyncpg.Record] = await conn.fetch(sql, *params, timeout=self._query_timeout_s)
             return records
 
-    async def usage(self, query: UsageQuery) -> list[UsageRow]:
-        sql, params = usage_sql(query, "postgres")
+    async def usage(self, query: UsageQuery, source: UsageSource = "auto") -> list[UsageRow]:
+        if source == "auto" and reads_rollup(query):
+            try:
+                return await self._usage(query, *usage_sql(query, "postgres"))
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedTableError) as exc:
+                # Not migrated yet (auto_migrate off), or the role lacks SELECT on the rollups: the rows still answer.
+                if not self._rollup_warned:
+                    logger.warning("ledger: usage reports read the raw rows: the rollups are not readable (%s)", exc)
+                    self._rollup_warned = True
+        return await self._usage(query, *ledger_query.usage_sql(query, "postgres"))
+
+    async def _usage(self, query: UsageQuery, sql: str, params: list[object]) -> list[UsageRow]:
         records = await self._fetch(query.tenant, sql, params)
         return usage_rows(query, [tuple(r.values()) for r in records])
 

@@ -1,4 +1,7 @@
-"""Usage queries over the cost ledger, shared by the SQLite and PostgreSQL stores.
+"""Usage queries over the cost ledger's rows, shared by the SQLite and PostgreSQL stores.
+
+``usage_sql`` reads the raw rows; ``budgets.ledger_usage`` reads the rollups
+where they can answer, and the same expressions for the rows it still reads.
 
 User input never reaches SQL text: each allowed group-by name maps to a fixed
 expression per dialect, and every value travels as a bound parameter.
@@ -14,11 +17,13 @@ import msgspec
 GroupBy = Literal["tenant", "model", "deployment", "key", "day", "hour", "provider", "status"]
 GROUP_BY_NAMES: frozenset[str] = frozenset(get_args(GroupBy))
 Dialect = Literal["sqlite", "postgres"]
+# Where a usage report is read from: the rollups where they can answer ("auto"), or the rows themselves.
+UsageSource = Literal["auto", "raw"]
 
 # Day and hour are UTC and formatted identically by both dialects so that
 # FinOps reports do not depend on which store produced them.
 _SQLITE_TIME = "(started_us / 1000000)"
-_GROUP_EXPR: dict[Dialect, dict[str, str]] = {
+GROUP_EXPR: dict[Dialect, dict[str, str]] = {
     "sqlite": {
         "tenant": "tenant",
         "model": "model",
@@ -45,10 +50,7 @@ _TIME_COLUMN: dict[Dialect, str] = {"sqlite": "started_us", "postgres": "started
 
 _AGGREGATES = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost")
 # Cache hits: the embedded table keeps the cache's result in the detail array (its ninth item).
-_HITS: dict[Dialect, str] = {
-    "sqlite": "count(*) FILTER (WHERE json_extract(detail, '$[8]') = 'hit')",
-    "postgres": "count(*) FILTER (WHERE cache = 'hit')",
-}
+IS_HIT: dict[Dialect, str] = {"sqlite": "json_extract(detail, '$[8]') = 'hit'", "postgres": "cache = 'hit'"}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -114,7 +116,7 @@ class UsageRow(msgspec.Struct, kw_only=True):
     saved: int = 0
 
 
-class _Params:
+class Params:
     """Collects bound values and renders the dialect's placeholder for each."""
 
     def __init__(self, dialect: Dialect) -> None:
@@ -130,7 +132,8 @@ def _time_value(dialect: Dialect, value: datetime) -> object:
     return to_epoch_us(value) if dialect == "sqlite" else as_utc(value)
 
 
-def _where(dialect: Dialect, params: _Params, tenant: str | None, start: datetime, end: datetime) -> str:
+def where_sql(dialect: Dialect, params: Params, tenant: str | None, start: datetime, end: datetime) -> str:
+    """Rows with ``start <= started < end`` (of ``tenant`` when one is named)."""
     column = _TIME_COLUMN[dialect]
     clauses = [
         f"{column} >= {params.add(_time_value(dialect, start))}",
@@ -142,12 +145,13 @@ def _where(dialect: Dialect, params: _Params, tenant: str | None, start: datetim
 
 
 def usage_sql(query: UsageQuery, dialect: Dialect) -> tuple[str, list[object]]:
-    """SQL and parameters for a usage report; group columns come first."""
-    params = _Params(dialect)
-    exprs = [_GROUP_EXPR[dialect][name] for name in query.group_by]
+    """SQL and parameters for a usage report over the raw rows; group columns come first."""
+    params = Params(dialect)
+    exprs = [GROUP_EXPR[dialect][name] for name in query.group_by]
     sums = [f"sum({col})" for col in _AGGREGATES]
-    select = [*exprs, "count(*)", *sums, "count(*) FILTER (WHERE status >= 400)", _HITS[dialect], "sum(saved)"]
-    where = _where(dialect, params, query.tenant, query.start, query.end)
+    select = [*exprs, "count(*)", *sums, "count(*) FILTER (WHERE status >= 400)",
+              f"count(*) FILTER (WHERE {IS_HIT[dialect]})", "sum(saved)"]  # fmt: skip
+    where = where_sql(dialect, params, query.tenant, query.start, query.end)
     sql = f"SELECT {', '.join(select)} FROM ledger WHERE {where}"
     if exprs:
         positions = ", ".join(str(i + 1) for i in range(len(exprs)))
@@ -156,11 +160,11 @@ def usage_sql(query: UsageQuery, dialect: Dialect) -> tuple[str, list[object]]:
 
 
 def usage_rows(query: UsageQuery, records: list[tuple[object, ...]]) -> list[UsageRow]:
-    """Result tuples from :func:`usage_sql` --> report rows (empty groups dropped)."""
+    """Result tuples of a usage report (group columns, then the sums in UsageRow's order) --> report rows (empty groups dropped)."""
     width = len(query.group_by)
     out: list[UsageRow] = []
     for record in records:
-        requests = int(record[width])  # type: ignore[call-overload]
+        requests = int(record[width] or 0)  # type: ignore[call-overload]
         if requests == 0:
             continue  # an ungrouped aggregate over no rows
         # Postgres sums bigint into numeric (a Decimal here): int() keeps it exact
@@ -186,7 +190,7 @@ def rows_sql(dialect: Dialect, tenant: str | None, start: datetime, end: datetim
     """WHERE/ORDER/LIMIT tail for listing raw rows, oldest first."""
     if limit < 0:
         raise ValueError("limit must not be negative")
-    params = _Params(dialect)
-    where = _where(dialect, params, tenant, start, end)
+    params = Params(dialect)
+    where = where_sql(dialect, params, tenant, start, end)
     column = _TIME_COLUMN[dialect]
     return f"WHERE {where} ORDER BY {column}, request_id LIMIT {params.add(limit)}", params.values

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from budgets.ledger_query import UsageQuery, UsageRow, from_epoch_us, to_epoch_us
+from budgets.ledger_query import UsageQuery, UsageRow, UsageSource, from_epoch_us, to_epoch_us
 
 
 class LedgerRow(msgspec.Struct):
@@ -70,7 +70,10 @@ class LedgerStore(Protocol):
         ...
 
     async def write(self, rows: Sequence[LedgerRow]) -> None: ...
-    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+    async def usage(self, query: UsageQuery, source: UsageSource = "auto") -> list[UsageRow]:
+        """A usage report, from the rollups where they answer (``"auto"``) or from the rows (``"raw"``): the same result."""
+        ...
+
     async def rows(self, tenant: str | None, start: datetime, end: datetime, limit: int) -> list[LedgerRow]: ...
     async def ping(self) -> bool: ...
     def refuses(self, exc: Exception) -> bool:

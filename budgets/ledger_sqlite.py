@@ -11,6 +11,10 @@ reader thread with a connection of their own.
 Times are stored as integer microseconds since the epoch (UTC) so that range
 filters are exact integer comparisons; money and token sums are exact 64-bit
 integers. The table's layout is in ``budgets.ledger_sqlite_schema``.
+
+Each batch also adds its sums to the rollups, in the same transaction:
+each INSERT returns the keys it added (an ignored duplicate returns nothing),
+and only those rows are summed (``budgets.ledger_sqlite_rollup``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from datetime import datetime
 from itertools import chain
 from typing import TypeVar
 
+from budgets import ledger_query
 from budgets.ledger import BatchingLedger, LedgerOptions
-from budgets.ledger_query import UsageQuery, UsageRow, rows_sql, usage_rows, usage_sql
+from budgets.ledger_query import UsageQuery, UsageRow, UsageSource, rows_sql, usage_rows
+from budgets.ledger_rollup import HourlySums
 from budgets.ledger_row import LedgerRow
+from budgets.ledger_sqlite_rollup import upsert_sums
 from budgets.ledger_sqlite_schema import COLUMNS, from_record, prepare, to_record
+from budgets.ledger_usage import usage_sql
 
 T = TypeVar("T")
 
@@ -40,7 +48,8 @@ _CHECKPOINT_ROWS = 5_000
 
 
 def _insert_sql(rows: int) -> str:
-    return f"INSERT OR IGNORE INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * rows)}"
+    values = ", ".join([_ROW] * rows)
+    return f"INSERT OR IGNORE INTO ledger ({', '.join(COLUMNS)}) VALUES {values} RETURNING request_id, started_us"
 
 
 _INSERT_FULL = _insert_sql(_ROWS_PER_STATEMENT)
@@ -113,7 +122,9 @@ class SQLiteStore:
         conn = self._writer
         if conn is None:
             raise RuntimeError("SQLite ledger store is not open")
-        records = [to_record(row) for row in rows]
+        batch = list(rows)
+        records = [to_record(row) for row in batch]
+        sums = HourlySums()
         step = _ROWS_PER_STATEMENT
         conn.execute("BEGIN IMMEDIATE")  # one transaction per batch
         try:
@@ -122,7 +133,9 @@ class SQLiteStore:
                     await asyncio.sleep(0)  # let requests run between statements
                 part = records[i : i + step]
                 sql = _INSERT_FULL if len(part) == step else _insert_sql(len(part))
-                conn.execute(sql, list(chain.from_iterable(part)))
+                added = conn.execute(sql, list(chain.from_iterable(part))).fetchall()
+                sums.add_inserted(batch[i : i + step], added)
+            upsert_sums(conn, sums)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -138,8 +151,8 @@ class SQLiteStore:
         self._unchecked_rows = 0
         self._checkpoint = asyncio.ensure_future(self._call(_checkpoint_passive))
 
-    async def usage(self, query: UsageQuery) -> list[UsageRow]:
-        sql, params = usage_sql(query, "sqlite")
+    async def usage(self, query: UsageQuery, source: UsageSource = "auto") -> list[UsageRow]:
+        sql, params = usage_sql(query, "sqlite") if source == "auto" else ledger_query.usage_sql(query, "sqlite")
         records = await self._call(lambda conn: [tuple(r) for r in conn.execute(sql, params).fetchall()])
         return usage_rows(query, records)
 

@@ -16,7 +16,9 @@ first time this release opens it: the twenty-column layout (version 0) is
 converted, a table without the config version and arm (version 2) gains
 them, its rows reading as version 0 outside any canary, one without the
 batch id (version 3) gains it, its rows reading as interactive, and one
-without the cache savings (version 4) gains them, its rows saving nothing. A
+without the cache savings (version 4) gains them, its rows saving nothing,
+and one without the hourly and daily rollups (version 5) gains them, computed
+from the rows it holds (``budgets.ledger_sqlite_rollup``). A
 detail array of eight items (rows without a cache, or of earlier releases)
 reads as no cache; one of ten, as no guardrail (the eleventh item names the
 guardrail that blocked the request, when one did).
@@ -30,8 +32,9 @@ import msgspec
 from msgspec.structs import astuple
 
 from budgets.ledger_row import LedgerRow
+from budgets.ledger_sqlite_rollup import create_rollup
 
-VERSION = 5
+VERSION = 6
 
 COLUMNS = (
     "request_id", "started_us", "tenant", "key_id", "model", "deployment", "provider",
@@ -128,6 +131,7 @@ def prepare(conn: sqlite3.Connection) -> None:
         for name, kind in _ADDED.items():
             if name not in present:
                 conn.execute(f"ALTER TABLE ledger ADD COLUMN {name} {kind}")
+        create_rollup(conn)
         conn.execute(f"PRAGMA user_version = {VERSION}")
         conn.execute("COMMIT")
     except BaseException:

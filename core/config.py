@@ -21,6 +21,7 @@ from core.config_base import SecretRef as SecretRef  # noqa: PLC0414 - re-export
 from core.config_base import Strict as _Strict
 from core.config_cache import CacheConfig, TenantCacheConfig
 from core.config_guardrails import GuardrailConfig
+from core.config_oidc import ConsoleOidcConfig
 from core.config_state import BatchesConfig as BatchesConfig  # noqa: PLC0414 - re-exported
 from core.config_state import S3Config as S3Config  # noqa: PLC0414 - re-exported
 from core.config_state import StateConfig as StateConfig  # noqa: PLC0414 - re-exported
@@ -103,6 +104,8 @@ class AuthConfig(_Strict):
     key_pepper: SecretRef | None = None
     # OIDC/JWT bearer tokens as a second way in (RS256/ES256 against a JWKS).
     jwt: JwtConfig | None = None
+    # Sign-in to the console (/ui) with an OIDC provider: authorization code with PKCE.
+    oidc: ConsoleOidcConfig | None = None
 
 
 class Price(_Strict):

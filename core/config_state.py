@@ -54,6 +54,8 @@ class StateConfig(_Strict):
     redis_url: SecretRef | str | None = None
     # Rate limits, concurrency and budgets: in this process, or shared in Redis.
     counters: Literal["memory", "redis"] = "memory"
+    # `redis_url` names a node of a Redis Cluster: counters are sharded by tenant over its shards.
+    counters_cluster: bool = False
     # The cost ledger: a local SQLite file, or PostgreSQL (batched, spooled when down).
     ledger: Literal["sqlite", "postgres", "off"] = "sqlite"
     ledger_path: str = "sluicegate-ledger.sqlite"
@@ -85,6 +87,10 @@ class StateConfig(_Strict):
     responses_retention_days: Annotated[int, msgspec.Meta(ge=0, le=36_500)] = 30
     # The response cache's entries: in this process, or in Redis (`redis_url`) every replica shares.
     cache: CacheStoreConfig = msgspec.field(default_factory=CacheStoreConfig)
+
+    def __post_init__(self) -> None:
+        if self.counters_cluster and self.counters != "redis":
+            raise ValueError("`counters_cluster` needs `counters: redis`")
 
     def dsn(self) -> str | None:
         """The PostgreSQL URL; a reference is resolved here so the URL is never in the file."""

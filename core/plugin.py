@@ -38,7 +38,10 @@ plugin (``task_handlers()``), offer engines (deployments with ``provider: plugin
 and ``options.engine`` naming one), offer guardrails (a ``guardrails:`` entry
 with ``kind: plugin`` and ``plugin`` naming one: ``guardrail_names`` and
 ``guardrails()``, objects shaped as ``policies.guardrails_types.Guardrail``),
-and run a background ``worker()``.
+and run a background ``worker()``. A plugin that fronts tool servers (the MCP
+gateway) may offer them to the Responses API's ``mcp`` tools through
+``tool_provider()``: the gateway lists and calls them as the request's caller,
+and the plugin applies its own grants, limits, PII, guardrails and audit.
 ``api_version`` is the interface a plugin was built for; a gateway refuses
 at start (and at every config check) a plugin whose version it does not
 speak, naming both.
@@ -142,6 +145,44 @@ class PiiScan(msgspec.Struct):
     action: str
 
 
+class ToolSpec(msgspec.Struct, frozen=True):
+    """One tool of a tool server, as a model is offered it: its name on that server and its input's JSON schema."""
+
+    name: str
+    input_schema: dict[str, Any]
+    description: str | None = None
+    # The server's hints (``readOnlyHint``, ...), as it sent them.
+    annotations: dict[str, Any] | None = None
+
+
+class ToolListing(msgspec.Struct, frozen=True):
+    """The tools of one server a caller may call; ``error`` says why none could be listed (the server is down)."""
+
+    tools: list[ToolSpec]
+    error: str | None = None
+
+
+class ToolResult(msgspec.Struct, frozen=True):
+    """A tool call's outcome as text: the result's, or (``is_error``) why the call failed or was stopped."""
+
+    output: str
+    is_error: bool = False
+
+
+class ToolProvider(Protocol):
+    """Tool servers a plugin fronts, offered to the Responses API's ``mcp`` tools under their server labels."""
+
+    async def list_tools(self, principal: Principal, server_label: str) -> ToolListing | None:
+        """The server's tools ``principal`` may call; None when it has no server of that label the caller may use."""
+        ...
+
+    async def call_tool(
+        self, principal: Principal, server_label: str, name: str, arguments: dict[str, Any], *, trace_id: str | None = None
+    ) -> ToolResult:
+        """One call under the plugin's grants, limits, PII policy, guardrails and audit; failures are error results."""
+        ...
+
+
 class Services(Protocol):
     """What the gateway offers a plugin: its pipeline, its callers, and where shared state lives."""
 
@@ -242,6 +283,10 @@ class Plugin:
     def guardrails(self) -> dict[str, Any]:
         """Guardrails by name: each with ``name``, ``async check(texts) -> Verdict`` (and ``stream()`` for ``mode: stream``)."""
         return {}
+
+    def tool_provider(self) -> ToolProvider | None:
+        """The tool servers it offers the Responses API's ``mcp`` tools (asked once per config version), or None."""
+        return None
 
     async def after_auth(self, request: HookRequest) -> Reply | None:
         return None

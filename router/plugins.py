@@ -6,7 +6,9 @@ is a ``ConfigError`` naming the key. ``PluginHost`` builds a ``PluginSet`` for
 each config version, reusing the instance of an entry that did not change;
 the snapshot carries the set, so a request runs the hooks of the version it
 started on. A set keeps one tuple per hook of the plugins that override it:
-the pipeline tests the tuple and pays nothing when it is empty.
+the pipeline tests the tuple and pays nothing when it is empty. The set also
+holds the tool servers its plugins offer (``tool_server``), for the Responses
+API's ``mcp`` tools.
 """
 
 from __future__ import annotations
@@ -23,9 +25,21 @@ import msgspec
 
 from core.config import PluginConfig
 from core.errors import GatewayError, Overloaded
-from core.plugin import API_VERSION, ENTRY_POINT_GROUP, SUPPORTED_API_VERSIONS, HookRequest, Plugin, Reply, Services, overrides
+from core.plugin import (
+    API_VERSION,
+    ENTRY_POINT_GROUP,
+    SUPPORTED_API_VERSIONS,
+    HookRequest,
+    Plugin,
+    Reply,
+    Services,
+    ToolListing,
+    ToolProvider,
+    overrides,
+)
 
 if TYPE_CHECKING:
+    from core.principal import Principal
     from router.metrics import Metrics
 
 log = logging.getLogger("sluicegate.plugins")
@@ -129,6 +143,8 @@ class PluginSet:
     engine_owners: dict[str, Plugin] = field(default_factory=dict)
     # Guardrails the plugins offer, by name (the first plugin in config order that offers a name wins).
     guardrails: dict[str, Any] = field(default_factory=dict)
+    # Tool servers the plugins offer, in config order (asked by server label).
+    tool_providers: tuple[ToolProvider, ...] = ()
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -147,6 +163,16 @@ class PluginSet:
                     self.engine_owners[engine] = plugin
             for name, guardrail in (plugin.guardrails() if loaded.cls.guardrail_names else {}).items():
                 self.guardrails.setdefault(name, guardrail)
+        providers = (plugin.tool_provider() for _, plugin in self.plugins if overrides(plugin, "tool_provider"))
+        self.tool_providers = tuple(p for p in providers if p is not None)
+
+    async def tool_server(self, principal: Principal, server_label: str) -> tuple[ToolProvider, ToolListing] | None:
+        """The first provider with a server of that label ``principal`` may use, and its listing; None if none has."""
+        for provider in self.tool_providers:
+            listing = await provider.list_tools(principal, server_label)
+            if listing is not None:
+                return provider, listing
+        return None
 
     async def run(self, hooks: tuple[_Hook, ...], name: str, ctx: HookRequest) -> None:
         """Run one request hook of each plugin in order; a Reply ends the request (``ShortCircuit``)."""

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from core.errors import InvalidRequest
+from router.responses_mcp_wire import McpApprovalRequestItem, McpApprovalResponseItem, McpCallItem, McpListToolsItem
 from router.responses_wire import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -51,10 +52,19 @@ def input_items(request: ResponsesRequest, request_id: str) -> list[JsonObject]:
             fields = {"type": "function_call", "id": item.id or f"fc_{request_id}_{n}", "call_id": item.call_id}
             fields.update(name=item.name, arguments=item.arguments)
         elif isinstance(item, FunctionCallOutputItem):
-            output: str | list[JsonObject] = item.output if isinstance(item.output, str) else [
-                _input_part(p, f"input[{n}].output[{j}]") for j, p in enumerate(item.output)
-            ]
+            output: str | list[JsonObject] = (
+                item.output
+                if isinstance(item.output, str)
+                else [_input_part(p, f"input[{n}].output[{j}]") for j, p in enumerate(item.output)]
+            )
             fields = {"type": "function_call_output", "id": item.id or f"fco_{request_id}_{n}", "call_id": item.call_id, "output": output}
+        elif isinstance(item, McpApprovalResponseItem):
+            fields = {"type": "mcp_approval_response", "id": item.id or f"mcpa_{request_id}_{n}"}
+            out.append({**fields, "approval_request_id": item.approval_request_id, "approve": item.approve, "reason": item.reason})
+            continue
+        elif isinstance(item, (McpApprovalRequestItem, McpCallItem, McpListToolsItem)):
+            out.append({k: v for k, v in _to_builtins(item).items() if v is not None})
+            continue
         else:  # reasoning, web or file search: kept as sent, for an upstream with the Responses API
             out.append({"status": "completed", **{k: v for k, v in _to_builtins(item).items() if v is not None}})
             continue
@@ -100,26 +110,60 @@ def _input_part(part: Part, param: str) -> JsonObject:
 def chat_messages(instructions: str | None, items: list[JsonObject]) -> list[JsonObject]:
     """The chat messages of a conversation; consecutive function calls join the assistant turn before them.
 
-    Items chat has no words for (reasoning, built-in tools' calls) are left out:
-    the messages around them carry what they led to.
+    Items chat has no words for (reasoning, built-in tools' calls, MCP tool
+    lists) are left out: the messages around them carry what they led to. An
+    MCP call is the assistant's tool call and its result; a declined approval
+    request, a tool call the client refused.
     """
     messages: list[JsonObject] = [{"role": "system", "content": instructions}] if instructions else []
+    asked: dict[str, JsonObject] = {}  # MCP approval requests by id
     for item in items:
         kind = item["type"]
         if kind == "message":
             messages.append(_chat_message(item))
         elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            _append_call(messages, item["call_id"], item["name"], item["arguments"])
         elif kind == "function_call_output":
             output = item["output"]
             content = output if isinstance(output, str) else _chat_content(output)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
+        elif kind == "mcp_call":
+            _append_call(messages, item["id"], item["name"], item["arguments"])
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": mcp_call_text(item)})
+        elif kind == "mcp_approval_request":
+            asked[item["id"]] = item
+        elif kind == "mcp_approval_response" and not item["approve"] and item["approval_request_id"] in asked:
+            request = asked[item["approval_request_id"]]
+            _append_call(messages, request["id"], request["name"], request["arguments"])
+            messages.append({"role": "tool", "tool_call_id": request["id"], "content": DECLINED})
     return messages
+
+
+DECLINED = "The user declined this tool call."
+
+
+def _append_call(messages: list[JsonObject], call_id: str, name: str, arguments: str) -> None:
+    """A tool call joins the assistant turn before it, or opens one."""
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def mcp_call_text(item: JsonObject) -> str:
+    """What the model reads of an MCP call: its output, else its error's text."""
+    output = item.get("output")
+    if isinstance(output, str):
+        return output
+    error = item.get("error")
+    if isinstance(error, dict):
+        content = error.get("content")
+        if isinstance(content, list):
+            return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return str(error.get("message", "The tool call failed."))
+    return str(error) if error else ""
 
 
 def _chat_message(item: JsonObject) -> JsonObject:

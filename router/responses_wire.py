@@ -20,6 +20,7 @@ import msgspec
 
 from core.errors import InvalidRequest
 from router.decode import decode_object, log_unknown, validation_error
+from router.responses_mcp_wire import MCP_ITEM_TYPES, McpItem
 from router.wire import PositiveInt, Probability, Temperature
 
 # --- input items ------------------------------------------------------------
@@ -96,7 +97,7 @@ class FileSearchCallItem(msgspec.Struct, tag_field="type", tag="file_search_call
     results: list[dict[str, Any]] | None = None
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | WebSearchCallItem | FileSearchCallItem
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | WebSearchCallItem | FileSearchCallItem | McpItem
 ITEM_TYPES = frozenset(("message", "function_call", "function_call_output"))
 NATIVE_ITEM_TYPES = ITEM_TYPES | {"reasoning", "web_search_call", "file_search_call"}
 
@@ -174,7 +175,15 @@ _SHOWN = 64  # characters of a client-chosen type name quoted back in an error
 FUNCTION_TOOLS = frozenset(("function",))
 # Built-in tools an upstream with the Responses API runs itself.
 BUILTIN_TOOLS = frozenset(
-    ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11", "file_search", "code_interpreter", "image_generation")
+    (
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+    )
 )
 
 
@@ -216,11 +225,14 @@ def request_model(raw: dict[str, Any]) -> str:
     return model
 
 
-def decode_request(body: bytes | dict[str, Any]) -> tuple[ResponsesRequest, int]:
-    """The validated request and the number of unknown top-level fields (dropped); a 400 for anything else."""
+def decode_request(body: bytes | dict[str, Any], *, mcp: bool = False) -> tuple[ResponsesRequest, int]:
+    """The validated request and the number of unknown top-level fields (dropped); a 400 for anything else.
+
+    ``mcp``: the request has ``mcp`` tools (taken out of it already), so its input may hold MCP items.
+    """
     raw = decode_object(body) if isinstance(body, bytes) else body
     _refuse(raw)
-    _check_kinds(raw.get("input"), "input", ITEM_TYPES, "Input items")
+    _check_kinds(raw.get("input"), "input", ITEM_TYPES | MCP_ITEM_TYPES if mcp else ITEM_TYPES, "Input items")
     _check_kinds(raw.get("tools"), "tools", FUNCTION_TOOLS, "Tools")
     request = _convert(raw, ResponsesRequest)
     unknown = raw.keys() - FIELDS

@@ -7,16 +7,18 @@ alias served by translation only, the request becomes a chat body
 the Responses API, the request keeps its Responses body and each attempt picks
 its form (``router.responses_native``); a native answer is relayed
 (``router.responses_relay``). Either way a ``previous_response_id`` is expanded
-here, from the gateway's own store. With ``store`` (the default) the response
-is kept for its tenant (``router.responses_store``) before the client has all
-of it, so that a ``previous_response_id`` sent right after finds it.
+here, from the gateway's own store. A request with ``mcp`` tools is served by
+translation, as a loop of model calls and tool calls (``router.responses_mcp``).
+With ``store`` (the default) the response is kept for its tenant
+(``router.responses_store``) before the client has all of it, so that a
+``previous_response_id`` sent right after finds it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +28,16 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
 from core.principal import Principal
+from router.answers import JsonAnswer, StreamAnswer
 from router.body import read_body
 from router.context import RequestContext
 from router.decode import decode_object
 from router.gateway import Gateway
 from router.openapi import BODY
+from router.responses_mcp import McpRun
+from router.responses_mcp_plan import approved, echo_tools, resolve
+from router.responses_mcp_stream import McpEvents
+from router.responses_mcp_wire import take_mcp_tools
 from router.responses_native import ResponsesContext, native_alias
 from router.responses_records import StoredResponse
 from router.responses_relay import NativeRenderer
@@ -47,6 +54,7 @@ JSON = "application/json"
 _encode = msgspec.json.encode
 _items = msgspec.json.Decoder(list[JsonObject]).decode
 _MAX_LISTED = 100
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -65,11 +73,13 @@ async def _principal(request: Request[Any, Any, Any], gateway: Gateway) -> Princ
 class _Created:
     """One create request, admitted: what the pipeline runs, and what is stored once it is answered."""
 
-    ctx: RequestContext
-    renderer: ResponsesRenderer | NativeRenderer
+    ctx: RequestContext | None  # None for a run with mcp tools (each round makes its own)
+    renderer: ResponsesRenderer | NativeRenderer | McpRun | McpEvents
     store: bool
     items: list[JsonObject]  # this request's input
     history: list[JsonObject]  # the conversation it continues
+    tenant: str
+    stream: bool
 
     def record(self) -> StoredResponse | None:
         final = self.renderer.final
@@ -77,7 +87,7 @@ class _Created:
             return None
         return StoredResponse(
             id=final["id"],
-            tenant=self.ctx.principal.tenant,
+            tenant=self.tenant,
             created_at=final["created_at"],
             response=_encode(final),
             input_items=_encode(self.items),
@@ -95,10 +105,13 @@ async def create_response(request: Request[Any, Any, Any]) -> ASGIApp:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(ROUTE, "-", exc.status, time.perf_counter() - started)
         raise
-    answer = await run(gateway, created.ctx, request.headers)
+    if created.ctx is None:
+        answer = await _mcp_answer(created)
+    else:
+        answer = await run(gateway, created.ctx, request.headers)
     if not created.store:
         return answer
-    if not created.ctx.stream:
+    if not created.stream:
         await _save(gateway, created)
         return answer
     return _StoredBeforeEnd(answer, lambda: _save(gateway, created), created.renderer)
@@ -110,9 +123,13 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
     authenticated = time.perf_counter()
     raw = decode_object(await read_body(request, gateway.base.server.max_body_bytes))
     snapshot = gateway.reloader.current  # once: the request keeps it to its end
+    mcp = take_mcp_tools(raw)
     # The alias decides the decoding: only one with the Responses API somewhere keeps what chat cannot carry.
+    # A request with mcp tools is run by the gateway, through translation, whatever the alias.
     native: Native | None = None
-    if native_alias(snapshot.router.get(request_model(raw))):
+    if mcp is not None:
+        wanted, unknown = decode_request(raw, mcp=True)
+    elif native_alias(snapshot.router.get(request_model(raw))):
         wanted, native, unknown = decode_native(raw)
     else:
         wanted, unknown = decode_request(raw)
@@ -145,6 +162,12 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
         "started": started,
         "authenticated": authenticated,
     }
+    if mcp is not None:
+        head.echo["tools"] = echo_tools(head.echo["tools"], mcp)
+        servers = await resolve(snapshot.plugins, principal, mcp)
+        conversation = [*history, *items]
+        mcp_run = McpRun(gateway, common, wanted, servers, conversation, approved(history, items, servers), head, request.headers)
+        return _Created(None, mcp_run, wanted.store, items, history, principal.tenant, wanted.stream)
     renderer: ResponsesRenderer | NativeRenderer
     if native is None:
         renderer = ResponsesRenderer(head)
@@ -153,7 +176,21 @@ async def _admit(request: Request[Any, Any, Any], gateway: Gateway, started: flo
         renderer = NativeRenderer(head)
         body = responses_body(wanted, [*history, *items], native)
         ctx = ResponsesContext(kind="responses", body=body, render=renderer, requires=native.requires, **common)
-    return _Created(ctx, renderer, wanted.store, items, history)
+    return _Created(ctx, renderer, wanted.store, items, history, principal.tenant, wanted.stream)
+
+
+async def _mcp_answer(created: _Created) -> ASGIApp:
+    """A run with mcp tools: to its end before the answer (unary), or as it goes (a stream)."""
+    mcp_run = created.renderer
+    assert isinstance(mcp_run, McpRun)
+    request_id = (b"x-request-id", mcp_run.head.response_id.removeprefix("resp_").encode())
+    if created.stream:
+        events = created.renderer = McpEvents(mcp_run)
+        chunks = events.stream()
+        first = await anext(chunks)  # raises what fails before the first model answer: an HTTP error, not an event
+        return StreamAnswer(_after(first, chunks), [*_SSE_HEADERS, request_id])
+    final = await mcp_run.unary()
+    return JsonAnswer(_encode(final), [(b"content-type", JSON.encode()), request_id])
 
 
 async def _save(gateway: Gateway, created: _Created) -> None:
@@ -167,10 +204,18 @@ async def _save(gateway: Gateway, created: _Created) -> None:
         log.warning("response %s was not stored: %s", record.id, type(exc).__name__)
 
 
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
 class _StoredBeforeEnd:
     """A stream's answer that stores the response before its closing events are sent."""
 
-    def __init__(self, answer: ASGIApp, save: Callable[[], Awaitable[None]], renderer: ResponsesRenderer | NativeRenderer) -> None:
+    def __init__(
+        self, answer: ASGIApp, save: Callable[[], Awaitable[None]], renderer: ResponsesRenderer | NativeRenderer | McpRun | McpEvents
+    ) -> None:
         self._answer = answer
         self._save = save
         self._renderer = renderer

@@ -16,7 +16,7 @@ def open_counter_store(config: Config) -> CounterStore:
             raise ConfigError("key `state.redis_url`: required when `state.counters` is redis")
         from budgets.store_redis import RedisCounterStore
 
-        return RedisCounterStore(state.redis() or "")
+        return RedisCounterStore(state.redis() or "", cluster=state.counters_cluster)
     from budgets.store_memory import MemoryCounterStore
 
     return MemoryCounterStore()

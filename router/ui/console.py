@@ -4,7 +4,9 @@
 request's origin and the session's CSRF token. The caller is the admin API's
 ``Caller`` for the key the session was opened with, read again from the tenant
 store on every request, so each page and write gets the API's permission
-checks for exactly that key. A refusal of the API becomes a page with its
+checks for exactly that key. A session opened through the OIDC provider gets
+the principal an API JWT with the same tenant and scopes would, its tenant
+read again on every request. A refusal of the API becomes a page with its
 status (another tenant's resource: 404, as the API answers).
 """
 
@@ -18,11 +20,12 @@ from litestar import Request, Response
 from litestar.datastructures import FormMultiDict
 
 from core.errors import GatewayError, PermissionDenied
+from core.principal import Principal
 from router.gateway import Gateway
 from router.routes_admin import Caller, caller_for
-from router.tenant_records import TenantStore
+from router.tenant_records import TenantNotFound, TenantStore
 from router.ui.render import error_page, page, redirect
-from router.ui.session import COOKIE, Session, SessionStore, clear_cookie_header, csrf_matches, same_origin
+from router.ui.session import COOKIE, Identity, Session, SessionStore, clear_cookie_header, csrf_matches, same_origin
 
 LOGIN = "/ui/login"
 _STATE = "console_sessions"
@@ -76,12 +79,30 @@ async def _console(request: Request[Any, Any, Any]) -> Console | None:
     if session is None:
         return None
     gateway: Gateway = request.app.state.gateway
-    principal = await gateway.tenants.authenticate(session.key_hash)
+    if session.identity is not None:
+        principal = await identity_principal(gateway.tenants, session.identity)
+    else:
+        assert session.key_hash is not None
+        principal = await gateway.tenants.authenticate(session.key_hash)
     if principal is None:
-        # The key was revoked, expired or its tenant disabled: the session ends with it.
+        # The key was revoked, expired or its tenant disabled (or removed): the session ends with it.
         sessions(request).close(request.cookies.get(COOKIE))
         return None
     return Console(gateway, caller_for(principal), session, request)
+
+
+async def identity_principal(store: TenantStore, identity: Identity) -> Principal | None:
+    """The principal of an OIDC session, built as for an API JWT; None once its tenant is gone or disabled."""
+    try:
+        tenant = await store.get_tenant(identity.tenant)
+    except TenantNotFound:
+        return None
+    if tenant.disabled:
+        return None
+    return Principal(
+        tenant=tenant.id, key_id=identity.key_id, scopes=identity.scopes, priority=tenant.priority,
+        weight=tenant.weight, tenant_limits=tenant.limits, tenant_budgets=tuple(tenant.budgets),
+    )  # fmt: skip
 
 
 def _signed_out(request: Request[Any, Any, Any]) -> Response[bytes]:

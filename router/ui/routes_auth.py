@@ -1,4 +1,4 @@
-"""Sign-in with an admin key, sign-out, and the console's two static files."""
+"""Sign-in with an admin key (the page also offers the OIDC provider when configured), sign-out, the two static files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from router.gateway import Gateway
 from router.routes_admin import caller_for
 from router.ui.console import LOGIN, Console, is_tls, sessions, write
 from router.ui.render import HERE, SECURITY_HEADERS, page, redirect
+from router.ui.routes_oidc import provider_name
 from router.ui.session import COOKIE, clear_cookie_header, cookie_header, same_origin
 
 _TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
@@ -21,7 +22,7 @@ MAX_KEY_CHARS = 512
 
 @get(LOGIN, include_in_schema=False)
 async def login_form(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return page("login.html", me=None, errors={})
+    return page("login.html", me=None, errors={}, oidc=provider_name(request))
 
 
 @post(LOGIN, status_code=200, include_in_schema=False)

@@ -2,10 +2,12 @@
 
 A session keeps the keyed hash of the admin key it was opened with (never the
 key), so every page asks the tenant store again: a key revoked, expired or
-whose tenant was disabled ends its sessions at their next request. The store
-is bounded (the oldest session goes first) and each session ends after
-``IDLE_S`` without a request or ``MAX_AGE_S`` after sign-in, whichever comes
-first. Sessions live in the process that opened them.
+whose tenant was disabled ends its sessions at their next request. A session
+opened through the OIDC provider keeps the tenant, subject and scopes its ID
+token gave (never a token); its tenant is read again on every request too.
+The store is bounded (the oldest session goes first) and each session ends
+after ``IDLE_S`` without a request or ``MAX_AGE_S`` after sign-in, whichever
+comes first. Sessions live in the process that opened them.
 
 Every write carries the session's CSRF token in a hidden field; a write whose
 ``Origin`` or ``Sec-Fetch-Site`` names another site is refused before that.
@@ -30,12 +32,22 @@ MAX_AGE_S = 12 * 60 * 60
 MAX_SESSIONS = 10_000
 
 
+@dataclass(slots=True, frozen=True)
+class Identity:
+    """Who signed in through the OIDC provider, as their ID token said: no token is kept."""
+
+    tenant: str
+    key_id: str  # "jwt:<sub>", as an API JWT's principal
+    scopes: frozenset[str]
+
+
 @dataclass(slots=True)
 class Session:
-    key_hash: str
+    key_hash: str | None  # signed in with an admin key
     csrf: str
     opened: float
     seen: float
+    identity: Identity | None = None  # signed in with the OIDC provider
 
 
 class SessionStore:
@@ -46,11 +58,13 @@ class SessionStore:
         self._capacity = capacity
         self._clock = clock
 
-    def open(self, key_hash: str) -> tuple[str, Session]:
-        """A new session for the key with ``key_hash``: its cookie value and record."""
+    def open(self, key_hash: str | None, identity: Identity | None = None) -> tuple[str, Session]:
+        """A new session for the key with ``key_hash``, or for an OIDC ``identity``: its cookie value and record."""
+        if (key_hash is None) == (identity is None):
+            raise ValueError("a session is opened for exactly one of a key or an identity")
         now = self._clock()
         sid = secrets.token_urlsafe(32)
-        session = Session(key_hash=key_hash, csrf=secrets.token_urlsafe(32), opened=now, seen=now)
+        session = Session(key_hash=key_hash, csrf=secrets.token_urlsafe(32), opened=now, seen=now, identity=identity)
         self._sessions[_digest(sid)] = session
         while len(self._sessions) > self._capacity:
             self._sessions.popitem(last=False)

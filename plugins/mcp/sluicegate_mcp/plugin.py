@@ -16,7 +16,8 @@ refuses the start, naming the key, never the value), registers the metrics
 and runs the streamable-HTTP session manager; ``close`` ends the sessions,
 the upstream connections (and stdio processes), and waits for pending audit
 entries. A config version that changes the plugin's entry builds a new
-instance: upstream servers are reloaded with it.
+instance: upstream servers are reloaded with it. The same servers are offered to
+the Responses API's ``mcp`` tools (``tool_provider``), under the same grants.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-from core.plugin import ASGIApp, Plugin, Services
+from core.plugin import ASGIApp, Plugin, Services, ToolProvider
 from sluicegate_mcp.admission import Admission
 from sluicegate_mcp.catalog import Catalog
 from sluicegate_mcp.http import MCP_PATH, METADATA_PATH, McpHttp
 from sluicegate_mcp.hub import Hub
 from sluicegate_mcp.meter import Meter
 from sluicegate_mcp.options import Options as McpOptions
+from sluicegate_mcp.provider import McpToolProvider
 from sluicegate_mcp.server import Handlers
 from sluicegate_mcp.tools import Tools
 from sluicegate_mcp.upstream import ChangeNotice
@@ -55,6 +57,7 @@ class McpPlugin(Plugin):
         self._hub: Hub | None = None
         self._meter: Meter | None = None
         self._handlers: Handlers | None = None
+        self._tools: Tools | None = None
         self._app: McpHttp | None = None
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -77,12 +80,13 @@ class McpPlugin(Plugin):
         self._runner = asyncio.create_task(self._run(manager, ready), name="mcp-sessions")
         await asyncio.wait_for(ready.wait(), START_TIMEOUT_S)
         meter.open()
-        self._hub, self._meter, self._handlers = hub, meter, handlers
+        self._hub, self._meter, self._handlers, self._tools = hub, meter, handlers, tools
         self._app = McpHttp(manager.handle_request, self.services, self.options)
         log.info("mcp plugin: %d upstream servers", len(self.options.servers))
 
     async def close(self) -> None:
         self._app = None
+        self._tools = None
         self._stop.set()
         if self._runner is not None:
             _, pending = await asyncio.wait({self._runner}, timeout=10.0)
@@ -95,6 +99,10 @@ class McpPlugin(Plugin):
         if self._meter is not None:
             await self._meter.close()
             self._meter = None
+
+    def tool_provider(self) -> ToolProvider:
+        """The upstream servers, by name, for the Responses API's ``mcp`` tools (the same calls as ``/mcp``'s)."""
+        return McpToolProvider(lambda: self._tools, self.services, self.services.log)
 
     def asgi(self) -> ASGIApp:
         return self._serve

@@ -67,6 +67,15 @@ class Tools:
         ]
         return types.ListToolsResult(tools=tools)
 
+    def serves(self, caller: Caller, server: str) -> bool:
+        """Whether ``server`` is configured and the caller may call any of its tools."""
+        return server in self._hub.servers and server in caller.access.servers()
+
+    async def granted_tools(self, caller: Caller, server: str) -> list[types.Tool]:
+        """The server's tools the caller may call (upstream names); raises what listing them raised."""
+        found: list[types.Tool] = await self._hub.listing(server, caller.tenant, "tools")
+        return [tool for tool in found if caller.access.tool(server, tool.name)]
+
     async def call_tool(self, caller: Caller, name: str, arguments: dict[str, Any] | None, call_id: str | None) -> types.CallToolResult:
         parts = split(name)
         if parts is None or parts[0] not in self._hub.servers or not caller.access.tool(*parts):
