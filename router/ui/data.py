@@ -14,11 +14,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from budgets.prices import usd
-from budgets.report import ReportError, as_dicts, build_query
+from budgets.report import as_dicts
 from core.config import BudgetConfig
-from core.errors import InvalidRequest, NotFound, Overloaded
 from router.gateway import Gateway
-from router.routes_finops import _budget_lines
+from router.routes_finops import budget_lines, usage_report
 from router.tenant_records import AuditEntry
 
 ALERT_ACTION = "budget.threshold"
@@ -26,16 +25,7 @@ ALERT_ACTION = "budget.threshold"
 
 async def usage(gateway: Gateway, start: str | None, end: str | None, group_by: str, tenant: str | None) -> list[dict[str, Any]]:
     """Ledger totals for ``tenant`` (None: every tenant) grouped by ``group_by``; the API's errors for bad input."""
-    try:
-        query = build_query(start, end, group_by, tenant)
-    except ReportError as exc:
-        raise InvalidRequest(str(exc), param=exc.param) from None
-    if gateway.ledger is None:
-        raise NotFound("The ledger is turned off on this gateway (state.ledger: off).")
-    try:
-        rows = await gateway.ledger.usage(query)
-    except Exception:
-        raise Overloaded("The ledger cannot be queried right now; retry shortly.", retry_after=1.0) from None
+    _, rows = await usage_report(gateway, start, end, group_by, tenant)
     return as_dicts(rows)
 
 
@@ -87,7 +77,7 @@ class BudgetState:
 
 
 async def budget_states(gateway: Gateway, tenant: str, budgets: list[BudgetConfig]) -> list[BudgetState]:
-    lines = await _budget_lines(gateway, f"t:{tenant}", budgets, datetime.now(UTC))
+    lines = await budget_lines(gateway, f"t:{tenant}", budgets, datetime.now(UTC))
     out = []
     for line, config in zip(lines, budgets):
         limit = int(line["limit"])
