@@ -232,6 +232,13 @@ class Services(Protocol):
         """Append an entry to the audit log (``event``: JSON-ready builtins holding no secret)."""
         ...
 
+    def record_tool_call(
+        self, tenant: str, key_id: str, server: str, tool: str, *, status: str, started_s: float, duration_s: float,
+        trace_id: str | None,
+    ) -> None:
+        """Write a ledger row for one tool call (cost 0; ``status`` "ok" or why it failed; ``started_s`` epoch seconds)."""
+        ...
+
     def metrics_registry(self) -> CollectorRegistry:
         """The registry the gateway's ``/metrics`` exposes: a plugin registers its collectors there, and unregisters them on close."""
         ...

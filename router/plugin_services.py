@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from budgets.ledger_row import LedgerRow
 from core.errors import NotFound
 from core.plugin import Completed, PiiScan
 from core.principal import Principal
@@ -115,6 +117,34 @@ class GatewayServices:
 
     async def record_event(self, actor: str, action: str, tenant: str | None, target: str, event: dict[str, Any]) -> None:
         await self._tenants.record_event(actor, action, tenant, target, event)
+
+    def record_tool_call(
+        self,
+        tenant: str,
+        key_id: str,
+        server: str,
+        tool: str,
+        *,
+        status: str,
+        started_s: float,
+        duration_s: float,
+        trace_id: str | None,
+    ) -> None:
+        """A ledger row of kind tool: model ``mcp:<server>/<tool>``, deployment ``mcp:<server>``, provider ``mcp``, no cost.
+
+        Its status is 200 for a call that answered, 502 otherwise, with the reason (a fixed word, never a message) in ``error``.
+        """
+        ledger = self._pipeline().billing.ledger
+        if ledger is None:
+            return
+        started_us = int(started_s * 1_000_000)
+        finished_us = started_us + int(duration_s * 1_000_000)
+        ok = status == "ok"
+        ledger.record(LedgerRow(
+            f"mcp-{secrets.token_hex(12)}", started_us, tenant, key_id, f"mcp:{server}/{tool}", f"mcp:{server}", "mcp",
+            0, 0, 0, 0, 200 if ok else 502, finished_us, round(duration_s * 1000, 3), None, None if ok else status, None, {},
+            trace_id, False, self._snapshot().version, None,
+        ))  # fmt: skip
 
     def metrics_registry(self) -> CollectorRegistry:
         return self._pipeline().metrics.registry

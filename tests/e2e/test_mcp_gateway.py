@@ -17,10 +17,12 @@ import contextlib
 import hashlib
 import os
 import secrets
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +34,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from budgets.ledger_row import LedgerRow
+from budgets.ledger_sqlite_schema import from_record
 from router.auth import hash_api_key
 from tests.e2e.conftest import REPO, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Process, free_port, serve, spawn
 
@@ -255,6 +259,19 @@ async def test_every_call_is_audited_and_counted(gateway: Process) -> None:
     assert entry["status"] == "ok" and entry["key"] == "acme-key" and len(entry["trace_id"]) == 32
     assert entry["arguments"] == {"text": "mail <EMAIL_ADDRESS_1>"} and entry["pii"] == {"EMAIL_ADDRESS": 1}
     assert entry["request_bytes"] > 0 and entry["response_bytes"] > 0
+    # And a ledger row, under the same trace id, at no cost.
+    rows: list[LedgerRow] = []
+    ledger = Path(gateway.log).parent / "sluicegate-ledger.sqlite"
+    while time.monotonic() < deadline + 5 and not rows:
+        with contextlib.suppress(sqlite3.OperationalError):
+            with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=2)) as db:
+                db.row_factory = sqlite3.Row
+                found = db.execute("SELECT * FROM ledger WHERE model = ?", ("mcp:good/good__echo",)).fetchall()
+            rows = [r for r in map(from_record, found) if r.trace_id == entry["trace_id"]]
+        await asyncio.sleep(0.2)
+    [row] = rows
+    assert (row.tenant, row.key_id, row.deployment, row.provider) == ("acme", "acme-key", "mcp:good", "mcp")
+    assert (row.status, row.cost, row.error, row.stream) == (200, 0, None, False)
     metrics = (await admin.get("/metrics")).text
     await admin.aclose()
     assert 'sluicegate_mcp_tool_calls_total{server="good",status="ok",tool="good__echo"}' in metrics

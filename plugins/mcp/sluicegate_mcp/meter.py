@@ -1,4 +1,4 @@
-"""Every tool call, counted and kept: Prometheus metrics, an ``execute_tool`` span, and an audit entry.
+"""Every tool call, counted and kept: Prometheus metrics, an ``execute_tool`` span, an audit entry and a ledger row.
 
 The audit entry is the call's metered record: tenant, key, server, tool,
 status, duration, sizes, trace id, the PII entity counts (types, never
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,6 +154,13 @@ class Meter:
         self.duration.labels(call.server, call.status).observe(call.duration_s)
         if call.response_bytes:
             self.result_bytes.labels(call.server).observe(call.response_bytes)
+        try:  # the ledger row: written to the ledger's buffer at once, never waited on
+            self._services.record_tool_call(
+                call.tenant, call.key_id, call.server, call.tool, status=call.status,
+                started_s=time.time() - call.duration_s, duration_s=call.duration_s, trace_id=call.trace_id or None,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a row not written is logged; the call's answer stands
+            self._services.log.warning("mcp ledger row not written (%s)", type(exc).__name__)
         if span is not None and call.status != "ok":
             from opentelemetry.trace import Status, StatusCode
 

@@ -27,6 +27,7 @@ class FakeServices:
         self.data_dir = "."
         self.action = action
         self.events: list[tuple[str, str, str | None, str, dict[str, Any]]] = []
+        self.tool_calls: list[tuple[str, str, str, str, str, str | None]] = []
         self.registry = CollectorRegistry()
         self.exporter = InMemorySpanExporter()
         provider = TracerProvider()
@@ -61,6 +62,20 @@ class FakeServices:
 
     async def record_event(self, actor: str, action: str, tenant: str | None, target: str, event: dict[str, Any]) -> None:
         self.events.append((actor, action, tenant, target, event))
+
+    def record_tool_call(
+        self,
+        tenant: str,
+        key_id: str,
+        server: str,
+        tool: str,
+        *,
+        status: str,
+        started_s: float,
+        duration_s: float,
+        trace_id: str | None,
+    ) -> None:
+        self.tool_calls.append((tenant, key_id, server, tool, status, trace_id))
 
     def metrics_registry(self) -> CollectorRegistry:
         return self.registry
