@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.contract.test_counter_store import harness  # noqa: F401 - every counter store, for the suites that extend their contract
+from tests.contract.counter_harness import harness  # noqa: F401 - every counter store, for the suites that extend their contract
 from tests.redis_cluster import ClusterUnavailable, LocalRedisCluster
 
 

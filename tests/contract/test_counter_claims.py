@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from budgets.store_redis import RedisCounterStore
-from tests.contract.test_counter_store import REDIS_URL, Harness
+from tests.contract.counter_harness import REDIS_URL, Harness
 
 
 async def test_the_first_claim_wins_and_every_later_one_loses(harness: Harness) -> None:

@@ -10,133 +10,18 @@ where counters are sharded by tenant.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
-from collections.abc import AsyncIterator
 
-import msgspec
 import pytest
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 
 from budgets.store import (
     BUDGET_KEY_GRACE_MS,
-    Admission,
     BudgetRule,
-    CounterStore,
-    Floors,
     LimitRule,
-    Plan,
     StoreUnavailable,
 )
-from budgets.store_memory import MemoryCounterStore
-from budgets.store_redis import RedisCounterStore, shard_of
-from core.config import Config
-from router.state import open_counter_store
-
-REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-LONG_LEASE = 30_000
-
-
-class MemoryHarness:
-    def __init__(self) -> None:
-        self.ms = 1_800_000_000_123
-        self.store: CounterStore = MemoryCounterStore(clock=lambda: self.ms)
-
-    async def now(self) -> int:
-        return self.ms
-
-    async def advance(self, ms: int) -> None:
-        self.ms += ms
-
-    async def window_start(self, window_ms: int) -> int:
-        self.ms = (self.ms // window_ms + 1) * window_ms + 1
-        return self.ms
-
-    async def close(self) -> None:
-        await self.store.close()
-
-
-class RedisHarness:
-    def __init__(self, url: str = REDIS_URL, cluster: bool = False) -> None:
-        self.url, self.cluster = url, cluster
-        self.prefix = f"sgtest-{uuid.uuid4().hex[:12]}:"
-        self.redis_store = self.replica()
-        self.store: CounterStore = self.redis_store
-        self.client: aioredis.Redis | RedisCluster
-        if cluster:
-            self.client = RedisCluster.from_url(url, socket_timeout=2, socket_connect_timeout=1)
-        else:
-            self.client = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
-
-    def replica(self) -> RedisCounterStore:
-        """Another replica's store on the same Redis and prefix."""
-        return RedisCounterStore(self.url, prefix=self.prefix, cluster=self.cluster)
-
-    async def now(self) -> int:
-        seconds, micros = await self.client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
-
-    async def advance(self, ms: int) -> None:
-        await asyncio.sleep(ms / 1000)
-
-    async def window_start(self, window_ms: int) -> int:
-        now = await self.now()
-        await asyncio.sleep(((now // window_ms + 1) * window_ms - now + 5) / 1000)
-        return await self.now()
-
-    async def close(self) -> None:
-        # Every shard's keys start with "{<prefix>"; deleted one by one, as they span slots.
-        keys = [key async for key in self.client.scan_iter(match="{" + self.prefix + "*", count=500)]
-        for key in keys:
-            await self.client.delete(key)
-        await self.store.close()
-        await self.client.aclose()
-
-
-Harness = MemoryHarness | RedisHarness
-
-
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    """Each store behind one harness (also used by test_counter_claims)."""
-    made: Harness
-    if request.param == "memory":
-        made = MemoryHarness()
-    elif request.param == "redis":
-        made = RedisHarness()
-    else:
-        made = RedisHarness(request.getfixturevalue("redis_cluster_url"), cluster=True)
-    if not await made.store.ping():
-        await made.close()
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield made
-    await made.close()
-
-
-def plan(*rules: LimitRule | BudgetRule) -> Plan:
-    return Plan(
-        limits=tuple(r for r in rules if isinstance(r, LimitRule)),
-        budgets=tuple(r for r in rules if isinstance(r, BudgetRule)),
-    )
-
-
-async def reserve(
-    store: CounterStore,
-    request_id: str,
-    *rules: LimitRule | BudgetRule,
-    tokens: int = 0,
-    money: int = 0,
-    lease_ms: int = LONG_LEASE,
-    floors: Floors | None = None,
-    now_ms: int | None = None,
-) -> Admission:
-    return await store.reserve(plan(*rules), request_id, tokens, money, lease_ms, floors, now_ms)
-
-
-def money(key: str, limit: int, hard: bool = True, period_end_ms: int | None = None) -> BudgetRule:
-    return BudgetRule(key, "money", limit, hard, period_end_ms)
+from budgets.store_redis import RedisCounterStore
+from tests.contract.counter_harness import Harness, money, plan, reserve
 
 
 async def test_requests_window_is_exact(harness: Harness) -> None:
@@ -456,86 +341,3 @@ async def test_a_settle_after_the_budget_counter_expired_leaves_other_counters_r
     # A charge to a period whose counter has expired is not kept (the ledger has it); the rest settles as usual.
     assert await harness.store.budget_state(old.key) == (0, 0)
     assert await harness.store.budget_state(lasting.key) == (120, 0)
-
-
-def tenant_plan(tenant: str, model_slots: int, rpm: int = 100) -> Plan:
-    """What accounting builds for a tenant, plus a concurrency limit shared by every tenant (one model)."""
-    return Plan(
-        limits=(
-            LimitRule(f"rpm:t:{tenant}", "requests", limit=rpm),
-            LimitRule(f"tpm:k:{tenant}:key1", "tokens", limit=10_000),
-            LimitRule("conc:d:shared-model", "concurrency", limit=model_slots),
-        ),
-        budgets=(BudgetRule(f"budget:t:{tenant}:money:lifetime", "money", limit=1_000),),
-    )
-
-
-async def test_a_counter_shared_by_tenants_holds_across_them(harness: Harness) -> None:
-    store = harness.store
-    assert (await store.reserve(tenant_plan("acme", 2), "a", 10, 100, LONG_LEASE)).allowed
-    assert (await store.reserve(tenant_plan("beta", 2), "b", 10, 100, LONG_LEASE)).allowed
-    refused = await store.reserve(tenant_plan("gamma", 2), "c", 10, 100, LONG_LEASE)
-    assert (refused.allowed, refused.reason, refused.key) == (False, "concurrency", "conc:d:shared-model")
-    await store.settle("a", tokens=5, money=40)
-    assert (await store.reserve(tenant_plan("gamma", 2), "c", 10, 100, LONG_LEASE)).allowed
-    assert await store.budget_state("budget:t:acme:money:lifetime") == (40, 0)
-    assert await store.budget_state("budget:t:gamma:money:lifetime") == (0, 100)
-
-
-async def test_a_refusal_on_a_shared_counter_takes_nothing_from_the_tenant(harness: Harness) -> None:
-    store = harness.store
-    plan = tenant_plan("acme", 1, rpm=2)
-    assert (await store.reserve(plan, "a", 6_000, 100, LONG_LEASE)).allowed
-    refused = await store.reserve(plan, "b", 4_000, 100, LONG_LEASE)
-    assert refused.reason == "concurrency"
-    assert await store.budget_state("budget:t:acme:money:lifetime") == (0, 100)
-    await store.settle("a", tokens=6_000, money=100)
-    # b took no request, no tokens and no money: one request and 4000 tokens still fit
-    got = await store.reserve(plan, "c", 4_000, 900, LONG_LEASE)
-    assert got.allowed and got.remaining == (0,)
-    await store.settle("c")
-    assert (await store.reserve(plan, "d", 0, 0, LONG_LEASE)).reason == "requests"
-
-
-async def test_a_reservation_settled_by_another_replica_is_released_and_charged(harness: Harness) -> None:
-    if isinstance(harness, MemoryHarness):
-        pytest.skip("one process: no other replica")
-    other = harness.replica()
-    try:
-        plan = tenant_plan("acme", 1)
-        assert (await harness.store.reserve(plan, "a", 10, 100, LONG_LEASE)).allowed
-        await other.settle("a", tokens=10, money=70)
-        await harness.store.settle("a", tokens=10, money=70)
-        assert await harness.store.budget_state("budget:t:acme:money:lifetime") == (70, 0)
-        assert (await harness.store.reserve(tenant_plan("beta", 1), "b", 10, 100, LONG_LEASE)).allowed
-    finally:
-        await other.close()
-
-
-async def test_the_config_chooses_a_cluster_client_and_shards_by_tenant() -> None:
-    document = {"state": {"counters": "redis", "redis_url": "redis://127.0.0.1:7000/0", "counters_cluster": True, "ledger": "off"}}
-    store = open_counter_store(msgspec.convert(document, Config))
-    assert isinstance(store, RedisCounterStore) and store.sharded
-    await store.close()
-    plain = open_counter_store(msgspec.convert({"state": {"counters": "redis", "redis_url": REDIS_URL, "ledger": "off"}}, Config))
-    assert isinstance(plain, RedisCounterStore) and not plain.sharded
-    await plain.close()
-    with pytest.raises(msgspec.ValidationError, match="counters_cluster"):
-        msgspec.convert({"state": {"counters_cluster": True}}, Config)
-    assert (shard_of("budget:k:acme:key1:money:lifetime"), shard_of("rpm:t:acme")) == ("t:acme", "t:acme")
-    assert (shard_of("conc:d:model-a"), shard_of("tenant:acme:money"), shard_of("big")) == ("d:model-a", None, None)
-
-
-async def test_a_reservation_the_previous_version_made_settles(harness: Harness) -> None:
-    if not isinstance(harness, RedisHarness) or harness.cluster:
-        pytest.skip("the previous version's records exist only on a single Redis")
-    p, client = harness.redis_store.key_prefix, harness.client
-    record = {"c": ["key:conc"], "t": [], "b": [["tenant:money", -1, "m"]]}
-    await client.set(p + "res:old", msgspec.json.encode(record))
-    await client.zadd(p + "c:key:conc", {"old": 2**40})
-    await client.hset(p + "bs:tenant:money", "reserved", 100)
-    await client.hset(p + "ba:tenant:money", "old", 100)
-    await client.zadd(p + "bl:tenant:money", {"old": 2**40})
-    await harness.store.settle("old", money=70)
-    assert await harness.store.budget_state("tenant:money") == (70, 0)
-    assert (await client.zcard(p + "c:key:conc"), await client.hlen(p + "ba:tenant:money")) == (0, 0)
