@@ -31,6 +31,7 @@ from core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from serving import h1
 from serving.base import EngineRequest, EngineSpec, Load, Timeouts
 from serving.error_codes import known_code
 
@@ -67,6 +68,12 @@ def open_session(spec: EngineSpec) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.read_s),
         skip_auto_headers=("User-Agent",),
     )
+
+
+def open_pool(spec: EngineSpec, base_url: str) -> h1.H1Pool:
+    """The lean keep-alive client the engines' inference requests go through, bounded as the session is."""
+    t = spec.timeouts
+    return h1.H1Pool(base_url, limit=spec.max_connections, connect_s=t.connect_s, read_s=t.read_s, total_s=t.total_s)
 
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
@@ -117,11 +124,13 @@ def status_error(
 
 
 def transport_error(exc: BaseException, name: str, *, pool_full: bool = False) -> GatewayError:
-    """An aiohttp or timeout exception --> the gateway's error for it.
+    """An aiohttp, ``serving.h1`` or timeout exception --> the gateway's error for it.
 
     ``pool_full``: the engine had every pooled connection in use, so a connect
     timeout may have been spent waiting for our own pool, not on a dead upstream.
     """
+    if isinstance(exc, h1.H1Error):
+        return _h1_error(exc, name, pool_full)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         if pool_full:
             return UpstreamTimeout(f"deployment {name}: no free connection within the connect timeout")
@@ -134,6 +143,18 @@ def transport_error(exc: BaseException, name: str, *, pool_full: bool = False) -
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
         return UpstreamError(f"deployment {name} closed the connection early")
     return UpstreamError(f"deployment {name} failed: {type(exc).__name__}")
+
+
+def _h1_error(exc: h1.H1Error, name: str, pool_full: bool) -> GatewayError:
+    if isinstance(exc, h1.PoolTimeout) or (pool_full and isinstance(exc, h1.ConnectTimeout)):
+        return UpstreamTimeout(f"deployment {name}: no free connection within the connect timeout")
+    if isinstance(exc, h1.ConnectTimeout):
+        return UpstreamConnectTimeout(f"deployment {name} accepted no connection within the connect timeout")
+    if isinstance(exc, h1.ConnectError):
+        return UpstreamConnectError(f"deployment {name} is unreachable")
+    if isinstance(exc, h1.BadResponse):
+        return UpstreamError(f"deployment {name} answered with bytes that are not HTTP")
+    return UpstreamError(f"deployment {name} closed the connection early")
 
 
 class HealthProbe:

@@ -6,8 +6,10 @@ events come back as they are (``serving.openai_responses`` reads them). With
 ``batches: native`` its Files and Batches APIs take the batches the gateway
 passes through (``serving.openai_batches``).
 
-One pooled keep-alive aiohttp session per deployment; ``serving.http_transport``
-opens it and maps failures and statuses to the gateway's errors. Streams are
+Inference requests (chat, completions, embeddings, Responses) go through one
+pooled keep-alive ``serving.h1`` client per deployment; the health probe and
+the batch APIs use an aiohttp session. ``serving.http_transport`` opens both
+and maps failures and statuses to the gateway's errors. Streams are
 relayed chunk by chunk: each ``data:`` payload is peeked at (usage, text,
 errors) and passed on as the same bytes. The client's own credentials never
 reach the upstream; the deployment's key does.
@@ -15,13 +17,14 @@ reach the upstream; the deployment's key does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Literal
+from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
-from core.errors import GatewayError, UpstreamError
+from core.errors import GatewayError, UpstreamConnectError, UpstreamError
+from serving import h1
 from serving.base import (
     Completion,
     EngineRequest,
@@ -30,7 +33,7 @@ from serving.base import (
     StreamChunk,
     Usage,
 )
-from serving.http_transport import ErrorFields, HttpUpstream, status_error
+from serving.http_transport import ErrorFields, HttpUpstream, open_pool, status_error
 from serving.openai_batches import BatchPaths, UpstreamBatches
 from serving.openai_responses import response_chunks, response_usage
 from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
@@ -83,6 +86,8 @@ class OpenAIEngine(HttpUpstream):
         self._headers = self._build_headers()
         # The model a Responses body names, where it is not the deployment's (Azure: its deployment name).
         self._responses_model: str | None = None
+        self._pool: h1.H1Pool | None = None
+        self._heads: dict[str, bytes] = {}
         self.batch_api: UpstreamBatches | None = None
         if options.batches == "native":
             paths = BatchPaths(self._base)
@@ -104,6 +109,35 @@ class OpenAIEngine(HttpUpstream):
         """What the health probe asks: the model list every OpenAI-compatible server has."""
         return self._base + "/models"
 
+    async def start(self) -> None:
+        await super().start()
+        if self._pool is None:
+            self._pool = open_pool(self.spec, self.url_for("chat"))
+            self._heads = {}
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        await super().close()
+
+    def _send(self, request: EngineRequest, body: bytes) -> Awaitable[h1.Response]:
+        """Post ``body`` for ``request``'s kind, with the deployment's headers and the request's trace context."""
+        pool = self._pool
+        if pool is None:
+            raise UpstreamConnectError(f"deployment {self.name} is not started")
+        head = self._heads.get(request.kind)
+        if head is None:
+            url = urlsplit(self.url_for(request.kind))
+            target = url.path + (f"?{url.query}" if url.query else "")
+            head = self._heads[request.kind] = pool.head(b"POST", target, self._headers)
+        extra = None
+        if request.traceparent is not None:
+            extra = {"traceparent": request.traceparent}
+            if request.tracestate:
+                extra["tracestate"] = request.tracestate
+        return pool.request(head, body, extra)
+
     async def generate(self, request: EngineRequest) -> Completion:
         return await self._unary(request)
 
@@ -111,15 +145,13 @@ class OpenAIEngine(HttpUpstream):
         return await self._unary(request)
 
     async def _unary(self, request: EngineRequest) -> Completion:
-        session = self._require_session()
         self._running += 1
         try:
-            payload = _encode(self._body(request))
-            async with session.post(self.url_for(request.kind), data=payload, headers=self._headers_for(request)) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise self._status_error(resp.status, data, resp.headers.get("retry-after"))
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            resp = await self._send(request, _encode(self._body(request)))
+            data = await resp.read()
+            if resp.status != 200:
+                raise self._status_error(resp.status, data, resp.headers.get("retry-after"))
+        except (TimeoutError, h1.H1Error) as exc:
             raise self._transport_error(exc) from None
         finally:
             self._running -= 1
@@ -130,31 +162,33 @@ class OpenAIEngine(HttpUpstream):
         return Completion(body=data, usage=usage)
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
-        session = self._require_session()
         body = self._stream_body(request)
         self._running += 1
+        resp: h1.Response | None = None
         try:
-            async with session.post(self.url_for(request.kind), data=_encode(body), headers=self._headers_for(request)) as resp:
-                if resp.status != 200:
-                    raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
-                if request.kind == "responses":
-                    async for chunk in response_chunks(resp.content.iter_any()):
-                        yield chunk
-                    return
-                async for batch in iter_sse_batches(resp.content.iter_any()):
-                    last = len(batch) - 1
-                    for i, payload in enumerate(batch):
-                        chunk = peek_chunk(payload)
-                        chunk.batch_end = i == last
-                        yield chunk
+            resp = await self._send(request, _encode(body))
+            if resp.status != 200:
+                raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            if request.kind == "responses":
+                async for chunk in response_chunks(resp.chunks()):
+                    yield chunk
+                return
+            async for batch in iter_sse_batches(resp.chunks()):
+                last = len(batch) - 1
+                for i, payload in enumerate(batch):
+                    chunk = peek_chunk(payload)
+                    chunk.batch_end = i == last
+                    yield chunk
         except UpstreamStreamError as exc:
             raise UpstreamError(f"deployment {self.name} failed mid-stream: {exc.message}") from None
         except EOFError:
             raise UpstreamError(f"deployment {self.name} closed the stream early") from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, h1.H1Error) as exc:
             raise self._transport_error(exc) from None
         finally:
             self._running -= 1
+            if resp is not None:
+                resp.release()  # a stream left before its end closes the connection: the upstream stops
 
     def _body(self, request: EngineRequest) -> JsonObject:
         if request.kind == "responses" and self._responses_model is not None:
