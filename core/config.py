@@ -106,6 +106,9 @@ class AuthConfig(_Strict):
     jwt: JwtConfig | None = None
     # Sign-in to the console (/ui) with an OIDC provider: authorization code with PKCE.
     oidc: ConsoleOidcConfig | None = None
+    # Signs the console's session cookies (at least 32 characters); every replica needs the same one.
+    # None: each `sluicegate serve` makes its own at start and shares it with its workers.
+    console_secret: SecretRef | None = None
 
 
 class Price(_Strict):

@@ -42,6 +42,8 @@ and run a background ``worker()``. A plugin that fronts tool servers (the MCP
 gateway) may offer them to the Responses API's ``mcp`` tools through
 ``tool_provider()``: the gateway lists and calls them as the request's caller,
 and the plugin applies its own grants, limits, PII, guardrails and audit.
+A plugin may add pages to the admin console (``console_panels()``: tables,
+filters and actions, ``core.console_panel``), rendered at ``/ui/plugins/<name>``.
 ``api_version`` is the interface a plugin was built for; a gateway refuses
 at start (and at every config check) a plugin whose version it does not
 speak, naming both.
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 
+from core.console_panel import ConsolePanel
 from core.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -294,6 +297,10 @@ class Plugin:
     def tool_provider(self) -> ToolProvider | None:
         """The tool servers it offers the Responses API's ``mcp`` tools (asked once per config version), or None."""
         return None
+
+    def console_panels(self) -> list[ConsolePanel]:
+        """Pages it adds to the admin console (asked once per config version, before ``start``)."""
+        return []
 
     async def after_auth(self, request: HookRequest) -> Reply | None:
         return None

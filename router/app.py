@@ -40,6 +40,7 @@ from router.defaults import embedded_config
 from router.gateway import Gateway
 from router.logs import capture_process_errors, loop_exception_handler
 from router.openapi import openapi_config
+from router.ui.session_secret import SESSIONS_STATE, open_sessions
 
 log = logging.getLogger("sluicegate")
 
@@ -95,9 +96,12 @@ def _phase_failed(phase: str, exc: Exception) -> StartupFailed:
 def create_app(config: Config, gateway: Gateway | None = None, source_path: str | None = None) -> Litestar:
     gw = gateway if gateway is not None else Gateway(config, source_path=source_path)
     access = gw.base.server.access_log
+    # The console's sessions: made now, so that a bad `auth.console_secret` stops the start.
+    console_sessions = open_sessions(gw.base)
 
     async def startup(app: Litestar) -> None:
         app.state.gateway = gw
+        app.state[SESSIONS_STATE] = console_sessions
         app.state.started_at = int(time.time())
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         try:
@@ -106,6 +110,7 @@ def create_app(config: Config, gateway: Gateway | None = None, source_path: str 
             raise _phase_failed("start", exc) from None
 
     async def shutdown(app: Litestar) -> None:
+        await console_sessions.aclose()
         try:
             await gw.stop()
         except Exception as exc:  # noqa: BLE001 - re-raised as StartupFailed, logged by type and stack

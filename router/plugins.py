@@ -8,7 +8,8 @@ the snapshot carries the set, so a request runs the hooks of the version it
 started on. A set keeps one tuple per hook of the plugins that override it:
 the pipeline tests the tuple and pays nothing when it is empty. The set also
 holds the tool servers its plugins offer (``tool_server``), for the Responses
-API's ``mcp`` tools.
+API's ``mcp`` tools, and the console panels they offer (``panel``), for the
+admin console's plugin pages.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from core.config import PluginConfig
+from core.console_panel import PANEL_NAME, ConsolePanel
 from core.errors import GatewayError, Overloaded
 from core.plugin import (
     API_VERSION,
@@ -145,6 +147,8 @@ class PluginSet:
     guardrails: dict[str, Any] = field(default_factory=dict)
     # Tool servers the plugins offer, in config order (asked by server label).
     tool_providers: tuple[ToolProvider, ...] = ()
+    # Console panels the plugins offer, in config order (the first plugin to offer a name wins).
+    console_panels: tuple[ConsolePanel, ...] = ()
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -165,6 +169,23 @@ class PluginSet:
                 self.guardrails.setdefault(name, guardrail)
         providers = (plugin.tool_provider() for _, plugin in self.plugins if overrides(plugin, "tool_provider"))
         self.tool_providers = tuple(p for p in providers if p is not None)
+        self.console_panels = self._panels()
+
+    def _panels(self) -> tuple[ConsolePanel, ...]:
+        found: dict[str, ConsolePanel] = {}
+        for loaded, plugin in self.plugins:
+            if not overrides(plugin, "console_panels"):
+                continue
+            for panel in plugin.console_panels():
+                if not PANEL_NAME.match(panel.name):
+                    log.warning("plugin %s: console panel %r has no valid name; left out", loaded.config.name, panel.name[:64])
+                    continue
+                found.setdefault(panel.name, panel)
+        return tuple(found.values())
+
+    def panel(self, name: str) -> ConsolePanel | None:
+        """The console panel called ``name``, if a plugin of this version offers one."""
+        return next((p for p in self.console_panels if p.name == name), None)
 
     async def tool_server(self, principal: Principal, server_label: str) -> tuple[ToolProvider, ToolListing] | None:
         """The first provider with a server of that label ``principal`` may use, and its listing; None if none has."""

@@ -18,6 +18,7 @@ from router.app import CONFIG_ENV
 from router.http_protocol import JsonErrorHttpProtocol
 from router.logs import log_config
 from router.state import shutdown_budget
+from router.ui.session_secret import share_secret
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -28,6 +29,8 @@ def serve(config: Config, config_path: str | None) -> None:
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
     else:
         os.environ.pop(CONFIG_ENV, None)
+    # Every worker signs console sessions with the same secret (router.ui.session_secret).
+    share_secret(config)
     if server.workers > 1 and not os.environ.get(_MULTIPROC_ENV):
         import tempfile
 

@@ -1,7 +1,8 @@
 """The embedded tenant store: tenants and keys from the config file, held in memory.
 
 Changes made through the admin API apply to this process only and are lost at
-restart (edit the config file to keep them); the audit log is kept in memory,
+restart (edit the config file to keep them), but a reload of the file keeps them
+(``FileTenantStore.reload``); the audit log is kept in memory,
 bounded to the latest ``audit_capacity`` entries. For shared, persistent tenants
 select the PostgreSQL store (``state.tenants: postgres``).
 """
@@ -40,6 +41,8 @@ from router.tenant_records import (
 Snapshot = dict[str, Any]
 KeyName = tuple[str, str]  # (tenant id, key id): key ids are unique within a tenant only
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The fields of a tenant entry this store holds; the rest (routing, PII, guardrails, ...) the snapshot reads.
+_TENANT_FIELDS = ("name", "disabled", "priority", "weight", "limits", "budgets")
 
 
 class FileTenantStore:
@@ -52,8 +55,10 @@ class FileTenantStore:
         self._usable: dict[str, tuple[Principal, float | None]] = {}
         self._audit: deque[AuditEntry] = deque(maxlen=audit_capacity)
         self._audit_ids = 0
-        # Tenants the config defines, as opposed to those created through the admin API.
-        self._from_config: set[str] = {t.id for t in tenants}
+        # The entry each tenant the config defines was last loaded from: a reload compares against it.
+        self._entries: dict[str, TenantConfig] = {t.id: t for t in tenants}
+        # Tenants created through the admin API: no reload removes them.
+        self._created: set[str] = set()
         for tenant in tenants:
             self._load(tenant)
         for tenant_id in self._tenants:
@@ -105,6 +110,7 @@ class FileTenantStore:
             raise AlreadyExists(f"Tenant {spec.id!r} already exists.")
         tenant = new_tenant(spec, utcnow())
         self._tenants[tenant.id] = tenant
+        self._created.add(tenant.id)
         self._record(actor, "tenant.create", tenant.id, f"tenant/{tenant.id}", None, snapshot(tenant))
         return tenant
 
@@ -166,31 +172,66 @@ class FileTenantStore:
         self._record(actor, action, tenant, target, None, new)
 
     def reload(self, tenants: list[TenantConfig]) -> None:
-        """A new config version's tenants replace the previous version's, in one step.
+        """A new config version's tenants, in one step; nothing accepted through the admin API is lost.
 
-        Tenants and keys created through the admin API stay; a key revoked
-        through it stays revoked whatever the file says. Nothing here awaits, so
-        no request sees half of the change.
+        The file owns what it says: a field of a tenant entry (name, priority,
+        weight, limits, budgets, disabled) or a key entry that changed since the
+        previous version is taken from the file; one that did not change keeps
+        what the admin API set since (a tenant disabled, renamed or given other
+        limits stays so across a reload that did not touch it). A tenant the file
+        dropped goes with its keys, unless the admin API created it: then only
+        the keys the file gave it go. Tenants and keys created through the admin
+        API stay, and a key revoked through it stays revoked whatever the file
+        says. Nothing here awaits, so no request sees half of the change.
         """
-        revoked = {name for name, key in self._keys.items() if key.revoked}
-        wanted = {t.id for t in tenants}
-        for tenant_id in self._from_config - wanted:
-            self._tenants.pop(tenant_id, None)
-            for name in [n for n in self._keys if n[0] == tenant_id]:
-                del self._keys[name]
-                del self._hashes[name]
-        for tenant in tenants:
-            for name in [n for n in self._keys if n[0] == tenant.id and n[1] not in {k.id for k in tenant.keys}]:
-                if self._keys[name].created_at == _EPOCH:  # a key the previous file defined
-                    del self._keys[name]
-                    del self._hashes[name]
-            self._load(tenant)
-        for name in revoked & self._keys.keys():
-            self._keys[name] = msgspec.structs.replace(self._keys[name], revoked=True)
-        self._from_config = wanted
+        # Revoked through the admin API (a key the file disables has no revocation time): whatever the file says.
+        revoked = {name: key.revoked_at for name, key in self._keys.items() if key.revoked_at is not None}
+        wanted = {t.id: t for t in tenants}
+        for tenant_id in [t for t in self._entries if t not in wanted]:
+            dropped = self._entries.pop(tenant_id)
+            if tenant_id in self._created:
+                self._drop_keys(tenant_id, {k.id for k in dropped.keys})
+            else:
+                self._tenants.pop(tenant_id, None)
+                self._drop_keys(tenant_id, None)
+        for entry in tenants:
+            self._follow(entry, self._entries.get(entry.id))
+            self._entries[entry.id] = entry
+        for name in revoked.keys() & self._keys.keys():
+            self._keys[name] = msgspec.structs.replace(self._keys[name], revoked=True, revoked_at=revoked[name])
         self._usable.clear()
         for tenant_id in self._tenants:
             self._reindex(tenant_id)
+
+    def _follow(self, entry: TenantConfig, previous: TenantConfig | None) -> None:
+        """Apply what the file changed in ``entry`` since ``previous`` (None: the file did not hold it)."""
+        current = self._tenants.get(entry.id)
+        if previous is None or current is None:
+            # New to the file: a tenant the admin API created is now the file's, its API keys kept.
+            created_at = current.created_at if current is not None else _EPOCH
+            self._drop_keys(entry.id, {k.id for k in previous.keys} if previous is not None else set())
+            self._load(entry)
+            self._tenants[entry.id] = msgspec.structs.replace(self._tenants[entry.id], created_at=created_at)
+            return
+        changed = {f: getattr(entry, f) for f in _TENANT_FIELDS if getattr(entry, f) != getattr(previous, f)}
+        if changed:
+            if "budgets" in changed:
+                changed["budgets"] = list(changed["budgets"])
+            self._tenants[entry.id] = msgspec.structs.replace(current, **changed, updated_at=utcnow())
+        old_keys = {k.id: k for k in previous.keys}
+        new_ids = {k.id for k in entry.keys}
+        self._drop_keys(entry.id, {key_id for key_id in old_keys if key_id not in new_ids})
+        for key in entry.keys:
+            if old_keys.get(key.id) != key or (entry.id, key.id) not in self._keys:
+                self._keys[entry.id, key.id] = _key_from_config(entry.id, key)
+                self._hashes[entry.id, key.id] = key.hash
+
+    def _drop_keys(self, tenant_id: str, key_ids: set[str] | None) -> None:
+        """The tenant's keys the file defined among ``key_ids`` (None: all its keys, the admin API's too)."""
+        for name in [n for n in self._keys if n[0] == tenant_id]:
+            if key_ids is None or (name[1] in key_ids and self._keys[name].created_at == _EPOCH):
+                del self._keys[name]
+                del self._hashes[name]
 
     def record_config(self, actor: str, version: int, hash: str, reason: str) -> None:
         """A config version in the audit log (embedded mode; PostgreSQL's store writes its own)."""

@@ -25,10 +25,20 @@ from router.gateway import Gateway
 from router.routes_admin import Caller, caller_for
 from router.tenant_records import TenantNotFound, TenantStore
 from router.ui.render import error_page, page, redirect
-from router.ui.session import COOKIE, Identity, Session, SessionStore, clear_cookie_header, csrf_matches, same_origin
+from router.ui.session import (
+    COOKIE,
+    Identity,
+    Session,
+    SessionStore,
+    clear_cookie_header,
+    cookie_header,
+    csrf_matches,
+    lifetime,
+    same_origin,
+)
+from router.ui.session_secret import SESSIONS_STATE, open_sessions
 
 LOGIN = "/ui/login"
-_STATE = "console_sessions"
 
 
 @dataclass(slots=True)
@@ -52,8 +62,11 @@ class Console:
     def ctx(self, **extra: Any) -> dict[str, Any]:
         """What every template gets: who is signed in, the CSRF token, the navigation they may use."""
         p = self.caller.principal
+        # The plugins' console panels (router.ui.pages_plugins) the caller may open.
+        offered = self.gateway.snapshot.plugins.console_panels
+        panels = [{"name": x.name, "title": x.title} for x in offered if self.caller.ops or not x.operators_only]
         return {"me": {"tenant": p.tenant, "key": p.key_id, "ops": self.caller.ops, "write": self.caller.may_write()},
-                "csrf": self.session.csrf, "path": self.request.url.path, **extra}  # fmt: skip
+                "csrf": self.session.csrf, "path": self.request.url.path, "panels": panels, **extra}  # fmt: skip
 
     def require_ops(self) -> None:
         self.caller.require_ops()
@@ -63,10 +76,11 @@ Handler = Callable[[Console], Awaitable[Response[bytes]]]
 
 
 def sessions(request: Request[Any, Any, Any]) -> SessionStore:
-    store: SessionStore | None = request.app.state.get(_STATE)
+    store: SessionStore | None = request.app.state.get(SESSIONS_STATE)
     if store is None:
-        store = SessionStore()
-        request.app.state[_STATE] = store
+        gateway: Gateway = request.app.state.gateway
+        store = open_sessions(gateway.base)
+        request.app.state[SESSIONS_STATE] = store
     return store
 
 
@@ -75,7 +89,7 @@ def is_tls(request: Request[Any, Any, Any]) -> bool:
 
 
 async def _console(request: Request[Any, Any, Any]) -> Console | None:
-    session = sessions(request).find(request.cookies.get(COOKIE))
+    session = await sessions(request).find(request.cookies.get(COOKIE))
     if session is None:
         return None
     gateway: Gateway = request.app.state.gateway
@@ -86,7 +100,7 @@ async def _console(request: Request[Any, Any, Any]) -> Console | None:
         principal = await gateway.tenants.authenticate(session.key_hash)
     if principal is None:
         # The key was revoked, expired or its tenant disabled (or removed): the session ends with it.
-        sessions(request).close(request.cookies.get(COOKIE))
+        await sessions(request).close(session)
         return None
     return Console(gateway, caller_for(principal), session, request)
 
@@ -109,6 +123,14 @@ def _signed_out(request: Request[Any, Any, Any]) -> Response[bytes]:
     return redirect(LOGIN, headers={"set-cookie": clear_cookie_header(secure=is_tls(request))})
 
 
+def _kept(console: Console, response: Response[bytes]) -> Response[bytes]:
+    """``response`` with the session's cookie re-issued, seen now (the idle timeout rolls), unless it sets the cookie itself."""
+    if "set-cookie" not in response.headers:
+        cookie = sessions(console.request).renewed(console.session)
+        response.headers["set-cookie"] = cookie_header(cookie, secure=is_tls(console.request), max_age=lifetime(console.session))
+    return response
+
+
 async def _signed_in(request: Request[Any, Any, Any]) -> Console | Response[bytes]:
     """The caller's console, or the page to answer instead: sign-in, or the tenant store's refusal."""
     try:
@@ -126,9 +148,9 @@ async def show(request: Request[Any, Any, Any], handler: Handler) -> Response[by
     if isinstance(console, Response):
         return console
     try:
-        return await handler(console)
+        return _kept(console, await handler(console))
     except GatewayError as exc:
-        return error_page(console.ctx(), exc)
+        return _kept(console, error_page(console.ctx(), exc))
 
 
 async def write(request: Request[Any, Any, Any], handler: Handler) -> Response[bytes]:
@@ -144,6 +166,6 @@ async def write(request: Request[Any, Any, Any], handler: Handler) -> Response[b
         return error_page(console.ctx(), PermissionDenied("The form's security token is missing or stale: reload the page and try again."))
     console.form = form
     try:
-        return await handler(console)
+        return _kept(console, await handler(console))
     except GatewayError as exc:
-        return error_page(console.ctx(), exc)
+        return _kept(console, error_page(console.ctx(), exc))

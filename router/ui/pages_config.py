@@ -20,18 +20,12 @@ from policies.pii import Action
 from router.config_store import MAX_HISTORY_LIMIT
 from router.routes_admin import audit_entries, read_tenant
 from router.routes_config import current_version, replace_config, roll_back, version_diff
-from router.tenant_records import Tenant
 from router.ui.console import Console, show, write
+from router.ui.live_policy import conflict, new_entry, tenant_entry, version_number
 from router.ui.render import page, redirect
 
 PII_ACTIONS: tuple[str, ...] = get_args(Action)
 AUDIT_LIMIT = 1000
-
-
-def _int(raw: object, name: str) -> int:
-    if not isinstance(raw, str) or not raw.isdigit() or not 1 <= int(raw) <= 2**62:
-        raise InvalidRequest(f"`{name}` must be a config version number.", param=name)
-    return int(raw)
 
 
 @get("/ui/config", include_in_schema=False)
@@ -49,8 +43,8 @@ async def diff_view(request: Request[Any, Any, Any]) -> Response[bytes]:
     async def render(console: Console) -> Response[bytes]:
         console.require_ops()
         params = request.query_params
-        new = _int(params.get("to") or str(console.gateway.snapshot.version), "to")
-        old = _int(params.get("from") or str(max(1, new - 1)), "from")
+        new = version_number(params.get("to") or str(console.gateway.snapshot.version), "to")
+        old = version_number(params.get("from") or str(max(1, new - 1)), "from")
         changes = await version_diff(console.gateway, old, new)
         return page("diff.html", **console.ctx(diff=changes, current=console.gateway.snapshot.version))
 
@@ -61,26 +55,15 @@ async def diff_view(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
     async def run(console: Console) -> Response[bytes]:
         console.require_ops()
-        target = _int(console.form.get("version"), "version")
-        expected = _int(console.form.get("expected"), "expected")
+        target = version_number(console.form.get("version"), "version")
+        expected = version_number(console.form.get("expected"), "expected")
         try:
             await roll_back(console.gateway, console.actor, target, expected=expected, reason="")
         except VersionConflict as exc:
-            return await _conflict(console, exc, expected)
+            return await conflict(console, exc, expected)
         return redirect("/ui/config")
 
     return await write(request, run)
-
-
-async def _conflict(console: Console, exc: VersionConflict, expected: int) -> Response[bytes]:
-    """The stale write refused: what the other writer changed since ``expected``."""
-    latest = console.gateway.snapshot.version
-    changes = await version_diff(console.gateway, expected, latest)
-    return page("conflict.html", status=409, **console.ctx(message=exc.message, diff=changes, expected=expected, latest=latest))
-
-
-def _tenant_entry(document: dict[str, Any], tenant_id: str) -> dict[str, Any] | None:
-    return next((t for t in document.get("tenants", []) if t.get("id") == tenant_id), None)
 
 
 @get("/ui/tenants/{tenant_id:str}/policy", include_in_schema=False)
@@ -95,7 +78,7 @@ async def policy(request: Request[Any, Any, Any], tenant_id: str) -> Response[by
 async def _policy_page(console: Console, tenant_id: str, errors: dict[str, str], status: int) -> Response[bytes]:
     tenant = await read_tenant(console.caller, console.store, tenant_id)
     version = await current_version(console.gateway)
-    entry = _tenant_entry(msgspec.to_builtins(version.document), tenant.id) or {}
+    entry = tenant_entry(msgspec.to_builtins(version.document), tenant.id) or {}
     pii = entry.get("pii") or {}
     routing = entry.get("routing") or {}
     ctx = console.ctx(
@@ -110,15 +93,15 @@ async def save_policy(request: Request[Any, Any, Any], tenant_id: str) -> Respon
     async def run(console: Console) -> Response[bytes]:
         console.require_ops()
         tenant = await read_tenant(console.caller, console.store, tenant_id)
-        expected = _int(console.form.get("version"), "version")
+        expected = version_number(console.form.get("version"), "version")
         action = console.form.get("pii_action")
         if action not in PII_ACTIONS:
             return await _policy_page(console, tenant.id, {"pii_action": f"Choose one of {', '.join(PII_ACTIONS)}."}, 400)
         document = msgspec.to_builtins((await current_version(console.gateway)).document)
-        entry = _tenant_entry(document, tenant.id)
+        entry = tenant_entry(document, tenant.id)
         if entry is None:
             try:
-                entry = _new_entry(console, tenant)
+                entry = new_entry(console, tenant)
             except InvalidRequest as exc:
                 return await _policy_page(console, tenant.id, {"_form": exc.message}, exc.status)
             document.setdefault("tenants", []).append(entry)
@@ -130,7 +113,7 @@ async def save_policy(request: Request[Any, Any, Any], tenant_id: str) -> Respon
         try:
             await replace_config(console.gateway, console.actor, document, expected=expected, reason=reason)
         except VersionConflict as exc:
-            return await _conflict(console, exc, expected)
+            return await conflict(console, exc, expected)
         except GatewayError as exc:
             if exc.status >= 500:
                 raise
@@ -138,21 +121,6 @@ async def save_policy(request: Request[Any, Any, Any], tenant_id: str) -> Respon
         return redirect(f"/ui/tenants/{tenant.id}/policy")
 
     return await write(request, run)
-
-
-def _new_entry(console: Console, tenant: Tenant) -> dict[str, Any]:
-    """The live-config entry of a tenant the PostgreSQL store holds: its policy only.
-
-    The config file's store takes a tenant from its entry whole, and drops it
-    (keys and all) when a later version leaves the entry out: a tenant created
-    through the admin API gets its policy by being added to the config file.
-    """
-    if console.gateway.base.state.tenants != "postgres":
-        raise InvalidRequest(
-            f"Tenant {tenant.id!r} was created through the admin API and is not in the config file: add it there to give it a policy.",
-            param="_form",
-        )
-    return {"id": tenant.id}
 
 
 @get("/ui/audit", include_in_schema=False)

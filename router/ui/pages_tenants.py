@@ -2,15 +2,20 @@
 
 Each write is the admin API's operation (``router.routes_admin``) for the
 signed-in caller, with the API's input types and checks; a refused form comes
-back with the API's message next to the field it names.
+back with the API's message next to the field it names. A tenant's guardrails
+and MCP tool grants live in the live config, not the tenant store: operators
+edit them in a form of their own on the tenant's page, which writes a new
+config version (``router.ui.live_policy``) as the policy page does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 
+from core.config_version import VersionConflict
 from core.errors import GatewayError
 from router.routes_admin import (
     add_tenant,
@@ -22,10 +27,12 @@ from router.routes_admin import (
     tenant_keys,
     visible_tenants,
 )
+from router.routes_config import current_version, replace_config
 from router.tenant_records import ApiKey, CreatedKey, KeyCreate, TenantCreate, TenantUpdate
 from router.ui.console import Console, show, write
 from router.ui.data import alerts_of, budget_states
 from router.ui.forms import FieldError, convert, nested
+from router.ui.live_policy import conflict, field_of, live_view, new_entry, parse_grants, parse_guardrails, tenant_entry, version_number
 from router.ui.render import page, redirect
 
 SCOPE_CHOICES = ("tenant:read", "tenant:write", "ops:read", "ops:write", "ops:*")
@@ -106,9 +113,11 @@ async def _detail(
     keys: list[ApiKey] = await tenant_keys(console.caller, console.store, tenant_id)
     states = await budget_states(console.gateway, tenant.id, list(tenant.budgets))
     alerts = alerts_of(await audit_entries(console.caller, console.store, tenant.id, 1000))
+    # Guardrails and MCP grants are the live config's (operators only): read from the version serving here.
+    live = await live_view(console, tenant) if console.caller.ops else None
     ctx = console.ctx(
         tenant=tenant, keys=keys, budgets=states, alerts=alerts[:50], errors=errors or {}, values=values or {},
-        created=created, scope_choices=SCOPE_CHOICES, free_rows=BUDGET_ROWS_FREE,
+        created=created, scope_choices=SCOPE_CHOICES, free_rows=BUDGET_ROWS_FREE, live=live,
     )  # fmt: skip
     headers = {"cache-control": "no-store"}
     return page("tenant.html", status=status, headers=headers, **ctx)
@@ -135,6 +144,41 @@ async def update_tenant(request: Request[Any, Any, Any], tenant_id: str) -> Resp
                 raise
             return await _detail(console, tenant_id, errors=FieldError.of(exc).as_dict(), values=_form_values(console), status=exc.status)
         return redirect(f"/ui/tenants/{tenant_id}")
+
+    return await write(request, run)
+
+
+@post("/ui/tenants/{tenant_id:str}/guardrails", status_code=200, include_in_schema=False)
+async def update_guardrails(request: Request[Any, Any, Any], tenant_id: str) -> Response[bytes]:
+    """The tenant's guardrails and MCP grants: a new config version, conditional on the one the form showed."""
+
+    async def run(console: Console) -> Response[bytes]:
+        console.require_ops()
+        tenant = await read_tenant(console.caller, console.store, tenant_id)
+        form = console.form
+        expected = version_number(form.get("version"), "version")
+        guardrails, grants = form.get("guardrails"), form.get("mcp_tools")
+        try:
+            entry_guardrails = parse_guardrails(guardrails if isinstance(guardrails, str) else "")
+            entry_grants = parse_grants(grants if isinstance(grants, str) else "")
+            document = msgspec.to_builtins((await current_version(console.gateway)).document)
+            entry = tenant_entry(document, tenant.id)
+            if entry is None:
+                entry = new_entry(console, tenant)
+                document.setdefault("tenants", []).append(entry)
+            entry["guardrails"], entry["mcp_tools"] = entry_guardrails, entry_grants
+            reason = f"tenant {tenant.id}: guardrails and MCP tools changed in the console"
+            await replace_config(console.gateway, console.actor, document, expected=expected, reason=reason)
+        except VersionConflict as exc:
+            return await conflict(console, exc, expected)
+        except FieldError as exc:
+            return await _detail(console, tenant.id, errors=exc.as_dict(), values=_form_values(console), status=exc.status)
+        except GatewayError as exc:
+            if exc.status >= 500:
+                raise
+            errors = {field_of(exc.message): exc.message}
+            return await _detail(console, tenant.id, errors=errors, values=_form_values(console), status=exc.status)
+        return redirect(f"/ui/tenants/{tenant.id}#guardrails")
 
     return await write(request, run)
 
@@ -189,4 +233,4 @@ async def rotate_key(request: Request[Any, Any, Any], tenant_id: str, key_id: st
     return await write(request, run)
 
 
-ROUTES = [tenants, create_tenant, tenant_page, update_tenant, create_key, revoke_key, rotate_key]
+ROUTES = [tenants, create_tenant, tenant_page, update_tenant, update_guardrails, create_key, revoke_key, rotate_key]

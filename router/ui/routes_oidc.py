@@ -17,12 +17,13 @@ from typing import Any
 from litestar import Request, Response, get
 
 from core.config import TenantConfig
-from core.errors import PermissionDenied
+from core.errors import GatewayError, PermissionDenied
 from router.gateway import Gateway
 from router.jwt_auth import TenantLookup
 from router.routes_admin import caller_for
 from router.tenant_records import TenantNotFound, TenantStore
 from router.ui.console import is_tls, sessions
+from router.ui.login_limit import client_address, login_limit, too_many
 from router.ui.oidc_client import OidcClient, SignInFailed, provider_error
 from router.ui.oidc_flow import PRE_COOKIE, FlowError, PendingSignIns, pre_cookie_header, s256_challenge
 from router.ui.render import page, redirect
@@ -31,6 +32,7 @@ from router.ui.session import COOKIE, Identity, cookie_header
 CALLBACK = "/ui/oidc/callback"
 _CLIENT = "console_oidc_client"
 _PENDING = "console_oidc_pending"
+_REFUSALS = (400, 401, 403)
 
 
 def oidc_client(request: Request[Any, Any, Any]) -> OidcClient | None:
@@ -54,11 +56,12 @@ def provider_name(request: Request[Any, Any, Any]) -> str | None:
 
 
 def _pending(request: Request[Any, Any, Any]) -> PendingSignIns:
-    store: PendingSignIns | None = request.app.state.get(_PENDING)
-    if store is None:
-        store = PendingSignIns()
-        request.app.state[_PENDING] = store
-    return store
+    flows: PendingSignIns | None = request.app.state.get(_PENDING)
+    if flows is None:
+        store = sessions(request)
+        flows = PendingSignIns(store.signer("oidc pre-session"), store.signed_out)
+        request.app.state[_PENDING] = flows
+    return flows
 
 
 def _tenant_lookup(store: TenantStore) -> TenantLookup:
@@ -97,23 +100,44 @@ async def start(request: Request[Any, Any, Any]) -> Response[bytes]:
     except SignInFailed as exc:
         return _failed(request, exc.status, exc.message)
     redirect_uri = str(request.base_url).rstrip("/") + client.config.redirect_path
-    pre_sid, pending = _pending(request).begin(redirect_uri)
+    pre_cookie, pending = _pending(request).begin(redirect_uri)
     location = client.authorize_url(endpoints, redirect_uri=redirect_uri, state=pending.state, nonce=pending.nonce,
                                     challenge=s256_challenge(pending.verifier))  # fmt: skip
-    return redirect(location, headers={"set-cookie": pre_cookie_header(pre_sid, secure=is_tls(request))})
+    return redirect(location, headers={"set-cookie": pre_cookie_header(pre_cookie, secure=is_tls(request))})
 
 
 @get(CALLBACK, include_in_schema=False)
 async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Finish the sign-in the pre-session cookie names; any failure is a 4xx page that echoes nothing it was sent."""
+    """Finish the sign-in the pre-session cookie names; any failure is a 4xx page that echoes nothing it was sent.
+
+    A refused callback (400, 401, 403) counts as a failed sign-in of the client's address (``router.ui.login_limit``).
+    """
     client = oidc_client(request)
     if client is None:
         return page("error.html", status=404, me=None, title="Not found", message="Sign-in with an identity provider is not configured.")
+    limit, address = login_limit(request), client_address(request)
+    wait_s = limit.retry_after(address)
+    if wait_s is not None:
+        refused = _failed(request, 429, too_many(wait_s))
+        refused.headers["retry-after"] = str(wait_s)
+        return refused
+    response = await _finish(request, client)
+    status = response.status_code or 200
+    if status in _REFUSALS:
+        limit.failed(address)
+    elif status < 400:
+        limit.succeeded(address)
+    return response
+
+
+async def _finish(request: Request[Any, Any, Any], client: OidcClient) -> Response[bytes]:
     query = request.query_params
     try:
-        pending = _pending(request).finish(request.cookies.get(PRE_COOKIE), query.get("state"))
+        pending = await _pending(request).finish(request.cookies.get(PRE_COOKIE), query.get("state"))
     except FlowError as exc:
         return _failed(request, 400, str(exc))
+    except GatewayError as exc:
+        return _failed(request, exc.status, exc.message)
     if query.get("error") is not None:
         reason = provider_error(query.get("error"))
         return _failed(request, 403, f"{client.name} did not sign you in ({reason}).")
@@ -131,9 +155,12 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     except PermissionDenied:
         return _failed(request, 403, "Your account has no admin scope (ops:*, tenant:read or tenant:write).")
     store = sessions(request)
-    store.close(request.cookies.get(COOKIE))
-    sid, _ = store.open(None, Identity(principal.tenant, principal.key_id, principal.scopes))
-    return _ended(request, page("signed_in.html", me=None, headers={"set-cookie": cookie_header(sid, secure=is_tls(request))}))
+    try:
+        await store.close(request.cookies.get(COOKIE))
+    except GatewayError:
+        pass  # the replaced session's id could not be recorded as signed out: the sign-in goes on
+    cookie, _ = store.open(None, Identity(principal.tenant, principal.key_id, principal.scopes))
+    return _ended(request, page("signed_in.html", me=None, headers={"set-cookie": cookie_header(cookie, secure=is_tls(request))}))
 
 
 ROUTES = [start, callback]

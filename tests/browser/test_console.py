@@ -253,3 +253,24 @@ async def test_pages_carry_a_strict_policy_and_a_locked_down_cookie(open_page: S
     await page.click("header form.signout button")
     await page.wait_for_url("**/ui/login")
     assert (await page.goto(console.url + "/ui/tenants")).url.endswith("/ui/login")
+
+
+async def test_an_operator_edits_a_tenants_guardrails_and_mcp_tools(open_page: SignIn, console: Console, artifacts: Path) -> None:
+    page = await open_page(console.ops_key)
+    await page.goto(console.url + "/ui/tenants/initech")
+    await page.fill("#g-list", "- kind: deny_patterns\n  name: no-ssn\n  patterns: ['\\d{3}-\\d{2}-\\d{4}']\n")
+    await page.fill("#g-mcp", "docs/*\nfiles/read_file")
+    await page.click("#edit-guardrails button[type=submit]")
+    await page.wait_for_url("**/ui/tenants/initech#guardrails")
+    assert "no-ssn" in await page.locator("#g-list").input_value()
+    assert await page.locator("#g-mcp").input_value() == "docs/*\nfiles/read_file"
+    await shot(page, artifacts, "tenant-guardrails")
+    # A grant that is not one comes back next to its field, as typed; nothing is written.
+    await page.fill("#g-mcp", "not a grant")
+    async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        await page.click("#edit-guardrails button[type=submit]")
+    assert (await posted.value).status == 400
+    assert "server/tool" in await page.locator(".field-error[data-field=mcp_tools]").inner_text()
+    assert await page.locator("#g-mcp").input_value() == "not a grant"
+    await page.goto(console.url + "/ui/tenants/initech")
+    assert await page.locator("#g-mcp").input_value() == "docs/*\nfiles/read_file"

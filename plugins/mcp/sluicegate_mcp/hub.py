@@ -73,10 +73,10 @@ class Hub:
                 resolve_headers(server.spec, server.index, tenant)
                 resolve_env(server.spec, server.index, tenant)
 
-    def upstream(self, server: str, tenant: str) -> Upstream:
-        """The connection ``tenant``'s calls to ``server`` use."""
+    def upstream(self, server: str, tenant: str | None) -> Upstream:
+        """The connection ``tenant``'s calls to ``server`` use (None: the server's own, shared one)."""
         entry = self.servers[server]
-        if not has_tenant_credentials(entry.spec, tenant):
+        if tenant is None or not has_tenant_credentials(entry.spec, tenant):
             return entry.shared
         if tenant not in entry.by_tenant:
             entry.by_tenant[tenant] = self._upstream(entry.spec, entry.index, tenant)
@@ -90,7 +90,7 @@ class Hub:
         spec = self.servers[server].spec
         return spec.max_result_bytes if spec.max_result_bytes is not None else self.options.max_result_bytes
 
-    async def listing(self, server: str, tenant: str, kind: str) -> list[Any]:
+    async def listing(self, server: str, tenant: str | None, kind: str) -> list[Any]:
         """One of the server's lists (``LISTS``), cached; raises what fetching it raised."""
         upstream = self.upstream(server, tenant)
         key = (server, tenant if upstream is not self.servers[server].shared else None, kind)

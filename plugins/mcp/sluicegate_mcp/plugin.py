@@ -17,7 +17,8 @@ and runs the streamable-HTTP session manager; ``close`` ends the sessions,
 the upstream connections (and stdio processes), and waits for pending audit
 entries. A config version that changes the plugin's entry builds a new
 instance: upstream servers are reloaded with it. The same servers are offered to
-the Responses API's ``mcp`` tools (``tool_provider``), under the same grants.
+the Responses API's ``mcp`` tools (``tool_provider``), under the same grants,
+and shown in the admin console with their tools and grants (``console.ServersPanel``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+from core.console_panel import ConsolePanel
 from core.plugin import ASGIApp, Plugin, Services, ToolProvider
 from sluicegate_mcp.admission import Admission
 from sluicegate_mcp.catalog import Catalog
+from sluicegate_mcp.console import ServersPanel
 from sluicegate_mcp.http import MCP_PATH, METADATA_PATH, McpHttp
 from sluicegate_mcp.hub import Hub
 from sluicegate_mcp.meter import Meter
@@ -103,6 +106,9 @@ class McpPlugin(Plugin):
     def tool_provider(self) -> ToolProvider:
         """The upstream servers, by name, for the Responses API's ``mcp`` tools (the same calls as ``/mcp``'s)."""
         return McpToolProvider(lambda: self._tools, self.services, self.services.log)
+
+    def console_panels(self) -> list[ConsolePanel]:
+        return [ServersPanel(lambda: self._hub, self.services)]
 
     def asgi(self) -> ASGIApp:
         return self._serve

@@ -92,6 +92,8 @@ class Upstream:
         self._current: _Connection | None = None
         self._lock = asyncio.Lock()
         self._all: set[_Connection] = set()
+        # Why the last connection failed or ended (an exception's type, never its text); None once one opens.
+        self.last_error: str | None = None
 
     @contextlib.asynccontextmanager
     async def use(self) -> AsyncIterator[Client]:
@@ -142,10 +144,12 @@ class Upstream:
             except TimeoutError:
                 conn.retire()
                 conn.task.cancel()
+                self.last_error = "ConnectTimeout"
                 raise UpstreamUnavailable(f"server {self.spec.name} did not answer in {self._connect_timeout_s:g}s") from None
             if conn.client is None:
                 raise UpstreamUnavailable(f"server {self.spec.name} could not be reached")
             self._current = conn
+            self.last_error = None
             return conn
 
     async def _hold(self, conn: _Connection) -> None:
@@ -168,6 +172,7 @@ class Upstream:
         except Exception as exc:  # noqa: BLE001 - a server that fails to start or dies fails its calls, nothing else
             # The type only: an error's text may quote a URL's credentials or the server's output.
             self._log.warning("mcp server %s: connection ended (%s)", self.spec.name, type(exc).__name__)
+            self.last_error = failure_type(exc)
         finally:
             conn.retired = True
             conn.ready.set()
@@ -186,6 +191,13 @@ class Upstream:
         for cls, kind in kinds.items():
             if isinstance(message, cls):
                 self._on_change(ChangeNotice(self.spec.name, kind))
+
+
+def failure_type(exc: BaseException) -> str:
+    """The type of what failed: a task group's first error rather than its group (the SDK's transports run in one)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return type(exc).__name__
 
 
 async def all_tools(client: Client) -> list[types.Tool]:

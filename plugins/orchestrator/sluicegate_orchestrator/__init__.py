@@ -10,6 +10,7 @@ LLM calls through the pipeline) comes later. The parts:
 - ``StepContext``: what a handler gets (steps, compensations, child tasks).
 - ``SqliteTaskStore`` / ``PostgresTaskStore`` behind ``TaskStore``.
 - ``cli.main(argv)``: ``dead`` and ``replay``.
+- ``console.TasksPanel``: the admin console's tasks page (tasks, dead letters, replay, cancel).
 """
 
 from __future__ import annotations

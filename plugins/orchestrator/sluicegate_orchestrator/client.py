@@ -65,8 +65,9 @@ class Orchestrator:
         return await self.store.get(tenant, task_id)
 
     async def list_tasks(
-        self, tenant: str, *, after: str | None = None, limit: int = 20, status: TaskStatus | None = None
+        self, tenant: str | None, *, after: str | None = None, limit: int = 20, status: TaskStatus | None = None
     ) -> tuple[list[Task], bool]:
+        """A page of ``tenant``'s tasks, newest first (None: every tenant's, the operator's view)."""
         return await self.store.page(tenant, after=after, limit=max(1, min(limit, MAX_PAGE)), status=status)
 
     async def cancel(self, tenant: str, task_id: str) -> Task | None:
@@ -89,13 +90,16 @@ class Orchestrator:
         entries = await self.queue(queue).dead_entries()
         return [DeadTask(entry, await self.store.get(entry.tenant, entry.task_id)) for entry in entries]
 
-    async def replay(self, queue: str = DEFAULT_QUEUE, task_id: str | None = None) -> list[str]:
-        """Dead tasks (one, or every one on the queue) back to queued, their entries back on the stream."""
+    async def replay(self, queue: str = DEFAULT_QUEUE, task_id: str | None = None, *, tenant: str | None = None) -> list[str]:
+        """Dead tasks (one, or every one on the queue) back to queued, their entries back on the stream.
+
+        ``tenant`` limits it to that tenant's dead tasks (a tenant admin's replay); None: any tenant's.
+        """
         q = self.queue(queue)
         replayed: list[str] = []
         found = False
         for entry in await q.dead_entries():
-            if task_id is not None and entry.task_id != task_id:
+            if (task_id is not None and entry.task_id != task_id) or (tenant is not None and entry.tenant != tenant):
                 continue
             found = True
             revived = await self.store.revive(entry.tenant, entry.task_id, now=self.clock())
@@ -105,7 +109,7 @@ class Orchestrator:
                 replayed.append(entry.task_id)
         if task_id is not None and not found:
             # Dead in the store, its dead-letter entry lost (a worker died between the two writes).
-            task = await self.store.get(None, task_id)
+            task = await self.store.get(tenant, task_id)
             if task is not None and task.status == "dead" and task.queue == queue:
                 revived = await self.store.revive(task.tenant, task.id, now=self.clock())
                 if revived is not None:

@@ -9,7 +9,8 @@ task's tenant, so that tenant's budgets, PII policy, routing and ledger apply.
 
 State: tasks in SQLite (``store`` empty: a file in the plugin's data
 directory) or PostgreSQL (``store: postgresql://...``); the queue on Redis
-Streams at the gateway's ``state.redis_url``.
+Streams at the gateway's ``state.redis_url``. The admin console shows the
+tasks, the dead letters of ``queue`` and their replay (``console.TasksPanel``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import ClassVar, Literal
 import msgspec
 import redis.asyncio as aioredis
 
+from core.console_panel import ConsolePanel
 from core.plugin import Plugin, Services
 from sluicegate_orchestrator.backoff import RetryPolicy
 from sluicegate_orchestrator.cli import open_store
 from sluicegate_orchestrator.client import Orchestrator
+from sluicegate_orchestrator.console import TasksPanel
 from sluicegate_orchestrator.model import DEFAULT_QUEUE
 from sluicegate_orchestrator.queue import DEFAULT_PREFIX
 from sluicegate_orchestrator.store import TaskStore
@@ -101,6 +104,9 @@ class OrchestratorPlugin(Plugin):
             await self._store.close()
         if self._redis is not None:
             await self._redis.aclose()
+
+    def console_panels(self) -> list[ConsolePanel]:
+        return [TasksPanel(lambda: self.orchestrator, self.options.queue, self.services)]
 
     async def worker(self) -> None:
         options: OrchestratorOptions = self.options

@@ -1,10 +1,10 @@
 """The task store: one Protocol, an embedded (SQLite) and a production (PostgreSQL) implementation.
 
 Every call names the tenant whose rows it may touch; another tenant's task is
-"not found". ``tenant=None`` is the operator's view (replay, the dead list),
-never a tenant's. Status changes a worker makes are compare-and-set on the
-lease (``owner``), so a worker that lost its task to a reclaim cannot
-overwrite the new run's outcome.
+"not found". ``tenant=None`` is the operator's view (replay, the dead list,
+the console's task list), never a tenant's. Status changes a worker makes are
+compare-and-set on the lease (``owner``), so a worker that lost its task to a
+reclaim cannot overwrite the new run's outcome.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class TaskStore(Protocol):
 
     async def get(self, tenant: str | None, task_id: str) -> Task | None: ...
 
-    async def page(self, tenant: str, *, after: str | None, limit: int, status: TaskStatus | None = None) -> tuple[list[Task], bool]:
-        """Newest first, after the task ``after``; True when more follow."""
+    async def page(self, tenant: str | None, *, after: str | None, limit: int, status: TaskStatus | None = None) -> tuple[list[Task], bool]:
+        """Newest first, after the task ``after``; True when more follow. ``tenant=None``: every tenant's tasks."""
         ...
 
     async def children(self, tenant: str, parent_id: str) -> list[Task]: ...

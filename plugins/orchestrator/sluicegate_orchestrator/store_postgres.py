@@ -56,13 +56,9 @@ class PostgresTaskStore:
             return await self._one(None, sql.GET_ANY, task_id)
         return await self._one(tenant, sql.GET, tenant, task_id)
 
-    async def page(self, tenant: str, *, after: str | None, limit: int, status: TaskStatus | None = None) -> tuple[list[Task], bool]:
-        args: list[object] = [tenant, limit + 1]
-        if status is not None:
-            args.append(status)
-        if after is not None:
-            args.append(after)
-        query = sql.page_query(after=after is not None, status=status is not None)
+    async def page(self, tenant: str | None, *, after: str | None, limit: int, status: TaskStatus | None = None) -> tuple[list[Task], bool]:
+        args = sql.page_args(tenant, limit, status, after)
+        query = sql.page_query(tenant=tenant is not None, after=after is not None, status=status is not None)
         rows = await self.calls.run(tenant, lambda conn: conn.fetch(query, *args))
         tasks = [sql.task_from_row(row) for row in rows]
         return tasks[:limit], len(tasks) > limit

@@ -99,17 +99,28 @@ def sqlite_form(statement: str) -> str:
     return _PARAM.sub(r"?\1", statement)
 
 
-def page_query(*, after: bool, status: bool) -> str:
-    """Newest first; ``$1`` tenant, ``$2`` limit, then the status and the cursor's id as asked."""
-    where = ["tenant = $1"]
-    n = 2
+def page_query(*, tenant: bool, after: bool, status: bool) -> str:
+    """Newest first; ``$1`` limit, then the tenant (left out: every tenant's), the status and the cursor's id as asked."""
+    where: list[str] = []
+    n = 1
+    mine = ""
+    if tenant:
+        n += 1
+        mine = f"tenant = ${n} AND "
+        where.append(f"tenant = ${n}")
     if status:
         n += 1
         where.append(f"status = ${n}")
     if after:
         n += 1
-        where.append(f"(created_at, id) < (SELECT created_at, id FROM tasks WHERE tenant = $1 AND id = ${n})")
-    return f"SELECT {COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT $2"
+        where.append(f"(created_at, id) < (SELECT created_at, id FROM tasks WHERE {mine}id = ${n})")
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {COLUMNS} FROM tasks{clause} ORDER BY created_at DESC, id DESC LIMIT $1"
+
+
+def page_args(tenant: str | None, limit: int, status: TaskStatus | None, after: str | None) -> list[object]:
+    """The parameters of ``page_query``: one row over ``limit``, to tell whether more follow."""
+    return [limit + 1, *(v for v in (tenant, status, after) if v is not None)]
 
 
 def encode(value: Json) -> bytes:

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_listing ON tasks (tenant, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_recent ON tasks (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS tasks_children ON tasks (tenant, parent_id) WHERE parent_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_steps (
     tenant     TEXT    NOT NULL,
@@ -146,13 +147,9 @@ class SqliteTaskStore:
             return None
         return await (self._one("GET_ANY", task_id) if tenant is None else self._one("GET", tenant, task_id))
 
-    async def page(self, tenant: str, *, after: str | None, limit: int, status: TaskStatus | None = None) -> tuple[list[Task], bool]:
-        args: list[object] = [tenant, limit + 1]
-        if status is not None:
-            args.append(status)
-        if after is not None:
-            args.append(after)
-        query = sql.sqlite_form(sql.page_query(after=after is not None, status=status is not None))
+    async def page(self, tenant: str | None, *, after: str | None, limit: int, status: TaskStatus | None = None) -> tuple[list[Task], bool]:
+        args = sql.page_args(tenant, limit, status, after)
+        query = sql.sqlite_form(sql.page_query(tenant=tenant is not None, after=after is not None, status=status is not None))
         rows = await self._run(lambda conn: conn.execute(query, args).fetchall())
         tasks = [sql.task_from_row(row) for row in rows]
         return tasks[:limit], len(tasks) > limit

@@ -38,7 +38,7 @@ def test_the_package_imports_only_the_stdlib_its_dependencies_and_core() -> None
 
 def test_migrations_load_under_their_own_namespace() -> None:
     migrations = load_migrations([SOURCE])
-    assert [m.label for m in migrations] == ["orchestrator/1001"]
+    assert [m.label for m in migrations] == ["orchestrator/1001", "orchestrator/1002"]
     assert (PACKAGE / "py.typed").is_file()
 
 

@@ -78,6 +78,25 @@ async def test_pages_are_newest_first_and_follow_the_cursor(store: TaskStore) ->
     assert [t.id for t in cancelled] == [made[1].id]
 
 
+async def test_the_operators_pages_hold_every_tenants_tasks_newest_first(store: TaskStore) -> None:
+    made = [(await make(store, ("acme", "globex", "initech")[i % 3], now=T0 + i))[0] for i in range(5)]
+    newest_first = [t.id for t in reversed(made)]
+    first, more = await store.page(None, after=None, limit=3)
+    assert [t.id for t in first] == newest_first[:3] and more
+    assert {t.tenant for t in first} == {"acme", "globex", "initech"}
+    rest, more = await store.page(None, after=first[-1].id, limit=3)
+    assert [t.id for t in rest] == newest_first[3:] and not more, "the cursor may be any tenant's task"
+    await store.cancel("globex", made[1].id, now=T0 + 20)
+    await store.cancel("acme", made[3].id, now=T0 + 21)
+    cancelled, more = await store.page(None, after=None, limit=10, status="cancelled")
+    assert [t.id for t in cancelled] == [made[3].id, made[1].id] and not more
+    older, _ = await store.page(None, after=made[3].id, limit=10, status="cancelled")
+    assert [t.id for t in older] == [made[1].id]
+    assert await store.page(None, after="task_" + "f" * 24, limit=2) == ([], False), "an unknown cursor is no page"
+    # A tenant's page never starts after another tenant's task: that cursor is unknown to it.
+    assert await store.page("acme", after=made[1].id, limit=10) == ([], False)
+
+
 async def test_claim_admits_one_run_until_the_lease_lapses(store: TaskStore) -> None:
     task, _ = await make(store)
     first = await store.claim("acme", task.id, owner="w1", now=T0, lease_s=10)

@@ -23,7 +23,7 @@ from router.tenant_records import Tenant, TenantNotFound, TenantStore
 from router.ui.console import identity_principal
 from router.ui.oidc_client import OidcClient, SignInFailed, provider_error
 from router.ui.oidc_flow import PENDING_S, FlowError, PendingSignIns, new_verifier, pre_cookie_header, s256_challenge
-from router.ui.session import Identity
+from router.ui.session import Identity, SignedOutIds, Signer
 from tests.fakes.oidc_provider import FakeOidcProvider, oidc_provider
 from tests.integration.gateway_server import running_gateway
 
@@ -34,6 +34,7 @@ USERS = {
     "eve": {"tenant": "globex", "scope": "inference"},
 }
 REDIRECT = "http://127.0.0.1:1/ui/oidc/callback"
+SECRET = b"a console secret of at least 32 bytes"
 
 
 class Clock:
@@ -59,49 +60,57 @@ def test_verifiers_are_long_random_and_of_the_unreserved_set() -> None:
         assert 43 <= len(verifier) <= 128 and re.fullmatch(r"[A-Za-z0-9._~-]+", verifier)
 
 
-def test_a_sign_in_is_finished_once_by_its_browser_and_state() -> None:
-    store = PendingSignIns(clock=Clock())
-    pre_sid, pending = store.begin(REDIRECT)
-    assert len({pending.state, pending.nonce, pending.verifier, pre_sid}) == 4
-    assert pre_sid not in repr(store._pending)  # kept by digest
-    assert store.finish(pre_sid, pending.state) == pending
+def flows(clock: Clock, secret: bytes = SECRET) -> PendingSignIns:
+    return PendingSignIns(Signer(secret, "oidc pre-session"), SignedOutIds(clock=clock), clock=clock)
+
+
+async def test_a_sign_in_is_finished_once_by_its_browser_and_state() -> None:
+    clock = Clock()
+    store = flows(clock)
+    pre_cookie, pending = store.begin(REDIRECT)
+    assert len({pending.state, pending.nonce, pending.verifier, pre_cookie}) == 4
+    assert await store.finish(pre_cookie, pending.state) == pending
     with pytest.raises(FlowError, match="already used"):
-        store.finish(pre_sid, pending.state)
+        await store.finish(pre_cookie, pending.state)
+    # Another process with the same secret and the same used states (Redis) finishes it too, once.
+    shared = SignedOutIds(clock=clock)
+    pre_cookie, pending = store.begin(REDIRECT)
+    elsewhere = PendingSignIns(Signer(SECRET, "oidc pre-session"), shared, clock=clock)
+    assert await elsewhere.finish(pre_cookie, pending.state) == pending
+    with pytest.raises(FlowError, match="already used"):
+        await PendingSignIns(Signer(SECRET, "oidc pre-session"), shared, clock=clock).finish(pre_cookie, pending.state)
 
 
-def test_a_wrong_state_or_cookie_ends_the_sign_in() -> None:
-    store = PendingSignIns(clock=Clock())
-    pre_sid, pending = store.begin(REDIRECT)
+async def test_a_wrong_state_or_cookie_ends_the_sign_in() -> None:
+    store = flows(Clock())
+    pre_cookie, pending = store.begin(REDIRECT)
     with pytest.raises(FlowError, match="does not belong"):
-        store.finish(pre_sid, pending.state + "x")
+        await store.finish(pre_cookie, pending.state + "x")
     # Refused once, gone: the right state cannot follow a wrong one.
     with pytest.raises(FlowError):
-        store.finish(pre_sid, pending.state)
-    other_sid, other = store.begin(REDIRECT)
-    for sid, state in ((None, other.state), ("", other.state), (pre_sid, other.state), (other_sid, None)):
+        await store.finish(pre_cookie, pending.state)
+    other_cookie, other = store.begin(REDIRECT)
+    forged = flows(Clock(), b"another secret, 32 bytes or more!").begin(REDIRECT)[0]
+    tampered = other_cookie[:-2] + ("AA" if not other_cookie.endswith("AA") else "BB")
+    for cookie, state in ((None, other.state), ("", other.state), (forged, other.state), (tampered, other.state), (other_cookie, None)):
         with pytest.raises(FlowError):
-            store.finish(sid, state)
-    assert len(store) == 0
+            await store.finish(cookie, state)
 
 
-def test_a_sign_in_expires() -> None:
+async def test_a_sign_in_expires() -> None:
     clock = Clock()
-    store = PendingSignIns(clock=clock)
-    pre_sid, pending = store.begin(REDIRECT)
+    store = flows(clock)
+    pre_cookie, pending = store.begin(REDIRECT)
     clock.now += PENDING_S + 1
     with pytest.raises(FlowError, match="expired"):
-        store.finish(pre_sid, pending.state)
+        await store.finish(pre_cookie, pending.state)
 
 
-def test_the_pending_store_is_bounded() -> None:
-    store = PendingSignIns(capacity=2, clock=Clock())
-    first = store.begin(REDIRECT)
-    second = store.begin(REDIRECT)
-    store.begin(REDIRECT)
-    assert len(store) == 2
-    with pytest.raises(FlowError):
-        store.finish(first[0], first[1].state)
-    assert store.finish(second[0], second[1].state) == second[1]
+async def test_the_pre_session_cookie_keeps_no_secret_of_the_gateway() -> None:
+    pre_cookie, pending = flows(Clock()).begin(REDIRECT)
+    assert SECRET.decode() not in pre_cookie and re.fullmatch(r"1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}", pre_cookie)
+    # A session cookie's signer cannot have made it: each purpose has its own key.
+    assert Signer(SECRET, "session").verify(pre_cookie) is None
 
 
 def test_the_pre_session_cookie_is_http_only_lax_short_and_secure_over_tls() -> None:
