@@ -4,12 +4,13 @@
 
 CPU time on a shared machine moves by more than the few percent that features
 add; the count of instructions a request executes does not. Each Sluicegate
-target of the overhead benchmark (``bench.overhead_targets``) is started under
+target of the overhead benchmark (``bench.overhead_targets``), and the minimal
+pass-through (``bench.passthrough``), is started under
 valgrind's callgrind with instrumentation off; after a warm-up, counting is
 switched on (``callgrind_control``), wrk drives it for ``--duration`` seconds,
 and the count is read back. The figure is instructions per request, from the
-gateway process and its threads, and each feature target's as a percentage of
-the foundation's.
+gateway process and its threads, and each target's as a percentage of the
+foundation's and of the pass-through's.
 
 It is no substitute for time: a cache miss costs no instruction, and under
 valgrind the gateway runs some forty times slower, so the ledger writes
@@ -39,7 +40,7 @@ from bench.overhead_targets import (
 from bench.processes import Server, free_port
 from bench.wrk import WrkMissing, find_wrk, run_wrk
 
-TARGETS = ("sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
+TARGETS = ("passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
 
 
 def _total_instructions(path: Path) -> int:
@@ -53,10 +54,14 @@ def _total_instructions(path: Path) -> int:
 def measure(name: str, work: Path, upstream_url: str, args: argparse.Namespace) -> float:
     """Instructions per request of one target."""
     port = free_port()
-    config = work / f"{name}.yaml"
-    config.write_text(sluicegate_config(upstream_url, bench_key_hash(), FEATURES[name]))
+    if name == "passthrough":
+        served = [sys.executable, "-m", "bench.passthrough", "--upstream", upstream_url, "--port", str(port)]
+    else:
+        config = work / f"{name}.yaml"
+        config.write_text(sluicegate_config(upstream_url, bench_key_hash(), FEATURES[name]))
+        served = serve_argv(config, port)
     out = work / f"{name}.callgrind"
-    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *serve_argv(config, port)]
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *served]
     server = Server(LABELS[name], argv, work / f"{name}.log", work)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body, headers = request_body(args.stream), request_headers(name)
@@ -113,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             upstream.stop()
     mode = "stream" if args.stream else "non-stream"
-    print(f"{'target':<18} {'mode':<10} {'instructions/req':>17} {'% of sluicegate':>16}")
+    print(f"{'target':<18} {'mode':<10} {'instructions/req':>17} {'% of sluicegate':>16} {'% of passthrough':>17}")
     for name, count in counts.items():
-        print(f"{LABELS[name]:<18} {mode:<10} {count:17,.0f} {100 * count / counts['sluicegate']:15.1f}%")
+        base, floor = 100 * count / counts["sluicegate"], 100 * count / counts["passthrough"]
+        print(f"{LABELS[name]:<18} {mode:<10} {count:17,.0f} {base:15.1f}% {floor:16.1f}%")
     return 0
 
 

@@ -197,8 +197,13 @@ def refused_unparsed(exc: GatewayError) -> None:
 
 async def before_request(request: Request[Any, Any, Any]) -> None:
     """Litestar ``before_request`` hook: the cell that tells a refusal from a failure the pipeline logged."""
+    begin(request.scope)
+
+
+def begin(scope: Scope) -> None:
+    """The cell of a routed request, in its scope and its task's context (``router.fast_routes`` calls it directly)."""
     seen = _Seen()
-    request.scope[_SCOPE_KEY] = seen  # type: ignore[literal-required]
+    scope[_SCOPE_KEY] = seen  # type: ignore[literal-required]
     _current.set(seen)  # this request's task, and the tasks it starts (settlement, a stream's relay)
 
 

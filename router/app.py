@@ -37,6 +37,7 @@ from router import (
     ui,
 )
 from router.defaults import embedded_config
+from router.fast_routes import GatewayApp
 from router.gateway import Gateway
 from router.logs import capture_process_errors, loop_exception_handler
 from router.openapi import openapi_config
@@ -116,7 +117,9 @@ def create_app(config: Config, gateway: Gateway | None = None, source_path: str 
         except Exception as exc:  # noqa: BLE001 - re-raised as StartupFailed, logged by type and stack
             raise _phase_failed("stop", exc) from None
 
-    return Litestar(
+    return GatewayApp(
+        gateway=gw,
+        access_log=access,
         route_handlers=[
             *routes_openai.ROUTES,
             *routes_ops.ROUTES,

@@ -9,9 +9,11 @@ connection is closed anyway; nothing is kept while draining.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Request
+from litestar.types import Receive
 
 from core.errors import InvalidRequest, PayloadTooLarge
 
@@ -28,17 +30,22 @@ class ClientGone(InvalidRequest):
 
 async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The whole body, or ``PayloadTooLarge`` once it is known to exceed ``limit``."""
-    announced = request.headers.get("content-length")
+    return await read_asgi_body(request.headers, request.receive, limit)
+
+
+async def read_asgi_body(headers: Mapping[str, str], receive: Receive, limit: int) -> bytes:
+    """``read_body`` from the ASGI ``receive`` and the request's headers (lower-case names)."""
+    announced = headers.get("content-length")
     if announced is not None and announced.isdigit() and int(announced) > limit:
         # A client that waits for "100 Continue" has sent nothing yet: asking for
         # the body would invite it to upload what is refused anyway.
-        if request.headers.get("expect", "").lower() != "100-continue":
-            await _drain(request, 0)
+        if headers.get("expect", "").lower() != "100-continue":
+            await _drain(receive, 0)
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
-        event = await request.receive()
+        event = await receive()
         if event["type"] != "http.request":
             raise ClientGone("The client closed the connection before sending the whole body.")
         chunk = event.get("body", b"")
@@ -46,7 +53,7 @@ async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 if event.get("more_body", False):
-                    await _drain(request, size)
+                    await _drain(receive, size)
                 raise _too_large(limit)
             chunks.append(chunk)
         if not event.get("more_body", False):
@@ -54,9 +61,9 @@ async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _drain(request: Request[Any, Any, Any], seen: int) -> None:
+async def _drain(receive: Receive, seen: int) -> None:
     while seen <= DRAIN_BYTES:
-        event = await request.receive()
+        event = await receive()
         if event["type"] != "http.request":
             return
         seen += len(event.get("body", b""))

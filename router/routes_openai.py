@@ -5,16 +5,16 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.datastructures import Headers
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Receive
 
 from core.errors import GatewayError, PermissionDenied
 from policies.routing import model_not_found
-from router.body import read_body
+from router.body import read_asgi_body
 from router.decode import decode_body
 from router.gateway import Gateway
 from router.openapi import BODY
@@ -50,11 +50,16 @@ Answer = ASGIApp
 
 
 async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape: type[WireRequest]) -> Answer:
-    gateway = _gateway(request)
+    return await serve_openai(_gateway(request), request.headers, request.receive, kind, route, shape)
+
+
+async def serve_openai(
+    gateway: Gateway, headers: Mapping[str, str], receive: Receive, kind: Kind, route: str, shape: type[WireRequest]
+) -> Answer:
+    """Authenticate, decode, run the pipeline; ``headers`` has the client's headers by lower-case name."""
     started = time.perf_counter()
-    headers = request.headers
     try:
-        ctx = await _admit(request, headers, gateway, kind, route, shape, started)
+        ctx = await _admit(headers, receive, gateway, kind, route, shape, started)
     except GatewayError as exc:
         # Refused before routing: the alias may be anything the client typed.
         gateway.metrics.observe(route, "-", exc.status, time.perf_counter() - started)
@@ -63,8 +68,8 @@ async def _serve(request: Request[Any, Any, Any], kind: Kind, route: str, shape:
 
 
 async def _admit(
-    request: Request[Any, Any, Any],
-    headers: Headers,
+    headers: Mapping[str, str],
+    receive: Receive,
     gateway: Gateway,
     kind: Kind,
     route: str,
@@ -76,7 +81,7 @@ async def _admit(
     authenticated = time.perf_counter()
     if principal.key_id.startswith("jwt:") and not principal.has_scope("inference"):
         raise PermissionDenied("This token lacks the `inference` scope the OpenAI endpoints need.")
-    body = await read_body(request, gateway.base.server.max_body_bytes)
+    body = await read_asgi_body(headers, receive, gateway.base.server.max_body_bytes)
     raw, validated, unknown = decode_body(body, shape)
     if unknown:
         gateway.metrics.unknown_fields.labels(route).inc(unknown)
@@ -144,3 +149,10 @@ async def retrieve_model(request: Request[Any, Any, Any], model_id: str) -> Resp
 
 
 ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model]
+
+# What ``router.fast_routes`` serves without the framework's routing: path -> (kind, route, shape).
+FAST: dict[str, tuple[Kind, str, type[WireRequest]]] = {
+    "/v1/chat/completions": ("chat", "chat", ChatRequest),
+    "/v1/completions": ("completion", "completions", CompletionRequest),
+    "/v1/embeddings": ("embedding", "embeddings", EmbeddingRequest),
+}

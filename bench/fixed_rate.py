@@ -1,0 +1,196 @@
+"""Added latency at a fixed request rate: the gateway's p99 less the upstream's, at half the gateway's maximum.
+
+``python -m bench.fixed_rate [--target sluicegate-all] [--fraction 0.5] [--duration 10] [--rounds 3] [--stream]``
+
+Starts the fake upstream and one Sluicegate target of the overhead benchmark
+(``bench.overhead_targets``; default the full pipeline: limits, budgets and
+the SQLite ledger), the gateway pinned to its own CPU and everything else to
+the other, as ``bench.overhead`` places them. First it measures the target's
+maximum with wrk (``-c32``); then, round after round, it offers ``--fraction``
+of that rate, open loop, to the upstream directly and to the gateway in turn
+(which goes first alternates), and prints p50, p90, p99 and max latency of
+each and what the gateway adds to each (gateway less direct, same round).
+
+Open loop: request *i* is due at ``start + i / rate`` whether or not earlier
+ones have been answered, and its latency is counted from when it was due, not
+from when it went out, so a stall is charged to every request it delays
+(no coordinated omission). The client is this process (uvloop, the gateway's
+own keep-alive client ``serving.h1``, up to 512 connections); its cost is in
+both figures alike, and cancels out of the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+
+from bench.overhead_targets import (
+    CHAT_PATH,
+    FEATURES,
+    LABELS,
+    bench_key_hash,
+    request_body,
+    request_headers,
+    serve_argv,
+    sluicegate_config,
+)
+from bench.processes import Server, free_port
+from bench.wrk import WrkMissing, find_wrk, run_wrk
+from serving.h1 import H1Error, H1Pool
+
+
+@dataclass
+class Run:
+    """One open-loop run: latencies in ms of the answered requests, and the failures."""
+
+    latencies: list[float]
+    errors: int
+    late_ms: float  # how far behind schedule the client itself fell, at worst
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def open_loop(url: str, body: bytes, headers: dict[str, str], *, rate: float, duration_s: float, stream: bool) -> Run:
+    """Offer ``rate`` requests a second for ``duration_s``, each timed from when it was due."""
+    pool = H1Pool(url, limit=512, connect_s=5.0, read_s=30.0, total_s=60.0)
+    head = pool.head(b"POST", CHAT_PATH, {k.lower(): v for k, v in headers.items()})
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = 0
+    late = 0.0
+
+    async def one(due: float) -> None:
+        nonlocal errors
+        try:
+            response = await pool.request(head, body)
+            if stream:
+                async for _ in response.chunks():
+                    pass
+            else:
+                await response.read()
+        except (H1Error, TimeoutError):
+            errors += 1
+            return
+        if response.status != 200:
+            errors += 1
+            return
+        latencies.append((loop.time() - due) * 1000)
+
+    # Warm the pool's connections so that connecting is not part of the first second's latency.
+    await asyncio.gather(*(one(loop.time()) for _ in range(min(64, int(rate // 10) + 1))))
+    latencies.clear()
+    total = int(rate * duration_s)
+    start = loop.time() + 0.05
+    tasks: set[asyncio.Task[None]] = set()
+    for i in range(total):
+        due = start + i / rate
+        wait = due - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        else:
+            late = max(late, -wait)
+        task = loop.create_task(one(due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    await pool.close()
+    return Run(latencies, errors, late * 1000)
+
+
+def _cpus() -> tuple[set[int], set[int]] | None:
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, {cpus[-1]}) if len(cpus) >= 2 else None
+
+
+def _row(label: str, run: Run) -> str:
+    return (
+        f"{label:<18} {len(run.latencies):>8} {run.errors:>6} {run.pct(0.5):>8.2f} {run.pct(0.9):>8.2f} "
+        f"{run.pct(0.99):>8.2f} {max(run.latencies, default=float('nan')):>8.2f} {run.late_ms:>8.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fixed_rate", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="sluicegate-all", choices=sorted(FEATURES))
+    parser.add_argument("--fraction", type=float, default=0.5, help="share of the measured maximum to offer")
+    parser.add_argument("--rate", type=float, help="offer this many requests a second instead (skips the maximum)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per open-loop run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
+    args = parser.parse_args(argv)
+    try:
+        find_wrk()
+    except WrkMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    body, mode = request_body(args.stream), "stream" if args.stream else "non-stream"
+    with tempfile.TemporaryDirectory(prefix="sluicegate-fixed-") as tmp:
+        work = Path(tmp)
+        up_port, gw_port = free_port(), free_port()
+        upstream = Server("upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(up_port), "--chunks", "20"],
+                          work / "upstream.log", work)  # fmt: skip
+        config = work / "gateway.yaml"
+        config.write_text(sluicegate_config(f"http://127.0.0.1:{up_port}/v1", bench_key_hash(), FEATURES[args.target]))
+        gateway = Server(LABELS[args.target], serve_argv(config, gw_port), work / "gateway.log", work)
+        direct_url, gw_url = f"http://127.0.0.1:{up_port}{CHAT_PATH}", f"http://127.0.0.1:{gw_port}{CHAT_PATH}"
+        try:
+            upstream.start()
+            upstream.wait_ready(direct_url, body, request_headers("upstream"))
+            gateway.start()
+            gateway.wait_ready(gw_url, body, request_headers(args.target))
+            placement = _cpus()
+            if placement is not None:
+                upstream.pin(placement[0])
+                gateway.pin(placement[1])
+                os.sched_setaffinity(0, placement[0])
+            shared = placement[0] if placement else None
+            if args.rate:
+                rate = args.rate
+                print(f"{LABELS[args.target]} {mode}: offering {rate:,.0f} req/s", flush=True)
+            else:
+                run_wrk(gw_url, body, request_headers(args.target), duration_s=2, concurrency=32, cpus=shared)
+                peak = run_wrk(gw_url, body, request_headers(args.target), duration_s=args.duration, concurrency=32, cpus=shared)
+                rate = peak.rps * args.fraction
+                print(f"{LABELS[args.target]} {mode}: maximum {peak.rps:,.0f} req/s (wrk -c32); offering {rate:,.0f} req/s", flush=True)
+            added50, added99 = [], []
+            print(f"{'round/target':<18} {'answered':>8} {'errors':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'late ms':>8}")
+            for number in range(args.rounds):
+                order = [("upstream direct", direct_url, "upstream"), (LABELS[args.target], gw_url, args.target)]
+                if number % 2:
+                    order.reverse()
+                runs = {}
+                for label, url, name in order:
+                    runs[name] = uvloop.run(
+                        open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
+                    )
+                    print(_row(f"{number + 1}: {label}", runs[name]), flush=True)
+                direct, served = runs["upstream"], runs[args.target]
+                added50.append(served.pct(0.5) - direct.pct(0.5))
+                added99.append(served.pct(0.99) - direct.pct(0.99))
+                print(f"{number + 1}: added by the gateway: p50 {added50[-1]:+.2f} ms, p99 {added99[-1]:+.2f} ms", flush=True)
+            print(
+                f"added p99 at {rate:,.0f} req/s ({mode}): median {statistics.median(added99):+.2f} ms "
+                f"[{min(added99):+.2f} to {max(added99):+.2f}] over {args.rounds} rounds; "
+                f"added p50 median {statistics.median(added50):+.2f} ms"
+            )
+        finally:
+            gateway.stop()
+            upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
