@@ -10,11 +10,15 @@ unprivileged user, from hard links to the wheel's files (a site-packages under
 /root is out of that user's reach). It gets SIGINT (fast shutdown) when the
 thread that started it dies (util-linux's setpriv), so a test run that is
 killed leaves no server behind; the next start removes the directories such
-runs left.
+runs left. A machine whose CPU lacks instructions the wheel's pgvector was
+built for (its distance functions die of SIGILL) gets no throwaway server:
+the tests that need one are skipped, with that reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import importlib.util
 import os
@@ -96,13 +100,42 @@ def start_bundled() -> BundledServer:
             port = _free_port()
             process = _spawn_postgres(user, bin_dir, data, port, root)
             if _wait_ready(process, bin_dir, port, root / "server.log"):
-                return BundledServer(root, process, port)
+                server = BundledServer(root, process, port)
+                _check_cpu(server)
+                return server
         raise RuntimeError(f"the bundled PostgreSQL found no free port:\n{_tail(root / 'server.log')}")
     except BaseException:
         if process is not None:
             _shut_down(process)
         shutil.rmtree(root, ignore_errors=True)
         raise
+
+
+def _check_cpu(server: BundledServer) -> None:
+    """Unavailable when the bundled pgvector's distance code needs instructions this CPU lacks.
+
+    The wheel's pgvector is built for a newer CPU than some machines have: its
+    vectorised distance functions then kill the backend with SIGILL (the whole
+    server restarts), on vectors long enough to take that path.
+    """
+    wide = "[" + ",".join(["0.5"] * 1536) + "]"
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(server.dsn, timeout=10)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await conn.fetchval("SELECT ($1::text::vector <=> $1::text::vector) + ($1::text::vector <-> $1::text::vector)", wide)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the caller may be on a running event loop
+        try:
+            pool.submit(asyncio.run, probe()).result()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log = _tail(server.root / "server.log")
+            if "signal 4" in log or "Illegal instruction" in log:
+                raise Unavailable("the bundled pgvector needs CPU instructions this machine lacks (its backend died of SIGILL)") from None
+            raise RuntimeError(f"the bundled PostgreSQL failed a pgvector query ({type(exc).__name__}):\n{log}") from None
 
 
 def _wheel_dir() -> Path:
