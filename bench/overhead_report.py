@@ -71,6 +71,7 @@ def paired(rounds: list[list[Row]], target: str, base: str, metric: str) -> dict
 # (target, base, what the req/s ratio says, what the CPU ratio says)
 _COMPARISONS = (
     ("sluicegate", "passthrough", "sluicegate req/s as % of passthrough", "sluicegate CPU/req as % of passthrough"),
+    ("sluicegate-all", "passthrough", "full pipeline (sg+all) req/s as % of passthrough", "full pipeline CPU/req as % of passthrough"),  # noqa: E501
     ("sluicegate-twin", "sluicegate", "twin (no difference), req/s as % of sluicegate", "twin CPU/req as % of sluicegate"),
     ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate", "limits CPU/req as % of sluicegate"),
     ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
@@ -78,12 +79,28 @@ _COMPARISONS = (
 )
 
 
+def _ranges(rounds: list[list[Row]]) -> dict[tuple[str, str], str]:
+    """Each (target, mode)'s lowest and highest req/s and CPU per request over the rounds."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for rows in rounds:
+        for row in rows:
+            groups.setdefault((row.target, row.mode), []).append(row)
+    return {
+        key: f"{min(r.rps for r in g):.0f}-{max(r.rps for r in g):.0f}  {min(r.cpu_us for r in g):.0f}-{max(r.cpu_us for r in g):.0f}"
+        for key, g in groups.items()
+    }
+
+
 def render(rounds: list[list[Row]]) -> str:
     rows = median_rows(rounds)
+    ranges = _ranges(rounds)
     head = f"{'target':<18} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'errors':>7}"
+    if len(rounds) > 1:
+        head += "  range: req/s  CPU us"
     lines = [head]
     lines += [
         f"{r.target:<18} {r.mode:<10} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.cpu_us:11.1f} {r.errors:7d}"
+        + (f"  {ranges[(r.target, r.mode)]}" if len(rounds) > 1 else "")
         for r in rows
     ]
     if len(rounds) > 1:

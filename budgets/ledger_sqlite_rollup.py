@@ -13,6 +13,7 @@ rows'. Layout 6 adds the tables and fills them from the rows already there
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
 from budgets.ledger_rollup import DAY_US, HOUR_US, KEY_COLUMNS, SUM_COLUMNS, HourlySums
 
@@ -94,8 +95,9 @@ def create_rollup(conn: sqlite3.Connection) -> None:
     conn.execute(_ON_DELETE)
 
 
-def upsert_sums(conn: sqlite3.Connection, sums: HourlySums) -> None:
-    """Add a batch's sums to the rollups (inside the transaction that inserted its rows)."""
-    if len(sums):
-        conn.executemany(_UPSERT_HOURLY, sums.records())
-        conn.executemany(_UPSERT_DAILY, sums.daily_records())
+def upsert_parts(sums: HourlySums, step: int) -> Iterator[tuple[str, list[tuple[object, ...]]]]:
+    """The statements that add a batch's sums to the rollups (inside the transaction that inserted its rows),
+    in parts of at most ``step`` keys, for a writer that pauses between them."""
+    for sql, records in ((_UPSERT_HOURLY, list(sums.records())), (_UPSERT_DAILY, list(sums.daily_records()))):
+        for i in range(0, len(records), step):
+            yield sql, records[i : i + step]
