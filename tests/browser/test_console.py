@@ -20,34 +20,16 @@ import openai
 import pytest
 
 from tests.browser.conftest import Console
+from tests.browser.pages import SignIn, shot, signed_in_pages
 
 CHAT = [{"role": "user", "content": "hello there"}]
-SignIn = Callable[[str], Awaitable[Any]]
 
 
 @pytest.fixture
 async def open_page(browser: Any, console: Console) -> AsyncIterator[SignIn]:
     """``await open_page(key)``: a page in a fresh browser context, signed in with ``key``."""
-    contexts: list[Any] = []
-
-    async def sign_in(key: str) -> Any:
-        context = await browser.new_context(viewport={"width": 1360, "height": 960})
-        contexts.append(context)
-        page = await context.new_page()
-        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-        await page.goto(console.url + "/ui/login")
-        await page.fill("#key", key)
-        await page.click("form button[type=submit]")
-        await page.wait_for_load_state()
-        return page
-
-    yield sign_in
-    for context in contexts:
-        await context.close()
-
-
-async def shot(page: Any, artifacts: Path, name: str) -> None:
-    await page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+    async with signed_in_pages(browser, console.url) as sign_in:
+        yield sign_in
 
 
 async def eventually(page: Any, url: str, check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:

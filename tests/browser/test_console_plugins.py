@@ -15,7 +15,7 @@ import asyncio
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,11 @@ import redis.asyncio as aioredis
 from sluicegate_orchestrator import Json, Orchestrator, RetryPolicy, SqliteTaskStore, StepContext, Task, Worker
 
 from router.auth import hash_api_key
+from tests.browser.pages import SignIn, shot, signed_in_pages
 from tests.e2e.conftest import REPO, Process, serve
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = "a-prompt-the-console-must-never-show"
-SignIn = Callable[[str], Awaitable[Any]]
 
 
 @dataclass
@@ -114,26 +114,9 @@ async def tasks(gateway: Gateway) -> AsyncIterator[dict[str, Task]]:
 
 @pytest.fixture
 async def open_page(browser: Any, gateway: Gateway) -> AsyncIterator[SignIn]:
-    contexts: list[Any] = []
-
-    async def sign_in(key: str) -> Any:
-        context = await browser.new_context(viewport={"width": 1360, "height": 960})
-        contexts.append(context)
-        page = await context.new_page()
-        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-        await page.goto(gateway.url + "/ui/login")
-        await page.fill("#key", key)
-        await page.click("form button[type=submit]")
-        await page.wait_for_load_state()
-        return page
-
-    yield sign_in
-    for context in contexts:
-        await context.close()
-
-
-async def shot(page: Any, artifacts: Path, name: str) -> None:
-    await page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+    """``await open_page(key)``: a page in a fresh browser context, signed in with ``key``."""
+    async with signed_in_pages(browser, gateway.url) as sign_in:
+        yield sign_in
 
 
 async def test_an_operator_replays_a_dead_task_and_a_tenant_admin_sees_only_their_own(
