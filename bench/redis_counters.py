@@ -16,6 +16,10 @@ summed over the shards, and the busiest shard's share of the commands (how
 evenly tenants spread: a cluster's ceiling is a shard's ceiling divided by
 that share). Client processes and servers share this machine's
 cores, so the figures say where the ceiling is only once the clients are not it.
+
+``--shard-cpu F`` holds every redis-server to F of a core (a cgroup CPU quota,
+``bench.cpu_quota``): the shards then bound the admitted rate, as one Redis
+does for a fleet of replicas, and the rate shows how it grows with the shards.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from multiprocessing.synchronize import Event
 
 import redis
 
+from bench import cpu_quota
 from budgets.store import BudgetRule, LimitRule, Plan
 from budgets.store_redis import RedisCounterStore
 from tests.redis_cluster import LocalRedisCluster
@@ -156,6 +161,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--concurrency", type=int, default=32, help="coroutines per client process")
     parser.add_argument("--no-standalone", action="store_true", help="skip the single Redis")
+    parser.add_argument("--shard-cpu", type=float, help="hold each redis-server to this share of a core (cgroup quota)")
     args = parser.parse_args()
     setups: list[tuple[str, LocalRedisCluster]] = []
     if not args.no_standalone:
@@ -163,9 +169,17 @@ def main() -> None:
     setups += [(f"cluster {n} shard{'s' if n > 1 else ''}", LocalRedisCluster(n)) for n in map(int, args.shards.split(","))]
     print(f"{args.processes} client processes x {args.concurrency} coroutines, {args.tenants} tenants, {args.duration:g} s each")
     print(f"{'setup':<18} {'admitted/s':>12} {'cmds/req':>11} {'script us/req':>13} {'redis CPU us':>13} {'busiest shard':>13}")
+    if args.shard_cpu:
+        print(f"each redis-server held to {args.shard_cpu:g} of a core (cgroup CPU quota)")
     for label, servers in setups:
         with servers:
-            print(run_setup(label, servers, args), flush=True)
+            groups = [cpu_quota.limit(pid, args.shard_cpu, f"sg-bench-redis-{pid}") for pid in servers.pids] if args.shard_cpu else []
+            try:
+                print(run_setup(label, servers, args), flush=True)
+            finally:
+                servers.stop()
+                for group in groups:
+                    cpu_quota.release(group)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ class LocalRedisCluster:
         self._dir: Path | None = None
 
     @property
+    def pids(self) -> list[int]:
+        """The redis-server processes, one per shard."""
+        return [proc.pid for proc in self._procs]
+
+    @property
     def url(self) -> str:
         """A URL naming the first node (a cluster client discovers the others)."""
         return f"redis://127.0.0.1:{self.ports[0]}/0"
