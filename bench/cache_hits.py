@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.overhead_targets import BENCH_KEY, bench_key_hash, serve_argv
 from bench.processes import Server, free_port
-from bench.wrk import WrkMissing, WrkResult, find_wrk, run_wrk
+from bench.wrk import WrkResult, run_wrk, wrk_ready
 
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 _REWORDED = [{"role": "user", "content": "say hello to the benchmark, please"}]
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
     parser.add_argument("--upstream-delay-ms", type=int, default=0, help="the upstream's wait before answering")
     args = parser.parse_args(argv)
-    try:
-        find_wrk()
-    except WrkMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not wrk_ready():
         return 2
     results: dict[str, WrkResult] = {}
     with tempfile.TemporaryDirectory(prefix="sluicegate-cache-") as tmp:

@@ -44,7 +44,7 @@ from bench.overhead_targets import (
     sluicegate_config,
 )
 from bench.processes import Server, free_port
-from bench.wrk import WrkMissing, find_wrk, run_wrk
+from bench.wrk import run_wrk, wrk_ready
 from serving.h1 import H1Error, H1Pool
 
 
@@ -132,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
     args = parser.parse_args(argv)
-    try:
-        find_wrk()
-    except WrkMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not wrk_ready():
         return 2
     os.environ.setdefault("PYTHONHASHSEED", "0")
     body, mode = request_body(args.stream), "stream" if args.stream else "non-stream"

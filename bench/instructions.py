@@ -38,7 +38,7 @@ from bench.overhead_targets import (
     sluicegate_config,
 )
 from bench.processes import Server, free_port
-from bench.wrk import WrkMissing, find_wrk, run_wrk
+from bench.wrk import run_wrk, wrk_ready
 
 TARGETS = ("passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
 
@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="open connections")
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
     args = parser.parse_args(argv)
-    try:
-        find_wrk()
-    except WrkMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not wrk_ready():
         return 2
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("error: valgrind is not installed; on Debian: apt-get install -y valgrind", file=sys.stderr)

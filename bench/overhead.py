@@ -68,7 +68,7 @@ from bench.overhead_targets import (
 )
 from bench.paired import PairResult, Side, measure_pair, render_pairs
 from bench.processes import Server, free_port
-from bench.wrk import WrkMissing, find_wrk, run_wrk
+from bench.wrk import run_wrk, wrk_ready
 
 
 def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]]:
@@ -216,10 +216,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    try:
-        find_wrk()
-    except WrkMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not wrk_ready():
         return 2
     # Dictionary layouts follow the hash seed: one seed for every server, so that
     # the foundation and its twin differ only by where the OS put them.

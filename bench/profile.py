@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.overhead_targets import FEATURES, LABELS, bench_key_hash, request_body, request_headers, serve_argv, sluicegate_config
 from bench.processes import Server, free_port
-from bench.wrk import WrkMissing, find_wrk, run_wrk
+from bench.wrk import run_wrk, wrk_ready
 
 
 def summarise(collapsed: Path, top: int) -> list[str]:
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="frames to print")
     parser.add_argument("--out", type=Path, default=Path("bench-profile"), help="folder for the flame graph and stacks")
     args = parser.parse_args(argv)
-    try:
-        find_wrk()
-    except WrkMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not wrk_ready():
         return 2
     py_spy = shutil.which("py-spy")
     if py_spy is None:

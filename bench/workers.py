@@ -33,7 +33,7 @@ from bench.overhead_targets import (
     sluicegate_config,
 )
 from bench.processes import Server, free_port
-from bench.wrk import WrkMissing, find_wrk, run_wrk
+from bench.wrk import run_wrk, wrk_ready
 
 
 def _argv(config: Path, port: int, workers: int) -> list[str]:
@@ -51,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
-    try:
-        find_wrk()
-    except WrkMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if not wrk_ready():
         return 2
     os.environ.setdefault("PYTHONHASHSEED", "0")
     figures: dict[tuple[int, str], list[tuple[float, float, float]]] = {}

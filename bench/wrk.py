@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,16 @@ def find_wrk() -> str:
     if path is None:
         raise WrkMissing("wrk is not installed; on Debian: apt-get install -y wrk")
     return path
+
+
+def wrk_ready() -> bool:
+    """Whether wrk is installed; if not, says so on stderr (a benchmark's ``main`` then returns 2)."""
+    try:
+        find_wrk()
+    except WrkMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def lua_string(text: str) -> str:
