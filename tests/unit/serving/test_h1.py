@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -344,3 +348,58 @@ async def test_a_cancelled_waiter_passes_its_turn_on() -> None:
         assert await (await third).read() == b"3"
         assert cancelled.cancelled()
         await client.close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and ``localhost``, and its key, made with ``cryptography``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_https_with_a_trusted_certificate_and_refused_without(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    server = await asyncio.start_server(lambda r, w: Server(echo)._serve(r, w), "127.0.0.1", 0, ssl=served)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        client = H1Pool(f"https://localhost:{port}/v1", limit=2, connect_s=2.0, read_s=5.0, total_s=10.0, ssl_context=trusting)
+        head = client.head(b"POST", "/v1/chat/completions", HEADERS)
+        for i in range(3):
+            assert await (await client.request(head, b"%d" % i)).read() == b"%d" % i
+        assert client.open_connections == 1
+        await client.close()
+        # The system's trust store does not know this certificate: no connection, nothing sent.
+        untrusting = H1Pool(f"https://localhost:{port}/v1", limit=2, connect_s=2.0, read_s=5.0, total_s=10.0)
+        with pytest.raises(ConnectError):
+            await untrusting.request(head, b"x")
+        await untrusting.close()
+    finally:
+        server.close()
