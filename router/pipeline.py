@@ -206,6 +206,7 @@ class Pipeline:
         guard = self.guardrails if ctx.guardrails is not None else None
         screen = guard.screen(ctx) if guard is not None else None  # None: nothing per chunk
         hold = HoldBack(screen.hold) if screen is not None and screen.hold else None
+        following = chunks.__anext__  # awaited directly: no anext() wrapper per chunk
         try:
             chunk: StreamChunk | None = first
             while chunk is not None:
@@ -237,7 +238,10 @@ class Pipeline:
                 if chunk.batch_end and pending:
                     yield pending[0] if len(pending) == 1 else b"".join(pending)
                     pending.clear()
-                chunk = await anext(chunks, None)
+                try:
+                    chunk = await following()
+                except StopAsyncIteration:
+                    chunk = None
             ctx.status = 200
             if screen is not None and guard is not None:
                 guard.screened(ctx, screen)

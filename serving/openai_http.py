@@ -36,7 +36,7 @@ from serving.base import (
 from serving.http_transport import ErrorFields, HttpUpstream, open_pool, status_error
 from serving.openai_batches import BatchPaths, UpstreamBatches
 from serving.openai_responses import response_chunks, response_usage
-from serving.sse import UpstreamStreamError, iter_sse_batches, peek_chunk
+from serving.sse import ERROR_KEY, USAGE_KEY, UpstreamStreamError, iter_sse_batches, peek_chunk
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "responses": "/responses"}
 
@@ -176,8 +176,11 @@ class OpenAIEngine(HttpUpstream):
             async for batch in iter_sse_batches(resp.chunks()):
                 last = len(batch) - 1
                 for i, payload in enumerate(batch):
-                    chunk = peek_chunk(payload)
-                    chunk.batch_end = i == last
+                    if USAGE_KEY in payload or ERROR_KEY in payload:
+                        chunk = peek_chunk(payload)
+                        chunk.batch_end = i == last
+                    else:  # peek_chunk's answer for a chunk without usage or an error, built directly
+                        chunk = StreamChunk(payload, None, False, None, None, i == last)
                     yield chunk
         except UpstreamStreamError as exc:
             raise UpstreamError(f"deployment {self.name} failed mid-stream: {exc.message}") from None

@@ -46,8 +46,8 @@ class UpstreamStreamError(Exception):
 
 # A JSON key cannot occur unescaped inside a JSON string, so these byte patterns
 # only match real keys: chunks without them carry no usage and no error.
-_USAGE_KEY = b'"usage":{'
-_ERROR_KEY = b'"error"'
+USAGE_KEY = b'"usage":{'
+ERROR_KEY = b'"error"'
 
 
 def peek_chunk(payload: bytes) -> StreamChunk:
@@ -56,7 +56,7 @@ def peek_chunk(payload: bytes) -> StreamChunk:
     Only chunks that may carry usage or an error are decoded here; the text of
     the others is read later, and only if something needs it (``chunk_text``).
     """
-    if _USAGE_KEY not in payload and _ERROR_KEY not in payload:
+    if USAGE_KEY not in payload and ERROR_KEY not in payload:
         return StreamChunk(data=payload, text=None)
     return _decoded(payload)
 
