@@ -1,4 +1,10 @@
-"""What every HTTP engine shares: the pooled session, error and status mapping, Retry-After, the health probe.
+"""What every HTTP engine shares: the pooled clients, error and status mapping, Retry-After, the health probe.
+
+Two clients per deployment: ``open_pool`` gives the lean ``serving.h1`` pool the
+OpenAI-compatible engines send inference requests through; ``open_session`` the
+aiohttp session the other engines, the health probe and the batch APIs use.
+Both are bounded by the deployment's connection limit and timeouts, and both
+kinds of failure are mapped here (``transport_error``).
 
 Engines keep only what their provider's wire format needs (URLs, headers, bodies,
 error envelopes); how a transport failure or an upstream status becomes a
