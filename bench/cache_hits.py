@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.overhead_targets import BENCH_KEY, bench_key_hash, serve_argv
-from bench.processes import Server, free_port
+from bench.processes import Server, fake_upstream, free_port
 from bench.wrk import WrkResult, run_wrk, wrk_ready
 
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sluicegate-cache-") as tmp:
         work = Path(tmp)
         upstream_port, port = free_port(), free_port()
-        upstream = Server(
-            "upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port), "--chunks", "20"],
-            work / "upstream.log", work,
-        )  # fmt: skip
+        upstream = fake_upstream(work, upstream_port)
         config = work / "gateway.yaml"
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
         config.write_text(_config(upstream_url, bench_key_hash(), args.upstream_delay_ms))

@@ -43,7 +43,7 @@ from bench.overhead_targets import (
     serve_argv,
     sluicegate_config,
 )
-from bench.processes import Server, free_port
+from bench.processes import Server, fake_upstream, free_port
 from bench.wrk import run_wrk, wrk_ready
 from serving.h1 import H1Error, H1Pool
 
@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sluicegate-fixed-") as tmp:
         work = Path(tmp)
         up_port, gw_port = free_port(), free_port()
-        upstream = Server("upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(up_port), "--chunks", "20"],
-                          work / "upstream.log", work)  # fmt: skip
+        upstream = fake_upstream(work, up_port)
         config = work / "gateway.yaml"
         config.write_text(sluicegate_config(f"http://127.0.0.1:{up_port}/v1", bench_key_hash(), FEATURES[args.target]))
         gateway = Server(LABELS[args.target], serve_argv(config, gw_port), work / "gateway.log", work)

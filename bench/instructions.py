@@ -37,7 +37,7 @@ from bench.overhead_targets import (
     serve_argv,
     sluicegate_config,
 )
-from bench.processes import Server, free_port
+from bench.processes import Server, fake_upstream, free_port
 from bench.wrk import run_wrk, wrk_ready
 
 TARGETS = ("passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sluicegate-instr-") as tmp:
         work = Path(tmp)
         upstream_port = free_port()
-        upstream = Server(
-            "upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port), "--chunks", "20"],
-            work / "upstream.log", work,
-        )  # fmt: skip
+        upstream = fake_upstream(work, upstream_port)
         upstream.start()
         try:
             upstream_url = f"http://127.0.0.1:{upstream_port}/v1"

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -136,3 +137,9 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def fake_upstream(work: Path, port: int, chunks: int = 20) -> Server:
+    """The fake upstream (``bench.fake_upstream``) on ``port``, streams of ``chunks`` chunks; not yet started."""
+    argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(port), "--chunks", str(chunks)]
+    return Server("upstream", argv, work / "upstream.log", work)

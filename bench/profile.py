@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.overhead_targets import FEATURES, LABELS, bench_key_hash, request_body, request_headers, serve_argv, sluicegate_config
-from bench.processes import Server, free_port
+from bench.processes import Server, fake_upstream, free_port
 from bench.wrk import run_wrk, wrk_ready
 
 
@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sluicegate-profile-") as tmp:
         work = Path(tmp)
         upstream_port, port = free_port(), free_port()
-        upstream = Server(
-            "upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port), "--chunks", "20"],
-            work / "upstream.log", work,
-        )  # fmt: skip
+        upstream = fake_upstream(work, upstream_port)
         config = work / "gateway.yaml"
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
         config.write_text(sluicegate_config(upstream_url, bench_key_hash(), FEATURES[args.target]))

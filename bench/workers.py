@@ -32,7 +32,7 @@ from bench.overhead_targets import (
     serve_argv,
     sluicegate_config,
 )
-from bench.processes import Server, free_port
+from bench.processes import Server, fake_upstream, free_port
 from bench.wrk import run_wrk, wrk_ready
 
 
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sluicegate-workers-") as tmp:
         work = Path(tmp)
         up_port = free_port()
-        upstream = Server("upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(up_port), "--chunks", "20"],
-                          work / "upstream.log", work)  # fmt: skip
+        upstream = fake_upstream(work, up_port)
         servers: dict[int, tuple[Server, str]] = {}
         try:
             upstream.start()

@@ -113,9 +113,6 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail(BadResponse("the upstream's answer is not HTTP/1.1"))
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport: connection_lost follows
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False

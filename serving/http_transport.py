@@ -200,6 +200,16 @@ class HealthProbe:
             return False
 
 
+def trace_headers(request: EngineRequest) -> dict[str, str] | None:
+    """The W3C trace context ``request`` carries, as headers to send upstream; None when it carries none."""
+    if request.traceparent is None:
+        return None
+    headers = {"traceparent": request.traceparent}
+    if request.tracestate:
+        headers["tracestate"] = request.tracestate
+    return headers
+
+
 class HttpUpstream(ABC):
     """What every HTTP engine keeps: its pooled session, its in-flight count and its health probe.
 
@@ -239,12 +249,8 @@ class HttpUpstream(ABC):
 
     def _headers_for(self, request: EngineRequest) -> dict[str, str]:
         """The deployment's headers, plus the W3C trace context the request carries (the shared dict when none)."""
-        if request.traceparent is None:
-            return self._headers
-        headers = {**self._headers, "traceparent": request.traceparent}
-        if request.tracestate:
-            headers["tracestate"] = request.tracestate
-        return headers
+        trace = trace_headers(request)
+        return self._headers if trace is None else {**self._headers, **trace}
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -33,7 +33,7 @@ from serving.base import (
     StreamChunk,
     Usage,
 )
-from serving.http_transport import ErrorFields, HttpUpstream, open_pool, status_error
+from serving.http_transport import ErrorFields, HttpUpstream, open_pool, status_error, trace_headers
 from serving.openai_batches import BatchPaths, UpstreamBatches
 from serving.openai_responses import response_chunks, response_usage
 from serving.sse import ERROR_KEY, USAGE_KEY, UpstreamStreamError, iter_sse_batches, peek_chunk
@@ -131,12 +131,7 @@ class OpenAIEngine(HttpUpstream):
             url = urlsplit(self.url_for(request.kind))
             target = url.path + (f"?{url.query}" if url.query else "")
             head = self._heads[request.kind] = pool.head(b"POST", target, self._headers)
-        extra = None
-        if request.traceparent is not None:
-            extra = {"traceparent": request.traceparent}
-            if request.tracestate:
-                extra["tracestate"] = request.tracestate
-        return pool.request(head, body, extra)
+        return pool.request(head, body, trace_headers(request))
 
     async def generate(self, request: EngineRequest) -> Completion:
         return await self._unary(request)
