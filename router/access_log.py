@@ -33,6 +33,7 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 
 from core.errors import HTTP_STATUS_ERRORS, GatewayError
+from router.log_writer import BackgroundStreamHandler
 from router.logs import JsonFormatter
 
 if TYPE_CHECKING:
@@ -160,22 +161,13 @@ class _Record(logging.LogRecord):
 
 
 def _emit(line: _Line) -> None:
-    """Straight to the stream when the only listener is the JSON handler ``router.logs`` installs; else as a record."""
+    """Straight to the writer's queue when the only listener is the JSON handler ``router.logs`` installs; else as a record."""
     handlers = _root.handlers
     if len(handlers) == 1 and not log.handlers and log.propagate and not log.disabled and not log.filters and not _root.filters:
         handler = handlers[0]
-        if type(handler) is logging.StreamHandler and type(handler.formatter) is JsonFormatter and not handler.filters:
+        if type(handler) is BackgroundStreamHandler and type(handler.formatter) is JsonFormatter and not handler.filters:
             if _INFO >= handler.level:
-                text = _encode_line(line).decode() + "\n"
-                handler.acquire()
-                try:
-                    stream = handler.stream
-                    stream.write(text)
-                    stream.flush()
-                except Exception:  # noqa: BLE001 - as logging's own emit: the handler reports it
-                    handler.handleError(_Record(line))
-                finally:
-                    handler.release()
+                handler.enqueue(_encode_line(line).decode() + "\n")
             return
     log.handle(_Record(line))
 

@@ -68,7 +68,8 @@ def log_config(level: str, access_log: bool = True) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        # Written by a thread of its own (``router.log_writer``): a slow stderr never stalls the event loop.
+        "handlers": {"stderr": {"class": "router.log_writer.BackgroundStreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": upper},
         "loggers": loggers,
     }

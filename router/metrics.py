@@ -29,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from core.errors import NotFound
+from router.log_writer import dropped_lines
 from router.metrics_fast import CounterChild, HistogramChild, counter, histogram
 from router.metrics_genai import UNKNOWN, GenAIMetrics
 from router.metrics_live import LiveFigure, LiveFigures, Reading
@@ -154,6 +155,10 @@ class Metrics:
         ))  # fmt: skip
         self.live.add(LiveFigure(
             "sluicegate_budget_limit", "A budget's limit for its period (USD for money, tokens for tokens).", BUDGET_LABELS, "livemax", budgets.limits,
+        ))  # fmt: skip
+        self.live.add(LiveFigure(
+            "sluicegate_log_lines_dropped", "Log lines dropped because stderr stayed blocked while the queue filled up.", (), "livesum",
+            lambda: (((), float(dropped_lines())),),
         ))  # fmt: skip
 
     def track_engine_load(self, source: LoadSource) -> None:

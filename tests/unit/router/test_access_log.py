@@ -259,6 +259,7 @@ def test_the_fast_path_writes_what_the_json_formatter_would() -> None:
             "chat", 200, None, True, 7, 20, "0.00000123", 8.772, 1.5, 3, "candidate", "pinned:d",
         )  # fmt: skip
         access_log._emit(line)
+        handler.flush()
         written = stream.getvalue()
         assert written.endswith("\n") and written.count("\n") == 1
         assert written[:-1] == JsonFormatter().format(access_log._Record(line))
