@@ -1,14 +1,23 @@
-"""The HTTP server's own refusals in the OpenAI error shape.
+"""The HTTP server's protocol: uvicorn's, with its own refusals in the OpenAI error shape and one write per answer.
 
 Requests the HTTP parser cannot take (a malformed request line, an unknown
 method, bytes not allowed in a header) never reach the application: uvicorn
 answers them itself, in plain text. This protocol answers them as the
 application answers everything else.
+
+uvicorn writes a response's head as soon as the application starts it, and
+its body when it comes: two system calls, and two TCP segments, for every
+answer that is not streamed. Here the head of a response with a length
+(``content-length``) waits for the body, and both go out in one write; a
+streamed (chunked) response's head still goes out at once, so a client sees
+the status before the first token.
 """
 
 from __future__ import annotations
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from core.errors import InvalidRequest, error_body
 from router import access_log
@@ -29,3 +38,58 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
         self.transport.write(_RESPONSE)
         self.transport.close()
         access_log.refused_unparsed(_ERROR)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # Every cycle, pipelined ones included, starts here; the class only adds a method.
+        cycle.__class__ = _OneWriteCycle
+        super()._start_asgi_task(cycle, app)
+
+
+class _HeldHead:
+    """The cycle's transport between a response's head and its body: the head is written with the body."""
+
+    __slots__ = ("_cycle", "_head", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle, transport: Any) -> None:
+        self._cycle = cycle
+        self._transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is None:
+            self._head = data  # the status line and headers, in uvicorn's words
+        else:
+            self.release(data)
+
+    def release(self, data: bytes = b"") -> None:
+        """Give the cycle its transport back, writing the held head (and ``data``) in one call."""
+        self._cycle.transport = self._transport
+        head, self._head = self._head, None
+        if head is not None:
+            data = head + data if data else head
+        if data and not self._cycle.disconnected:
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started and self.scope["method"] != "HEAD":
+            transport = self.transport
+            held = _HeldHead(self, transport)
+            self.transport = held  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            except BaseException:
+                self.transport = transport
+                raise
+            current: Any = self.transport
+            if self.chunked_encoding and current is held:
+                held.release()  # a stream: its head goes out now
+            return
+        await super().send(message)
+        after: Any = self.transport
+        if type(after) is _HeldHead:  # a body that wrote nothing, or a client that went away
+            after.release()
