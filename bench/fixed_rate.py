@@ -1,6 +1,6 @@
 """Added latency at a fixed request rate: the gateway's p99 less the upstream's, at half the gateway's maximum.
 
-``python -m bench.fixed_rate [--target sluicegate-all] [--fraction 0.5] [--duration 10] [--rounds 3] [--stream]``
+``python -m bench.fixed_rate [--target sluicegate-all] [--fraction 0.5] [--duration 10] [--rounds 3] [--stream] [--client c]``
 
 Starts the fake upstream and one Sluicegate target of the overhead benchmark
 (``bench.overhead_targets``; default the full pipeline: limits, budgets and
@@ -14,9 +14,24 @@ each and what the gateway adds to each (gateway less direct, same round).
 Open loop: request *i* is due at ``start + i / rate`` whether or not earlier
 ones have been answered, and its latency is counted from when it was due, not
 from when it went out, so a stall is charged to every request it delays
-(no coordinated omission). The client is this process (uvloop, the gateway's
-own keep-alive client ``serving.h1``, up to 512 connections); its cost is in
-both figures alike, and cancels out of the difference.
+(no coordinated omission).
+
+The client (``--client c``, the default) is a small C program,
+``bench/openloop.c``, run through ``bench.openloop``: it opens 256 keep-alive
+connections before the first due time, sleeps on a timer armed at each due
+time, sends a pre-built request on an idle connection (or, if none is idle,
+on the next to free up, still timed from the due time), and reads each
+response just far enough to find its end. It is written in C because the
+client shares a CPU with the Python fake upstream: a Python client there costs
+that CPU far more per request, falls milliseconds behind schedule when the
+upstream is busy and then sends the overdue requests in a burst, and its
+delays and bursts end up in the tails it measures. The client's own worst
+lateness is the ``late ms`` column; for the C client it is mostly how late
+the machine's timer wake-ups come. ``--client python`` runs the earlier
+client in this process instead (uvloop, the gateway's own keep-alive client
+``serving.h1``, up to 512 connections). Either client runs on the CPU this process pins
+itself to (the C client inherits the pinning); its cost is in both figures
+alike, and cancels out of the difference.
 """
 
 from __future__ import annotations
@@ -28,11 +43,11 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
 
+from bench.openloop import Run, openloop_ready, run_openloop
 from bench.overhead_targets import (
     CHAT_PATH,
     FEATURES,
@@ -46,21 +61,6 @@ from bench.overhead_targets import (
 from bench.processes import Server, fake_upstream, free_port
 from bench.wrk import run_wrk, wrk_ready
 from serving.h1 import H1Error, H1Pool
-
-
-@dataclass
-class Run:
-    """One open-loop run: latencies in ms of the answered requests, and the failures."""
-
-    latencies: list[float]
-    errors: int
-    late_ms: float  # how far behind schedule the client itself fell, at worst
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def open_loop(url: str, body: bytes, headers: dict[str, str], *, rate: float, duration_s: float, stream: bool) -> Run:
@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per open-loop run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
+    parser.add_argument("--client", choices=("c", "python"), default="c", help="the open-loop client: bench/openloop.c, or this process")
     args = parser.parse_args(argv)
-    if not wrk_ready():
+    if not wrk_ready() or (args.client == "c" and not openloop_ready()):
         return 2
     os.environ.setdefault("PYTHONHASHSEED", "0")
     body, mode = request_body(args.stream), "stream" if args.stream else "non-stream"
@@ -172,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                     order.reverse()
                 runs = {}
                 for label, url, name in order:
-                    runs[name] = uvloop.run(
-                        open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
-                    )
+                    if args.client == "c":
+                        runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
+                    else:
+                        runs[name] = uvloop.run(
+                            open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
+                        )
                     print(_row(f"{number + 1}: {label}", runs[name]), flush=True)
                 direct, served = runs["upstream"], runs[args.target]
                 added50.append(served.pct(0.5) - direct.pct(0.5))
