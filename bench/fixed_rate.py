@@ -1,6 +1,7 @@
 """Added latency at a fixed request rate: the gateway's p99 less the upstream's, at half the gateway's maximum.
 
-``python -m bench.fixed_rate [--target sluicegate-all] [--fraction 0.5] [--duration 10] [--rounds 3] [--stream] [--client c]``
+``python -m bench.fixed_rate [--target sluicegate-all] [--fraction 0.5 | --rate R] [--duration 10] [--rounds 3] [--stream]
+[--client c|python] [--passthrough] [--halt-poll-ns N]``
 
 Starts the fake upstream and one Sluicegate target of the overhead benchmark
 (``bench.overhead_targets``; default the full pipeline: limits, budgets and
@@ -32,6 +33,21 @@ client in this process instead (uvloop, the gateway's own keep-alive client
 ``serving.h1``, up to 512 connections). Either client runs on the CPU this process pins
 itself to (the C client inherits the pinning); its cost is in both figures
 alike, and cancels out of the difference.
+
+``--passthrough`` also runs the minimal pass-through (``bench.passthrough``)
+at the same rate in every round, on the gateway's CPU: what a bare Python hop
+adds on the same machine at the same moment. At half the gateway's maximum it
+may be past the pass-through's own (then ``--rate`` gives a rate both take).
+
+On a virtual machine a CPU that goes idle halts, and waking it is a trip
+through the host: at a fixed rate a hop pays that on every request (the
+gateway's CPU time per request here is well above what it is under wrk's
+saturating load, so half the maximum keeps it busier than half the time), and
+now and then the host is milliseconds late. Linux guests can poll briefly
+before halting (the cpuidle-haltpoll driver; the kernel's default is
+200,000 ns, and some VMs set 0). ``--halt-poll-ns N`` sets it for the run and
+restores it afterwards (root only), so that a run can show what the gateway
+adds apart from what the machine adds.
 """
 
 from __future__ import annotations
@@ -111,6 +127,10 @@ async def open_loop(url: str, body: bytes, headers: dict[str, str], *, rate: flo
     return Run(latencies, errors, late * 1000)
 
 
+# How long an idle vCPU polls before it halts, in a Linux guest with the cpuidle-haltpoll driver.
+HALT_POLL_NS = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
 def _cpus() -> tuple[set[int], set[int]] | None:
     cpus = sorted(os.sched_getaffinity(0))
     return ({cpus[0]}, {cpus[-1]}) if len(cpus) >= 2 else None
@@ -132,28 +152,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
     parser.add_argument("--client", choices=("c", "python"), default="c", help="the open-loop client: bench/openloop.c, or this process")
+    parser.add_argument("--passthrough", action="store_true", help="also measure the minimal pass-through at the same rate, every round")
+    parser.add_argument(
+        "--halt-poll-ns", type=int, help="a Linux guest's idle halt polling for the run (cpuidle-haltpoll; root); restored afterwards"
+    )
     args = parser.parse_args(argv)
     if not wrk_ready() or (args.client == "c" and not openloop_ready()):
         return 2
+    if args.halt_poll_ns is None:
+        return _measure(args)
+    try:
+        previous = HALT_POLL_NS.read_text().strip()
+        HALT_POLL_NS.write_text(str(args.halt_poll_ns))
+    except OSError as exc:
+        print(f"error: cannot set {HALT_POLL_NS} ({type(exc).__name__}): needs root and the cpuidle-haltpoll driver", file=sys.stderr)
+        return 2
+    print(f"guest halt polling: {args.halt_poll_ns} ns for this run (was {previous})", flush=True)
+    try:
+        return _measure(args)
+    finally:
+        HALT_POLL_NS.write_text(previous)
+
+
+def _measure(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     body, mode = request_body(args.stream), "stream" if args.stream else "non-stream"
     with tempfile.TemporaryDirectory(prefix="sluicegate-fixed-") as tmp:
         work = Path(tmp)
-        up_port, gw_port = free_port(), free_port()
+        up_port, gw_port, pt_port = free_port(), free_port(), free_port()
         upstream = fake_upstream(work, up_port)
         config = work / "gateway.yaml"
         config.write_text(sluicegate_config(f"http://127.0.0.1:{up_port}/v1", bench_key_hash(), FEATURES[args.target]))
         gateway = Server(LABELS[args.target], serve_argv(config, gw_port), work / "gateway.log", work)
         direct_url, gw_url = f"http://127.0.0.1:{up_port}{CHAT_PATH}", f"http://127.0.0.1:{gw_port}{CHAT_PATH}"
+        # (label, url, target name) of each hop measured against the upstream, every round
+        hops = [(LABELS[args.target], gw_url, args.target)]
+        servers = [gateway]
+        if args.passthrough:
+            argv_pt = [sys.executable, "-m", "bench.passthrough", "--upstream", f"http://127.0.0.1:{up_port}", "--port", str(pt_port)]
+            servers.append(Server(LABELS["passthrough"], argv_pt, work / "passthrough.log", work))
+            hops.append((LABELS["passthrough"], f"http://127.0.0.1:{pt_port}{CHAT_PATH}", "passthrough"))
         try:
             upstream.start()
             upstream.wait_ready(direct_url, body, request_headers("upstream"))
-            gateway.start()
-            gateway.wait_ready(gw_url, body, request_headers(args.target))
+            for server, (_, url, name) in zip(servers, hops, strict=True):
+                server.start()
+                server.wait_ready(url, body, request_headers(name))
             placement = _cpus()
             if placement is not None:
                 upstream.pin(placement[0])
-                gateway.pin(placement[1])
+                for server in servers:  # one at a time is driven: each has the core to itself
+                    server.pin(placement[1])
                 os.sched_setaffinity(0, placement[0])
             shared = placement[0] if placement else None
             if args.rate:
@@ -164,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                 peak = run_wrk(gw_url, body, request_headers(args.target), duration_s=args.duration, concurrency=32, cpus=shared)
                 rate = peak.rps * args.fraction
                 print(f"{LABELS[args.target]} {mode}: maximum {peak.rps:,.0f} req/s (wrk -c32); offering {rate:,.0f} req/s", flush=True)
-            added50, added99 = [], []
+            added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
+            added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
             heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
             for number in range(args.rounds):
-                order = [("upstream direct", direct_url, "upstream"), (LABELS[args.target], gw_url, args.target)]
-                if number % 2:
-                    order.reverse()
+                order = [("upstream direct", direct_url, "upstream"), *hops]
+                shift = number % len(order)  # each round starts one target further on
+                order = order[shift:] + order[:shift]
                 runs = {}
                 for label, url, name in order:
                     if args.client == "c":
@@ -180,17 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                             open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
                         )
                     print(_row(f"{number + 1}: {label}", runs[name]), flush=True)
-                direct, served = runs["upstream"], runs[args.target]
-                added50.append(served.pct(0.5) - direct.pct(0.5))
-                added99.append(served.pct(0.99) - direct.pct(0.99))
-                print(f"{number + 1}: added by the gateway: p50 {added50[-1]:+.2f} ms, p99 {added99[-1]:+.2f} ms", flush=True)
-            print(
-                f"added p99 at {rate:,.0f} req/s ({mode}): median {statistics.median(added99):+.2f} ms "
-                f"[{min(added99):+.2f} to {max(added99):+.2f}] over {args.rounds} rounds; "
-                f"added p50 median {statistics.median(added50):+.2f} ms"
-            )
+                direct = runs["upstream"]
+                for label, _, name in hops:
+                    added50[name].append(runs[name].pct(0.5) - direct.pct(0.5))
+                    added99[name].append(runs[name].pct(0.99) - direct.pct(0.99))
+                    print(f"{number + 1}: added by {label}: p50 {added50[name][-1]:+.2f} ms, p99 {added99[name][-1]:+.2f} ms", flush=True)
+            for label, _, name in hops:
+                a99, a50 = added99[name], added50[name]
+                print(
+                    f"{label}: added p99 at {rate:,.0f} req/s ({mode}): median {statistics.median(a99):+.2f} ms "
+                    f"[{min(a99):+.2f} to {max(a99):+.2f}] over {args.rounds} rounds; "
+                    f"added p50 median {statistics.median(a50):+.2f} ms"
+                )
         finally:
-            gateway.stop()
+            for server in servers:
+                server.stop()
             upstream.stop()
     return 0
 
