@@ -10,8 +10,8 @@ what the loop was doing whenever it stalled for more than a millisecond.
 ``BackgroundStreamHandler`` is a ``StreamHandler`` that formats on the
 caller's thread (a line's text never changes) and only queues it; a daemon
 thread writes what has queued, joined into one write, every
-``interval_s`` (or sooner once ``burst_lines`` are waiting), and flushes the
-stream. Lines keep their order. ``flush()`` writes what is queued at once, on
+``interval_s`` (at once for a warning or worse, or once ``burst_lines`` are
+waiting), and flushes the stream. Lines keep their order. ``flush()`` writes what is queued at once, on
 the calling thread: ``logging.shutdown`` calls it at exit, so a process that
 ends normally loses nothing; one that is killed loses at most the last
 ``interval_s`` of lines. A stream that stays blocked cannot grow memory
@@ -60,10 +60,10 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # noqa: BLE001 - as logging's own emit: the handler reports it
             self.handleError(record)
             return
-        self.enqueue(text)
+        self.enqueue(text, urgent=record.levelno >= logging.WARNING)
 
-    def enqueue(self, text: str) -> None:
-        """Queue ``text`` (whole lines, ending in a newline) for the writer thread."""
+    def enqueue(self, text: str, urgent: bool = False) -> None:
+        """Queue ``text`` (whole lines, ending in a newline) for the writer thread; ``urgent`` wakes it now."""
         lines = self._lines
         if len(lines) >= self.max_lines:
             self.dropped += 1
@@ -71,7 +71,7 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         lines.append(text)
         if self._pid != os.getpid():
             self._start()
-        elif len(lines) >= self.burst_lines:
+        if urgent or len(lines) >= self.burst_lines:
             self._wake.set()
 
     def _start(self) -> None:

@@ -28,6 +28,8 @@ from router.auth import hash_api_key
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# Longer than router.log_writer's interval between writes (50 ms).
+LOG_SETTLE_S = 0.2
 # Distinctive so a leak into the logs cannot be a coincidence.
 API_KEY = "sk-e2e-" + secrets.token_hex(16)
 UPSTREAM_KEY = "sk-upstream-" + secrets.token_hex(16)
@@ -49,6 +51,11 @@ class Process:
     url: str
 
     def output(self) -> str:
+        """What it has written so far. The gateway's log lines go out from a thread of their own up to 50 ms after
+        they are logged (``router.log_writer``): a little longer is waited first, so that a check that a secret is
+        *not* in the output sees every line logged before the call."""
+        if self.popen.poll() is None:
+            time.sleep(LOG_SETTLE_S)
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> int:

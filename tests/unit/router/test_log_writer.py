@@ -73,6 +73,18 @@ def test_a_blocked_stream_never_blocks_the_caller_and_a_full_queue_drops_and_cou
         handler.close()
 
 
+def test_a_warning_wakes_the_writer_at_once() -> None:
+    stream = io.StringIO()
+    handler = BackgroundStreamHandler(stream, interval_s=60)  # info lines would wait a minute
+    try:
+        handler.handle(_record("an info line"))
+        warning = logging.LogRecord("t", logging.WARNING, __file__, 1, "a warning", (), None)
+        handler.handle(warning)
+        _wait_for(lambda: stream.getvalue() == "an info line\na warning\n")  # in order, the info line with it
+    finally:
+        handler.close()
+
+
 def test_flush_writes_what_is_queued_on_the_calling_thread() -> None:
     stream = io.StringIO()
     handler = BackgroundStreamHandler(stream, interval_s=60)  # the thread would not write for a minute
