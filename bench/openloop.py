@@ -9,8 +9,9 @@ response to find its end, so it adds microseconds, not milliseconds.
 
 The binary is compiled with gcc into a cache folder outside the repository
 (``$XDG_CACHE_HOME/sluicegate-bench``, by default ``~/.cache/sluicegate-bench``),
-named after the source's hash, so it is built again only when the source
-changes. It runs with this process's CPU affinity: a child process inherits
+named after a hash of its sources (``openloop.c``, ``openloop_http.c``,
+``openloop_args.c`` and ``openloop.h``), so it is built again only when one of
+them changes. It runs with this process's CPU affinity: a child process inherits
 it, so a benchmark that pins itself pins its client too.
 """
 
@@ -28,6 +29,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 SOURCE = Path(__file__).with_name("openloop.c")
+SOURCES = (SOURCE, SOURCE.with_name("openloop_http.c"), SOURCE.with_name("openloop_args.c"))  # compiled together
+HEADER = SOURCE.with_name("openloop.h")
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")
 _MARKER = "OPENLOOP "
 
@@ -58,7 +61,7 @@ def cache_dir() -> Path:
 
 
 def binary_path() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in (*SOURCES, HEADER))).hexdigest()[:12]
     return cache_dir() / f"openloop-{digest}"
 
 
@@ -73,7 +76,8 @@ def build_openloop() -> Path:
     binary.parent.mkdir(parents=True, exist_ok=True)
     # built under a name of its own and renamed, so a concurrent build never runs a half-written file
     partial = binary.with_name(f"{binary.name}.{os.getpid()}.partial")
-    done = subprocess.run([gcc, *CFLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, check=False)
+    command = [gcc, *CFLAGS, "-o", str(partial), *map(str, SOURCES)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"gcc could not build {SOURCE.name}:\n{done.stderr.strip()[-2000:]}")
