@@ -224,7 +224,7 @@ def _measure(args: argparse.Namespace) -> int:
                 runs = {}
                 for label, url, name in order:
                     if args.client == "c":
-                        runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
+                        runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration)
                     else:
                         runs[name] = uvloop.run(
                             open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)

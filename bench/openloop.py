@@ -18,7 +18,6 @@ it, so a benchmark that pins itself pins its client too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bench.processes import result_line
 
 SOURCE = Path(__file__).with_name("openloop.c")
 SOURCES = (SOURCE, SOURCE.with_name("openloop_http.c"), SOURCE.with_name("openloop_args.c"))  # compiled together
@@ -95,13 +96,6 @@ def openloop_ready() -> bool:
     return True
 
 
-def parse_result(stdout: str) -> dict[str, int]:
-    for line in stdout.splitlines():
-        if line.startswith(_MARKER):
-            return {k: int(v) for k, v in json.loads(line[len(_MARKER) :]).items()}
-    raise RuntimeError(f"openloop printed no result line; its output was:\n{stdout[-2000:]}")
-
-
 def run_openloop(
     url: str,
     body: bytes,
@@ -110,7 +104,6 @@ def run_openloop(
     rate: float,
     duration_s: float,
     connections: int = 256,
-    stream: bool = False,
     warmup: int = 64,
     timeout_s: float = 30.0,
 ) -> Run:
@@ -119,9 +112,8 @@ def run_openloop(
     ``connections`` keep-alive connections are opened first, and ``warmup``
     requests sent at once and their answers discarded, before the first due
     time. Requests unanswered ``timeout_s`` after the last due time are
-    errors. ``stream`` changes nothing here (the client reads every response
-    to its end however it is framed, chunked streams included); it is taken
-    so that both clients of ``bench.fixed_rate`` are called alike.
+    errors. The client reads every response to its end however it is framed,
+    chunked streams included.
     """
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
@@ -141,6 +133,6 @@ def run_openloop(
         done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"openloop exited with {done.returncode}: {done.stderr.strip()[-1000:]}")
-        result = parse_result(done.stdout)
+        result = result_line(done.stdout, _MARKER, "openloop")
         latencies = [int(line) / 1000 for line in out.read_text().split()]
     return Run(latencies, result["errors"], result["late_us"] / 1000, result["sent"])

@@ -6,6 +6,7 @@ stops anything it spawned, and only what this module started is ever signalled.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +37,15 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
+
+
+def result_line(stdout: str, marker: str, program: str) -> dict[str, Any]:
+    """The JSON object a benchmark tool printed after ``marker`` on a line of its own (wrk's hook, the C client)."""
+    for line in stdout.splitlines():
+        if line.startswith(marker):
+            found: dict[str, Any] = json.loads(line[len(marker) :])
+            return found
+    raise RuntimeError(f"{program} printed no result line; its output was:\n{stdout[-2000:]}")
 
 
 def _thread_ids(pid: int) -> list[int]:
@@ -97,9 +108,7 @@ class Server:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}; its log ends:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; its log ends:\n{self.log_tail()}")
             try:
                 status, answer = post(url, body, headers, timeout=5.0)
             except OSError as exc:

@@ -6,13 +6,14 @@ machine-readable line, so nothing depends on wrk's human-oriented text.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.processes import result_line
 
 _MARKER = "WRK_RESULT "
 _DONE_HOOK = """
@@ -78,17 +79,14 @@ def lua_script(body: bytes, headers: dict[str, str]) -> str:
 
 
 def parse_output(stdout: str) -> WrkResult:
-    for line in stdout.splitlines():
-        if line.startswith(_MARKER):
-            raw = json.loads(line[len(_MARKER) :])
-            return WrkResult(
-                requests=raw["requests"],
-                duration_s=raw["duration_us"] / 1e6,
-                p50_ms=raw["p50_us"] / 1000,
-                p99_ms=raw["p99_us"] / 1000,
-                errors=raw["non_2xx"] + raw["socket_errors"],
-            )
-    raise RuntimeError(f"wrk printed no result line; its output was:\n{stdout[-2000:]}")
+    raw = result_line(stdout, _MARKER, "wrk")
+    return WrkResult(
+        requests=raw["requests"],
+        duration_s=raw["duration_us"] / 1e6,
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        errors=raw["non_2xx"] + raw["socket_errors"],
+    )
 
 
 def run_wrk(
