@@ -138,6 +138,16 @@ static struct conn *pop_idle(void) {
     return NULL;
 }
 
+/* A connection could not be made: fatal while the first connections open, else retried after RETRY_NS. */
+static void connect_failed(struct conn *c, int err) {
+    if (g.connecting_fatal)
+        die(1, "cannot connect to %s: %s", g.target, strerror(err));
+    close(c->fd);
+    c->fd = -1;
+    c->retry_at = now_ns() + RETRY_NS;
+    set_state(c, C_CLOSED);
+}
+
 static void open_conn(struct conn *c) {
     if (c->fd >= 0)
         close(c->fd); /* also leaves the epoll set */
@@ -152,12 +162,7 @@ static void open_conn(struct conn *c) {
         return;
     }
     if (errno != EINPROGRESS) {
-        if (g.connecting_fatal)
-            die(1, "cannot connect to %s: %s", g.target, strerror(errno));
-        close(c->fd);
-        c->fd = -1;
-        c->retry_at = now_ns() + RETRY_NS;
-        set_state(c, C_CLOSED);
+        connect_failed(c, errno);
         return;
     }
     watch(c, EPOLL_CTL_ADD, 1);
@@ -177,12 +182,7 @@ static void connected(struct conn *c) {
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err) {
-        if (g.connecting_fatal)
-            die(1, "cannot connect to %s: %s", g.target, strerror(err));
-        close(c->fd);
-        c->fd = -1;
-        c->retry_at = now_ns() + RETRY_NS;
-        set_state(c, C_CLOSED);
+        connect_failed(c, err);
         return;
     }
     watch(c, EPOLL_CTL_MOD, 0);
