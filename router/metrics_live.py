@@ -52,8 +52,16 @@ class _Copy:
     """A figure's multiprocess gauge and the label values it has written."""
 
     figure: LiveFigure
-    gauge: Gauge
+    # Made at the first copy, not before: a gauge without labels writes 0 to this worker's file as it is
+    # made, which a worker still starting up would show as its figure (a ledger store "down", say).
+    gauge: Gauge | None = None
     seen: set[tuple[str, ...]] = field(default_factory=set)
+
+    def made(self) -> Gauge:
+        if self.gauge is None:
+            figure = self.figure
+            self.gauge = Gauge(figure.name, figure.documentation, figure.labelnames, registry=None, multiprocess_mode=figure.mode)
+        return self.gauge
 
 
 class LiveFigures(Collector):
@@ -70,8 +78,7 @@ class LiveFigures(Collector):
     def add(self, figure: LiveFigure) -> None:
         self.figures.append(figure)
         if self._copies is not None:
-            gauge = Gauge(figure.name, figure.documentation, figure.labelnames, registry=None, multiprocess_mode=figure.mode)
-            self._copies.append(_Copy(figure, gauge))
+            self._copies.append(_Copy(figure))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for figure in self.figures:
@@ -83,7 +90,7 @@ class LiveFigures(Collector):
     def refresh(self) -> None:
         """Copy every figure into its multiprocess gauge (several workers only)."""
         for copy in self._copies or ():
-            gauge = copy.gauge
+            gauge = copy.made()
             if not copy.figure.labelnames:
                 for _, value in copy.figure.read():
                     gauge.set(value)

@@ -17,10 +17,12 @@ from router.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# argv: worker index, "start" (refresh from the event loop) or "refresh" (once, by hand), "close" to stop cleanly.
+# argv: worker index, "start" (refresh from the event loop), "refresh" (once, by hand) or "made" (still starting
+# up: nothing copied yet), "close" to stop cleanly.
 WORKER = """
 import asyncio, sys
 from budgets.accounting import Reservation
+from budgets.ledger import LedgerBacklog
 from budgets.store import BudgetRule, Plan
 from core.principal import Principal
 from router.metrics import Metrics
@@ -30,6 +32,7 @@ metrics = Metrics()
 assert metrics.multiproc_dir and not metrics.genai.exemplars
 metrics.track_engine_load(lambda: {"engine": (index + 1, 2 * index)})
 metrics.track_breakers(lambda: {"up": False, "flaky": index == 1})
+metrics.track_ledger(lambda: LedgerBacklog(index, 0, True))
 metrics.observe("chat", "fake-model", 200, 0.1)
 metrics.in_flight.inc()
 rule = BudgetRule(key="budget:t:acme:tokens:lifetime", unit="tokens", limit=1000)
@@ -43,7 +46,7 @@ async def main() -> None:
 
 if how == "start":
     asyncio.run(main())
-else:
+elif how == "refresh":
     metrics.live.refresh()
 if close:
     metrics.close()
@@ -120,3 +123,13 @@ def test_openmetrics_is_answered_with_several_workers_too(tmp_path: Path) -> Non
     body, content_type = Metrics(multiproc_dir=str(tmp_path)).exposition("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n") and b"sluicegate_engine_running_requests" in body
+
+
+def test_a_worker_still_starting_up_shows_no_figure_yet(tmp_path: Path) -> None:
+    run_worker(tmp_path, "0", "refresh")
+    run_worker(tmp_path, "1", "made")
+    samples = scrape(tmp_path)
+    # Not a 0 from the worker that has copied nothing: the store is up, as the other worker saw it.
+    assert value(samples, "sluicegate_ledger_store_up") == 1
+    assert value(samples, "sluicegate_ledger_pending_rows") == 0
+    assert value(samples, "sluicegate_breaker_open", deployment="flaky") == 0
