@@ -10,7 +10,9 @@ the other, as ``bench.overhead`` places them. First it measures the target's
 maximum with wrk (``-c32``); then, round after round, it offers ``--fraction``
 of that rate, open loop, to the upstream directly and to the gateway in turn
 (which goes first alternates), and prints p50, p90, p99 and max latency of
-each and what the gateway adds to each (gateway less direct, same round).
+each and what the gateway adds to each (gateway less direct, same round),
+with each hop's own CPU time per request during its run (``CPU us``, all its
+threads, from ``/proc``).
 
 Open loop: request *i* is due at ``start + i / rate`` whether or not earlier
 ones have been answered, and its latency is counted from when it was due, not
@@ -215,7 +217,7 @@ def _measure(args: argparse.Namespace) -> int:
                 print(f"{LABELS[args.target]} {mode}: maximum {peak.rps:,.0f} req/s (wrk -c32); offering {rate:,.0f} req/s", flush=True)
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
-            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms")
+            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
             for number in range(args.rounds):
                 order = [("upstream direct", direct_url, "upstream"), *hops]
@@ -223,13 +225,18 @@ def _measure(args: argparse.Namespace) -> int:
                 order = order[shift:] + order[:shift]
                 runs = {}
                 for label, url, name in order:
+                    server = next((s for s, (_, _, n) in zip(servers, hops, strict=True) if n == name), None)
+                    cpu_before = server.cpu_seconds() if server is not None else 0.0
                     if args.client == "c":
                         runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration)
                     else:
                         runs[name] = uvloop.run(
                             open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
                         )
-                    print(_row(f"{number + 1}: {label}", runs[name]), flush=True)
+                    cpu_us = ""
+                    if server is not None and runs[name].latencies:
+                        cpu_us = f" {(server.cpu_seconds() - cpu_before) * 1e6 / len(runs[name].latencies):>8.0f}"
+                    print(_row(f"{number + 1}: {label}", runs[name]) + cpu_us, flush=True)
                 direct = runs["upstream"]
                 for label, _, name in hops:
                     added50[name].append(runs[name].pct(0.5) - direct.pct(0.5))
