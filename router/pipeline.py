@@ -30,7 +30,7 @@ from router.reply_text import completion_texts
 from router.stream_end import cut_off, with_usage
 from router.stream_meter import StreamMeter
 from router.tracing import Tracing, pass_through
-from serving.base import Completion, StreamChunk
+from serving.base import Completion, StreamChunk, stream_batches
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -166,8 +166,8 @@ class Pipeline:
         SSE error event and the stream ends without a retry.
         """
 
-        async def run(deployment: Deployment) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
-            chunks = deployment.engine.stream(ctx.engine_request(deployment))
+        async def run(deployment: Deployment) -> tuple[list[StreamChunk], AsyncIterator[list[StreamChunk]]]:
+            chunks = stream_batches(deployment.engine, ctx.engine_request(deployment))
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -195,7 +195,8 @@ class Pipeline:
         self.metrics.ttft.labels(ctx.alias, deployment.name).observe(ctx.ttft)
         return self._relay(ctx, first, chunks)
 
-    async def _relay(self, ctx: RequestContext, first: StreamChunk, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[bytes]:
+    async def _relay(self, ctx: RequestContext, first: list[StreamChunk], chunks: AsyncIterator[list[StreamChunk]]) -> AsyncIterator[bytes]:
+        """Relay the stream's chunks, a list (``serving.base.stream_batches``) at a time; written at each ``batch_end``."""
         include_usage = ctx.include_usage
         render = ctx.render
         ctx.status = CLIENT_CLOSED
@@ -206,42 +207,44 @@ class Pipeline:
         guard = self.guardrails if ctx.guardrails is not None else None
         screen = guard.screen(ctx) if guard is not None else None  # None: nothing per chunk
         hold = HoldBack(screen.hold) if screen is not None and screen.hold else None
-        following = chunks.__anext__  # awaited directly: no anext() wrapper per chunk
+        following = chunks.__anext__  # awaited directly: no anext() wrapper per list
+        generated = ctx.generated
         try:
-            chunk: StreamChunk | None = first
-            while chunk is not None:
-                if chunk.usage is not None:
-                    ctx.usage = chunk.usage
-                if meter is not None and not meter.admits(chunk):
-                    events = cut_off(ctx, meter.exact())
-                    if hold is not None:
-                        pending += hold.flush()
-                    await self.complete(ctx)
-                    yield b"".join(pending + events)
-                    return
-                ctx.generated.append(chunk)
-                if screen is not None and (verdict := screen.feed_chunk(chunk.data)) is not None:
-                    assert guard is not None
-                    events = guard.cut(ctx, screen, verdict, chunk.data)  # content_filter; never a retry
-                    await self.complete(ctx)
-                    yield b"".join(pending + with_usage(ctx, events))
-                    return
-                if include_usage or not chunk.usage_only:
-                    data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
-                    if hooks is not None:
-                        data = hooks.chunk(ctx, data)
-                    event = b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data)
-                    if hold is None:
-                        pending.append(event)
-                    else:
-                        pending += hold.add(event, screen.fed if screen is not None else 0)
-                if chunk.batch_end and pending:
-                    yield pending[0] if len(pending) == 1 else b"".join(pending)
-                    pending.clear()
+            batch: list[StreamChunk] | None = first
+            while batch is not None:
+                for chunk in batch:
+                    if chunk.usage is not None:
+                        ctx.usage = chunk.usage
+                    if meter is not None and not meter.admits(chunk):
+                        events = cut_off(ctx, meter.exact())
+                        if hold is not None:
+                            pending += hold.flush()
+                        await self.complete(ctx)
+                        yield b"".join(pending + events)
+                        return
+                    generated.append(chunk)
+                    if screen is not None and (verdict := screen.feed_chunk(chunk.data)) is not None:
+                        assert guard is not None
+                        events = guard.cut(ctx, screen, verdict, chunk.data)  # content_filter; never a retry
+                        await self.complete(ctx)
+                        yield b"".join(pending + with_usage(ctx, events))
+                        return
+                    if include_usage or not chunk.usage_only:
+                        data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
+                        if hooks is not None:
+                            data = hooks.chunk(ctx, data)
+                        event = b"data: " + data + b"\n\n" if render is None else render.chunk(ctx, data)
+                        if hold is None:
+                            pending.append(event)
+                        else:
+                            pending += hold.add(event, screen.fed if screen is not None else 0)
+                    if chunk.batch_end and pending:
+                        yield pending[0] if len(pending) == 1 else b"".join(pending)
+                        pending.clear()
                 try:
-                    chunk = await following()
+                    batch = await following()
                 except StopAsyncIteration:
-                    chunk = None
+                    batch = None
             ctx.status = 200
             if screen is not None and guard is not None:
                 guard.screened(ctx, screen)

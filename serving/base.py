@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, cast, runtime_checkable
 
 import msgspec
 
@@ -157,3 +157,27 @@ class EngineSpec:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 256
     options: msgspec.Struct | None = None
+
+
+def stream_batches(engine: Engine, request: EngineRequest) -> AsyncIterator[list[StreamChunk]]:
+    """``engine``'s stream as lists of chunks: its own ``stream_batches`` where it has one, else a chunk per list.
+
+    An engine that reads several chunks at once (an HTTP upstream's network
+    read) hands them over in one list, so that the relay takes one step of
+    the engine's generator per read, not per chunk. Lists are never empty; a
+    chunk's ``batch_end`` still says where the relay writes to the client.
+    """
+    native = getattr(engine, "stream_batches", None)
+    if native is not None:
+        return cast("AsyncIterator[list[StreamChunk]]", native(request))
+    return _one_by_one(engine.stream(request))
+
+
+async def _one_by_one(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[list[StreamChunk]]:
+    try:
+        async for chunk in chunks:
+            yield [chunk]
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

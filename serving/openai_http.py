@@ -17,7 +17,7 @@ reach the upstream; the deployment's key does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -157,6 +157,20 @@ class OpenAIEngine(HttpUpstream):
         return Completion(body=data, usage=usage)
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[StreamChunk]:
+        batches = self.stream_batches(request)
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()
+
+    async def stream_batches(self, request: EngineRequest) -> AsyncGenerator[list[StreamChunk], None]:
+        """The stream a network read at a time: each read's chunks in one list, never empty, the last marked ``batch_end``.
+
+        The relay takes them a list at a time (``serving.base.stream_batches``):
+        one step of this generator per read rather than one per chunk.
+        """
         body = self._stream_body(request)
         self._running += 1
         resp: h1.Response | None = None
@@ -166,17 +180,24 @@ class OpenAIEngine(HttpUpstream):
                 raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
             if request.kind == "responses":
                 async for chunk in response_chunks(resp.chunks()):
-                    yield chunk
+                    yield [chunk]
                 return
-            async for batch in iter_sse_batches(resp.chunks()):
-                last = len(batch) - 1
-                for i, payload in enumerate(batch):
+            async for payloads in iter_sse_batches(resp.chunks()):
+                batch: list[StreamChunk] = []
+                for payload in payloads:
                     if USAGE_KEY in payload or ERROR_KEY in payload:
-                        chunk = peek_chunk(payload)
-                        chunk.batch_end = i == last
+                        try:
+                            chunk = peek_chunk(payload)
+                        except UpstreamStreamError:
+                            if batch:  # what came before the error event is relayed before it, as it would be alone
+                                yield batch
+                            raise
+                        chunk.batch_end = False
                     else:  # peek_chunk's answer for a chunk without usage or an error, built directly
-                        chunk = StreamChunk(payload, None, False, None, None, i == last)
-                    yield chunk
+                        chunk = StreamChunk(payload, None, False, None, None, False)
+                    batch.append(chunk)
+                batch[-1].batch_end = True
+                yield batch
         except UpstreamStreamError as exc:
             raise UpstreamError(f"deployment {self.name} failed mid-stream: {exc.message}") from None
         except EOFError:
