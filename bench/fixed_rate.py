@@ -215,6 +215,7 @@ def _measure(args: argparse.Namespace) -> int:
                 peak = run_wrk(gw_url, body, request_headers(args.target), duration_s=args.duration, concurrency=32, cpus=shared)
                 rate = peak.rps * args.fraction
                 print(f"{LABELS[args.target]} {mode}: maximum {peak.rps:,.0f} req/s (wrk -c32); offering {rate:,.0f} req/s", flush=True)
+            server_of = {name: server for server, (_, _, name) in zip(servers, hops, strict=True)}
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
             heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us")
@@ -225,7 +226,7 @@ def _measure(args: argparse.Namespace) -> int:
                 order = order[shift:] + order[:shift]
                 runs = {}
                 for label, url, name in order:
-                    server = next((s for s, (_, _, n) in zip(servers, hops, strict=True) if n == name), None)
+                    server = server_of.get(name)  # None: the upstream, driven directly
                     cpu_before = server.cpu_seconds() if server is not None else 0.0
                     if args.client == "c":
                         runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration)

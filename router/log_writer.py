@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from typing import TextIO
 
@@ -50,9 +51,10 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: deque[str] = deque()  # append and popleft are atomic: no lock between the threads
         self._wake = threading.Event()
         self._write_lock = threading.Lock()  # one writer at a time: the thread, or flush() on any thread
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread: threading.Thread | None = None  # started by the first line, in each process
         self._closed = False
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forked(ref))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -69,20 +71,25 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.dropped += 1
             return
         lines.append(text)
-        if self._pid != os.getpid():
+        if self._thread is None:
             self._start()
         if urgent or len(lines) >= self.burst_lines:
             self._wake.set()
 
     def _start(self) -> None:
-        # Also after a fork: the child has the parent's queue but not its thread.
         with self._write_lock:
-            if self._pid == os.getpid() or self._closed:
+            if self._thread is not None or self._closed:
                 return
-            self._pid = os.getpid()
-            self._wake = threading.Event()
             self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
             self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: no writer thread yet, a lock no parent thread holds, and none of the parent's lines
+        (the parent writes those)."""
+        self._lines.clear()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
 
     def _run(self) -> None:
         wake = self._wake
@@ -126,9 +133,15 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._closed = True
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+        if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
         super().close()
+
+
+def _forked(ref: weakref.ReferenceType[BackgroundStreamHandler]) -> None:
+    handler = ref()
+    if handler is not None:
+        handler._after_fork()
 
 
 def dropped_lines() -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from router.log_writer import BackgroundStreamHandler, dropped_lines
 from router.logs import JsonFormatter
@@ -137,3 +139,26 @@ def test_a_process_that_exits_normally_writes_every_line() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     lines = done.stderr.splitlines()
     assert len(lines) == 2000 and '"line 1999"' in lines[-1]
+
+
+def test_a_forked_child_writes_its_own_lines_from_a_thread_of_its_own_and_not_the_parents(tmp_path: Path) -> None:
+    out = tmp_path / "child.log"
+    with out.open("w") as stream:
+        handler = BackgroundStreamHandler(stream, interval_s=3600)  # nothing is written unless asked
+        handler.emit(_record("parent's"))
+        pid = os.fork()
+        if pid == 0:  # the child: its line reaches the stream through its own writer thread
+            code = 1
+            try:
+                handler.emit(_record("child's"))
+                assert handler._thread is not None and handler._thread.is_alive()
+                handler.flush()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert out.read_text() == "child's\n"  # the parent's queued line stays the parent's to write
+        handler.flush()
+    assert out.read_text() == "child's\nparent's\n"
+    handler.close()
