@@ -4,7 +4,10 @@ Litestar's ``ASGIResponse`` takes ``encoded_headers`` only to decode each one,
 add it to a case-insensitive header map (a linear scan per header) and encode
 it again, with a deprecation warning per response. These keep Litestar's
 sending and skip the header map: the handler's list of byte pairs is what
-uvicorn gets.
+uvicorn gets. Served by the gateway's own protocol (``router.http_protocol``),
+a whole answer is written straight to the connection's cycle, past the ASGI
+messages; behind anything else (a middleware's wrapped ``send``, a test
+client) it is sent as Litestar sends it.
 
 A stream is sent from the handler's own task while one more task waits for
 the client to go away, and cancels the sending task when it does (the relay
@@ -21,7 +24,9 @@ from collections.abc import AsyncIterator
 
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import HTTPResponseBodyEvent, Receive, Send
+from litestar.types import HTTPResponseBodyEvent, Receive, Scope, Send
+
+from router.http_protocol import OneWriteCycle
 
 _END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -47,6 +52,12 @@ class JsonAnswer(ASGIResponse):
 
     def encode_headers(self) -> Headers:
         return self._raw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = getattr(send, "__self__", None)
+        if type(cycle) is OneWriteCycle and cycle.write_whole(self.status_code, self._raw, self.body):
+            return
+        await super().__call__(scope, receive, send)
 
 
 class StreamAnswer(ASGIStreamingResponse):

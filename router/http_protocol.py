@@ -11,13 +11,19 @@ answer that is not streamed. Here the head of a response with a length
 (``content-length``) waits for the body, and both go out in one write; a
 streamed (chunked) response's head still goes out at once, so a client sees
 the status before the first token.
+
+A whole answer of the inference routes (``router.answers.JsonAnswer``) skips
+the ASGI messages altogether: ``OneWriteCycle.write_whole`` does what
+uvicorn's ``send`` does for a start and a last body (the same header checks,
+``connection: close`` when the connection is not kept, the next pipelined
+request started) in one call and one write.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from core.errors import InvalidRequest, error_body
 from router import access_log
@@ -41,7 +47,7 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # Every cycle, pipelined ones included, starts here; the class only adds a method.
-        cycle.__class__ = _OneWriteCycle
+        cycle.__class__ = OneWriteCycle
         super()._start_asgi_task(cycle, app)
 
 
@@ -74,7 +80,42 @@ class _HeldHead:
         return getattr(self._transport, name)
 
 
-class _OneWriteCycle(RequestResponseCycle):
+class OneWriteCycle(RequestResponseCycle):
+    def write_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Answer ``status``, ``headers`` (``content-length`` among them, matching ``body``) and ``body`` in one write.
+
+        What ``send`` does with a start and a last body message, without the
+        messages. False, having done nothing, where ``send`` must do it: a
+        response already started, writes paused for a slow client, a ``HEAD``
+        request, or uvicorn's own access log on.
+        """
+        if self.response_started or self.flow.write_paused or self.access_log or self.scope["method"] == "HEAD":
+            return False
+        if self.disconnected:
+            return True  # as send: nothing to write to
+        content = [STATUS_LINE[status]]
+        close = not self.keep_alive
+        for pair in (self.default_headers, headers):
+            for name, value in pair:
+                if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                    return False  # send raises on it, as it should
+                name = name.lower()
+                if name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive, close = False, False
+                content += (name, b": ", value, b"\r\n")
+        if close:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        self.response_started = self.response_complete = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding, self.expected_content_length = False, 0
+        self.transport.write(b"".join(content))
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
+
     async def send(self, message: Any) -> None:
         if message["type"] == "http.response.start" and not self.response_started and self.scope["method"] != "HEAD":
             transport = self.transport

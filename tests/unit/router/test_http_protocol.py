@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from router.http_protocol import JsonErrorHttpProtocol, _OneWriteCycle
+from router.http_protocol import JsonErrorHttpProtocol, OneWriteCycle
 
 
 class _Transport:
@@ -33,7 +33,10 @@ class _Transport:
     def resume_reading(self) -> None: ...
 
 
-def _cycle(method: str = "POST", keep_alive: bool = True) -> tuple[RequestResponseCycle, _Transport]:
+def _cycle(
+    method: str = "POST", keep_alive: bool = True, default_headers: list[tuple[bytes, bytes]] | None = None,
+    on_response: Any = lambda: None,
+) -> tuple[OneWriteCycle, _Transport]:
     transport = _Transport()
     cycle = RequestResponseCycle(
         scope={"type": "http", "method": method, "path": "/", "http_version": "1.1", "headers": []},
@@ -42,14 +45,14 @@ def _cycle(method: str = "POST", keep_alive: bool = True) -> tuple[RequestRespon
         logger=logging.getLogger("test"),
         access_logger=logging.getLogger("test.access"),
         access_log=False,
-        default_headers=[],
+        default_headers=default_headers or [],
         message_event=asyncio.Event(),
         expect_100_continue=False,
         keep_alive=keep_alive,
-        on_response=lambda: None,
+        on_response=on_response,
     )
-    cycle.__class__ = _OneWriteCycle
-    return cycle, transport
+    cycle.__class__ = OneWriteCycle
+    return cycle, transport  # type: ignore[return-value]
 
 
 def _start(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -109,6 +112,66 @@ async def test_a_client_gone_before_the_body_writes_nothing() -> None:
     cycle.disconnected = True
     await cycle.send({"type": "http.response.body", "body": b"x"})
     assert transport.writes == [] and cycle.transport is transport
+
+
+_DEFAULTS = [(b"Date", b"Sun, 06 Dec 2026 10:00:00 GMT"), (b"server", b"sluicegate")]
+_HEADERS = [(b"content-type", b"application/json"), (b"x-request-id", b"req-1"), (b"content-length", b"11")]
+
+
+async def test_a_whole_answer_written_directly_is_the_same_bytes_as_sent_by_messages() -> None:
+    for keep_alive in (True, False):
+        sent, by_send = _cycle(keep_alive=keep_alive, default_headers=_DEFAULTS)
+        await sent.send(_start(201, list(_HEADERS)))
+        await sent.send({"type": "http.response.body", "body": b'{"ok":true}'})
+        done: list[int] = []
+        direct, by_write = _cycle(keep_alive=keep_alive, default_headers=_DEFAULTS, on_response=lambda: done.append(1))
+        assert direct.write_whole(201, list(_HEADERS), b'{"ok":true}') is True
+        assert by_write.writes == by_send.writes and len(by_write.writes) == 1
+        assert (b"connection: close" in by_write.writes[0]) is (not keep_alive)
+        assert by_write.closed is (not keep_alive) and done == [1]
+        assert direct.response_started and direct.response_complete and direct.message_event.is_set()
+
+
+async def test_a_connection_close_header_ends_the_connection_after_a_direct_write() -> None:
+    cycle, transport = _cycle()
+    headers = [(b"connection", b"Close"), (b"content-length", b"1")]
+    assert cycle.write_whole(200, headers, b"x") is True
+    (written,) = transport.writes
+    assert written.count(b"connection") == 1 and transport.closed and not cycle.keep_alive
+
+
+async def test_a_direct_write_leaves_to_send_what_send_must_do() -> None:
+    cycle, transport = _cycle(method="HEAD")
+    assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is False
+    cycle, transport = _cycle()
+    cycle.flow.write_paused = True  # a slow client: send waits for the drain
+    assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is False
+    cycle, transport = _cycle()
+    assert cycle.write_whole(200, [(b"x-bad", b"a\r\nset-cookie: y"), (b"content-length", b"1")], b"x") is False
+    assert transport.writes == [] and not cycle.response_started  # send raises on the same header
+    await cycle.send(_start(headers=[(b"content-length", b"1")]))
+    assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is False  # already started
+    cycle, transport = _cycle()
+    cycle.disconnected = True
+    assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is True and transport.writes == []
+
+
+async def test_a_json_answer_writes_directly_to_the_cycle_and_by_messages_behind_a_wrapper() -> None:
+    from router.answers import JsonAnswer
+
+    cycle, transport = _cycle()
+    messages: list[dict[str, Any]] = []
+
+    async def wrapped(message: Any) -> None:
+        messages.append(message)
+        await cycle.send(message)
+
+    await JsonAnswer(b"{}", [(b"content-type", b"application/json")])({"type": "http"}, None, cycle.send)  # type: ignore[arg-type]
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"content-length: 2\r\n\r\n{}")
+    cycle, transport = _cycle()
+    await JsonAnswer(b"{}", [(b"content-type", b"application/json")])({"type": "http"}, None, wrapped)  # type: ignore[arg-type]
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n{}")
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
