@@ -5,9 +5,9 @@ add it to a case-insensitive header map (a linear scan per header) and encode
 it again, with a deprecation warning per response. These keep Litestar's
 sending and skip the header map: the handler's list of byte pairs is what
 uvicorn gets. Served by the gateway's own protocol (``router.http_protocol``),
-a whole answer is written straight to the connection's cycle, past the ASGI
+its answers are written straight to the connection's cycle, past the ASGI
 messages; behind anything else (a middleware's wrapped ``send``, a test
-client) it is sent as Litestar sends it.
+client) they are sent as Litestar sends them.
 
 A stream is sent from the handler's own task while one more task waits for
 the client to go away, and cancels the sending task when it does (the relay
@@ -79,8 +79,19 @@ class StreamAnswer(ASGIStreamingResponse):
     def encode_headers(self) -> Headers:
         return self._raw
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = getattr(send, "__self__", None)
+        if type(cycle) is OneWriteCycle and cycle.start_chunks(self.status_code, self._raw):
+            await self._send_chunks(send, receive, cycle)
+            return
+        await super().__call__(scope, receive, send)
+
     async def send_body(self, send: Send, receive: Receive) -> None:
-        """Send each chunk as it comes; return quietly once the client has gone (the relay cancelled)."""
+        await self._send_chunks(send, receive, None)
+
+    async def _send_chunks(self, send: Send, receive: Receive, cycle: OneWriteCycle | None) -> None:
+        """Send each chunk as it comes (straight to ``cycle`` where it takes it); return quietly once the client has gone
+        (the relay cancelled)."""
         sender = asyncio.current_task()
         assert sender is not None
         gone = False
@@ -95,9 +106,11 @@ class StreamAnswer(ASGIStreamingResponse):
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
             async for chunk in self._chunks:
-                event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": chunk, "more_body": True}
-                await send(event)
-            await send(_END)
+                if cycle is None or not cycle.write_chunk(chunk):
+                    event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    await send(event)
+            if cycle is None or not cycle.end_chunks():
+                await send(_END)
         except asyncio.CancelledError:
             if not gone:
                 raise

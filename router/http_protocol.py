@@ -12,11 +12,11 @@ answer that is not streamed. Here the head of a response with a length
 streamed (chunked) response's head still goes out at once, so a client sees
 the status before the first token.
 
-A whole answer of the inference routes (``router.answers.JsonAnswer``) skips
-the ASGI messages altogether: ``OneWriteCycle.write_whole`` does what
-uvicorn's ``send`` does for a start and a last body (the same header checks,
+The answers of the inference routes (``router.answers``) skip the ASGI
+messages altogether: ``OneWriteCycle`` writes a whole answer, or a stream's
+head, chunks and end, as uvicorn's ``send`` does (the same header checks,
 ``connection: close`` when the connection is not kept, the next pipelined
-request started) in one call and one write.
+request started), a whole answer in one write.
 """
 
 from __future__ import annotations
@@ -81,40 +81,89 @@ class _HeldHead:
 
 
 class OneWriteCycle(RequestResponseCycle):
-    def write_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
-        """Answer ``status``, ``headers`` (``content-length`` among them, matching ``body``) and ``body`` in one write.
+    """uvicorn's cycle, with the head of an answer with a length held for its body, and direct writes.
 
-        What ``send`` does with a start and a last body message, without the
-        messages. False, having done nothing, where ``send`` must do it: a
-        response already started, writes paused for a slow client, a ``HEAD``
-        request, or uvicorn's own access log on.
-        """
-        if self.response_started or self.flow.write_paused or self.access_log or self.scope["method"] == "HEAD":
-            return False
-        if self.disconnected:
-            return True  # as send: nothing to write to
+    ``write_whole``, ``start_chunks``, ``write_chunk`` and ``end_chunks`` do
+    what ``send`` does with the corresponding ASGI messages, without the
+    messages. Each returns False, having done nothing, where ``send`` must do
+    it instead: writes paused for a slow client (``send`` waits for the
+    drain), a client gone, a ``HEAD`` request, a header ``send`` refuses,
+    uvicorn's own access log on, or a message out of order.
+    """
+
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> tuple[list[bytes], bool] | None:
+        """The status line and header lines as ``send`` writes them, and whether the connection is kept; None: leave it to ``send``."""
+        if self.response_started or self.flow.write_paused or self.disconnected or self.access_log or self.scope["method"] == "HEAD":
+            return None
         content = [STATUS_LINE[status]]
-        close = not self.keep_alive
+        keep, close_line = self.keep_alive, not self.keep_alive
         for pair in (self.default_headers, headers):
             for name, value in pair:
                 if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
-                    return False  # send raises on it, as it should
+                    return None  # send raises on it, as it should
                 name = name.lower()
                 if name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
-                    self.keep_alive, close = False, False
+                    keep, close_line = False, False
+                elif chunked and (name == b"content-length" or name == b"transfer-encoding"):
+                    return None  # framing the answer chose itself: send's to honour
                 content += (name, b": ", value, b"\r\n")
-        if close:
+        if close_line:
             content.append(b"connection: close\r\n")
-        content += (b"\r\n", body)
+        if chunked:
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return content, keep
+
+    def write_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Answer ``status``, ``headers`` (``content-length`` among them, matching ``body``) and ``body`` in one write."""
+        head = self._head(status, headers, chunked=False)
+        if head is None:
+            return False
+        content, self.keep_alive = head
+        content.append(body)
         self.response_started = self.response_complete = True
         self.waiting_for_100_continue = False
         self.chunked_encoding, self.expected_content_length = False, 0
         self.transport.write(b"".join(content))
+        self._completed()
+        return True
+
+    def start_chunks(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Send the head of a streamed answer (chunked; ``headers`` without a length); its chunks follow."""
+        if status in (204, 304):
+            return False
+        head = self._head(status, headers, chunked=True)
+        if head is None:
+            return False
+        content, self.keep_alive = head
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding, self.expected_content_length = True, 0
+        self.transport.write(b"".join(content))
+        return True
+
+    def write_chunk(self, body: bytes) -> bool:
+        """One chunk of a streamed answer started by ``start_chunks``."""
+        if self.flow.write_paused or self.disconnected or not self.chunked_encoding or self.response_complete:
+            return False
+        if body:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+    def end_chunks(self) -> bool:
+        """The end of a streamed answer started by ``start_chunks``."""
+        if self.flow.write_paused or self.disconnected or not self.chunked_encoding or self.response_complete:
+            return False
+        self.response_complete = True
+        self.transport.write(b"0\r\n\r\n")
+        self._completed()
+        return True
+
+    def _completed(self) -> None:
         self.message_event.set()
         if not self.keep_alive:
             self.transport.close()
         self.on_response()
-        return True
 
     async def send(self, message: Any) -> None:
         if message["type"] == "http.response.start" and not self.response_started and self.scope["method"] != "HEAD":

@@ -152,8 +152,8 @@ async def test_a_direct_write_leaves_to_send_what_send_must_do() -> None:
     await cycle.send(_start(headers=[(b"content-length", b"1")]))
     assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is False  # already started
     cycle, transport = _cycle()
-    cycle.disconnected = True
-    assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is True and transport.writes == []
+    cycle.disconnected = True  # send returns quietly
+    assert cycle.write_whole(200, [(b"content-length", b"1")], b"x") is False and transport.writes == []
 
 
 async def test_a_json_answer_writes_directly_to_the_cycle_and_by_messages_behind_a_wrapper() -> None:
@@ -172,6 +172,61 @@ async def test_a_json_answer_writes_directly_to_the_cycle_and_by_messages_behind
     await JsonAnswer(b"{}", [(b"content-type", b"application/json")])({"type": "http"}, None, wrapped)  # type: ignore[arg-type]
     assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
     assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n{}")
+
+
+_SSE = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req-1")]
+
+
+async def test_a_stream_written_directly_is_the_same_bytes_as_sent_by_messages() -> None:
+    for keep_alive in (True, False):
+        sent, by_send = _cycle(keep_alive=keep_alive, default_headers=_DEFAULTS)
+        await sent.send(_start(200, list(_SSE)))
+        for body, more in ((b"data: 1\n\n", True), (b"", True), (b"data: [DONE]\n\n", True), (b"", False)):
+            await sent.send({"type": "http.response.body", "body": body, "more_body": more})
+        done: list[int] = []
+        direct, by_write = _cycle(keep_alive=keep_alive, default_headers=_DEFAULTS, on_response=lambda: done.append(1))
+        assert direct.start_chunks(200, list(_SSE))
+        assert direct.write_chunk(b"data: 1\n\n") and direct.write_chunk(b"") and direct.write_chunk(b"data: [DONE]\n\n")
+        assert done == [] and direct.end_chunks() and done == [1]
+        # send writes an empty chunk as an empty write, which sends nothing
+        assert by_write.writes == [w for w in by_send.writes if w] and by_write.closed is (not keep_alive)
+        assert direct.response_complete and not direct.write_chunk(b"x") and not direct.end_chunks()
+
+
+async def test_a_stream_leaves_to_send_what_send_must_do() -> None:
+    cycle, transport = _cycle()
+    assert not cycle.start_chunks(200, [(b"content-length", b"3")])  # a length: not a stream to frame here
+    assert not cycle.start_chunks(204, [])
+    assert not cycle.write_chunk(b"x") and transport.writes == []  # nothing started
+    assert cycle.start_chunks(200, list(_SSE))
+    cycle.flow.write_paused = True
+    assert not cycle.write_chunk(b"x") and not cycle.end_chunks()
+    cycle.flow.write_paused = False
+    cycle.disconnected = True
+    assert not cycle.write_chunk(b"x") and len(transport.writes) == 1
+
+
+async def test_a_stream_answer_writes_its_chunks_directly_and_by_messages_when_writes_pause() -> None:
+    from router.answers import StreamAnswer
+
+    cycle, transport = _cycle()
+    disconnect = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def chunks() -> Any:
+        yield b"data: 1\n\n"
+        cycle.flow.write_paused = True  # the client is slow: the next chunk goes through send, which waits for the drain
+        asyncio.get_running_loop().call_later(0.05, cycle.flow.resume_writing)
+        yield b"data: 2\n\n"
+        yield b"data: 3\n\n"
+
+    await StreamAnswer(chunks(), list(_SSE))({"type": "http"}, receive, cycle.send)  # type: ignore[arg-type]
+    assert transport.writes[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"9\r\ndata: 2\n\n\r\n", b"9\r\ndata: 3\n\n\r\n", b"0\r\n\r\n"]
+    assert cycle.response_complete
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
