@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 
@@ -13,7 +12,8 @@ KEY_PREFIX = "sk-"
 
 
 def hash_api_key(key: str, pepper: bytes = b"") -> str:
-    return HASH_PREFIX + hmac.new(pepper, key.encode("utf-8"), hashlib.sha256).hexdigest()
+    # hmac.digest: OpenSSL's HMAC in one call, with no HMAC object (the same digest as hmac.new's, in about half the time)
+    return HASH_PREFIX + hmac.digest(pepper, key.encode("utf-8"), "sha256").hex()
 
 
 def new_api_key() -> str:

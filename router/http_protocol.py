@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from core.errors import InvalidRequest, error_body
 from router import access_log
@@ -49,6 +49,12 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
         # Every cycle, pipelined ones included, starts here; the class only adds a method.
         cycle.__class__ = OneWriteCycle
         super()._start_asgi_task(cycle, app)
+
+
+# The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE refuse in a header's name and value, for bytes.translate: the same
+# test as a search with either pattern, without the regular expression engine (a tenth of its cost on a head).
+BAD_NAME_BYTES = bytes(range(0x20)) + b'\x7f "(),:;<=>@[\\]{}'
+BAD_VALUE_BYTES = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 
 
 class _HeldHead:
@@ -95,18 +101,23 @@ class OneWriteCycle(RequestResponseCycle):
         """The status line and header lines as ``send`` writes them, and whether the connection is kept; None: leave it to ``send``."""
         if self.response_started or self.flow.write_paused or self.disconnected or self.access_log or self.scope["method"] == "HEAD":
             return None
-        content = [STATUS_LINE[status]]
+        pairs = self.default_headers + headers
+        names = [name.lower() for name, _ in pairs]
+        values = [value for _, value in pairs]
+        # send's checks, header by header, on the concatenations: a byte a name or a value must not hold is in them if in any
+        joined_names, joined_values = b"".join(names), b"".join(values)
+        if len(joined_names.translate(None, BAD_NAME_BYTES)) != len(joined_names) or len(
+            joined_values.translate(None, BAD_VALUE_BYTES)
+        ) != len(joined_values):
+            return None  # send raises on it, as it should
+        if chunked and (b"content-length" in names or b"transfer-encoding" in names):
+            return None  # framing the answer chose itself: send's to honour
         keep, close_line = self.keep_alive, not self.keep_alive
-        for pair in (self.default_headers, headers):
-            for name, value in pair:
-                if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
-                    return None  # send raises on it, as it should
-                name = name.lower()
+        if b"connection" in names:
+            for name, value in zip(names, values, strict=True):
                 if name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
                     keep, close_line = False, False
-                elif chunked and (name == b"content-length" or name == b"transfer-encoding"):
-                    return None  # framing the answer chose itself: send's to honour
-                content += (name, b": ", value, b"\r\n")
+        content = [STATUS_LINE[status], *[name + b": " + value + b"\r\n" for name, value in zip(names, values, strict=True)]]
         if close_line:
             content.append(b"connection: close\r\n")
         if chunked:

@@ -9,9 +9,9 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, RequestResponseCycle
 
-from router.http_protocol import JsonErrorHttpProtocol, OneWriteCycle
+from router.http_protocol import BAD_NAME_BYTES, BAD_VALUE_BYTES, JsonErrorHttpProtocol, OneWriteCycle
 
 
 class _Transport:
@@ -172,6 +172,22 @@ async def test_a_json_answer_writes_directly_to_the_cycle_and_by_messages_behind
     await JsonAnswer(b"{}", [(b"content-type", b"application/json")])({"type": "http"}, None, wrapped)  # type: ignore[arg-type]
     assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
     assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n{}")
+
+
+def test_the_bytes_refused_in_a_head_are_those_uvicorns_patterns_refuse() -> None:
+    for byte in range(256):
+        one = bytes([byte])
+        assert (byte in BAD_NAME_BYTES) is bool(HEADER_RE.search(one)), byte
+        assert (byte in BAD_VALUE_BYTES) is bool(HEADER_VALUE_RE.search(one)), byte
+
+
+async def test_a_bad_byte_anywhere_in_any_header_leaves_the_answer_to_send() -> None:
+    for headers in ([(b"x-a", b"ok"), (b"x b", b"ok")], [(b"x-a", b"ok\x00"), (b"x-b", b"ok")], [(b"x-a", b"ok"), (b"x-b", b"\x7f")]):
+        cycle, transport = _cycle(default_headers=_DEFAULTS)
+        assert cycle.write_whole(200, [*headers, (b"content-length", b"0")], b"") is False
+        assert not cycle.start_chunks(200, headers) and transport.writes == []
+    cycle, transport = _cycle()
+    assert cycle.write_whole(200, [(b"x-a", b"tab\tand space are fine"), (b"content-length", b"0")], b"") is True
 
 
 _SSE = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req-1")]
