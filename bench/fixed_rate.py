@@ -1,7 +1,7 @@
 """Added latency at a fixed request rate: the gateway's p99 less the upstream's, at half the gateway's maximum.
 
 ``python -m bench.fixed_rate [--target sluicegate-all] [--fraction 0.5 | --rate R] [--duration 10] [--rounds 3] [--stream]
-[--client c|python] [--passthrough] [--halt-poll-ns N]``
+[--client c|python] [--passthrough] [--nginx] [--halt-poll-ns N]``
 
 Starts the fake upstream and one Sluicegate target of the overhead benchmark
 (``bench.overhead_targets``; default the full pipeline: limits, budgets and
@@ -41,6 +41,13 @@ at the same rate in every round, on the gateway's CPU: what a bare Python hop
 adds on the same machine at the same moment. At half the gateway's maximum it
 may be past the pass-through's own (then ``--rate`` gives a rate both take).
 
+``--nginx`` also runs nginx (from ``PATH``; on Debian ``apt-get install -y
+nginx-light``) as a reverse proxy to the same upstream, one worker process
+with a pool of keep-alive connections, on the gateway's CPU, at the same rate
+in every round: a hop written in C that does no work of its own, so what it
+adds is what any hop adds on this machine at that moment (the wake-ups of
+another CPU on the way in and out), the floor under any gateway's figure.
+
 On a virtual machine a CPU that goes idle halts, and waking it is a trip
 through the host: at a fixed rate a hop pays that on every request (the
 gateway's CPU time per request here is well above what it is under wrk's
@@ -57,6 +64,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -133,6 +141,37 @@ async def open_loop(url: str, body: bytes, headers: dict[str, str], *, rate: flo
 HALT_POLL_NS = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 
 
+def nginx_config(work: Path, port: int, upstream_port: int) -> Path:
+    """nginx as a bare reverse proxy: one process in the foreground, keep-alive both ways, nothing logged per request."""
+    path = work / "nginx.conf"
+    path.write_text(
+        f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    upstream fake {{ server 127.0.0.1:{upstream_port}; keepalive 512; keepalive_requests 1000000; keepalive_timeout 600s; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+    )
+    return path
+
+
 def _cpus() -> tuple[set[int], set[int]] | None:
     cpus = sorted(os.sched_getaffinity(0))
     return ({cpus[0]}, {cpus[-1]}) if len(cpus) >= 2 else None
@@ -155,11 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (20 chunks)")
     parser.add_argument("--client", choices=("c", "python"), default="c", help="the open-loop client: bench/openloop.c, or this process")
     parser.add_argument("--passthrough", action="store_true", help="also measure the minimal pass-through at the same rate, every round")
+    parser.add_argument("--nginx", action="store_true", help="also measure nginx as a bare reverse proxy at the same rate, every round")
     parser.add_argument(
         "--halt-poll-ns", type=int, help="a Linux guest's idle halt polling for the run (cpuidle-haltpoll; root); restored afterwards"
     )
     args = parser.parse_args(argv)
     if not wrk_ready() or (args.client == "c" and not openloop_ready()):
+        return 2
+    if args.nginx and shutil.which("nginx") is None:
+        print("error: --nginx needs nginx on PATH (on Debian: apt-get install -y nginx-light)", file=sys.stderr)
         return 2
     if args.halt_poll_ns is None:
         return _measure(args)
@@ -181,7 +224,7 @@ def _measure(args: argparse.Namespace) -> int:
     body, mode = request_body(args.stream), "stream" if args.stream else "non-stream"
     with tempfile.TemporaryDirectory(prefix="sluicegate-fixed-") as tmp:
         work = Path(tmp)
-        up_port, gw_port, pt_port = free_port(), free_port(), free_port()
+        up_port, gw_port, pt_port, ng_port = free_port(), free_port(), free_port(), free_port()
         upstream = fake_upstream(work, up_port)
         config = work / "gateway.yaml"
         config.write_text(sluicegate_config(f"http://127.0.0.1:{up_port}/v1", bench_key_hash(), FEATURES[args.target]))
@@ -194,6 +237,11 @@ def _measure(args: argparse.Namespace) -> int:
             argv_pt = [sys.executable, "-m", "bench.passthrough", "--upstream", f"http://127.0.0.1:{up_port}", "--port", str(pt_port)]
             servers.append(Server(LABELS["passthrough"], argv_pt, work / "passthrough.log", work))
             hops.append((LABELS["passthrough"], f"http://127.0.0.1:{pt_port}{CHAT_PATH}", "passthrough"))
+        if args.nginx:
+            conf = nginx_config(work, ng_port, up_port)
+            argv_ng = [shutil.which("nginx") or "nginx", "-c", str(conf), "-p", str(work), "-e", str(work / "nginx-error.log")]
+            servers.append(Server("nginx", argv_ng, work / "nginx.log", work))
+            hops.append(("nginx", f"http://127.0.0.1:{ng_port}{CHAT_PATH}", "nginx"))
         try:
             upstream.start()
             upstream.wait_ready(direct_url, body, request_headers("upstream"))
