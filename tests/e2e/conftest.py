@@ -69,8 +69,11 @@ class Process:
         return self.popen.returncode
 
 
-def spawn(args: list[str], log: Path, url: str, ready_path: str, path: list[str] | None = None) -> Process:
-    """Start ``args`` and wait (bounded) until ``url + ready_path`` answers 200; ``path``: more import directories."""
+def spawn(
+    args: list[str], log: Path, url: str, ready_path: str, path: list[str] | None = None, start_timeout_s: float = START_TIMEOUT_S
+) -> Process:
+    """Start ``args`` and wait (at most ``start_timeout_s``) until ``url + ready_path`` answers 200; ``path``: more import
+    directories."""
     env = {**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
     handle = log.open("wb")
     # The gateway keeps its embedded state (the SQLite ledger) in its working directory.
@@ -78,7 +81,7 @@ def spawn(args: list[str], log: Path, url: str, ready_path: str, path: list[str]
     popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent, env={**env, "PYTHONPATH": python_path})
     handle.close()
     proc = Process(popen, log, url)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
         if popen.poll() is not None:
             raise RuntimeError(f"{args[2:4]} exited with {popen.returncode}:\n{proc.output()[-4000:]}")
@@ -89,7 +92,7 @@ def spawn(args: list[str], log: Path, url: str, ready_path: str, path: list[str]
             pass
         time.sleep(0.1)
     proc.stop()
-    raise RuntimeError(f"{args[2:4]} did not become ready within {START_TIMEOUT_S}s:\n{proc.output()[-4000:]}")
+    raise RuntimeError(f"{args[2:4]} did not become ready within {start_timeout_s}s:\n{proc.output()[-4000:]}")
 
 
 def serve(settings: dict[str, Any], workdir: Path, ready_path: str = "/healthz", path: list[str] | None = None) -> Process:

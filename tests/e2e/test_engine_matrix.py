@@ -193,7 +193,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory, fake_server: Process) -> It
     )
     port = free_port()
     args = [sys.executable, "-m", "router", "serve", "--config", str(config), "--port", str(port)]
-    gateway = spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz")
+    gateway = spawn(args, workdir / "gateway.log", f"http://127.0.0.1:{port}", "/healthz", start_timeout_s=START_TIMEOUT_S)
     try:
         wait_ready(gateway)
         yield Matrix(gateway, fakes, fake_server)
