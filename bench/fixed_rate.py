@@ -12,7 +12,13 @@ of that rate, open loop, to the upstream directly and to the gateway in turn
 (which goes first alternates), and prints p50, p90, p99 and max latency of
 each and what the gateway adds to each (gateway less direct, same round),
 with each hop's own CPU time per request during its run (``CPU us``, all its
-threads, from ``/proc``).
+threads, from ``/proc``) and, for Sluicegate, what it says it added itself
+(``own p99``: the bucket of ``sluicegate_overhead_seconds``, read from its
+``/metrics`` before and after the run, that holds the 99th percentile; the
+time a request spends in the gateway outside the upstream call, as
+operators see it in production). What the client measures on top of that is
+the way in and out: the wait before the gateway reads a request, and the
+wake-ups of each CPU on the way.
 
 Open loop: request *i* is due at ``start + i / rate`` whether or not earlier
 ones have been answered, and its latency is counted from when it was due, not
@@ -69,6 +75,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import uvloop
@@ -135,6 +142,30 @@ async def open_loop(url: str, body: bytes, headers: dict[str, str], *, rate: flo
     await asyncio.gather(*tasks)
     await pool.close()
     return Run(latencies, errors, late * 1000)
+
+
+def overhead_counts(base_url: str, mode: str) -> dict[float, float]:
+    """Cumulative counts of ``sluicegate_overhead_seconds`` by upper bound (seconds), for ``mode`` (unary or stream)."""
+    counts: dict[float, float] = {}
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("sluicegate_overhead_seconds_bucket{") and f'mode="{mode}"' in line:
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            counts[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def own_p99(before: dict[float, float], after: dict[float, float]) -> str:
+    """The upper bound (ms) of the bucket that holds the 99th percentile of what was observed between two readings."""
+    delta = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in sorted(after)}
+    total = delta.get(float("inf"), 0.0)
+    if total <= 0:
+        return "-"
+    for bound, count in delta.items():
+        if count >= 0.99 * total:
+            return f"<={bound * 1000:g}" if bound != float("inf") else ">max"
+    return ">max"
 
 
 # How long an idle vCPU polls before it halts, in a Linux guest with the cpuidle-haltpoll driver.
@@ -266,7 +297,7 @@ def _measure(args: argparse.Namespace) -> int:
             server_of = {name: server for server, (_, _, name) in zip(servers, hops, strict=True)}
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
-            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us")
+            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "own p99")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
             for number in range(args.rounds):
                 order = [("upstream direct", direct_url, "upstream"), *hops]
@@ -276,6 +307,9 @@ def _measure(args: argparse.Namespace) -> int:
                 for label, url, name in order:
                     server = server_of.get(name)  # None: the upstream, driven directly
                     cpu_before = server.cpu_seconds() if server is not None else 0.0
+                    base = url.removesuffix(CHAT_PATH)
+                    own_mode = "stream" if args.stream else "unary"
+                    own_before = overhead_counts(base, own_mode) if name.startswith("sluicegate") else None
                     if args.client == "c":
                         runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration)
                     else:
@@ -285,6 +319,8 @@ def _measure(args: argparse.Namespace) -> int:
                     cpu_us = ""
                     if server is not None and runs[name].latencies:
                         cpu_us = f" {(server.cpu_seconds() - cpu_before) * 1e6 / len(runs[name].latencies):>8.0f}"
+                    if own_before is not None:
+                        cpu_us += f" {own_p99(own_before, overhead_counts(base, own_mode)):>8}"
                     print(_row(f"{number + 1}: {label}", runs[name]) + cpu_us, flush=True)
                 direct = runs["upstream"]
                 for label, _, name in hops:

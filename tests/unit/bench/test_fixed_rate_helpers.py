@@ -1,0 +1,34 @@
+"""bench.fixed_rate's helpers: the gateway's own p99 from two readings of its overhead histogram, nginx's config."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.fixed_rate import nginx_config, own_p99
+
+INF = float("inf")
+
+
+def test_own_p99_is_the_bound_of_the_bucket_that_holds_it_between_the_readings() -> None:
+    before = {0.0001: 10.0, 0.00025: 50.0, 0.0005: 90.0, 0.001: 100.0, INF: 100.0}
+    # 1,000 more: 900 under 0.25 ms, 985 under 0.5 ms, 995 under 1 ms, all under +Inf
+    after = {0.0001: 10.0, 0.00025: 950.0, 0.0005: 1075.0, 0.001: 1095.0, INF: 1100.0}
+    assert own_p99(before, after) == "<=1"
+    after[0.0005] = 1080.0  # 990 of 1,000 under 0.5 ms
+    assert own_p99(before, after) == "<=0.5"
+    assert own_p99(before, before) == "-"  # nothing observed between them
+    assert own_p99({}, {0.001: 0.0, INF: 100.0}) == ">max"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_the_nginx_config_is_one_that_nginx_accepts(tmp_path: Path) -> None:
+    config = nginx_config(tmp_path, 18080, 18081)
+    result = subprocess.run(
+        ["nginx", "-t", "-c", str(config), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
