@@ -57,6 +57,30 @@ BAD_NAME_BYTES = bytes(range(0x20)) + b'\x7f "(),:;<=>@[\\]{}'
 BAD_VALUE_BYTES = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 
 
+def _closes(value: bytes) -> bool:
+    return b"close" in [token.lower().strip() for token in value.split(b",")]
+
+
+# The server's default headers (the date, refreshed every second) as header lines, and whether they close the
+# connection; None where send would refuse them. One list at a time: uvicorn replaces the list when the date changes.
+_DEFAULTS: list[Any] = [None, None]
+
+
+def _defaults(pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, bool] | None:
+    if _DEFAULTS[0] is pairs:
+        cached: tuple[bytes, bool] | None = _DEFAULTS[1]
+        return cached
+    names = [name.lower() for name, _ in pairs]
+    result: tuple[bytes, bool] | None = None
+    if not any(len(n.translate(None, BAD_NAME_BYTES)) != len(n) for n in names) and not any(
+        len(v.translate(None, BAD_VALUE_BYTES)) != len(v) for _, v in pairs
+    ):
+        block = b"".join([name + b": " + value + b"\r\n" for name, (_, value) in zip(names, pairs, strict=True)])
+        result = block, any(name == b"connection" and _closes(value) for name, (_, value) in zip(names, pairs, strict=True))
+    _DEFAULTS[0], _DEFAULTS[1] = pairs, result  # the list is kept alive here, so "is" cannot match a new one at its address
+    return result
+
+
 class _HeldHead:
     """The cycle's transport between a response's head and its body: the head is written with the body."""
 
@@ -101,23 +125,28 @@ class OneWriteCycle(RequestResponseCycle):
         """The status line and header lines as ``send`` writes them, and whether the connection is kept; None: leave it to ``send``."""
         if self.response_started or self.flow.write_paused or self.disconnected or self.access_log or self.scope["method"] == "HEAD":
             return None
-        pairs = self.default_headers + headers
-        names = [name.lower() for name, _ in pairs]
-        values = [value for _, value in pairs]
+        defaults = _defaults(self.default_headers)
+        names = [name.lower() for name, _ in headers]
+        values = [value for _, value in headers]
         # send's checks, header by header, on the concatenations: a byte a name or a value must not hold is in them if in any
         joined_names, joined_values = b"".join(names), b"".join(values)
-        if len(joined_names.translate(None, BAD_NAME_BYTES)) != len(joined_names) or len(
-            joined_values.translate(None, BAD_VALUE_BYTES)
-        ) != len(joined_values):
+        if (
+            defaults is None
+            or len(joined_names.translate(None, BAD_NAME_BYTES)) != len(joined_names)
+            or len(joined_values.translate(None, BAD_VALUE_BYTES)) != len(joined_values)
+        ):
             return None  # send raises on it, as it should
         if chunked and (b"content-length" in names or b"transfer-encoding" in names):
             return None  # framing the answer chose itself: send's to honour
         keep, close_line = self.keep_alive, not self.keep_alive
+        block, defaults_close = defaults
+        if defaults_close:
+            keep, close_line = False, False
         if b"connection" in names:
             for name, value in zip(names, values, strict=True):
-                if name == b"connection" and b"close" in [token.lower().strip() for token in value.split(b",")]:
+                if name == b"connection" and _closes(value):
                     keep, close_line = False, False
-        content = [STATUS_LINE[status], *[name + b": " + value + b"\r\n" for name, value in zip(names, values, strict=True)]]
+        content = [STATUS_LINE[status], block, *[name + b": " + value + b"\r\n" for name, value in zip(names, values, strict=True)]]
         if close_line:
             content.append(b"connection: close\r\n")
         if chunked:

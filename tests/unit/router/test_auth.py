@@ -31,6 +31,9 @@ def test_keyed_hash() -> None:
     # HMAC-SHA256 of the key under the pepper, as stored hashes were made: a change of how it is computed must keep it
     assert hash_api_key("sk-x", b"p1") == "hmac-sha256:" + hmac.new(b"p1", b"sk-x", hashlib.sha256).hexdigest()
     assert hash_api_key("sk-\u00e9") == "hmac-sha256:" + hmac.new(b"", "sk-\u00e9".encode(), hashlib.sha256).hexdigest()
+    for pepper in (b"", b"p", bytes(range(63)), bytes(range(64)), bytes(range(65)), b"\xff" * 200):  # around the block size
+        for key in ("", "sk-x", "sk-" + "k" * 100):
+            assert hash_api_key(key, pepper) == "hmac-sha256:" + hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
     assert hash_api_key("sk-x", b"p1") == hash_api_key("sk-x", b"p1")
 
 

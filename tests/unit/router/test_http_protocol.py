@@ -190,6 +190,20 @@ async def test_a_bad_byte_anywhere_in_any_header_leaves_the_answer_to_send() -> 
     assert cycle.write_whole(200, [(b"x-a", b"tab\tand space are fine"), (b"content-length", b"0")], b"") is True
 
 
+async def test_the_servers_default_headers_are_read_afresh_when_uvicorn_replaces_them() -> None:
+    for date in (b"Sun, 06 Dec 2026 10:00:00 GMT", b"Sun, 06 Dec 2026 10:00:01 GMT"):
+        defaults = [(b"date", date), (b"server", b"sluicegate")]  # a new list each second, as uvicorn's tick makes it
+        for _ in range(2):
+            cycle, transport = _cycle(default_headers=defaults)
+            assert cycle.write_whole(200, [(b"content-length", b"0")], b"")
+            assert b"date: " + date + b"\r\nserver: sluicegate\r\n" in transport.writes[0]
+    cycle, transport = _cycle(default_headers=[(b"Connection", b"keep-alive, Close")])
+    assert cycle.write_whole(200, [(b"content-length", b"0")], b"") and transport.closed and not cycle.keep_alive
+    assert transport.writes[0].count(b"onnection") == 1
+    cycle, transport = _cycle(default_headers=[(b"server", b"bad\x01")])
+    assert not cycle.write_whole(200, [(b"content-length", b"0")], b"") and transport.writes == []
+
+
 _SSE = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req-1")]
 
 
