@@ -47,6 +47,14 @@ _ROW = f"({', '.join('?' for _ in COLUMNS)})"
 _ROWS_PER_STATEMENT = 16
 # Rows written between WAL checkpoints (run on the reader thread).
 _CHECKPOINT_ROWS = 5_000
+# How long a batch waits for another connection's write transaction (another
+# worker's, another replica's) before it fails and goes to the spool. It waits
+# on the event loop's clock, never inside SQLite: a busy handler would block
+# the loop, and with it the very transaction it waits for when both
+# connections live in one process.
+_BUSY_WAIT_S = 5.0
+_BUSY_FIRST_S = 0.0005
+_BUSY_MOST_S = 0.02
 
 
 def _insert_sql(rows: int) -> str:
@@ -93,13 +101,30 @@ class SQLiteStore:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
-        conn.execute("PRAGMA busy_timeout=5000")
         if schema:
+            conn.execute("PRAGMA busy_timeout=5000")  # on the reader thread, waiting blocks nothing else
             prepare(conn)
         else:
             # The writer never checkpoints (a checkpoint fsyncs): the reader thread does.
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute("PRAGMA busy_timeout=0")  # see _begin
         return conn
+
+    @staticmethod
+    async def _begin(conn: sqlite3.Connection) -> None:
+        """Take the write lock, waiting for another writer's transaction with the loop free."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BUSY_WAIT_S
+        pause = _BUSY_FIRST_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _BUSY_MOST_S)
 
     async def close(self, timeout_s: float | None = None) -> None:
         """Checkpoint and close; a local file needs no deadline, so ``timeout_s`` is not used."""
@@ -127,7 +152,7 @@ class SQLiteStore:
         batch = list(rows)
         sums = HourlySums()
         step = _ROWS_PER_STATEMENT
-        conn.execute("BEGIN IMMEDIATE")  # one transaction per batch
+        await self._begin(conn)  # one transaction per batch
         try:
             for i in range(0, len(batch), step):
                 if i:

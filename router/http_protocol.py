@@ -182,9 +182,13 @@ class OneWriteCycle(RequestResponseCycle):
         self.transport.write(b"".join(content))
         return True
 
+    def _open_stream(self) -> bool:
+        """A stream started and not ended, to a client that is there and reading."""
+        return not (self.flow.write_paused or self.disconnected or not self.chunked_encoding or self.response_complete)
+
     def write_chunk(self, body: bytes) -> bool:
         """One chunk of a streamed answer started by ``start_chunks``."""
-        if self.flow.write_paused or self.disconnected or not self.chunked_encoding or self.response_complete:
+        if not self._open_stream():
             return False
         if body:
             self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
@@ -192,7 +196,7 @@ class OneWriteCycle(RequestResponseCycle):
 
     def end_chunks(self) -> bool:
         """The end of a streamed answer started by ``start_chunks``."""
-        if self.flow.write_paused or self.disconnected or not self.chunked_encoding or self.response_complete:
+        if not self._open_stream():
             return False
         self.response_complete = True
         self.transport.write(b"0\r\n\r\n")
