@@ -11,7 +11,10 @@ every ``cached`` request is a hit. The ``semantic`` target sends a rewording
 of the conversation its warm-up stored: each request is an exact miss, an
 embedding call, a nearest-neighbour search and a replay.
 Each target is driven by wrk for ``--duration`` seconds; printed: req/s, p50
-and p99 latency. ``--upstream-delay-ms`` makes the upstream wait before
+and p99 latency, and the gateway's CPU time per request (all its threads,
+from ``/proc``). With two CPUs or more the gateway has one to itself and wrk
+and the upstream share another, as in ``bench.overhead``: then the CPU per
+request is what a hit saves, apart from what the upstream costs the machine. ``--upstream-delay-ms`` makes the upstream wait before
 answering, as a real model would (the fake's ``slow`` behaviour): a hit never
 waits for it.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk_ready():
         return 2
     results: dict[str, WrkResult] = {}
+    cpu_us: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="sluicegate-cache-") as tmp:
         work = Path(tmp)
         upstream_port, port = free_port(), free_port()
@@ -124,23 +129,34 @@ def main(argv: list[str] | None = None) -> int:
             _cache_result(*targets["gateway, hit"])
             _cache_result(url, _body("semantic", args.stream), gateway_headers)
             time.sleep(0.5)  # entries are written after the response
+            cpus = sorted(os.sched_getaffinity(0))
+            shared = {cpus[0]} if len(cpus) >= 2 else None
+            if shared is not None:
+                upstream.pin(shared)
+                gateway.pin({cpus[-1]})
             for name in ("gateway, hit", "semantic hit"):
                 result = _cache_result(*targets[name])
                 if result != "hit":
                     print(f"error: {name!r} is a cache {result}, not a hit; see {work / 'gateway.log'}", file=sys.stderr)
                     return 1
             for name, (target_url, body, headers) in targets.items():
-                run_wrk(target_url, body, headers, duration_s=2, concurrency=args.concurrency)  # warm-up
-                results[name] = run_wrk(target_url, body, headers, duration_s=args.duration, concurrency=args.concurrency)
+                run_wrk(target_url, body, headers, duration_s=2, concurrency=args.concurrency, cpus=shared)  # warm-up
+                before = gateway.cpu_seconds()
+                results[name] = run_wrk(target_url, body, headers, duration_s=args.duration, concurrency=args.concurrency, cpus=shared)
+                if name != "upstream direct" and results[name].requests:
+                    cpu_us[name] = (gateway.cpu_seconds() - before) * 1e6 / results[name].requests
         finally:
             gateway.stop()
             upstream.stop()
     mode = "stream" if args.stream else "non-stream"
-    print(f"{'target':<16} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'target':<16} {'mode':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us':>8}")
     for name, result in results.items():
-        print(f"{name:<16} {mode:<10} {result.rps:9.0f} {result.p50_ms:8.2f} {result.p99_ms:8.2f}")
+        cpu = f"{cpu_us[name]:8.1f}" if name in cpu_us else f"{'-':>8}"
+        print(f"{name:<16} {mode:<10} {result.rps:9.0f} {result.p50_ms:8.2f} {result.p99_ms:8.2f} {cpu}")
     miss, hit, semantic = results["gateway, miss"], results["gateway, hit"], results["semantic hit"]
     print(f"hit / miss req/s: {hit.rps / miss.rps:.2f}x; semantic hit / miss: {semantic.rps / miss.rps:.2f}x")
+    if "gateway, miss" in cpu_us and "gateway, hit" in cpu_us:
+        print(f"gateway CPU per request, hit / miss: {cpu_us['gateway, hit'] / cpu_us['gateway, miss']:.2f}")
     return 0
 
 

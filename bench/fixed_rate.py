@@ -16,9 +16,12 @@ threads, from ``/proc``) and, for Sluicegate, what it says it added itself
 (``own p99``: the bucket of ``sluicegate_overhead_seconds``, read from its
 ``/metrics`` before and after the run, that holds the 99th percentile; the
 time a request spends in the gateway outside the upstream call, as
-operators see it in production). What the client measures on top of that is
-the way in and out: the wait before the gateway reads a request, and the
-wake-ups of each CPU on the way.
+operators see it in production) and how long its event loop kept an
+arriving event waiting (``loop p99``: the same reading of
+``sluicegate_event_loop_lag_seconds``, sampled ten times a second: the wait
+before the gateway reads a request). What the client measures on top of
+those is the rest of the way in and out: the kernel, and the wake-ups of
+each CPU on the way.
 
 Open loop: request *i* is due at ``start + i / rate`` whether or not earlier
 ones have been answered, and its latency is counted from when it was due, not
@@ -144,19 +147,27 @@ async def open_loop(url: str, body: bytes, headers: dict[str, str], *, rate: flo
     return Run(latencies, errors, late * 1000)
 
 
-def overhead_counts(base_url: str, mode: str) -> dict[float, float]:
-    """Cumulative counts of ``sluicegate_overhead_seconds`` by upper bound (seconds), for ``mode`` (unary or stream)."""
+def histogram_counts(text: str, name: str, matcher: str = "") -> dict[float, float]:
+    """Cumulative counts of histogram ``name`` by upper bound (seconds), from an exposition ``text``; only the
+    series whose labels hold ``matcher`` (as ``mode="unary"``), if given."""
     counts: dict[float, float] = {}
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
     for line in text.splitlines():
-        if line.startswith("sluicegate_overhead_seconds_bucket{") and f'mode="{mode}"' in line:
+        if line.startswith(f"{name}_bucket{{") and matcher in line:
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             counts[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
     return counts
 
 
-def own_p99(before: dict[float, float], after: dict[float, float]) -> str:
+def gateway_counts(base_url: str, mode: str) -> tuple[dict[float, float], dict[float, float]]:
+    """From the gateway's ``/metrics``: ``sluicegate_overhead_seconds`` for ``mode`` (unary or stream), and
+    ``sluicegate_event_loop_lag_seconds``."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    own = histogram_counts(text, "sluicegate_overhead_seconds", f'mode="{mode}"')
+    return own, histogram_counts(text, "sluicegate_event_loop_lag_seconds")
+
+
+def bucket_p99(before: dict[float, float], after: dict[float, float]) -> str:
     """The upper bound (ms) of the bucket that holds the 99th percentile of what was observed between two readings."""
     delta = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in sorted(after)}
     total = delta.get(float("inf"), 0.0)
@@ -297,7 +308,7 @@ def _measure(args: argparse.Namespace) -> int:
             server_of = {name: server for server, (_, _, name) in zip(servers, hops, strict=True)}
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
-            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "own p99")
+            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "own p99", "loop p99")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
             for number in range(args.rounds):
                 order = [("upstream direct", direct_url, "upstream"), *hops]
@@ -309,7 +320,7 @@ def _measure(args: argparse.Namespace) -> int:
                     cpu_before = server.cpu_seconds() if server is not None else 0.0
                     base = url.removesuffix(CHAT_PATH)
                     own_mode = "stream" if args.stream else "unary"
-                    own_before = overhead_counts(base, own_mode) if name.startswith("sluicegate") else None
+                    own_before = gateway_counts(base, own_mode) if name.startswith("sluicegate") else None
                     if args.client == "c":
                         runs[name] = run_openloop(url, body, request_headers(name), rate=rate, duration_s=args.duration)
                     else:
@@ -320,7 +331,8 @@ def _measure(args: argparse.Namespace) -> int:
                     if server is not None and runs[name].latencies:
                         cpu_us = f" {(server.cpu_seconds() - cpu_before) * 1e6 / len(runs[name].latencies):>8.0f}"
                     if own_before is not None:
-                        cpu_us += f" {own_p99(own_before, overhead_counts(base, own_mode)):>8}"
+                        own_after = gateway_counts(base, own_mode)
+                        cpu_us += f" {bucket_p99(own_before[0], own_after[0]):>8} {bucket_p99(own_before[1], own_after[1]):>8}"
                     print(_row(f"{number + 1}: {label}", runs[name]) + cpu_us, flush=True)
                 direct = runs["upstream"]
                 for label, _, name in hops:

@@ -65,6 +65,9 @@ class ServerConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # One JSON line per request on the `sluicegate.access` logger.
     access_log: bool = True
+    # How often the event loop's lag is sampled into sluicegate_event_loop_lag_seconds
+    # (router.loop_lag); 0 turns the probe off.
+    loop_lag_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     # The garbage collector's thresholds once started (Python's default is
     # 700, 10, 10). Each request allocates a few hundred short-lived objects, so
     # at the default the youngest generation is collected every few requests:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from core.config import Config, Price
 from router.cache_key import cache_key, cache_scope, qualifies, semantic_partition
@@ -46,6 +46,7 @@ from router.cache_store import CacheEntry, CacheStore
 from router.cache_store_memory import MemoryCacheStore
 from router.cache_store_redis import RedisCacheStore
 from router.context import RequestContext
+from router.metrics_fast import counter
 from router.semantic_cache import SemanticCache
 from serving.base import JsonObject
 
@@ -59,14 +60,15 @@ _FREE = Price()
 
 
 class CacheMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
+    def __init__(self, registry: CollectorRegistry, *, fast: bool = False) -> None:
+        """``fast``: lock-free counters for one process (``router.metrics_fast``); several workers need prometheus_client's."""
+        self.requests = counter(
             "sluicegate_cache_requests_total", "Requests of aliases with a response cache, by what the cache did.",
-            ("model", "result"), registry=registry,
+            ("model", "result"), registry, fast=fast,
         )  # fmt: skip
-        self.bytes = Counter(
+        self.bytes = counter(
             "sluicegate_cache_bytes_total", "Bytes of cached answers replayed (served) and kept (stored).",
-            ("model", "direction"), registry=registry,
+            ("model", "direction"), registry, fast=fast,
         )  # fmt: skip
 
 
@@ -92,10 +94,12 @@ def directives(headers: Mapping[str, str] | None) -> frozenset[str]:
 
 
 class ResponseCache:
-    def __init__(self, store: CacheStore, registry: CollectorRegistry, semantic: SemanticCache | None = None) -> None:
+    def __init__(
+        self, store: CacheStore, registry: CollectorRegistry, semantic: SemanticCache | None = None, *, fast_metrics: bool = False
+    ) -> None:
         self.store = store
         self.semantic = semantic
-        self.metrics = CacheMetrics(registry)
+        self.metrics = CacheMetrics(registry, fast=fast_metrics)
         self._writes: set[asyncio.Task[None]] = set()
 
     def follow(self, config: Config, hooks: list[Callable[[RequestContext], None]]) -> None:

@@ -109,8 +109,10 @@ class Gateway:
         self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis()))
         self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
         # The response cache: memory by default (empty until an alias caches), Redis per `state.cache`.
-        semantic = SemanticCache(open_vector_index(config), self.metrics.registry, config.state.cache.index_sweep_s)
-        self.response_cache = self.pipeline.cache = ResponseCache(open_cache_store(config), self.metrics.registry, semantic)
+        fast = self.metrics.multiproc_dir is None  # one process: lock-free counters (router.metrics_fast)
+        semantic = SemanticCache(open_vector_index(config), self.metrics.registry, config.state.cache.index_sweep_s, fast_metrics=fast)
+        cache = ResponseCache(open_cache_store(config), self.metrics.registry, semantic, fast_metrics=fast)
+        self.response_cache = self.pipeline.cache = cache
         self.response_cache.follow(config, self.billing.after_record)
         self.reloader.on_swap(lambda snapshot, _: self.response_cache.follow(snapshot.config, self.billing.after_record))
         # Guardrails: built per tenant and alias on first use; a detector pool and a moderation session, made when needed.
@@ -221,7 +223,7 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(*self.base.server.gc_thresholds)
         self._health_task = asyncio.create_task(self._check_health())
-        self.metrics.start()
+        self.metrics.start(self.base.server.loop_lag_interval_s)
         self.started = True
 
     async def _check_health(self) -> None:

@@ -13,6 +13,7 @@ several workers, prometheus_client's own, which write the shared files.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 
 from core.errors import NotFound
 from router.log_writer import dropped_lines
+from router.loop_lag import LoopLagProbe
 from router.metrics_fast import CounterChild, HistogramChild, counter, histogram
 from router.metrics_genai import UNKNOWN, GenAIMetrics
 from router.metrics_live import LiveFigure, LiveFigures, Reading
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+LOOP_LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OPENMETRICS = "application/openmetrics-text"
 
@@ -129,6 +132,13 @@ class Metrics:
             ("mode",), OVERHEAD_BUCKETS, r, fast=fast,
         )  # fmt: skip
         self.overhead_unary, self.overhead_stream = overhead.labels("unary"), overhead.labels("stream")
+        # How long an event arriving at a random moment waits for the event loop (router.loop_lag).
+        self.loop_lag = Histogram(
+            "sluicegate_event_loop_lag_seconds",
+            "Sampled wait of an event for this worker's event loop: time a request can spend unread before any per-request figure starts.",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._loop_lag_probe: LoopLagProbe | None = None
         self.plugin_hook_seconds = histogram(
             "sluicegate_plugin_hook_seconds", "Time in plugin hooks, by plugin and hook.", ("plugin", "hook"),
             (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), r, fast=fast,
@@ -287,12 +297,19 @@ class Metrics:
         multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
         return registry
 
-    def start(self) -> None:
-        """With several workers, keep this worker's live figures copied into the shared files."""
+    def start(self, loop_lag_interval_s: float = 0.0) -> None:
+        """With several workers, keep this worker's live figures copied into the shared files; sample the
+        event loop's lag every ``loop_lag_interval_s`` (0: not at all). Call it on the running loop."""
         self.live.start()
+        if loop_lag_interval_s > 0 and self._loop_lag_probe is None:
+            self._loop_lag_probe = LoopLagProbe(asyncio.get_running_loop(), self.loop_lag.observe, loop_lag_interval_s)
+            self._loop_lag_probe.start()
 
     def close(self) -> None:
         self.live.close()
+        probe, self._loop_lag_probe = self._loop_lag_probe, None
+        if probe is not None:
+            probe.close()
 
 
 def _model(ctx: FinishedRequest) -> str:

@@ -42,11 +42,12 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from core.config import Config
 from core.config_cache import CacheConfig
 from router.context import RequestContext
+from router.metrics_fast import counter
 from router.semantic_index import Match, VectorIndex
 from router.semantic_index_memory import MemoryVectorIndex
 from router.semantic_index_pg import PgVectorIndex
@@ -73,16 +74,17 @@ _decode_embeddings = msgspec.json.Decoder(_Embeddings)
 
 
 class SemanticMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.lookups = Counter(
+    def __init__(self, registry: CollectorRegistry, *, fast: bool = False) -> None:
+        """``fast``: lock-free counters for one process (``router.metrics_fast``); several workers need prometheus_client's."""
+        self.lookups = counter(
             "sluicegate_cache_semantic_lookups_total",
             "Exact misses of semantic-cache aliases, by what the semantic lookup did "
             "(hit, miss, skipped: not fit for a near match, unavailable: no embedder or no vector).",
-            ("model", "result"), registry=registry,
+            ("model", "result"), registry, fast=fast,
         )  # fmt: skip
-        self.embedding_tokens = Counter(
+        self.embedding_tokens = counter(
             "sluicegate_cache_embedding_tokens_total", "Tokens the semantic cache's embedding calls used, by embedding deployment.",
-            ("deployment",), registry=registry,
+            ("deployment",), registry, fast=fast,
         )  # fmt: skip
 
 
@@ -193,9 +195,9 @@ def _vector(data: bytes) -> list[float] | None:
 
 
 class SemanticCache:
-    def __init__(self, index: VectorIndex, registry: CollectorRegistry, sweep_s: float = 60.0) -> None:
+    def __init__(self, index: VectorIndex, registry: CollectorRegistry, sweep_s: float = 60.0, *, fast_metrics: bool = False) -> None:
         self.index = index
-        self.metrics = SemanticMetrics(registry)
+        self.metrics = SemanticMetrics(registry, fast=fast_metrics)
         self.sweep_s = sweep_s
         self._sweeper: asyncio.Task[None] | None = None
 
