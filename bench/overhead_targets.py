@@ -67,8 +67,10 @@ _LIMITS = "    limits: {rpm: 100000000, tpm: 1000000000000, max_concurrent: 1000
 _BUDGETS = "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, {kind: tokens, period: daily, limit: 1000000000000000}]"
 
 
-def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain") -> str:
-    """The gateway's YAML config (``features``: plain, limits, budgets or all); JSON strings are valid YAML scalars."""
+def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain", loop_lag_interval_s: float | None = None) -> str:
+    """The gateway's YAML config (``features``: plain, limits, budgets or all); JSON strings are valid YAML scalars.
+
+    ``loop_lag_interval_s``: how often the gateway samples its event loop's lag, if not the default."""
     if features not in ("plain", "limits", "budgets", "all"):
         raise ValueError(f"unknown feature set {features!r}")
     q = json.dumps
@@ -77,7 +79,7 @@ def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain")
     price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"]
     return "\n".join(
         [
-            "server: {log_level: warning}",
+            "server: {log_level: warning" + ("" if loop_lag_interval_s is None else f", loop_lag_interval_s: {loop_lag_interval_s}") + "}",
             "deployments:",
             "  - name: fake",
             "    provider: openai",

@@ -59,6 +59,9 @@ def test_sluicegate_config_is_accepted_by_the_gateway() -> None:
     # The foundation: no limits, no budgets, no ledger.
     tenant = config.tenants[0]
     assert (tenant.limits.rpm, tenant.budgets, config.state.ledger) == (None, [], "off")
+    assert config.server.loop_lag_interval_s == 0.1  # the gateway's default, unless asked
+    sampled = decode_config(sluicegate_config("http://127.0.0.1:9100/v1", key_hash, "all", 0.01).encode(), "s.yaml")
+    assert sampled.server.loop_lag_interval_s == 0.01 and sampled.state.ledger == "sqlite"
 
 
 def test_each_feature_set_turns_on_what_it_names() -> None:
