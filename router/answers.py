@@ -9,12 +9,13 @@ its answers are written straight to the connection's cycle, past the ASGI
 messages; behind anything else (a middleware's wrapped ``send``, a test
 client) they are sent as Litestar sends them.
 
-A stream is sent from the handler's own task while one more task waits for
-the client to go away, and cancels the sending task when it does (the relay
-then ends as a client disconnect: settled, the upstream closed). Litestar's
-streaming response does the same through an anyio task group, a cancel scope
-and two tasks per stream, which cost more than the rest of the answer's
-framing.
+A stream is sent from the handler's own task; when the client goes away, the
+sending task is cancelled (the relay then ends as a client disconnect:
+settled, the upstream closed). On the gateway's own protocol the connection
+tells the cycle (``OneWriteCycle.watch_gone``); behind anything else one more
+task waits on ``receive`` for the disconnect. Litestar's streaming response
+does the same through an anyio task group, a cancel scope and two tasks per
+stream, which cost more than the rest of the answer's framing.
 """
 
 from __future__ import annotations
@@ -96,14 +97,18 @@ class StreamAnswer(ASGIStreamingResponse):
         assert sender is not None
         gone = False
 
-        async def watch() -> None:
+        def left() -> None:
             nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
             gone = True
             sender.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left()
+
+        watched = cycle is not None and cycle.watch_gone(left)
+        watcher = None if watched else asyncio.get_running_loop().create_task(watch())
         try:
             async for chunk in self._chunks:
                 if cycle is None or not cycle.write_chunk(chunk):
@@ -116,5 +121,8 @@ class StreamAnswer(ASGIStreamingResponse):
                 raise
             sender.uncancel()  # the cancel was the watcher's: the client left, nothing failed here
         finally:
-            if not watcher.done():
+            if watcher is None:
+                assert cycle is not None
+                cycle.watch_gone(None)
+            elif not watcher.done():
                 watcher.cancel()

@@ -21,6 +21,7 @@ request started), a whole answer in one write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
@@ -46,9 +47,17 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
         access_log.refused_unparsed(_ERROR)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # Every cycle, pipelined ones included, starts here; the class only adds a method.
+        # Every cycle, pipelined ones included, starts here; the class only adds methods.
         cycle.__class__ = OneWriteCycle
+        cycle._told_gone = True  # type: ignore[attr-defined]  # connection_lost below tells it
         super()._start_asgi_task(cycle, app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if type(cycle) is OneWriteCycle and cycle.disconnected and cycle._on_gone is not None:
+            on_gone, cycle._on_gone = cycle._on_gone, None
+            on_gone()
 
 
 # The bytes uvicorn's HEADER_RE and HEADER_VALUE_RE refuse in a header's name and value, for bytes.translate: the same
@@ -120,6 +129,25 @@ class OneWriteCycle(RequestResponseCycle):
     drain), a client gone, a ``HEAD`` request, a header ``send`` refuses,
     uvicorn's own access log on, or a message out of order.
     """
+
+    # Set on the cycles of JsonErrorHttpProtocol, whose connection_lost calls _on_gone.
+    _told_gone = False
+    _on_gone: Callable[[], None] | None = None
+
+    def watch_gone(self, callback: Callable[[], None] | None) -> bool:
+        """Have ``callback`` called once if the client goes away before the answer is complete (None: no longer).
+
+        False where this cycle's protocol cannot tell it, or the client has already gone: a task awaiting
+        ``receive`` must watch instead. Watching reads the connection, as ``receive`` would.
+        """
+        if callback is None:
+            self._on_gone = None
+            return True
+        if not self._told_gone or self.disconnected:
+            return False
+        self._on_gone = callback
+        self.flow.resume_reading()  # a client's close is seen only while the connection is read
+        return True
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> tuple[list[bytes], bool] | None:
         """The status line and header lines as ``send`` writes them, and whether the connection is kept; None: leave it to ``send``."""

@@ -295,3 +295,60 @@ async def test_a_real_server_answers_keep_alive_requests_and_streams_heads_early
     finally:
         server.should_exit = True
         await task
+
+
+async def test_a_client_that_leaves_a_stream_is_seen_by_the_protocol_without_a_watching_task() -> None:
+    from router.answers import StreamAnswer
+
+    ended = asyncio.Event()
+    received: list[str] = []
+
+    async def chunks() -> Any:
+        try:
+            while True:
+                yield b"data: tick\n\n"
+                await asyncio.sleep(0.01)
+        finally:
+            ended.set()  # the relay is closed: settled, the upstream released
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+
+        async def counting_receive() -> Any:
+            received.append("receive")
+            return await receive()
+
+        # The fast routes read the body first; the stream then needs no receive to see the client leave.
+        await StreamAnswer(chunks(), list(_SSE))(scope, counting_receive, send)  # type: ignore[arg-type]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=JsonErrorHttpProtocol, lifespan="off", log_config=None, access_log=False)
+    server = uvicorn.Server(config)  # uvicorn's access log off, as the gateway runs it: the answer writes directly
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readuntil(b"data: tick\n\n\r\n")
+        writer.close()  # the client leaves mid-stream
+        await asyncio.wait_for(ended.wait(), 5)
+        assert received == []  # the connection told the stream; no task waited on receive
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_watching_for_the_client_needs_the_gateways_protocol() -> None:
+    cycle, _ = _cycle()  # a cycle no JsonErrorHttpProtocol started: nothing will tell it
+    assert not cycle.watch_gone(lambda: None)
+    cycle._told_gone = True
+    calls: list[int] = []
+    assert cycle.watch_gone(lambda: calls.append(1)) and cycle._on_gone is not None
+    assert cycle.watch_gone(None) and cycle._on_gone is None
+    cycle.disconnected = True
+    assert not cycle.watch_gone(lambda: calls.append(1))  # already gone: receive says so at once
+    assert calls == []
