@@ -213,6 +213,12 @@ async def test_replay_all_moves_every_dead_task_back(orchestrator: Orchestrator)
         tasks = [(await orchestrator.create("acme" if i else "globex", "job", max_attempts=1))[0] for i in range(3)]
         for task in tasks:
             await reaches(orchestrator, task, "dead")
+
+        async def all_dead_lettered() -> bool:
+            # The store says "dead" first, the dead-letter entry follows (a worker dying in between is recovered).
+            return sorted(d.entry.task_id for d in await orchestrator.dead()) == sorted(t.id for t in tasks)
+
+        await eventually(all_dead_lettered, what="every dead task in the dead-letter stream")
         healthy = True
         assert sorted(await orchestrator.replay()) == sorted(t.id for t in tasks)
         for task in tasks:
