@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from core.errors import InvalidRequest
-from router.decode import log_unknown, validation_error, decode_object
+from router.decode import decode_object, log_unknown, validation_error
 from router.wire import PositiveInt, Probability
 
 # --- content blocks ----------------------------------------------------------

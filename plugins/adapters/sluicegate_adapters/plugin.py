@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import msgspec
+from sluicegate_orchestrator import Json, Permanent, StepContext
 
 from core.config import SecretRef
 from core.plugin import Plugin, Services
@@ -31,7 +32,6 @@ from sluicegate_adapters.client import ScmClient
 from sluicegate_adapters.errors import ScmError
 from sluicegate_adapters.factory import make_client
 from sluicegate_adapters.retry import RetryPolicy
-from sluicegate_orchestrator import Json, Permanent, StepContext
 
 Provider = Literal["github", "gitlab", "ado"]
 
