@@ -16,7 +16,9 @@ The answers of the inference routes (``router.answers``) skip the ASGI
 messages altogether: ``OneWriteCycle`` writes a whole answer, or a stream's
 head, chunks and end, as uvicorn's ``send`` does (the same header checks,
 ``connection: close`` when the connection is not kept, the next pipelined
-request started), a whole answer in one write.
+request started), a whole answer in one write. A stream learns that its
+client left from this protocol's ``connection_lost`` (``watch_gone``), with
+no task of its own waiting on ``receive``.
 """
 
 from __future__ import annotations
