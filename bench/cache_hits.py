@@ -14,9 +14,9 @@ Each target is driven by wrk for ``--duration`` seconds; printed: req/s, p50
 and p99 latency, and the gateway's CPU time per request (all its threads,
 from ``/proc``). With two CPUs or more the gateway has one to itself and wrk
 and the upstream share another, as in ``bench.overhead``: then the CPU per
-request is what a hit saves, apart from what the upstream costs the machine. ``--upstream-delay-ms`` makes the upstream wait before
-answering, as a real model would (the fake's ``slow`` behaviour): a hit never
-waits for it.
+request is what a hit saves, apart from what the upstream costs the machine.
+``--upstream-delay-ms`` makes the upstream wait before answering, as a real
+model would (the fake's ``slow`` behaviour): a hit never waits for it.
 """
 
 from __future__ import annotations

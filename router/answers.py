@@ -119,7 +119,7 @@ class StreamAnswer(ASGIStreamingResponse):
         except asyncio.CancelledError:
             if not gone:
                 raise
-            sender.uncancel()  # the cancel was the watcher's: the client left, nothing failed here
+            sender.uncancel()  # the cancel was left()'s: the client left, nothing failed here
         finally:
             if watcher is None:
                 assert cycle is not None

@@ -109,7 +109,7 @@ class Gateway:
         self.canary_control = CanaryController(self.reloader, samples, self.metrics, Lease(config.state.redis()))
         self.pipeline = Pipeline(self.metrics, self.billing, self.tracing, self.canaries)
         # The response cache: memory by default (empty until an alias caches), Redis per `state.cache`.
-        fast = self.metrics.multiproc_dir is None  # one process: lock-free counters (router.metrics_fast)
+        fast = self.metrics.fast  # one process: lock-free counters (router.metrics_fast)
         semantic = SemanticCache(open_vector_index(config), self.metrics.registry, config.state.cache.index_sweep_s, fast_metrics=fast)
         cache = ResponseCache(open_cache_store(config), self.metrics.registry, semantic, fast_metrics=fast)
         self.response_cache = self.pipeline.cache = cache

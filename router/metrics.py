@@ -63,7 +63,7 @@ class Metrics:
         r = self.registry
         # One process: the labelled counters and histograms record without locks (router.metrics_fast);
         # several workers: prometheus_client's, which write the files every worker's figures are added up from.
-        fast = self.multiproc_dir is None
+        fast = self.fast = self.multiproc_dir is None
         self.requests = counter(
             "sluicegate_requests_total", "Requests answered, by route, model alias and HTTP status.",
             ("route", "model", "status"), r, fast=fast,
