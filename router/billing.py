@@ -37,7 +37,7 @@ from policies.routing import Deployment
 from router.batch_context import BatchContext
 from router.metrics import Metrics
 from serving.base import Usage
-from serving.sse import chunk_text
+from serving.sse import chunk_texts
 
 if TYPE_CHECKING:
     from router.context import RequestContext
@@ -208,7 +208,7 @@ class Billing:
         made the reservation pick one: a request without a budget is billed as
         one with a budget would be.
         """
-        texts = ctx.generated_text + [t for t in map(chunk_text, ctx.generated) if t]
+        texts = ctx.generated_text + [t for t in chunk_texts(ctx.generated) if t]
         if not texts:
             return Usage()  # nothing was generated: nothing to charge
         count: Counter = ctx.counter or self._counter(deployment)

@@ -49,6 +49,7 @@ from router.context import RequestContext
 from router.metrics_fast import counter
 from router.semantic_cache import SemanticCache
 from serving.base import JsonObject
+from serving.sse import singles
 
 if TYPE_CHECKING:
     from policies.routing import Alias, Deployment
@@ -202,7 +203,7 @@ class ResponseCache:
         if ctx.stream:
             include_usage = ctx.include_usage
             # What the client was sent (before restore and plugins), as each later requester's replay starts from.
-            chunks = tuple(c.data for c in ctx.generated if include_usage or not c.usage_only)
+            chunks = tuple(c.data for c in singles(ctx.generated) if include_usage or not c.usage_only)
             if not chunks:
                 return None
             return CacheEntry(deployment=served.name, created_at=created, cost=ctx.cost, usage=ctx.usage, chunks=chunks)

@@ -31,8 +31,10 @@ from router.stream_end import cut_off, with_usage
 from router.stream_meter import StreamMeter
 from router.tracing import Tracing, pass_through
 from serving.base import Completion, StreamChunk, stream_batches
+from serving.sse import split_events
 
 _DONE = b"data: [DONE]\n\n"
+_NONE: list[StreamChunk] = []  # a list already relayed: nothing left in it
 
 __all__ = ["CLIENT_CLOSED", "Pipeline", "RequestContext"]
 
@@ -166,8 +168,11 @@ class Pipeline:
         SSE error event and the stream ends without a retry.
         """
 
+        # Runs of plain events, relayed as they came, unless the relay reads or changes events one by one anyway.
+        framed = ctx.render is None and ctx.guardrails is None and not ctx.snapshot.plugins.on_chunk
+
         async def run(deployment: Deployment) -> tuple[list[StreamChunk], AsyncIterator[list[StreamChunk]]]:
-            chunks = stream_batches(deployment.engine, ctx.engine_request(deployment))
+            chunks = stream_batches(deployment.engine, ctx.engine_request(deployment), framed=framed)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -209,9 +214,23 @@ class Pipeline:
         hold = HoldBack(screen.hold) if screen is not None and screen.hold else None
         following = chunks.__anext__  # awaited directly: no anext() wrapper per list
         generated = ctx.generated
+        # A run of plain events (StreamChunk.events) goes out as it came where nothing reads or changes events one by one.
+        untouched = restore is None and hooks is None and screen is None and render is None
         try:
             batch: list[StreamChunk] | None = first
             while batch is not None:
+                run = batch[0]
+                if run.events:  # a run is first in its list, if there is one
+                    if untouched and (meter is None or meter.takes(run)):
+                        generated.append(run)
+                        if run.batch_end:
+                            yield run.data  # alone in its list; nothing pending (written at each batch_end)
+                            batch = _NONE
+                        else:
+                            pending.append(run.data)
+                            batch = batch[1:]
+                    else:  # one by one, as any other chunk
+                        batch = split_events(run) + batch[1:]
                 for chunk in batch:
                     if chunk.usage is not None:
                         ctx.usage = chunk.usage

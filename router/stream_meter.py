@@ -14,14 +14,18 @@ part of the event, still without decoding), oldest first and only as many as
 it takes to make room, and only once even that bound no longer fits is the
 pending text tokenized: chunk by chunk, as the
 ledger counts a stream whose upstream reports no usage, so that what is billed
-is what was metered.
+is what was metered. A run of events relayed as the upstream framed them
+(``StreamChunk.events``) is taken whole only while its raw bytes fit
+(``takes``); otherwise the relay splits it and admits its events one by one,
+so a stream is cut at the same event either way, and a run is counted event by
+event (``chunk_texts``).
 """
 
 from __future__ import annotations
 
 from budgets.tokens import Counter
 from serving.base import StreamChunk
-from serving.sse import chunk_text, text_bytes_bound
+from serving.sse import chunk_text, chunk_texts, text_bytes_bound
 
 
 class StreamMeter:
@@ -49,7 +53,20 @@ class StreamMeter:
             return True
         return self._admits_closer(chunk)
 
-    def _admits_closer(self, chunk: StreamChunk) -> bool:
+    def takes(self, run: StreamChunk) -> bool:
+        """Whether a run of events (``StreamChunk.events``, about to be appended whole) fits by its bounds alone; taken if so.
+
+        False leaves the run to be split and its events admitted one by one
+        (``admits``), which count tokens where they must.
+        """
+        size = len(run.data)
+        if size <= self._room:
+            self._room -= size
+            return True
+        return self._bounded(run) or self._count is None
+
+    def _bounded(self, chunk: StreamChunk) -> bool:
+        """Whether ``chunk`` fits once the chunks before it, and then it, are bounded by their text bytes; taken if so."""
         chunks, end = self._chunks, len(self._chunks)
         size = len(chunk.data)
         # Tighter bounds for the chunks only bounded by their raw bytes, until the new one fits.
@@ -68,10 +85,16 @@ class StreamMeter:
             self._room -= bound
             self._bounded_upto = end + 1
             return True
+        return False
+
+    def _admits_closer(self, chunk: StreamChunk) -> bool:
+        if self._bounded(chunk):
+            return True
         count = self._count
         if count is None:
             return True
-        self.counted += sum(map(count, filter(None, map(chunk_text, chunks[self._counted_upto :]))))
+        chunks, end = self._chunks, len(self._chunks)
+        self.counted += sum(map(count, filter(None, chunk_texts(chunks[self._counted_upto :]))))
         tokens = count(chunk_text(chunk))
         self._tight, self._counted_upto, self._bounded_upto = 0, end, end
         self._room = self.allowance - self.counted
@@ -86,7 +109,7 @@ class StreamMeter:
         """Completion tokens of every chunk so far, counted (for a stream cut off here)."""
         count, chunks = self._count, self._chunks
         if count is not None and self._counted_upto < len(chunks):
-            self.counted += sum(map(count, filter(None, map(chunk_text, chunks[self._counted_upto :]))))
+            self.counted += sum(map(count, filter(None, chunk_texts(chunks[self._counted_upto :]))))
             self._counted_upto = self._bounded_upto = len(chunks)
             self._tight = 0
             self._room = self.allowance - self.counted

@@ -28,6 +28,7 @@ from core.errors import GatewayError
 from router.context import CLIENT_CLOSED, RequestContext
 from router.tracing_content import content_attributes
 from router.tracing_genai import OPERATIONS, Attributes, reply_attributes, stream_attributes, upstream_attributes, upstream_kind
+from serving.sse import singles
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -174,7 +175,7 @@ class RequestTrace:
             if self.reply is not None:
                 out.update(reply_attributes(self.reply))
             elif ctx.stream:
-                out.update(stream_attributes(upstream_kind(ctx.kind, ctx.served), ctx.generated))
+                out.update(stream_attributes(upstream_kind(ctx.kind, ctx.served), singles(ctx.generated)))
                 if ctx.ttft is not None:
                     out["gen_ai.response.time_to_first_chunk"] = ctx.ttft
         usage = ctx.usage

@@ -89,7 +89,7 @@ class Completion:
 
 @dataclass(slots=True)
 class StreamChunk:
-    """One SSE ``data:`` payload in OpenAI chunk shape (no ``data:`` prefix)."""
+    """One SSE ``data:`` payload in OpenAI chunk shape (no ``data:`` prefix), or a run of plain events (``events``)."""
 
     data: bytes
     usage: Usage | None = None
@@ -102,6 +102,10 @@ class StreamChunk:
     # False when more chunks are already in hand (same network read): the relay
     # then writes them to the client together, in one send.
     batch_end: bool = True
+    # 0: ``data`` is one payload. Otherwise ``data`` is that many whole events
+    # as the upstream framed them (``data: <payload>\n\n`` each, none with
+    # usage or an error), relayed as they are (``serving.sse.singles`` splits them).
+    events: int = 0
 
 
 @dataclass(slots=True)
@@ -159,16 +163,21 @@ class EngineSpec:
     options: msgspec.Struct | None = None
 
 
-def stream_batches(engine: Engine, request: EngineRequest) -> AsyncIterator[list[StreamChunk]]:
+def stream_batches(engine: Engine, request: EngineRequest, *, framed: bool = False) -> AsyncIterator[list[StreamChunk]]:
     """``engine``'s stream as lists of chunks: its own ``stream_batches`` where it has one, else a chunk per list.
 
     An engine that reads several chunks at once (an HTTP upstream's network
     read) hands them over in one list, so that the relay takes one step of
     the engine's generator per read, not per chunk. Lists are never empty; a
     chunk's ``batch_end`` still says where the relay writes to the client.
+    With ``framed`` such an engine may also hand over a run of plain events
+    as the upstream framed them (``StreamChunk.events``), for a relay that
+    passes them on untouched; without it every chunk is one payload.
     """
     native = getattr(engine, "stream_batches", None)
     if native is not None:
+        if framed:
+            return cast("AsyncIterator[list[StreamChunk]]", native(request, framed=True))
         return cast("AsyncIterator[list[StreamChunk]]", native(request))
     return _one_by_one(engine.stream(request))
 

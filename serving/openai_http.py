@@ -10,9 +10,11 @@ Inference requests (chat, completions, embeddings, Responses) go through one
 pooled keep-alive ``serving.h1`` client per deployment; the health probe and
 the batch APIs use an aiohttp session. ``serving.http_transport`` opens both
 and maps failures and statuses to the gateway's errors. Streams are
-relayed chunk by chunk: each ``data:`` payload is peeked at (usage, text,
-errors) and passed on as the same bytes. The client's own credentials never
-reach the upstream; the deployment's key does.
+relayed a network read at a time: each ``data:`` payload that may carry usage
+or an error is peeked at and passed on as the same bytes, and, for a relay
+that asks for them, the plain events before it come as one run of the bytes
+as they arrived (``serving.sse.iter_chunk_batches``). The client's own
+credentials never reach the upstream; the deployment's key does.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from serving.base import (
 from serving.http_transport import ErrorFields, HttpUpstream, open_pool, status_error, trace_headers
 from serving.openai_batches import BatchPaths, UpstreamBatches
 from serving.openai_responses import response_chunks, response_usage
-from serving.sse import ERROR_KEY, USAGE_KEY, UpstreamStreamError, iter_sse_batches, peek_chunk
+from serving.sse import UpstreamStreamError, iter_chunk_batches
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "responses": "/responses"}
 
@@ -165,11 +167,13 @@ class OpenAIEngine(HttpUpstream):
         finally:
             await batches.aclose()
 
-    async def stream_batches(self, request: EngineRequest) -> AsyncGenerator[list[StreamChunk], None]:
+    async def stream_batches(self, request: EngineRequest, *, framed: bool = False) -> AsyncGenerator[list[StreamChunk], None]:
         """The stream a network read at a time: each read's chunks in one list, never empty, the last marked ``batch_end``.
 
         The relay takes them a list at a time (``serving.base.stream_batches``):
-        one step of this generator per read rather than one per chunk.
+        one step of this generator per read rather than one per chunk. With
+        ``framed``, a read's plain events come as they arrived
+        (``serving.sse.iter_chunk_batches``).
         """
         body = self._stream_body(request)
         self._running += 1
@@ -182,21 +186,7 @@ class OpenAIEngine(HttpUpstream):
                 async for chunk in response_chunks(resp.chunks()):
                     yield [chunk]
                 return
-            async for payloads in iter_sse_batches(resp.chunks()):
-                batch: list[StreamChunk] = []
-                for payload in payloads:
-                    if USAGE_KEY in payload or ERROR_KEY in payload:
-                        try:
-                            chunk = peek_chunk(payload)
-                        except UpstreamStreamError:
-                            if batch:  # what came before the error event is relayed before it, as it would be alone
-                                yield batch
-                            raise
-                        chunk.batch_end = False
-                    else:  # peek_chunk's answer for a chunk without usage or an error, built directly
-                        chunk = StreamChunk(payload, None, False, None, None, False)
-                    batch.append(chunk)
-                batch[-1].batch_end = True
+            async for batch in iter_chunk_batches(resp.chunks(), framed=framed):
                 yield batch
         except UpstreamStreamError as exc:
             raise UpstreamError(f"deployment {self.name} failed mid-stream: {exc.message}") from None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import msgspec
 
@@ -61,13 +62,21 @@ def peek_chunk(payload: bytes) -> StreamChunk:
     return _decoded(payload)
 
 
+# A "content" or "text" member's string value, raw. A key's quotes cannot be escaped ones (a backslash
+# would stand before the closing quote), and the value runs to its first unescaped quote.
+_TEXT_VALUES = re.compile(rb'"(?:content|text)"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"')
+
+
 def text_bytes_bound(chunk: StreamChunk) -> int:
     """An upper bound on the UTF-8 bytes of ``chunk_text(chunk)``, without decoding it.
 
     The text is in ``"content"`` or ``"text"`` members; a JSON string is never
     shorter raw than decoded, so everything from the first such key to the end
-    of the event bounds it. A ``\\u`` escape anywhere (a key could be spelled
-    with one) falls back to the whole event.
+    of the event bounds it. For a run of events (``StreamChunk.events``) that
+    would take in everything after its first event's key, so the raw string
+    values of those members are summed instead (one scan of the run). A
+    ``\\u`` escape anywhere (a key could be spelled with one) falls back to
+    the whole event or run.
     """
     text = chunk.text
     if text is not None:
@@ -76,17 +85,54 @@ def text_bytes_bound(chunk: StreamChunk) -> int:
     # (92 is a backslash: a one-byte search first, several times faster than the two-byte one)
     if 92 in data and b"\\u" in data:
         return len(data)
+    if chunk.events:  # a run of events: the raw string values of its text members
+        return sum(map(len, _TEXT_VALUES.findall(data)))
     content, plain = data.find(b'"content"'), data.find(b'"text"')
     first = plain if plain >= 0 and (content < 0 or plain < content) else content
     return len(data) - first if first >= 0 else 0
 
 
 def chunk_text(chunk: StreamChunk) -> str:
-    """The generated text of a chunk, decoding it the first time it is asked for."""
+    """The generated text of a chunk (a run's events' texts joined), decoding it the first time it is asked for."""
     if chunk.text is None:
-        decoded = _decoded(chunk.data)
-        chunk.text, chunk.finish_reason = decoded.text, decoded.finish_reason
+        if chunk.events:
+            parts = [(chunk_text(single), single.finish_reason) for single in split_events(chunk)]
+            chunk.text = "".join(text for text, _ in parts)
+            chunk.finish_reason = next((finish for _, finish in reversed(parts) if finish is not None), None)
+        else:
+            decoded = _decoded(chunk.data)
+            chunk.text, chunk.finish_reason = decoded.text, decoded.finish_reason
     return chunk.text or ""
+
+
+def chunk_texts(chunks: Iterable[StreamChunk]) -> Iterator[str]:
+    """The generated text of each chunk, a run's events one by one (as a tokenizer counts them, piece by piece)."""
+    for chunk in chunks:
+        if chunk.events:
+            for single in split_events(chunk):
+                yield chunk_text(single)
+        else:
+            yield chunk_text(chunk)
+
+
+def split_events(chunk: StreamChunk) -> list[StreamChunk]:
+    """A run of plain events (``StreamChunk.events``) as one chunk per event, the last keeping the run's ``batch_end``."""
+    singles = [StreamChunk(event[6:], None, False, None, None, False) for event in chunk.data[:-2].split(b"\n\n")]
+    singles[-1].batch_end = chunk.batch_end
+    return singles
+
+
+def singles(chunks: list[StreamChunk]) -> list[StreamChunk]:
+    """``chunks`` with each run of events split into one chunk per event (``chunks`` itself when it holds no run)."""
+    if not any(chunk.events for chunk in chunks):
+        return chunks
+    out: list[StreamChunk] = []
+    for chunk in chunks:
+        if chunk.events:
+            out += split_events(chunk)
+        else:
+            out.append(chunk)
+    return out
 
 
 def _decoded(payload: bytes) -> StreamChunk:
@@ -113,6 +159,87 @@ def _decoded(payload: bytes) -> StreamChunk:
         text=text,
         finish_reason=finish,
     )
+
+
+_DONE_MARK = b"[DONE]"
+
+
+async def iter_chunk_batches(reads: AsyncIterator[bytes], *, framed: bool = False) -> AsyncIterator[list[StreamChunk]]:
+    """An OpenAI stream's chunks, a network read's complete events at a time, in lists never empty, the last ``batch_end``.
+
+    Each event's payload is peeked at (``peek_chunk``): an error event raises
+    ``UpstreamStreamError`` after the events before it were handed over; the
+    stream stops at ``[DONE]``, and raises ``EOFError`` if it ends without
+    it. The events are split as ``iter_sse_batches`` splits them.
+
+    With ``framed``, the events at the start of a read's complete ones that
+    need no look of their own come as one chunk of the bytes as they arrived
+    (``StreamChunk.events``): each a single ``data: `` line, with no usage, no
+    error and no ``[DONE]``, checked with a few scans of the whole run instead
+    of a step per event. They are exactly what a relay would write for those
+    events one by one. The first event that needs a look, and those after it,
+    come one by one.
+    """
+    buffer = b""
+    async for read in reads:
+        buffer = buffer + read if buffer else read
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        end = buffer.rfind(b"\n\n") + 2
+        if end < 2:
+            continue
+        if end == len(buffer):
+            region, buffer = buffer, b""
+        else:
+            region, buffer = buffer[:end], buffer[end:]
+        batch: list[StreamChunk] = []
+        start = 0
+        if framed:
+            plain = end  # the events before this need no look of their own
+            for mark in (USAGE_KEY, ERROR_KEY, _DONE_MARK):
+                at = region.find(mark, 0, plain)
+                if at >= 0:
+                    plain = region.rfind(b"\n\n", 0, at) + 2  # 1: the first event has it
+            if plain > 1:
+                run = region if plain == end else region[:plain]
+                events = run.count(b"\n\n")
+                if run.startswith(b"data: ") and run.count(b"\n") == 2 * events and run.count(b"\n\ndata: ") == events - 1:
+                    batch.append(StreamChunk(run, None, False, None, None, False, events))
+                    start = plain
+        done = False
+        while (stop := region.find(b"\n\n", start)) >= 0:
+            data = _event_data(region[start:stop])
+            start = stop + 2
+            if data == b"[DONE]":
+                done = True
+                break
+            if data is None:
+                continue
+            if USAGE_KEY in data or ERROR_KEY in data:
+                try:
+                    chunk = peek_chunk(data)
+                except UpstreamStreamError:
+                    if batch:  # what came before the error event is handed over first, as it would be alone
+                        batch[-1].batch_end = True
+                        yield batch
+                    raise
+                chunk.batch_end = False
+            else:  # peek_chunk's answer for a chunk without usage or an error, built directly
+                chunk = StreamChunk(data, None, False, None, None, False)
+            batch.append(chunk)
+        if batch:
+            batch[-1].batch_end = True
+            yield batch
+        if done:
+            return
+        if start < end:  # a blank line's lone newline: kept, as the splitting above would keep it
+            buffer = region[start:] + buffer
+    data = _event_data(buffer.strip(b"\n")) if buffer.strip() else None
+    if data == b"[DONE]":
+        return
+    if data is not None:
+        yield [peek_chunk(data)]
+    raise EOFError("stream ended before [DONE]")
 
 
 async def iter_sse_data(reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from bench.fake_upstream import FakeUpstream
+from bench.fake_upstream import FakeUpstream, start_fake_upstream
 from budgets.store_redis import RedisCounterStore
 from budgets.tokens import tiktoken_count
 from core.config import Config
@@ -227,6 +227,33 @@ async def test_stream_the_budget_cannot_pay_for_is_cut_off_cleanly(fake_upstream
     usage = usage_chunk["usage"]
     assert reserved == 0
     assert spent == usage["total_tokens"] <= 20
+
+
+async def test_a_stream_read_whole_is_cut_at_the_same_word_as_one_read_event_by_event(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    # The same cut, once from an upstream whose events arrive in reads of their own or a few, once from one that writes
+    # the whole stream at once: the relay takes a read's plain events as one run, and must split it where the budget ends.
+    whole = await start_fake_upstream(chunks_per_write=1000)
+    answers = []
+    try:
+        for n, upstream in enumerate((fake_upstream, whole)):
+            budget = {"kind": "tokens", "period": "lifetime", "limit": 20}
+            (tmp_path / str(n)).mkdir()
+            config = stream_config(upstream.url, f"cut{n}", tmp_path / str(n), "ignore_max_tokens", budget)
+            async with running_gateway(config) as (base, gateway):
+                body = {"model": "priced", "messages": CHAT, "stream": True, "stream_options": {"include_usage": True}}
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}) as r:
+                        assert r.status == 200
+                        events = await _events(r)
+                await gateway.billing.drain()
+                spent, _ = await gateway.counters.budget_state(f"budget:t:cut{n}:tokens:lifetime")
+            chunks = [msgspec.json.decode(e) for e in events[:-1]]
+            content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            answers.append((content, chunks[-2]["choices"][0]["finish_reason"], chunks[-1]["usage"], spent))
+    finally:
+        await whole.close()
+    assert answers[0] == answers[1]
+    assert 0 < len(answers[0][0].split()) < 20 and answers[0][1] == "length"
 
 
 async def test_upstream_is_told_the_allowance_when_the_client_sets_no_max_tokens(

@@ -8,7 +8,7 @@ import pytest
 from budgets.tokens import fallback_count, tiktoken_count
 from router.stream_meter import StreamMeter
 from serving.base import StreamChunk
-from serving.sse import chunk_text, peek_chunk, text_bytes_bound
+from serving.sse import chunk_text, chunk_texts, peek_chunk, split_events, text_bytes_bound
 
 WORDS = ["hello", " world", " ça", " va", "!", " 東京", " 🚀", "\n", ' "quoted"', " tab\t", "\\", " x" * 7]
 
@@ -102,3 +102,42 @@ def test_chunks_with_known_text_are_metered_too() -> None:
     chunks = [StreamChunk(data=b'{"choices":[{"delta":{"content":"abcd"}}]}', text="abcd") for _ in range(5)]
     assert not _relay(meter, chunks, relayed)
     assert len(relayed) == 3
+
+
+def _run(chunks: list[StreamChunk]) -> StreamChunk:
+    """``chunks`` as one run of events, as ``serving.sse.iter_chunk_batches`` hands a read's plain events over."""
+    return StreamChunk(b"".join(b"data: " + c.data + b"\n\n" for c in chunks), None, False, None, None, False, len(chunks))
+
+
+def _relay_runs(meter: StreamMeter, runs: list[StreamChunk], relayed: list[StreamChunk]) -> list[bytes]:
+    """What the pipeline does with runs: taken whole while their raw bytes fit, else split and admitted one by one."""
+    sent: list[bytes] = []
+    for run in runs:
+        if meter.takes(run):
+            relayed.append(run)
+            sent.append(run.data)
+            continue
+        for chunk in split_events(run):
+            if not meter.admits(chunk):
+                return sent
+            relayed.append(chunk)
+            sent.append(b"data: " + chunk.data + b"\n\n")
+    return sent
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_runs_are_cut_at_the_same_event_and_counted_the_same_as_their_events(seed: int) -> None:
+    rng = random.Random(seed)
+    count = tiktoken_count if seed % 2 else fallback_count
+    allowance = rng.choice([1, 3, 10, 40, 200, 2000])
+    chunks = [_chunk("".join(rng.choices(WORDS, k=rng.randint(1, 4)))) for _ in range(80)]
+    one_by_one: list[StreamChunk] = []
+    single = StreamMeter(allowance, count, one_by_one)
+    _relay(single, chunks, one_by_one)
+    cuts = sorted(rng.sample(range(1, 80), rng.randint(0, 12)))
+    runs = [_run(chunks[a:b]) for a, b in zip([0, *cuts], [*cuts, 80], strict=True)]
+    in_runs: list[StreamChunk] = []
+    meter = StreamMeter(allowance, count, in_runs)
+    sent = _relay_runs(meter, runs, in_runs)
+    assert b"".join(sent) == b"".join(b"data: " + c.data + b"\n\n" for c in one_by_one)
+    assert meter.exact() == single.exact() == sum(map(count, filter(None, chunk_texts(in_runs))))
