@@ -161,7 +161,8 @@ def _decoded(payload: bytes) -> StreamChunk:
     )
 
 
-_DONE_MARK = b"[DONE]"
+_DONE_EVENT = b"data: [DONE]\n\n"
+_DONE_SIZE = len(_DONE_EVENT)
 
 
 async def iter_chunk_batches(reads: AsyncIterator[bytes], *, framed: bool = False) -> AsyncIterator[list[StreamChunk]]:
@@ -174,9 +175,9 @@ async def iter_chunk_batches(reads: AsyncIterator[bytes], *, framed: bool = Fals
 
     With ``framed``, the events at the start of a read's complete ones that
     need no look of their own come as one chunk of the bytes as they arrived
-    (``StreamChunk.events``): each a single ``data: `` line, with no usage, no
-    error and no ``[DONE]``, checked with a few scans of the whole run instead
-    of a step per event. They are exactly what a relay would write for those
+    (``StreamChunk.events``): each a single ``data: {`` line, with no usage
+    and no error, checked with four scans of the whole run instead of a step
+    per event. They are exactly what a relay would write for those
     events one by one. The first event that needs a look, and those after it,
     come one by one.
     """
@@ -196,14 +197,18 @@ async def iter_chunk_batches(reads: AsyncIterator[bytes], *, framed: bool = Fals
         start = 0
         if framed:
             plain = end  # the events before this need no look of their own
-            for mark in (USAGE_KEY, ERROR_KEY, _DONE_MARK):
+            if region.endswith(_DONE_EVENT) and (end == _DONE_SIZE or region.endswith(b"\n\n", 0, end - _DONE_SIZE)):
+                plain = end - _DONE_SIZE  # the usual end, seen without a scan
+            for mark in (USAGE_KEY, ERROR_KEY):
                 at = region.find(mark, 0, plain)
                 if at >= 0:
                     plain = region.rfind(b"\n\n", 0, at) + 2  # 1: the first event has it
             if plain > 1:
                 run = region if plain == end else region[:plain]
-                events = run.count(b"\n\n")
-                if run.startswith(b"data: ") and run.count(b"\n") == 2 * events and run.count(b"\n\ndata: ") == events - 1:
+                # Single "data: {" lines only: each "\n\ndata: {" holds two newlines and the run's end two more; any other
+                # newline (another field, a payload over several lines, a blank event) or payload ([DONE]) breaks the count.
+                events = run.count(b"\n\ndata: {") + 1
+                if run.startswith(b"data: {") and run.count(b"\n") == 2 * events:
                     batch.append(StreamChunk(run, None, False, None, None, False, events))
                     start = plain
         done = False

@@ -53,9 +53,20 @@ async def test_without_framed_every_chunk_is_one_payload() -> None:
 
 
 async def test_events_after_the_first_that_needs_a_look_come_one_by_one() -> None:
-    # "[DONE]" in a model's text is only text, but the run stops before it and the rest is read event by event
-    batches = await _batches(_event("a") + _event("say [DONE]") + _event("b") + DONE, framed=True)
-    assert [(chunk.events, chunk_text(chunk)) for chunk in batches[0]] == [(1, "a"), (0, "say [DONE]"), (0, "b")]
+    batches = await _batches(_event("a") + USAGE + _event("b") + DONE, framed=True)
+    assert [(chunk.events, chunk.usage is not None, chunk_text(chunk)) for chunk in batches[0]] == [
+        (1, False, "a"),
+        (0, True, ""),
+        (0, False, "b"),
+    ]
+
+
+async def test_done_in_a_models_text_is_text_and_a_done_event_ends_the_stream_wherever_it_is() -> None:
+    batches = await _batches(_event("say [DONE]") + _event("b") + DONE, framed=True)
+    assert [(chunk.events, chunk_text(chunk)) for chunk in batches[0]] == [(2, "say [DONE]b")]
+    # a [DONE] before the read's end: nothing after it is handed over
+    batches = await _batches(_event("a") + DONE + _event("after"), framed=True)
+    assert [chunk_text(chunk) for batch in batches for chunk in batch] == ["a"]
 
 
 @pytest.mark.parametrize(
@@ -112,13 +123,18 @@ _EVENTS = st.lists(
         st.just(USAGE),
         st.just(b": keep-alive\n\n"),
         st.just(b"event: x\n" + _event("e")),
+        st.just(DONE),  # the end, before the stream's end: nothing after it counts
+        st.just(b'data: "a string"\n\n'),  # a payload that is no object
+        st.just(b"data:" + _event("no space")[6:]),
+        st.just(b"\n"),  # a blank line more
+        st.just(ERROR),
         _TEXTS.map(lambda text: _event(text).replace(b"\n\n", b"\r\n\r\n")),
     ),
     max_size=12,
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(events=_EVENTS, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6), done=st.booleans())
 async def test_framed_runs_split_back_are_the_chunks_read_one_by_one(events: list[bytes], cuts: list[int], done: bool) -> None:
     stream = b"".join(events) + (DONE if done else b"")
@@ -137,6 +153,8 @@ async def test_framed_runs_split_back_are_the_chunks_read_one_by_one(events: lis
                 out.append([_fields(chunk) for chunk in singles(batch)])
         except EOFError:
             return out, "eof"
+        except UpstreamStreamError:
+            return out, "error"
         return out, "done"
 
     assert await run(True) == await run(False)
