@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import msgspec
@@ -62,21 +61,15 @@ def peek_chunk(payload: bytes) -> StreamChunk:
     return _decoded(payload)
 
 
-# A "content" or "text" member's string value, raw. A key's quotes cannot be escaped ones (a backslash
-# would stand before the closing quote), and the value runs to its first unescaped quote.
-_TEXT_VALUES = re.compile(rb'"(?:content|text)"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"')
-
-
 def text_bytes_bound(chunk: StreamChunk) -> int:
     """An upper bound on the UTF-8 bytes of ``chunk_text(chunk)``, without decoding it.
 
     The text is in ``"content"`` or ``"text"`` members; a JSON string is never
     shorter raw than decoded, so everything from the first such key to the end
-    of the event bounds it. For a run of events (``StreamChunk.events``) that
-    would take in everything after its first event's key, so the raw string
-    values of those members are summed instead (one scan of the run). A
-    ``\\u`` escape anywhere (a key could be spelled with one) falls back to
-    the whole event or run.
+    of the event bounds it; a run of events (``StreamChunk.events``) is
+    bounded likewise, event by event (``_run_text_bound``). A ``\\u`` escape
+    anywhere (a key could be spelled with one) falls back to the whole event
+    or run.
     """
     text = chunk.text
     if text is not None:
@@ -85,11 +78,39 @@ def text_bytes_bound(chunk: StreamChunk) -> int:
     # (92 is a backslash: a one-byte search first, several times faster than the two-byte one)
     if 92 in data and b"\\u" in data:
         return len(data)
-    if chunk.events:  # a run of events: the raw string values of its text members
-        return sum(map(len, _TEXT_VALUES.findall(data)))
+    if chunk.events:
+        return _run_text_bound(data)
     content, plain = data.find(b'"content"'), data.find(b'"text"')
     first = plain if plain >= 0 and (content < 0 or plain < content) else content
     return len(data) - first if first >= 0 else 0
+
+
+def _run_text_bound(run: bytes) -> int:
+    """``text_bytes_bound`` of a run: each event's bytes from its first ``"content"`` or ``"text"`` on, summed.
+
+    An upstream's events mostly begin alike up to that point (the envelope, the
+    choice, the key): the prefix of the run's last event with such a key (of
+    the last two) up to it is taken from
+    every event that begins with it, with that event's blank line, in one count
+    over the run; other events count whole. The first such key of an event that
+    begins with the prefix ends where the prefix's does, or later.
+    """
+    stop = len(run) - 2
+    for _ in range(2):  # the last event, or the one before it (a finish chunk has no text key)
+        start = run.rfind(b"\n\ndata: ", 0, stop)
+        start = start + 8 if start >= 0 else 6  # the event's payload
+        content, plain = run.find(b'"content"', start, stop), run.find(b'"text"', start, stop)
+        if content >= 0 or plain >= 0:
+            break
+        if start == 6:
+            return len(run)
+        stop = start - 8
+    else:
+        return len(run)
+    end = plain + 6 if plain >= 0 and (content < 0 or plain < content) else content + 9
+    prefix = run[start - 6 : end]  # b"data: " and the payload up to its first key's end
+    alike = run.count(b"\n\n" + prefix) + run.startswith(prefix)  # blank lines are only between events in a run
+    return len(run) - alike * (len(prefix) + 2)
 
 
 def chunk_text(chunk: StreamChunk) -> str:

@@ -165,13 +165,17 @@ _PIECES = st.text(max_size=8)  # any text: quotes, backslashes, control characte
 
 @settings(max_examples=300, deadline=None)
 @given(
-    texts=st.lists(st.tuples(_PIECES, st.booleans(), st.booleans()), min_size=1, max_size=8),
+    texts=st.lists(st.tuples(_PIECES, st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=8),
     spaced=st.booleans(),
 )
-def test_a_runs_text_bound_is_never_below_its_texts(texts: list[tuple[str, bool, bool]], spaced: bool) -> None:
+def test_a_runs_text_bound_is_never_below_its_texts(texts: list[tuple[str, bool, bool, bool]], spaced: bool) -> None:
     events = []
-    for text, completion, ascii_only in texts:
+    for text, completion, ascii_only, typed in texts:
         choice = {"index": 0, "text": text} if completion else {"index": 0, "delta": {"content": text}}
+        if typed:  # a key's name as a value, before the text member
+            choice = {"type": "text", "label": "content", **choice}
+        if text == "":  # a finish chunk: no text member at all
+            choice = {"index": 0, "delta": {}, "finish_reason": "stop"}
         payload = json.dumps({"id": "c", "choices": [choice]}, ensure_ascii=ascii_only, separators=(", ", " : ") if spaced else (",", ":"))
         events.append(b"data: " + payload.encode() + b"\n\n")
     run = StreamChunk(b"".join(events), None, False, None, None, False, len(events))
@@ -180,6 +184,10 @@ def test_a_runs_text_bound_is_never_below_its_texts(texts: list[tuple[str, bool,
     assert bound <= len(run.data)
 
 
-def test_a_runs_text_bound_leaves_out_what_surrounds_the_text() -> None:
-    run = StreamChunk(_event("Hello") + _event(" world"), None, False, None, None, False, 2)
-    assert text_bytes_bound(run) == len("Hello world")
+def test_a_runs_text_bound_is_what_follows_each_events_text_key() -> None:
+    role = b'data: {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+    events = [role, _event("Hello"), _event(" world"), _event("", "stop")]
+    run = StreamChunk(b"".join(events), None, False, None, None, False, len(events))
+    # events alike up to the key (the last three) count from it; the role chunk, unlike them, counts whole
+    after = [len(e) - e.index(b'"content"') - len(b'"content"') - 2 for e in events[1:]]
+    assert text_bytes_bound(run) == len(role) + sum(after)
