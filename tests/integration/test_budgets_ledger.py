@@ -204,10 +204,11 @@ async def _events(resp: aiohttp.ClientResponse) -> list[bytes]:
     return [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
 
 
-async def test_stream_the_budget_cannot_pay_for_is_cut_off_cleanly(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
-    # An upstream that ignores max_tokens; the tenant's token budget covers the prompt and a few words.
+async def _cut_stream(upstream_url: str, tenant: str, tmp: Path) -> tuple[list[bytes], int, int]:
+    """A stream from an upstream that ignores max_tokens, for a tenant whose token budget covers the prompt and a few
+    words: the events the client got, and the budget's spent and reserved tokens after settlement."""
     budget = {"kind": "tokens", "period": "lifetime", "limit": 20}
-    config = stream_config(fake_upstream.url, "cut", tmp_path, "ignore_max_tokens", budget)
+    config = stream_config(upstream_url, tenant, tmp, "ignore_max_tokens", budget)
     async with running_gateway(config) as (base, gateway):
         body = {"model": "priced", "messages": CHAT, "stream": True, "stream_options": {"include_usage": True}}
         async with aiohttp.ClientSession() as http:
@@ -215,7 +216,12 @@ async def test_stream_the_budget_cannot_pay_for_is_cut_off_cleanly(fake_upstream
                 assert r.status == 200
                 events = await _events(r)
         await gateway.billing.drain()
-        spent, reserved = await gateway.counters.budget_state("budget:t:cut:tokens:lifetime")
+        spent, reserved = await gateway.counters.budget_state(f"budget:t:{tenant}:tokens:lifetime")
+    return events, spent, reserved
+
+
+async def test_stream_the_budget_cannot_pay_for_is_cut_off_cleanly(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    events, spent, reserved = await _cut_stream(fake_upstream.url, "cut", tmp_path)
     assert events[-1] == b"[DONE]"
     final, usage_chunk = msgspec.json.decode(events[-3]), msgspec.json.decode(events[-2])
     assert final["choices"][0]["finish_reason"] == "length"
@@ -236,17 +242,8 @@ async def test_a_stream_read_whole_is_cut_at_the_same_word_as_one_read_event_by_
     answers = []
     try:
         for n, upstream in enumerate((fake_upstream, whole)):
-            budget = {"kind": "tokens", "period": "lifetime", "limit": 20}
             (tmp_path / str(n)).mkdir()
-            config = stream_config(upstream.url, f"cut{n}", tmp_path / str(n), "ignore_max_tokens", budget)
-            async with running_gateway(config) as (base, gateway):
-                body = {"model": "priced", "messages": CHAT, "stream": True, "stream_options": {"include_usage": True}}
-                async with aiohttp.ClientSession() as http:
-                    async with http.post(f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}) as r:
-                        assert r.status == 200
-                        events = await _events(r)
-                await gateway.billing.drain()
-                spent, _ = await gateway.counters.budget_state(f"budget:t:cut{n}:tokens:lifetime")
+            events, spent, _ = await _cut_stream(upstream.url, f"cut{n}", tmp_path / str(n))
             chunks = [msgspec.json.decode(e) for e in events[:-1]]
             content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
             answers.append((content, chunks[-2]["choices"][0]["finish_reason"], chunks[-1]["usage"], spent))
