@@ -169,7 +169,7 @@ class Pipeline:
         """
 
         # Runs of plain events, relayed as they came, unless the relay reads or changes events one by one anyway.
-        framed = ctx.render is None and ctx.guardrails is None and not ctx.snapshot.plugins.on_chunk
+        framed = ctx.render is None and ctx.guardrails is None and ctx.restorer is None and not ctx.snapshot.plugins.on_chunk
 
         async def run(deployment: Deployment) -> tuple[list[StreamChunk], AsyncIterator[list[StreamChunk]]]:
             chunks = stream_batches(deployment.engine, ctx.engine_request(deployment), framed=framed)
