@@ -15,10 +15,10 @@ it takes to make room, and only once even that bound no longer fits is the
 pending text tokenized: chunk by chunk, as the
 ledger counts a stream whose upstream reports no usage, so that what is billed
 is what was metered. A run of events relayed as the upstream framed them
-(``StreamChunk.events``) is taken whole only while its raw bytes fit
-(``takes``); otherwise the relay splits it and admits its events one by one,
-so a stream is cut at the same event either way, and a run is counted event by
-event (``chunk_texts``).
+(``StreamChunk.events``) is taken whole only while it fits by its raw bytes or
+its text-bytes bound (``takes``); otherwise the relay splits it and admits its
+events one by one, so a stream is cut at the same event either way, and a run
+is counted event by event (``chunk_texts``).
 """
 
 from __future__ import annotations
