@@ -156,10 +156,15 @@ class OneWriteCycle(RequestResponseCycle):
         if self.response_started or self.flow.write_paused or self.disconnected or self.access_log or self.scope["method"] == "HEAD":
             return None
         defaults = _defaults(self.default_headers)
-        names = [name.lower() for name, _ in headers]
+        names = [name for name, _ in headers]
+        joined_names = b"".join(names)
+        if not joined_names.islower():  # send lowers names; the gateway's own come lower already
+            names = [name.lower() for name in names]
+            joined_names = joined_names.lower()
+            headers = [(name, value) for name, (_, value) in zip(names, headers, strict=True)]
         values = [value for _, value in headers]
         # send's checks, header by header, on the concatenations: a byte a name or a value must not hold is in them if in any
-        joined_names, joined_values = b"".join(names), b"".join(values)
+        joined_values = b"".join(values)
         if (
             defaults is None
             or len(joined_names.translate(None, BAD_NAME_BYTES)) != len(joined_names)
@@ -176,7 +181,9 @@ class OneWriteCycle(RequestResponseCycle):
             for name, value in zip(names, values, strict=True):
                 if name == b"connection" and _closes(value):
                     keep, close_line = False, False
-        content = [STATUS_LINE[status], block, *[name + b": " + value + b"\r\n" for name, value in zip(names, values, strict=True)]]
+        content = [STATUS_LINE[status], block]
+        if headers:
+            content += (b"\r\n".join(map(b": ".join, headers)), b"\r\n")  # "name: value" lines, joined in C
         if close_line:
             content.append(b"connection: close\r\n")
         if chunked:

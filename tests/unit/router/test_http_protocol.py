@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, RequestResponseCycle
@@ -130,6 +131,28 @@ async def test_a_whole_answer_written_directly_is_the_same_bytes_as_sent_by_mess
         assert (b"connection: close" in by_write.writes[0]) is (not keep_alive)
         assert by_write.closed is (not keep_alive) and done == [1]
         assert direct.response_started and direct.response_complete and direct.message_event.is_set()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"Content-Type", b"application/json"), (b"X-Request-ID", b"req-1"), (b"content-length", b"11")],  # names send lowers
+        [(b"content-length", b"11")],
+    ],
+)
+async def test_a_direct_write_lowers_names_and_frames_lines_as_send_does(headers: list[tuple[bytes, bytes]]) -> None:
+    sent, by_send = _cycle(keep_alive=True, default_headers=_DEFAULTS)
+    await sent.send(_start(200, list(headers)))
+    await sent.send({"type": "http.response.body", "body": b'{"ok":true}'})
+    direct, by_write = _cycle(keep_alive=True, default_headers=_DEFAULTS)
+    assert direct.write_whole(200, list(headers), b'{"ok":true}') is True
+    assert by_write.writes == by_send.writes
+    unsized = [h for h in headers if h[0] != b"content-length"]  # a stream's head: no length, chunked
+    sent, by_send = _cycle(keep_alive=True, default_headers=_DEFAULTS)
+    await sent.send(_start(200, list(unsized)))
+    streamed, by_chunks = _cycle(keep_alive=True, default_headers=_DEFAULTS)
+    assert streamed.start_chunks(200, list(unsized)) is True
+    assert by_chunks.writes == by_send.writes[:1]
 
 
 async def test_a_connection_close_header_ends_the_connection_after_a_direct_write() -> None:
