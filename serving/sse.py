@@ -80,34 +80,42 @@ def text_bytes_bound(chunk: StreamChunk) -> int:
         return len(data)
     if chunk.events:
         return _run_text_bound(data)
-    content, plain = data.find(b'"content"'), data.find(b'"text"')
-    first = plain if plain >= 0 and (content < 0 or plain < content) else content
+    first = _first_text_key(data, 0, len(data))
     return len(data) - first if first >= 0 else 0
+
+
+def _first_text_key(data: bytes, start: int, stop: int) -> int:
+    """Where the first ``"content"`` or ``"text"`` in ``data[start:stop]`` begins; -1 if none does."""
+    content, plain = data.find(b'"content"', start, stop), data.find(b'"text"', start, stop)
+    return plain if plain >= 0 and (content < 0 or plain < content) else content
+
+
+def _payload_start(run: bytes, stop: int) -> int:
+    """Where the payload of the run's last event ending at ``stop`` begins."""
+    boundary = run.rfind(b"\n\ndata: ", 0, stop)
+    return boundary + 8 if boundary >= 0 else 6
 
 
 def _run_text_bound(run: bytes) -> int:
     """``text_bytes_bound`` of a run: each event's bytes from its first ``"content"`` or ``"text"`` on, summed.
 
     An upstream's events mostly begin alike up to that point (the envelope, the
-    choice, the key): the prefix of the run's last event with such a key (of
-    the last two) up to it is taken from
-    every event that begins with it, with that event's blank line, in one count
-    over the run; other events count whole. The first such key of an event that
-    begins with the prefix ends where the prefix's does, or later.
+    choice, the key): the prefix up to it of the last event that has such a key
+    (of the last two) is taken from every event that begins with it, with that
+    event's blank line, in one count over the run; other events count whole.
+    The first such key of an event that begins with the prefix ends where the
+    prefix's does, or later.
     """
     stop = len(run) - 2
-    for _ in range(2):  # the last event, or the one before it (a finish chunk has no text key)
-        start = run.rfind(b"\n\ndata: ", 0, stop)
-        start = start + 8 if start >= 0 else 6  # the event's payload
-        content, plain = run.find(b'"content"', start, stop), run.find(b'"text"', start, stop)
-        if content >= 0 or plain >= 0:
-            break
-        if start == 6:
-            return len(run)
+    start = _payload_start(run, stop)
+    key = _first_text_key(run, start, stop)
+    if key < 0 and start > 6:  # the last event has none (a finish chunk): the one before it
         stop = start - 8
-    else:
+        start = _payload_start(run, stop)
+        key = _first_text_key(run, start, stop)
+    if key < 0:
         return len(run)
-    end = plain + 6 if plain >= 0 and (content < 0 or plain < content) else content + 9
+    end = key + (9 if run.startswith(b'"content"', key) else 6)
     prefix = run[start - 6 : end]  # b"data: " and the payload up to its first key's end
     alike = run.count(b"\n\n" + prefix) + run.startswith(prefix)  # blank lines are only between events in a run
     return len(run) - alike * (len(prefix) + 2)
@@ -232,15 +240,8 @@ async def iter_chunk_batches(reads: AsyncIterator[bytes], *, framed: bool = Fals
                 if run.startswith(b"data: {") and run.count(b"\n") == 2 * events:
                     batch.append(StreamChunk(run, None, False, None, None, False, events))
                     start = plain
-        done = False
-        while (stop := region.find(b"\n\n", start)) >= 0:
-            data = _event_data(region[start:stop])
-            start = stop + 2
-            if data == b"[DONE]":
-                done = True
-                break
-            if data is None:
-                continue
+        payloads, start, done = _payloads(region, start)
+        for data in payloads:
             if USAGE_KEY in data or ERROR_KEY in data:
                 try:
                     chunk = peek_chunk(data)
@@ -260,11 +261,11 @@ async def iter_chunk_batches(reads: AsyncIterator[bytes], *, framed: bool = Fals
             return
         if start < end:  # a blank line's lone newline: kept, as the splitting above would keep it
             buffer = region[start:] + buffer
-    data = _event_data(buffer.strip(b"\n")) if buffer.strip() else None
-    if data == b"[DONE]":
+    last, done = _tail(buffer)
+    if done:
         return
-    if data is not None:
-        yield [peek_chunk(data)]
+    if last is not None:
+        yield [peek_chunk(last)]
     raise EOFError("stream ended before [DONE]")
 
 
@@ -288,26 +289,37 @@ async def iter_sse_batches(reads: AsyncIterator[bytes]) -> AsyncIterator[list[by
         buffer = buffer + read if buffer else read
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
-        start = 0
-        batch: list[bytes] = []
-        while (end := buffer.find(b"\n\n", start)) >= 0:
-            data = _event_data(buffer[start:end])
-            start = end + 2
-            if data == b"[DONE]":
-                if batch:
-                    yield batch
-                return
-            if data is not None:
-                batch.append(data)
+        batch, start, done = _payloads(buffer, 0)
         buffer = buffer[start:]
         if batch:
             yield batch
-    data = _event_data(buffer.strip(b"\n")) if buffer.strip() else None
-    if data == b"[DONE]":
+        if done:
+            return
+    data, done = _tail(buffer)
+    if done:
         return
     if data is not None:
         yield [data]
     raise EOFError("stream ended before [DONE]")
+
+
+def _payloads(buffer: bytes, start: int) -> tuple[list[bytes], int, bool]:
+    """The data payloads of ``buffer``'s complete events from ``start`` on, where the rest begins, and whether ``[DONE]`` ended them."""
+    payloads: list[bytes] = []
+    while (end := buffer.find(b"\n\n", start)) >= 0:
+        data = _event_data(buffer[start:end])
+        start = end + 2
+        if data == b"[DONE]":
+            return payloads, start, True
+        if data is not None:
+            payloads.append(data)
+    return payloads, start, False
+
+
+def _tail(buffer: bytes) -> tuple[bytes | None, bool]:
+    """What is left when the reads end (an event without its blank line): its payload, if any, and whether it is ``[DONE]``."""
+    data = _event_data(buffer.strip(b"\n")) if buffer.strip() else None
+    return (None, True) if data == b"[DONE]" else (data, False)
 
 
 def _event_data(block: bytes) -> bytes | None:
