@@ -34,12 +34,12 @@ from budgets.ledger_query import UsageQuery, UsageRow, UsageSource, rows_sql, us
 from budgets.ledger_rollup import HourlySums
 from budgets.ledger_row import LedgerRow
 from budgets.ledger_sqlite_rollup import upsert_parts
-from budgets.ledger_sqlite_schema import COLUMNS, from_record, prepare, to_record
+from budgets.ledger_sqlite_schema import COLUMNS, PLACEHOLDERS, from_record, prepare, to_record
 from budgets.ledger_usage import usage_sql
 
 T = TypeVar("T")
 
-_ROW = f"({', '.join('?' for _ in COLUMNS)})"
+_ROW = f"({', '.join(PLACEHOLDERS)})"
 # Rows per INSERT, converted and inserted between two turns of the event loop:
 # each such step holds up the requests in flight for its whole length (about
 # 10 us a row), so it is kept to a few tenths of a millisecond, which bounds

@@ -68,11 +68,9 @@ CREATE INDEX IF NOT EXISTS ledger_tenant_started ON ledger (tenant, started_us);
 """
 
 # Where the detail starts among LedgerRow's fields and the table's columns alike, and
-# where it ends among the fields: those after it are columns again.
+# where it ends among the fields: those after it are columns again (config version, arm, batch id, saved).
 _DETAIL = COLUMNS.index("detail")
 _AFTER_DETAIL = LedgerRow.__struct_fields__.index("config_version")
-# The columns after the detail end with the batch id; the cache fields follow it among LedgerRow's.
-_CACHE = LedgerRow.__struct_fields__.index("cache")
 
 
 class _Detail(msgspec.Struct, array_like=True):
@@ -139,6 +137,15 @@ def prepare(conn: sqlite3.Connection) -> None:
         raise
 
 
+# The columns that are NULL on nearly every row: the arm (canary requests only) and the batch id (batch
+# requests only). to_record gives '' for None and the INSERT turns '' back into NULL (PLACEHOLDERS): sqlite3
+# binds None only after a failed adapter lookup, an AttributeError raised and cleared, per value. Neither is
+# ever '' otherwise.
+_EMPTY_IS_NULL = ("arm", "batch_id")
+# Each column's placeholder in an INSERT of to_record's values, in COLUMNS' order.
+PLACEHOLDERS = tuple("NULLIF(?, '')" if name in _EMPTY_IS_NULL else "?" for name in COLUMNS)
+
+
 def to_record(row: LedgerRow) -> tuple[object, ...]:
     # row --> sqlite values: its first twelve fields are columns, the next eight the detail (and the
     # cache's result and entry, when there is a cache), then config version, arm, batch id and saved
@@ -148,7 +155,9 @@ def to_record(row: LedgerRow) -> tuple[object, ...]:
         detail = (*detail, row.cache, row.cache_entry, row.guardrail)
     elif row.cache is not None:
         detail = (*detail, row.cache, row.cache_entry)
-    return (*values[:_DETAIL], _encode(detail).decode(), *values[_AFTER_DETAIL:_CACHE], row.saved)
+    arm, batch_id = row.arm, row.batch_id
+    return (*values[:_DETAIL], _encode(detail).decode(), row.config_version, "" if arm is None else arm,
+            "" if batch_id is None else batch_id, row.saved)  # fmt: skip
 
 
 def from_record(rec: sqlite3.Row) -> LedgerRow:

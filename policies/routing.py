@@ -199,6 +199,8 @@ def _forbidden(deployment: Deployment, policy: RoutingPolicy, private: bool) -> 
 def _reason(strategy: str, ordered: list[Deployment], removed: dict[str, int], private: bool) -> str:
     """A short, stable explanation for the response header and the ledger."""
     head = f"{strategy}:{ordered[0].name}" if ordered else f"{strategy}:none"
+    if not removed and not private:
+        return head  # the usual case: nothing else to say
     parts = [head]
     if private:
         parts.append("self_hosted_only")

@@ -55,6 +55,19 @@ LoadSource = Callable[[], dict[str, tuple[int, int]]]
 BreakerSource = Callable[[], dict[str, bool]]
 
 
+class Level:
+    """A figure that goes up and down with every request, read only when scraped (``LiveFigure``).
+
+    A plain integer: a prometheus_client ``Gauge`` takes a lock on every change,
+    twice per request for the requests in flight. Changed by the event loop's thread only.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, multiproc_dir: str | None = None) -> None:
         """``multiproc_dir``: where the workers' metric files are; by default ``PROMETHEUS_MULTIPROC_DIR``, if set."""
@@ -88,9 +101,8 @@ class Metrics:
             "sluicegate_unknown_request_fields_total", "Request fields the gateway passed through without modelling.",
             ("route",), r, fast=fast,
         )  # fmt: skip
-        self.in_flight = Gauge(
-            "sluicegate_in_flight_requests", "Requests being served now.", registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+        # Requests being served now: the pipeline adds to it and takes from it; read as a live figure (below).
+        self.in_flight = Level()
         self.pii_entities = counter(
             "sluicegate_pii_entities_total", "Personal data found in requests, by entity type (never values).",
             ("entity",), r, fast=fast,
@@ -158,6 +170,10 @@ class Metrics:
         self.genai = GenAIMetrics(r, exemplars=fast, fast=fast)
         self.spend = SpendMetrics(r, fast=fast)
         self.live = LiveFigures(r, self.multiproc_dir)
+        in_flight = self.in_flight
+        self.live.add(LiveFigure(
+            "sluicegate_in_flight_requests", "Requests being served now.", (), "livesum", lambda: (((), float(in_flight.value)),),
+        ))  # fmt: skip
         budgets = self.spend.budgets
         self.live.add(LiveFigure(
             "sluicegate_budget_remaining", "What a budget has left (USD for money, tokens for tokens) after the latest reservation on it; "

@@ -54,7 +54,7 @@ class Pipeline:
 
     def begin(self, ctx: RequestContext, traceparent: str | None = None, tracestate: str | None = None) -> None:
         """The request is under way; it continues the client's W3C trace context, if it sent one."""
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight.value += 1
         if self.tracing.enabled:
             self.tracing.start(ctx, traceparent, tracestate)
         elif traceparent is not None:
@@ -308,7 +308,7 @@ class Pipeline:
             return None
         ctx.finished = True
         ctx.elapsed = time.perf_counter() - ctx.started
-        self.metrics.in_flight.dec()
+        self.metrics.in_flight.value -= 1
         if ctx.queue is not None:
             ctx.queue.release(ctx.principal.tenant)
             ctx.queue = None

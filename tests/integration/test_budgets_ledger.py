@@ -340,7 +340,7 @@ async def test_client_disconnect_without_a_budget_is_billed_with_the_deployments
 async def settled_rows(gateway: Any, tenant: str, request_id: str) -> list[Any]:
     """The ledger rows of ``request_id`` once the request the client walked away from is settled."""
     for _ in range(100):
-        if not gateway.pipeline.metrics.in_flight._value.get():
+        if not gateway.pipeline.metrics.in_flight.value:
             break
         await asyncio.sleep(0.05)
     await gateway.billing.drain()

@@ -218,6 +218,27 @@ async def test_metrics_count_requests(gateway, http) -> None:
     assert 'sluicegate_upstream_errors_total{code="bad_gateway",deployment="broken"}' in text
 
 
+def _in_flight(text: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith("sluicegate_in_flight_requests ")]
+    return float(line.split()[1])
+
+
+async def test_metrics_show_the_requests_in_flight_while_they_are_served(fake_upstream: FakeUpstream) -> None:
+    held = {"name": "held", "provider": "openai", "base_url": fake_upstream.url, "model": "fake-slow",
+            "options": {"extra_headers": {"x-fake-delay-ms": "600"}}}  # fmt: skip
+    config = make_config(fake_upstream.url, deployments=[held], models=[{"alias": "held", "deployments": ["held"]}])
+    async with running_gateway(config) as (base, _), aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/metrics") as resp:
+            assert _in_flight(await resp.text()) == 0
+        calls = [asyncio.create_task(_post(http, base, "held")) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        async with http.get(f"{base}/metrics") as resp:
+            assert _in_flight(await resp.text()) == 3
+        assert [status for status, _, _ in await asyncio.gather(*calls)] == [200, 200, 200]
+        async with http.get(f"{base}/metrics") as resp:
+            assert _in_flight(await resp.text()) == 0
+
+
 async def test_health_and_readiness(gateway, http) -> None:
     base, _ = gateway
     async with http.get(f"{base}/healthz") as resp:

@@ -202,3 +202,26 @@ async def test_a_table_without_cache_savings_gains_them_and_cache_fields_round_t
     assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
     assert tuple(row[1] for row in conn.execute("PRAGMA table_info(ledger)")) == COLUMNS
     conn.close()
+
+
+async def test_a_row_without_arm_or_batch_stores_null_and_one_with_them_stores_them(tmp_path: Path) -> None:
+    # None is written as '' and turned back into NULL by the INSERT: what the table holds is NULL, as SQL reads it.
+    path = tmp_path / "ledger.sqlite"
+    start = to_epoch_us(T0)
+    plain = LedgerRow("plain", start, "acme", "k1", "gpt", "dep", "openai", 1, 2, 0, 9, 200,
+                      start + 50, 0.05, None, None, None, {}, None, False, 3, None)  # fmt: skip
+    canary = msgspec.structs.replace(plain, request_id="canary", arm="candidate", batch_id="batch_7")
+    ledger = SQLiteLedger(str(path))
+    await ledger.start()
+    try:
+        ledger.record(plain)
+        ledger.record(canary)
+        await ledger.flush()
+        got = await ledger.rows(None, T0 - timedelta(days=1), T0 + timedelta(days=1), limit=10)
+    finally:
+        await ledger.close()
+    assert sorted(got, key=lambda r: r.request_id) == [canary, plain]
+    conn = sqlite3.connect(path)
+    stored = conn.execute("SELECT request_id, arm IS NULL, batch_id IS NULL, arm, batch_id FROM ledger ORDER BY request_id").fetchall()
+    conn.close()
+    assert stored == [("canary", 0, 0, "candidate", "batch_7"), ("plain", 1, 1, None, None)]

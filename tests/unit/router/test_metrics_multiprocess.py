@@ -34,7 +34,7 @@ metrics.track_engine_load(lambda: {"engine": (index + 1, 2 * index)})
 metrics.track_breakers(lambda: {"up": False, "flaky": index == 1})
 metrics.track_ledger(lambda: LedgerBacklog(index, 0, True))
 metrics.observe("chat", "fake-model", 200, 0.1)
-metrics.in_flight.inc()
+metrics.in_flight.value += 1
 rule = BudgetRule(key="budget:t:acme:tokens:lifetime", unit="tokens", limit=1000)
 # Worker 0 reserved last: it saw the least left.
 left = 100 if index == 0 else 600
