@@ -225,15 +225,20 @@ def _in_flight(text: str) -> float:
 
 async def test_metrics_show_the_requests_in_flight_while_they_are_served(fake_upstream: FakeUpstream) -> None:
     held = {"name": "held", "provider": "openai", "base_url": fake_upstream.url, "model": "fake-slow",
-            "options": {"extra_headers": {"x-fake-delay-ms": "600"}}}  # fmt: skip
+            "options": {"extra_headers": {"x-fake-delay-ms": "2500"}}}  # fmt: skip
     config = make_config(fake_upstream.url, deployments=[held], models=[{"alias": "held", "deployments": ["held"]}])
     async with running_gateway(config) as (base, _), aiohttp.ClientSession() as http:
         async with http.get(f"{base}/metrics") as resp:
             assert _in_flight(await resp.text()) == 0
         calls = [asyncio.create_task(_post(http, base, "held")) for _ in range(3)]
-        await asyncio.sleep(0.3)
-        async with http.get(f"{base}/metrics") as resp:
-            assert _in_flight(await resp.text()) == 3
+        seen = []
+        for _ in range(40):  # until all three are in (each is held upstream for 2.5 s)
+            await asyncio.sleep(0.05)
+            async with http.get(f"{base}/metrics") as resp:
+                seen.append(_in_flight(await resp.text()))
+            if seen[-1] == 3:
+                break
+        assert seen[-1] == 3 and not any(calls_done.done() for calls_done in calls), seen
         assert [status for status, _, _ in await asyncio.gather(*calls)] == [200, 200, 200]
         async with http.get(f"{base}/metrics") as resp:
             assert _in_flight(await resp.text()) == 0
