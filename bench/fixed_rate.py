@@ -12,7 +12,9 @@ of that rate, open loop, to the upstream directly and to the gateway in turn
 (which goes first alternates), and prints p50, p90, p99 and max latency of
 each and what the gateway adds to each (gateway less direct, same round),
 with each hop's own CPU time per request during its run (``CPU us``, all its
-threads, from ``/proc``) and, for Sluicegate, what it says it added itself
+threads, from ``/proc``) and the share of its core that was (``busy %``: how
+long requests queue behind each other follows from it; the summary gives its
+range) and, for Sluicegate, what it says it added itself
 (``own p99``: the bucket of ``sluicegate_overhead_seconds``, read from its
 ``/metrics`` before and after the run, that holds the 99th percentile; the
 time a request spends in the gateway outside the upstream call, as
@@ -311,7 +313,8 @@ def _measure(args: argparse.Namespace) -> int:
             server_of = {name: server for server, (_, _, name) in zip(servers, hops, strict=True)}
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
-            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "own p99", "loop p99")
+            busy: dict[str, list[float]] = {name: [] for _, _, name in hops}
+            heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "busy %", "own p99", "loop p99")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
             for number in range(args.rounds):
                 order = [("upstream direct", direct_url, "upstream"), *hops]
@@ -332,7 +335,10 @@ def _measure(args: argparse.Namespace) -> int:
                         )
                     cpu_us = ""
                     if server is not None and runs[name].latencies:
-                        cpu_us = f" {(server.cpu_seconds() - cpu_before) * 1e6 / len(runs[name].latencies):>8.0f}"
+                        used = server.cpu_seconds() - cpu_before
+                        # busy: the share of its core the hop used over the run, which sets how long requests queue
+                        cpu_us = f" {used * 1e6 / len(runs[name].latencies):>8.0f} {100 * used / args.duration:>8.0f}"
+                        busy[name].append(100 * used / args.duration)
                     if own_before is not None:
                         own_after = gateway_counts(base, own_mode)
                         cpu_us += f" {bucket_p99(own_before[0], own_after[0]):>8} {bucket_p99(own_before[1], own_after[1]):>8}"
@@ -348,6 +354,7 @@ def _measure(args: argparse.Namespace) -> int:
                     f"{label}: added p99 at {rate:,.0f} req/s ({mode}): median {statistics.median(a99):+.2f} ms "
                     f"[{min(a99):+.2f} to {max(a99):+.2f}] over {args.rounds} rounds; "
                     f"added p50 median {statistics.median(a50):+.2f} ms"
+                    + (f"; its core {min(busy[name]):.0f} to {max(busy[name]):.0f}% busy" if busy[name] else "")
                 )
         finally:
             for server in servers:
