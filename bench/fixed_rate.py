@@ -337,8 +337,8 @@ def _measure(args: argparse.Namespace) -> int:
                     if server is not None and runs[name].latencies:
                         used = server.cpu_seconds() - cpu_before
                         # busy: the share of its core the hop used over the run, which sets how long requests queue
-                        cpu_us = f" {used * 1e6 / len(runs[name].latencies):>8.0f} {100 * used / args.duration:>8.0f}"
                         busy[name].append(100 * used / args.duration)
+                        cpu_us = f" {used * 1e6 / len(runs[name].latencies):>8.0f} {busy[name][-1]:>8.0f}"
                     if own_before is not None:
                         own_after = gateway_counts(base, own_mode)
                         cpu_us += f" {bucket_p99(own_before[0], own_after[0]):>8} {bucket_p99(own_before[1], own_after[1]):>8}"
