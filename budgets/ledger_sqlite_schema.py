@@ -137,15 +137,6 @@ def prepare(conn: sqlite3.Connection) -> None:
         raise
 
 
-# The columns that are NULL on nearly every row: the arm (canary requests only) and the batch id (batch
-# requests only). to_record gives '' for None and the INSERT turns '' back into NULL (PLACEHOLDERS): sqlite3
-# binds None only after a failed adapter lookup, an AttributeError raised and cleared, per value. Neither is
-# ever '' otherwise.
-_EMPTY_IS_NULL = ("arm", "batch_id")
-# Each column's placeholder in an INSERT of to_record's values, in COLUMNS' order.
-PLACEHOLDERS = tuple("NULLIF(?, '')" if name in _EMPTY_IS_NULL else "?" for name in COLUMNS)
-
-
 def to_record(row: LedgerRow) -> tuple[object, ...]:
     # row --> sqlite values: its first twelve fields are columns, the next eight the detail (and the
     # cache's result and entry, when there is a cache), then config version, arm, batch id and saved
@@ -155,9 +146,7 @@ def to_record(row: LedgerRow) -> tuple[object, ...]:
         detail = (*detail, row.cache, row.cache_entry, row.guardrail)
     elif row.cache is not None:
         detail = (*detail, row.cache, row.cache_entry)
-    arm, batch_id = row.arm, row.batch_id
-    return (*values[:_DETAIL], _encode(detail).decode(), row.config_version, "" if arm is None else arm,
-            "" if batch_id is None else batch_id, row.saved)  # fmt: skip
+    return (*values[:_DETAIL], _encode(detail).decode(), row.config_version, row.arm, row.batch_id, row.saved)
 
 
 def from_record(rec: sqlite3.Row) -> LedgerRow:

@@ -205,7 +205,7 @@ async def test_a_table_without_cache_savings_gains_them_and_cache_fields_round_t
 
 
 async def test_a_row_without_arm_or_batch_stores_null_and_one_with_them_stores_them(tmp_path: Path) -> None:
-    # None is written as '' and turned back into NULL by the INSERT: what the table holds is NULL, as SQL reads it.
+    # What the table holds for a row without them is SQL NULL, as SQL reads it, and the values for one with them.
     path = tmp_path / "ledger.sqlite"
     start = to_epoch_us(T0)
     plain = LedgerRow("plain", start, "acme", "k1", "gpt", "dep", "openai", 1, 2, 0, 9, 200,
