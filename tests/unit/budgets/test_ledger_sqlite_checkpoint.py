@@ -1,0 +1,53 @@
+"""WAL checkpoints run on a thread of their own, at the lowest priority, and copy what was written into the database file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from budgets import ledger_sqlite
+from budgets.ledger_sqlite import BACKGROUND_NICE, SQLiteStore
+from tests.contract.test_ledger import make_row
+
+
+async def test_a_checkpoint_runs_once_enough_rows_are_written_on_a_thread_at_the_lowest_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_sqlite, "_CHECKPOINT_ROWS", 40)
+    seen: list[tuple[str, int, int, int]] = []
+    checkpoint = ledger_sqlite._checkpoint_passive
+    path = tmp_path / "ledger.sqlite"
+
+    def spy(conn: sqlite3.Connection) -> None:
+        before = path.stat().st_size
+        checkpoint(conn)
+        thread = threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen.append((*thread, before, path.stat().st_size))
+
+    monkeypatch.setattr(ledger_sqlite, "_checkpoint_passive", spy)
+    store = SQLiteStore(str(path))
+    await store.open()
+    own_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    try:
+        await store.write([make_row(n) for n in range(30)])
+        assert seen == []  # fewer rows than a checkpoint waits for
+        await store.write([make_row(n) for n in range(30, 60)])
+        assert store._checkpoint is not None
+        await store._checkpoint
+        assert len(seen) == 1
+        name, priority, size_before, size_after = seen[0]
+        assert name.startswith("ledger-checkpoint")
+        if sys.platform.startswith("linux"):
+            assert priority == BACKGROUND_NICE
+        # the loop's thread (and so the process's other threads) keep their priority
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_priority
+        assert size_after > size_before  # the rows went from the WAL into the database file
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 60
