@@ -51,8 +51,13 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self._cooldown_until = 0.0
-        # (time, failed) outcomes inside the window
-        self._outcomes: deque[tuple[float, bool]] = deque()
+        # The outcomes inside the window: when each came and whether it failed, in two queues and not as a
+        # pair, and the failures among them counted as they come and go. A busy deployment has a window of
+        # a hundred thousand outcomes or more: no pair is allocated per request for the garbage collector
+        # to go through, and a failure never sums the window.
+        self._times: deque[float] = deque()
+        self._failed: deque[bool] = deque()
+        self._failures = 0
         # tenant --> when its last suspect failure counted, oldest first
         self._suspects: dict[str, float] = {}
 
@@ -89,7 +94,7 @@ class CircuitBreaker:
         if up:
             self.state = State.HALF_OPEN
             self._consecutive = 0
-            self._outcomes.clear()
+            self._forget_outcomes()
             self._suspects.clear()
         else:
             self._open()
@@ -150,20 +155,28 @@ class CircuitBreaker:
 
     def _remember(self, failed: bool) -> None:
         now = self._clock()
-        self._outcomes.append((now, failed))
+        times = self._times
+        times.append(now)
+        self._failed.append(failed)
+        self._failures += failed
         horizon = now - self.settings.window_s
-        while self._outcomes and self._outcomes[0][0] < horizon:
-            self._outcomes.popleft()
+        while times and times[0] < horizon:
+            times.popleft()
+            self._failures -= self._failed.popleft()
+
+    def _forget_outcomes(self) -> None:
+        self._times.clear()
+        self._failed.clear()
+        self._failures = 0
 
     def _should_open(self) -> bool:
         s = self.settings
         if self._consecutive >= s.consecutive_failures:
             return True
-        total = len(self._outcomes)
+        total = len(self._times)
         if total < s.min_requests:
             return False
-        failures = sum(1 for _, failed in self._outcomes if failed)
-        return failures / total >= s.error_rate
+        return self._failures / total >= s.error_rate
 
 
 class LatencyTracker:

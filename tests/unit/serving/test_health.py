@@ -143,6 +143,21 @@ def test_old_outcomes_leave_the_window() -> None:
     assert breaker.state is State.CLOSED
 
 
+def test_failures_that_leave_the_window_no_longer_count_towards_the_rate() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=100, error_rate=0.5, min_requests=4, window_s=30), clock)
+    for window in range(3):  # a quarter of each window fails, again and again
+        clock.now += 31 if window else 0
+        breaker.record_failure()
+        for _ in range(3):
+            breaker.record_success()
+        assert breaker.state is State.CLOSED
+    breaker.record_failure()  # two in five
+    assert breaker.state is State.CLOSED
+    breaker.record_failure()  # half of the window: it opens
+    assert breaker.state is State.OPEN
+
+
 def test_cool_down_for_retry_after() -> None:
     clock = Clock()
     breaker = CircuitBreaker(clock=clock)
