@@ -52,7 +52,7 @@ _ROW = f"({', '.join('?' * len(COLUMNS))})"
 # 5 us a row), so it is kept to a few tenths of a millisecond, which bounds
 # what a ledger write adds to any request's latency.
 _ROWS_PER_STATEMENT = 16
-# Rows written between WAL checkpoints (run on the reader thread).
+# Rows written between WAL checkpoints (run on the checkpoint thread).
 _CHECKPOINT_ROWS = 5_000
 # How long a batch waits for another connection's write transaction (another
 # worker's, another replica's) before it fails and goes to the spool. It waits
