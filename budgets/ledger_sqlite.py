@@ -10,7 +10,9 @@ checkpoints (which copy what was written into the database file, and fsync)
 on another, each with a connection of its own. The checkpoint thread runs at
 the lowest priority (Linux: nice 19, for that thread alone): a checkpoint of
 5,000 rows takes about 3 ms of CPU, and at normal priority it took that from
-the event loop's core at once, in the middle of the requests it serves.
+the event loop's core at once, in the middle of the requests it serves. The
+writer waits for a checkpoint under way before its next batch, so that each
+one copies the whole WAL and the WAL starts over (``_checkpoint_wal``).
 
 Times are stored as integer microseconds since the epoch (UTC) so that range
 filters are exact integer comparisons; money and token sums are exact 64-bit
@@ -54,6 +56,8 @@ _ROW = f"({', '.join('?' * len(COLUMNS))})"
 _ROWS_PER_STATEMENT = 16
 # Rows written between WAL checkpoints (run on the checkpoint thread).
 _CHECKPOINT_ROWS = 5_000
+# How long a checkpoint waits for another connection's write transaction before it copies what it can.
+_CHECKPOINT_WAIT_MS = 200
 # How long a batch waits for another connection's write transaction (another
 # worker's, another replica's) before it fails and goes to the spool. It waits
 # on the event loop's clock, never inside SQLite: a busy handler would block
@@ -98,9 +102,19 @@ def _inserted(conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> list[tuple[st
     return keys
 
 
-def _checkpoint_passive(conn: sqlite3.Connection) -> None:
+def _checkpoint_wal(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database file, so that the next write starts the WAL over from its beginning.
+
+    RESTART waits (on this thread, up to the connection's busy timeout) for a
+    write transaction under way, in another process too, and keeps new ones
+    out until it is done; one that cannot get in is a passive checkpoint. The
+    store's own writer does not begin while a checkpoint runs (``write``).
+    Were writes to go on during every checkpoint, none would ever have copied
+    the whole WAL, the WAL would never start over, and its file would grow by
+    every row written for as long as the load lasted.
+    """
     with contextlib.suppress(sqlite3.Error):  # busy or locked: the next one catches up
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 # The checkpoint thread's nice value: the lowest priority, so that it runs on what the rest of the process leaves.
@@ -143,6 +157,8 @@ class SQLiteStore:
         self._writer = self._connect(schema=False)
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-checkpoint", initializer=_background_priority)
         self._checkpointer = await loop.run_in_executor(self._background, self._connect, False)
+        # how long a checkpoint waits for another process's write transaction (blocking its own thread only)
+        self._checkpointer.execute(f"PRAGMA busy_timeout={_CHECKPOINT_WAIT_MS}")
 
     def _connect(self, schema: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -204,6 +220,9 @@ class SQLiteStore:
         batch = list(rows)
         sums = HourlySums()
         step = _ROWS_PER_STATEMENT
+        checkpoint = self._checkpoint
+        if checkpoint is not None and not checkpoint.done():
+            await asyncio.wait((checkpoint,))  # so that it copies the whole WAL: see _checkpoint_wal
         await self._begin(conn)  # one transaction per batch
         try:
             for i in range(0, len(batch), step):
@@ -235,7 +254,7 @@ class SQLiteStore:
         if self._background is None or self._checkpointer is None:
             return
         self._unchecked_rows = 0
-        self._checkpoint = asyncio.get_running_loop().run_in_executor(self._background, _checkpoint_passive, self._checkpointer)
+        self._checkpoint = asyncio.get_running_loop().run_in_executor(self._background, _checkpoint_wal, self._checkpointer)
 
     async def usage(self, query: UsageQuery, source: UsageSource = "auto") -> list[UsageRow]:
         sql, params = usage_sql(query, "sqlite") if source == "auto" else ledger_query.usage_sql(query, "sqlite")

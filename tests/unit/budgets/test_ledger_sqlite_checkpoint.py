@@ -20,7 +20,7 @@ async def test_a_checkpoint_runs_once_enough_rows_are_written_on_a_thread_at_the
 ) -> None:
     monkeypatch.setattr(ledger_sqlite, "_CHECKPOINT_ROWS", 40)
     seen: list[tuple[str, int, int, int]] = []
-    checkpoint = ledger_sqlite._checkpoint_passive
+    checkpoint = ledger_sqlite._checkpoint_wal
     path = tmp_path / "ledger.sqlite"
 
     def spy(conn: sqlite3.Connection) -> None:
@@ -29,7 +29,7 @@ async def test_a_checkpoint_runs_once_enough_rows_are_written_on_a_thread_at_the
         thread = threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         seen.append((*thread, before, path.stat().st_size))
 
-    monkeypatch.setattr(ledger_sqlite, "_checkpoint_passive", spy)
+    monkeypatch.setattr(ledger_sqlite, "_checkpoint_wal", spy)
     store = SQLiteStore(str(path))
     await store.open()
     own_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -51,3 +51,25 @@ async def test_a_checkpoint_runs_once_enough_rows_are_written_on_a_thread_at_the
         await store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 60
+
+
+async def test_the_wal_starts_over_after_each_checkpoint_while_writes_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches come one after another, as under steady load, and each fills the checkpoint's quota: a checkpoint
+    # would run during every write. None would then copy the whole WAL, the WAL would never start over, and its
+    # file would grow by every row.
+    monkeypatch.setattr(ledger_sqlite, "_CHECKPOINT_ROWS", 50)
+    path = tmp_path / "ledger.sqlite"
+    store = SQLiteStore(str(path))
+    await store.open()
+    wal = Path(f"{path}-wal")
+    sizes = []
+    try:
+        for n in range(0, 4000, 50):
+            await store.write([make_row(i) for i in range(n, n + 50)])
+            sizes.append(wal.stat().st_size)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 4000
+    # The WAL's file keeps the size of its longest run between two restarts (a few batches), not of all 4,000 rows.
+    assert max(sizes) < 3 * max(sizes[:10])
