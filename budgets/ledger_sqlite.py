@@ -6,13 +6,18 @@ between. A writer thread would seem the obvious choice, but it contends for
 the GIL with a busy event loop on every statement: measured here, it cost the
 loop far more CPU per request than the writing itself. Nothing that can take
 long runs on the loop: queries run on one reader thread, and WAL
-checkpoints (which copy what was written into the database file, and fsync)
-on another, each with a connection of its own. The checkpoint thread runs at
-the lowest priority (Linux: nice 19, for that thread alone): a checkpoint of
-5,000 rows takes about 3 ms of CPU, and at normal priority it took that from
-the event loop's core at once, in the middle of the requests it serves. The
-writer waits for a checkpoint under way before its next batch, so that each
-one copies the whole WAL and the WAL starts over (``_checkpoint_wal``).
+checkpoints (which copy what was written into the database file, and fsync;
+a RESTART checkpoint also waits for another process's writer) on another,
+each with a connection of its own. The writer waits for a checkpoint under
+way before its next batch, so that each one copies the whole WAL and the WAL
+starts over (``_checkpoint_wal``).
+
+The checkpoint thread keeps the process's priority. A lower one (the
+thread's own nice value) was tried and not kept: the thread still takes the
+GIL around each SQLite call, and preempted while it holds it, a thread of
+low priority would keep the event loop waiting until the scheduler ran it
+again, which on a core shared with busy threads of normal priority (other
+workers under full load) could take many milliseconds.
 
 Times are stored as integer microseconds since the epoch (UTC) so that range
 filters are exact integer comparisons; money and token sums are exact 64-bit
@@ -27,10 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -117,17 +119,6 @@ def _checkpoint_wal(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
-# The checkpoint thread's nice value: the lowest priority, so that it runs on what the rest of the process leaves.
-BACKGROUND_NICE = 19
-
-
-def _background_priority() -> None:
-    """Lower the calling thread's priority (and only that thread's: Linux gives each thread its own nice value)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):  # lowering one's own priority is always allowed; never fail for it
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-
-
 class SQLiteStore:
     """A :class:`~budgets.ledger_row.LedgerStore` on one SQLite file."""
 
@@ -135,7 +126,7 @@ class SQLiteStore:
         self._path = path
         self._executor: ThreadPoolExecutor | None = None
         self._reader: sqlite3.Connection | None = None  # used on the executor's thread only
-        self._background: ThreadPoolExecutor | None = None  # checkpoints, at the lowest priority
+        self._background: ThreadPoolExecutor | None = None  # checkpoints
         self._checkpointer: sqlite3.Connection | None = None  # used on that thread only
         self._writer: sqlite3.Connection | None = None  # used on the event loop only
         self._checkpoint: asyncio.Future[None] | None = None
@@ -155,7 +146,7 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         self._reader = await loop.run_in_executor(self._executor, self._connect, True)
         self._writer = self._connect(schema=False)
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-checkpoint", initializer=_background_priority)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-checkpoint")
         self._checkpointer = await loop.run_in_executor(self._background, self._connect, False)
         # how long a checkpoint waits for another process's write transaction (blocking its own thread only)
         self._checkpointer.execute(f"PRAGMA busy_timeout={_CHECKPOINT_WAIT_MS}")
