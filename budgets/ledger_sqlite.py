@@ -50,7 +50,7 @@ from budgets.ledger_usage import usage_sql
 
 T = TypeVar("T")
 
-_ROW = f"({', '.join('?' * len(COLUMNS))})"
+_ROW = f"({', '.join('?' for _ in COLUMNS)})"
 # Rows per INSERT, converted and inserted between two turns of the event loop:
 # each such step holds up the requests in flight for its whole length (about
 # 5 us a row), so it is kept to a few tenths of a millisecond, which bounds
