@@ -248,8 +248,20 @@ class BatchingLedger:
         self._spool_pending = True
 
     async def _write_buffer(self, force: bool) -> None:
+        """Write the rows pending now, in batches of at most ``max_batch``.
+
+        Rows recorded while these are written wait for the next round (the
+        next interval, or sooner once ``batch_size`` are pending). Were they
+        taken at once, a writer under steady load would never return to its
+        interval: each transaction would carry only the few rows that came in
+        while the one before it was written, and pay a whole transaction's
+        cost for them (the COMMIT, the rollups' upserts) over and over.
+        """
         size = self._opts.max_batch
-        while self._buffer:
+        due = len(self._buffer)
+        while due > 0 and self._buffer:
+            size = min(size, due)
+            due -= size
             if not self._healthy and not (force or time.monotonic() >= self._retry_at):
                 rows, self._buffer = self._buffer, []
                 await self._to_spool(rows)
