@@ -58,6 +58,10 @@ with a pool of keep-alive connections, on the gateway's CPU, at the same rate
 in every round: a hop written in C that does no work of its own, so what it
 adds is what any hop adds on this machine at that moment (the wake-ups of
 another CPU on the way in and out), the floor under any gateway's figure.
+Each round then also prints each other hop's p99 less nginx's (``beyond
+nginx``), and the summary its median: what the hop adds over a hop that does
+nothing, taken at the same moment, so that a host whose own noise moves
+from round to round shows apart from the hop's own cost.
 
 On a virtual machine a CPU that goes idle halts, and waking it is a trip
 through the host: at a fixed rate a hop pays that on every request (the
@@ -313,6 +317,7 @@ def _measure(args: argparse.Namespace) -> int:
             server_of = {name: server for server, (_, _, name) in zip(servers, hops, strict=True)}
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
+            beyond: dict[str, list[float]] = {name: [] for _, _, name in hops}  # p99 less nginx's, with --nginx
             busy: dict[str, list[float]] = {name: [] for _, _, name in hops}
             heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "busy %", "own p99", "loop p99")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
@@ -322,8 +327,8 @@ def _measure(args: argparse.Namespace) -> int:
                 order = order[shift:] + order[:shift]
                 runs = {}
                 for label, url, name in order:
-                    server = server_of.get(name)  # None: the upstream, driven directly
-                    cpu_before = server.cpu_seconds() if server is not None else 0.0
+                    hop = server_of.get(name)  # None: the upstream, driven directly
+                    cpu_before = hop.cpu_seconds() if hop is not None else 0.0
                     base = url.removesuffix(CHAT_PATH)
                     own_mode = "stream" if args.stream else "unary"
                     own_before = gateway_counts(base, own_mode) if name.startswith("sluicegate") else None
@@ -334,8 +339,8 @@ def _measure(args: argparse.Namespace) -> int:
                             open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
                         )
                     cpu_us = ""
-                    if server is not None and runs[name].latencies:
-                        used = server.cpu_seconds() - cpu_before
+                    if hop is not None and runs[name].latencies:
+                        used = hop.cpu_seconds() - cpu_before
                         # busy: the share of its core the hop used over the run, which sets how long requests queue
                         busy[name].append(100 * used / args.duration)
                         cpu_us = f" {used * 1e6 / len(runs[name].latencies):>8.0f} {busy[name][-1]:>8.0f}"
@@ -348,6 +353,11 @@ def _measure(args: argparse.Namespace) -> int:
                     added50[name].append(runs[name].pct(0.5) - direct.pct(0.5))
                     added99[name].append(runs[name].pct(0.99) - direct.pct(0.99))
                     print(f"{number + 1}: added by {label}: p50 {added50[name][-1]:+.2f} ms, p99 {added99[name][-1]:+.2f} ms", flush=True)
+                if "nginx" in runs:  # what each Python hop adds beyond a C hop that does nothing, at the same moment
+                    for label, _, name in hops:
+                        if name != "nginx":
+                            beyond[name].append(runs[name].pct(0.99) - runs["nginx"].pct(0.99))
+                            print(f"{number + 1}: {label} beyond nginx: p99 {beyond[name][-1]:+.2f} ms", flush=True)
             for label, _, name in hops:
                 a99, a50 = added99[name], added50[name]
                 print(
@@ -355,6 +365,12 @@ def _measure(args: argparse.Namespace) -> int:
                     f"[{min(a99):+.2f} to {max(a99):+.2f}] over {args.rounds} rounds; "
                     f"added p50 median {statistics.median(a50):+.2f} ms"
                     + (f"; its core {min(busy[name]):.0f} to {max(busy[name]):.0f}% busy" if busy[name] else "")
+                    + (
+                        f"; beyond nginx: p99 median {statistics.median(beyond[name]):+.2f} ms "
+                        f"[{min(beyond[name]):+.2f} to {max(beyond[name]):+.2f}]"
+                        if beyond[name]
+                        else ""
+                    )
                 )
         finally:
             for server in servers:
