@@ -61,6 +61,17 @@ class JsonAnswer(ASGIResponse):
         await super().__call__(scope, receive, send)
 
 
+class LastChunk(bytes):
+    """A stream's last chunk: nothing follows it but the stream's end, which goes out in the same write.
+
+    A stream that ends with one costs one system call less than one that
+    ends with plain bytes (its last chunk, then the end); the iterator still
+    runs to its end after it, and must yield nothing more.
+    """
+
+    __slots__ = ()
+
+
 class StreamAnswer(ASGIStreamingResponse):
     """Chunks as they come; the client's disconnect cancels ``iterator``."""
 
@@ -110,11 +121,14 @@ class StreamAnswer(ASGIStreamingResponse):
         watched = cycle is not None and cycle.watch_gone(left)
         watcher = None if watched else asyncio.get_running_loop().create_task(watch())
         try:
+            ended = False
             async for chunk in self._chunks:
-                if cycle is None or not cycle.write_chunk(chunk):
+                if cycle is not None and type(chunk) is LastChunk and cycle.end_chunks(chunk):
+                    ended = True  # the iterator still runs to its end
+                elif cycle is None or not cycle.write_chunk(chunk):
                     event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": chunk, "more_body": True}
                     await send(event)
-            if cycle is None or not cycle.end_chunks():
+            if not ended and (cycle is None or not cycle.end_chunks()):
                 await send(_END)
         except asyncio.CancelledError:
             if not gone:

@@ -16,7 +16,8 @@ The answers of the inference routes (``router.answers``) skip the ASGI
 messages altogether: ``OneWriteCycle`` writes a whole answer, or a stream's
 head, chunks and end, as uvicorn's ``send`` does (the same header checks,
 ``connection: close`` when the connection is not kept, the next pipelined
-request started), a whole answer in one write. A stream learns that its
+request started), a whole answer in one write, and a stream's last chunk
+(``router.answers.LastChunk``) in one write with its end. A stream learns that its
 client left from this protocol's ``connection_lost`` (``watch_gone``), with
 no task of its own waiting on ``receive``.
 """
@@ -231,12 +232,12 @@ class OneWriteCycle(RequestResponseCycle):
             self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
         return True
 
-    def end_chunks(self) -> bool:
-        """The end of a streamed answer started by ``start_chunks``."""
+    def end_chunks(self, last: bytes = b"") -> bool:
+        """The end of a streamed answer started by ``start_chunks``; ``last``, its last chunk, goes in the same write."""
         if not self._open_stream():
             return False
         self.response_complete = True
-        self.transport.write(b"0\r\n\r\n")
+        self.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n")
         self._completed()
         return True
 

@@ -17,6 +17,7 @@ from core.config import RoutingPolicy
 from core.errors import GatewayError, PermissionDenied, UpstreamError, sse_error_event
 from policies.guardrails_stream import HoldBack
 from policies.routing import Deployment, RouteHint
+from router.answers import LastChunk
 from router.attempts import attempt, unavailable
 from router.billing import Billing
 from router.cache_replay import replay_stream, replayed
@@ -239,14 +240,14 @@ class Pipeline:
                         if hold is not None:
                             pending += hold.flush()
                         await self.complete(ctx)
-                        yield b"".join(pending + events)
+                        yield LastChunk(b"".join(pending + events))
                         return
                     generated.append(chunk)
                     if screen is not None and (verdict := screen.feed_chunk(chunk.data)) is not None:
                         assert guard is not None
                         events = guard.cut(ctx, screen, verdict, chunk.data)  # content_filter; never a retry
                         await self.complete(ctx)
-                        yield b"".join(pending + with_usage(ctx, events))
+                        yield LastChunk(b"".join(pending + with_usage(ctx, events)))
                         return
                     if include_usage or not chunk.usage_only:
                         data = chunk.data if restore is None else restore.feed_chunk(chunk.data)
@@ -274,7 +275,7 @@ class Pipeline:
             if held is not None:
                 pending.append(b"data: " + held + b"\n\n" if render is None else render.chunk(ctx, held))
             pending.append(_DONE if render is None else render.end(ctx))
-            yield b"".join(pending)
+            yield LastChunk(b"".join(pending))
         except GatewayError as exc:
             # After the first byte: tell the client in-band, never retry.
             self.metrics.upstream_errors.labels(ctx.deployment, exc.code or "error").inc()
@@ -282,7 +283,7 @@ class Pipeline:
             if hold is not None:
                 pending += hold.flush()  # screened: only text no guard found anything in
             pending.append(sse_error_event(exc) if render is None else render.error(ctx, exc))
-            yield b"".join(pending)
+            yield LastChunk(b"".join(pending))
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:

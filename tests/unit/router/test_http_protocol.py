@@ -282,6 +282,48 @@ async def test_a_stream_answer_writes_its_chunks_directly_and_by_messages_when_w
     assert cycle.response_complete
 
 
+async def test_a_streams_last_chunk_goes_out_in_one_write_with_its_end() -> None:
+    from router.answers import LastChunk, StreamAnswer
+
+    direct, by_write = _cycle(default_headers=_DEFAULTS)
+    assert direct.start_chunks(200, list(_SSE)) and direct.end_chunks(b"data: [DONE]\n\n")
+    apart, by_two = _cycle(default_headers=_DEFAULTS)
+    assert apart.start_chunks(200, list(_SSE)) and apart.write_chunk(b"data: [DONE]\n\n") and apart.end_chunks()
+    assert by_write.writes == [by_two.writes[0], b"".join(by_two.writes[1:])]  # the same bytes, one write fewer
+
+    done: list[int] = []
+    cycle, transport = _cycle(on_response=lambda: done.append(1))
+    after_last: list[str] = []
+
+    async def chunks() -> Any:
+        try:
+            yield b"data: 1\n\n"
+            yield LastChunk(b"data: [DONE]\n\n")
+        finally:
+            after_last.append("closed")  # the relay's own end (settlement, the upstream closed) still runs
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    await StreamAnswer(chunks(), list(_SSE))({"type": "http"}, receive, cycle.send)  # type: ignore[arg-type]
+    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"]
+    assert after_last == ["closed"] and done == [1] and cycle.response_complete
+
+    # Writes paused when the last chunk comes: it goes through send, which waits for the drain, and so does the end.
+    paused, slow = _cycle()
+
+    async def pausing() -> Any:
+        yield b"data: 1\n\n"
+        paused.flow.write_paused = True
+        asyncio.get_running_loop().call_later(0.05, paused.flow.resume_writing)
+        yield LastChunk(b"data: [DONE]\n\n")
+
+    await StreamAnswer(pausing(), list(_SSE))({"type": "http"}, receive, paused.send)  # type: ignore[arg-type]
+    assert slow.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n"]
+    assert paused.response_complete
+
+
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
