@@ -24,6 +24,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
+from router.answers import LastChunk
 from router.context import CLIENT_CLOSED, RequestContext
 from router.stream_end import with_usage
 from serving.base import Completion
@@ -69,7 +70,7 @@ async def replay_stream(pipeline: Settles, ctx: RequestContext, guard: Guardrail
                 assert guard is not None
                 closing = guard.cut(ctx, screen, verdict, stored)
                 await pipeline.complete(ctx)
-                yield b"".join(with_usage(ctx, closing))
+                yield LastChunk(b"".join(with_usage(ctx, closing)))
                 return
             data = stored if restore is None else restore.feed_chunk(stored)
             if hooks is not None:
@@ -83,6 +84,6 @@ async def replay_stream(pipeline: Settles, ctx: RequestContext, guard: Guardrail
         if held is not None:
             events.append(b"data: " + held + b"\n\n" if render is None else render.chunk(ctx, held))
         events.append(_DONE if render is None else render.end(ctx))
-        yield b"".join(events)
+        yield LastChunk(b"".join(events))  # a whole hit in one write, with the stream's end
     finally:
         pipeline.finish(ctx)

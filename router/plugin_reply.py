@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from router.answers import LastChunk
 from router.context import RequestContext
 
 _DONE = b"data: [DONE]\n\n"
@@ -63,6 +64,6 @@ async def reply_stream(ctx: RequestContext, body: dict[str, Any]) -> AsyncIterat
     render = ctx.render
     payloads = reply_chunks(ctx, body)
     if render is None:
-        yield b"".join([*(b"data: " + p + b"\n\n" for p in payloads), _DONE])
+        yield LastChunk(b"".join([*(b"data: " + p + b"\n\n" for p in payloads), _DONE]))
         return
-    yield b"".join([*(render.chunk(ctx, p) for p in payloads), render.end(ctx)])
+    yield LastChunk(b"".join([*(render.chunk(ctx, p) for p in payloads), render.end(ctx)]))
