@@ -257,17 +257,15 @@ class BatchingLedger:
         while the one before it was written, and pay a whole transaction's
         cost for them (the COMMIT, the rollups' upserts) over and over.
         """
-        size = self._opts.max_batch
         due = len(self._buffer)
         while due > 0 and self._buffer:
-            size = min(size, due)
-            due -= size
             if not self._healthy and not (force or time.monotonic() >= self._retry_at):
                 rows, self._buffer = self._buffer, []
                 await self._to_spool(rows)
                 return
-            batch = self._buffer[:size]
-            del self._buffer[:size]
+            batch = self._buffer[: min(self._opts.max_batch, due)]
+            del self._buffer[: len(batch)]
+            due -= len(batch)
             if not await self._write_batch(batch):
                 rows, self._buffer = batch + self._buffer, []
                 await self._to_spool(rows)
