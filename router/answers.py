@@ -9,6 +9,10 @@ its answers are written straight to the connection's cycle, past the ASGI
 messages; behind anything else (a middleware's wrapped ``send``, a test
 client) they are sent as Litestar sends them.
 
+A stream's head waits for its first chunk, to go out in the same write, but
+no longer than the event loop's round: the pipeline's relay yields the
+upstream's first chunk, which it has in hand when the answer starts, at once.
+
 A stream is sent from the handler's own task; when the client goes away, the
 sending task is cancelled (the relay then ends as a client disconnect:
 settled, the upstream closed). On the gateway's own protocol the connection
@@ -93,19 +97,22 @@ class StreamAnswer(ASGIStreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cycle = getattr(send, "__self__", None)
-        if type(cycle) is OneWriteCycle and cycle.start_chunks(self.status_code, self._raw):
-            await self._send_chunks(send, receive, cycle)
-            return
+        if type(cycle) is OneWriteCycle:
+            sender = asyncio.current_task()
+            assert sender is not None
+            if cycle.start_chunks(self.status_code, self._raw, sender.get_loop()):
+                await self._send_chunks(send, receive, cycle, sender)
+                return
         await super().__call__(scope, receive, send)
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        await self._send_chunks(send, receive, None)
-
-    async def _send_chunks(self, send: Send, receive: Receive, cycle: OneWriteCycle | None) -> None:
-        """Send each chunk as it comes (straight to ``cycle`` where it takes it); return quietly once the client has gone
-        (the relay cancelled)."""
         sender = asyncio.current_task()
         assert sender is not None
+        await self._send_chunks(send, receive, None, sender)
+
+    async def _send_chunks(self, send: Send, receive: Receive, cycle: OneWriteCycle | None, sender: asyncio.Task[object]) -> None:
+        """Send each chunk as it comes (straight to ``cycle`` where it takes it); return quietly once the client has gone
+        (the relay cancelled)."""
         gone = False
 
         def left() -> None:

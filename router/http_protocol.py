@@ -16,7 +16,9 @@ The answers of the inference routes (``router.answers``) skip the ASGI
 messages altogether: ``OneWriteCycle`` writes a whole answer, or a stream's
 head, chunks and end, as uvicorn's ``send`` does (the same header checks,
 ``connection: close`` when the connection is not kept, the next pipelined
-request started), a whole answer in one write, and a stream's last chunk
+request started), a whole answer in one write, a stream's head in one write
+with its first chunk where that chunk is in hand at once (otherwise alone, at
+the event loop's next round), and a stream's last chunk
 (``router.answers.LastChunk``) in one write with its end. A stream learns that its
 client left from this protocol's ``connection_lost`` (``watch_gone``), with
 no task of its own waiting on ``receive``.
@@ -24,6 +26,7 @@ no task of its own waiting on ``receive``.
 
 from __future__ import annotations
 
+from asyncio import AbstractEventLoop
 from collections.abc import Callable
 from typing import Any
 
@@ -136,6 +139,7 @@ class OneWriteCycle(RequestResponseCycle):
     # Set on the cycles of JsonErrorHttpProtocol, whose connection_lost calls _on_gone.
     _told_gone = False
     _on_gone: Callable[[], None] | None = None
+    _held: bytes | None = None  # a stream's head, waiting for its first chunk (start_chunks with a loop)
 
     def watch_gone(self, callback: Callable[[], None] | None) -> bool:
         """Have ``callback`` called once if the client goes away before the answer is complete (None: no longer).
@@ -206,8 +210,13 @@ class OneWriteCycle(RequestResponseCycle):
         self._completed()
         return True
 
-    def start_chunks(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Send the head of a streamed answer (chunked; ``headers`` without a length); its chunks follow."""
+    def start_chunks(self, status: int, headers: list[tuple[bytes, bytes]], loop: AbstractEventLoop | None = None) -> bool:
+        """Send the head of a streamed answer (chunked; ``headers`` without a length); its chunks follow.
+
+        With ``loop``, the head waits for the stream's first chunk (or its end) and goes out in the same write; if
+        none comes before ``loop``'s next round, it goes out then on its own, so a client never waits longer for
+        the status than it did for the head alone.
+        """
         if status in (204, 304):
             return False
         head = self._head(status, headers, chunked=True)
@@ -217,8 +226,18 @@ class OneWriteCycle(RequestResponseCycle):
         self.response_started = True
         self.waiting_for_100_continue = False
         self.chunked_encoding, self.expected_content_length = True, 0
-        self.transport.write(b"".join(content))
+        if loop is None:
+            self.transport.write(b"".join(content))
+        else:
+            self._held = b"".join(content)
+            loop.call_soon(self._release_head)
         return True
+
+    def _release_head(self) -> None:
+        """Write a held head, if it is still held, on its own."""
+        head, self._held = self._held, None
+        if head is not None and not self.disconnected:
+            self.transport.write(head)
 
     def _open_stream(self) -> bool:
         """A stream started and not ended, to a client that is there and reading."""
@@ -229,7 +248,8 @@ class OneWriteCycle(RequestResponseCycle):
         if not self._open_stream():
             return False
         if body:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            held, self._held = self._held, None
+            self.transport.write(b"%b%x\r\n%b\r\n" % (held, len(body), body) if held else b"%x\r\n%b\r\n" % (len(body), body))
         return True
 
     def end_chunks(self, last: bytes = b"") -> bool:
@@ -237,7 +257,9 @@ class OneWriteCycle(RequestResponseCycle):
         if not self._open_stream():
             return False
         self.response_complete = True
-        self.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n")
+        held, self._held = self._held, None
+        end = b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n"
+        self.transport.write(held + end if held else end)
         self._completed()
         return True
 
@@ -248,6 +270,8 @@ class OneWriteCycle(RequestResponseCycle):
         self.on_response()
 
     async def send(self, message: Any) -> None:
+        if self._held is not None:
+            self._release_head()  # a held head goes before anything send writes
         if message["type"] == "http.response.start" and not self.response_started and self.scope["method"] != "HEAD":
             transport = self.transport
             held = _HeldHead(self, transport)

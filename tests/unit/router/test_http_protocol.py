@@ -277,8 +277,8 @@ async def test_a_stream_answer_writes_its_chunks_directly_and_by_messages_when_w
         yield b"data: 3\n\n"
 
     await StreamAnswer(chunks(), list(_SSE))({"type": "http"}, receive, cycle.send)  # type: ignore[arg-type]
-    assert transport.writes[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
-    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"9\r\ndata: 2\n\n\r\n", b"9\r\ndata: 3\n\n\r\n", b"0\r\n\r\n"]
+    assert transport.writes[0].endswith(b"transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")  # the head with the first
+    assert transport.writes[1:] == [b"9\r\ndata: 2\n\n\r\n", b"9\r\ndata: 3\n\n\r\n", b"0\r\n\r\n"]
     assert cycle.response_complete
 
 
@@ -307,7 +307,8 @@ async def test_a_streams_last_chunk_goes_out_in_one_write_with_its_end() -> None
         return {"type": "http.disconnect"}
 
     await StreamAnswer(chunks(), list(_SSE))({"type": "http"}, receive, cycle.send)  # type: ignore[arg-type]
-    assert transport.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"]
+    assert transport.writes[0].endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n")
+    assert transport.writes[1:] == [b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"]
     assert after_last == ["closed"] and done == [1] and cycle.response_complete
 
     # Writes paused when the last chunk comes: it goes through send, which waits for the drain, and so does the end.
@@ -320,8 +321,75 @@ async def test_a_streams_last_chunk_goes_out_in_one_write_with_its_end() -> None
         yield LastChunk(b"data: [DONE]\n\n")
 
     await StreamAnswer(pausing(), list(_SSE))({"type": "http"}, receive, paused.send)  # type: ignore[arg-type]
-    assert slow.writes[1:] == [b"9\r\ndata: 1\n\n\r\n", b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n"]
+    assert slow.writes[1:] == [b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n"]
     assert paused.response_complete
+
+
+async def test_a_held_head_goes_out_with_the_first_chunk_or_alone_at_the_loops_next_round() -> None:
+    loop = asyncio.get_running_loop()
+    apart, by_two = _cycle(default_headers=_DEFAULTS)
+    assert apart.start_chunks(200, list(_SSE)) and apart.write_chunk(b"data: 1\n\n") and apart.end_chunks(b"data: [DONE]\n\n")
+
+    held, by_held = _cycle(default_headers=_DEFAULTS)
+    assert held.start_chunks(200, list(_SSE), loop) and by_held.writes == []
+    assert held.write_chunk(b"") and by_held.writes == []  # an empty chunk carries nothing, the head neither
+    assert held.write_chunk(b"data: 1\n\n") and held.end_chunks(b"data: [DONE]\n\n")
+    assert by_held.writes == [by_two.writes[0] + by_two.writes[1], by_two.writes[2]]  # the same bytes, one write fewer
+    await asyncio.sleep(0)
+    assert len(by_held.writes) == 2  # the loop's round found nothing left to write
+
+    ended, by_end = _cycle(default_headers=_DEFAULTS)
+    assert ended.start_chunks(200, list(_SSE), loop) and ended.end_chunks(b"data: [DONE]\n\n")
+    assert by_end.writes == [by_two.writes[0] + by_two.writes[2]] and ended.response_complete
+
+    waiting, by_wait = _cycle(default_headers=_DEFAULTS)
+    assert waiting.start_chunks(200, list(_SSE), loop)
+    await asyncio.sleep(0)  # no chunk in this round: the status goes out on its own
+    assert by_wait.writes == [by_two.writes[0]]
+    assert waiting.write_chunk(b"data: 1\n\n") and by_wait.writes[1:] == [by_two.writes[1]]
+
+    gone, by_gone = _cycle()
+    assert gone.start_chunks(200, list(_SSE), loop)
+    gone.disconnected = True
+    await asyncio.sleep(0)
+    assert by_gone.writes == [] and not gone.write_chunk(b"x")
+
+    fallback, by_send = _cycle(default_headers=_DEFAULTS)
+    assert fallback.start_chunks(200, list(_SSE), loop)
+    await fallback.send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})  # a held head goes first
+    assert by_send.writes == by_two.writes[:2]
+
+
+async def test_a_stream_answer_sends_its_head_with_a_first_chunk_in_hand_and_at_once_when_it_waits() -> None:
+    from router.answers import LastChunk, StreamAnswer
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    ready, in_hand = _cycle()
+
+    async def relay() -> Any:
+        yield b"data: 1\n\n"  # the relay has the upstream's first chunk when the answer starts
+        yield LastChunk(b"data: [DONE]\n\n")
+
+    await StreamAnswer(relay(), list(_SSE))({"type": "http"}, receive, ready.send)  # type: ignore[arg-type]
+    assert len(in_hand.writes) == 2 and in_hand.writes[0].endswith(b"chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+
+    slow, waits = _cycle()
+    first = asyncio.Event()
+
+    async def waiting() -> Any:
+        await first.wait()
+        yield LastChunk(b"data: [DONE]\n\n")
+
+    answer = asyncio.create_task(StreamAnswer(waiting(), list(_SSE))({"type": "http"}, receive, slow.send))  # type: ignore[arg-type]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(waits.writes) == 1 and waits.writes[0].endswith(b"chunked\r\n\r\n")  # the status did not wait
+    first.set()
+    await answer
+    assert waits.writes[1:] == [b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"] and slow.response_complete
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
