@@ -236,7 +236,7 @@ class OneWriteCycle(RequestResponseCycle):
     def _release_head(self) -> None:
         """Write a held head, if it is still held, on its own."""
         head, self._held = self._held, None
-        if head is not None and not self.disconnected:
+        if head is not None and not self.disconnected and not self.transport.is_closing():
             self.transport.write(head)
 
     def _open_stream(self) -> bool:

@@ -354,6 +354,12 @@ async def test_a_held_head_goes_out_with_the_first_chunk_or_alone_at_the_loops_n
     await asyncio.sleep(0)
     assert by_gone.writes == [] and not gone.write_chunk(b"x")
 
+    failed, by_failed = _cycle()
+    assert failed.start_chunks(200, list(_SSE), loop)
+    by_failed.close()  # the relay raised before its first chunk: uvicorn closes the connection
+    await asyncio.sleep(0)
+    assert by_failed.writes == []
+
     fallback, by_send = _cycle(default_headers=_DEFAULTS)
     assert fallback.start_chunks(200, list(_SSE), loop)
     await fallback.send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})  # a held head goes first
