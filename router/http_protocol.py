@@ -22,6 +22,10 @@ the event loop's next round), and a stream's last chunk
 (``router.answers.LastChunk``) in one write with its end. A stream learns that its
 client left from this protocol's ``connection_lost`` (``watch_gone``), with
 no task of its own waiting on ``receive``.
+
+A kept-alive connection has one keep-alive timer at a time, re-armed only
+when it comes due (``JsonErrorHttpProtocol.on_response_complete``), where
+uvicorn makes and closes a timer for every request.
 """
 
 from __future__ import annotations
@@ -46,6 +50,43 @@ _RESPONSE = (
 
 
 class JsonErrorHttpProtocol(HttpToolsProtocol):
+    # uvicorn arms a keep-alive timer after every answer and cancels it when the next request's bytes come: a libuv
+    # timer made, started, stopped and closed per request. Here one timer waits at a time; a request that comes
+    # only marks the connection busy (_idle_since None), and the timer, when due, closes the connection if it has
+    # been idle for the whole timeout, or waits again for what is left of it. The same connections are closed at
+    # the same times.
+    _idle_since: float | None = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the lazy keep-alive timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_due)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # Called by data_received with every read: the connection is in use; the timer, if any, finds it so.
+        self._idle_since = None
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:
+            return  # a request is under way: its answer arms the timer again
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
+
     def send_400_response(self, msg: str) -> None:
         # uvicorn's message names nothing the client sent; ours says the same in the API's shape.
         self.transport.write(_RESPONSE)
@@ -60,6 +101,9 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
+        timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
+        if timer is not None:
+            timer.cancel()  # nothing left to time out
         super().connection_lost(exc)
         if type(cycle) is OneWriteCycle and cycle.disconnected and cycle._on_gone is not None:
             on_gone, cycle._on_gone = cycle._on_gone, None

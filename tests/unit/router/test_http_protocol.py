@@ -491,3 +491,78 @@ async def test_watching_for_the_client_needs_the_gateways_protocol() -> None:
     cycle.disconnected = True
     assert not cycle.watch_gone(lambda: calls.append(1))  # already gone: receive says so at once
     assert calls == []
+
+
+async def test_keep_alive_closes_an_idle_connection_after_the_timeout_and_no_busy_one() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(0.6)  # longer than the keep-alive timeout: a request under way is never cut
+        await send(_start(headers=[(b"content-length", b"2")]))
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=JsonErrorHttpProtocol, lifespan="off", log_config=None, timeout_keep_alive=0.4  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    loop = asyncio.get_running_loop()
+
+    async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str = "/") -> None:
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+        assert await reader.readexactly(2) == b"{}"
+
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = loop.time()
+        for _ in range(8):  # one request every 0.1 s for 0.8 s: two timeouts' worth, never idle for one
+            await ask(reader, writer)
+            await asyncio.sleep(0.1)
+        assert loop.time() - started > 0.8
+        await ask(reader, writer, "/slow")  # any timer armed before it came due while it ran
+        await asyncio.sleep(0.25)
+        await ask(reader, writer)  # the timer armed by the slow answer comes due 0.15 s into this idle stretch
+        idle = loop.time()
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # idle: the server closes the connection
+        assert 0.35 <= loop.time() - idle < 1.5
+        writer.close()
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_keep_alive_arms_one_timer_for_many_requests_and_cancels_it_when_the_connection_goes() -> None:
+    class Transport(_Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+        def set_write_buffer_limits(self, *args: Any, **kwargs: Any) -> None: ...
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send(_start(headers=[(b"content-length", b"2")]))
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    config = uvicorn.Config(app, access_log=False, proxy_headers=False, timeout_keep_alive=30, log_config=None)
+    config.load()
+    from uvicorn.server import ServerState
+
+    protocol = JsonErrorHttpProtocol(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    timers = []
+    for _ in range(3):
+        protocol.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        timers.append(protocol.timeout_keep_alive_task)
+    assert len(transport.writes) == 3 and timers[0] is not None and timers[0] is timers[1] is timers[2]
+    protocol.connection_lost(None)
+    assert protocol.timeout_keep_alive_task is None and timers[0].cancelled()
