@@ -76,6 +76,12 @@ class LastChunk(bytes):
     __slots__ = ()
 
 
+def _current_task() -> asyncio.Task[object]:
+    task = asyncio.current_task()
+    assert task is not None  # an answer is always sent from a task
+    return task
+
+
 class StreamAnswer(ASGIStreamingResponse):
     """Chunks as they come; the client's disconnect cancels ``iterator``."""
 
@@ -98,17 +104,14 @@ class StreamAnswer(ASGIStreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cycle = getattr(send, "__self__", None)
         if type(cycle) is OneWriteCycle:
-            sender = asyncio.current_task()
-            assert sender is not None
+            sender = _current_task()
             if cycle.start_chunks(self.status_code, self._raw, sender.get_loop()):
                 await self._send_chunks(send, receive, cycle, sender)
                 return
         await super().__call__(scope, receive, send)
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        sender = asyncio.current_task()
-        assert sender is not None
-        await self._send_chunks(send, receive, None, sender)
+        await self._send_chunks(send, receive, None, _current_task())
 
     async def _send_chunks(self, send: Send, receive: Receive, cycle: OneWriteCycle | None, sender: asyncio.Task[object]) -> None:
         """Send each chunk as it comes (straight to ``cycle`` where it takes it); return quietly once the client has gone
