@@ -9,9 +9,12 @@ what the loop was doing whenever it stalled for more than a millisecond.
 
 ``BackgroundStreamHandler`` is a ``StreamHandler`` that formats on the
 caller's thread (a line's text never changes) and only queues it; a daemon
-thread writes what has queued, joined into one write, every
-``interval_s`` (at once for a warning or worse, or once ``burst_lines`` are
-waiting), and flushes the stream. Lines keep their order. ``flush()`` writes what is queued at once, on
+thread writes what has queued, joined into one write, at most ``interval_s``
+after the first line of a batch (at once for a warning or worse, or once
+``burst_lines`` are waiting), and flushes the stream. With nothing queued the
+thread sleeps until a line comes: an idle gateway's writer never wakes, where
+a timer would wake it (and take the GIL from a busy event loop) twenty times a
+second. Lines keep their order. ``flush()`` writes what is queued at once, on
 the calling thread: ``logging.shutdown`` calls it at exit, so a process that
 ends normally loses nothing; one that is killed loses at most the last
 ``interval_s`` of lines. A stream that stays blocked cannot grow memory
@@ -49,7 +52,8 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.max_lines = max_lines
         self.dropped = 0
         self._lines: deque[str] = deque()  # append and popleft are atomic: no lock between the threads
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # write now: a warning, a burst, or close()
+        self._pending = threading.Event()  # a line is queued: the thread's wait for the next batch begins
         self._write_lock = threading.Lock()  # one writer at a time: the thread, or flush() on any thread
         self._thread: threading.Thread | None = None  # started by the first line, in each process
         self._closed = False
@@ -70,9 +74,11 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if len(lines) >= self.max_lines:
             self.dropped += 1
             return
-        lines.append(text)
+        lines.append(text)  # before the flag is read: see _run
         if self._thread is None:
             self._start()
+        if not self._pending.is_set():
+            self._pending.set()
         if urgent or len(lines) >= self.burst_lines:
             self._wake.set()
 
@@ -89,12 +95,17 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines.clear()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
+        self._pending = threading.Event()
         self._thread = None
 
     def _run(self) -> None:
-        wake = self._wake
+        wake, pending = self._wake, self._pending
         while not self._closed:
-            wake.wait(self.interval_s)
+            pending.wait()  # nothing queued: no wake-ups until a line comes
+            wake.wait(self.interval_s)  # the batch gathers for interval_s, unless a warning or a burst ends it
+            # Cleared before the lines are taken: a line queued from here on either is taken below or, appended
+            # after the take, finds the flag clear and sets it again, so no line waits for a later one.
+            pending.clear()
             wake.clear()
             self._write_queued()
 
@@ -131,6 +142,7 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def close(self) -> None:
         self._write_queued()
         self._closed = True
+        self._pending.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():

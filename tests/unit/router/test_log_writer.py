@@ -87,6 +87,47 @@ def test_a_warning_wakes_the_writer_at_once() -> None:
         handler.close()
 
 
+def test_an_idle_writer_sleeps_until_a_line_comes_and_then_writes_it() -> None:
+    stream = io.StringIO()
+    handler = BackgroundStreamHandler(stream, interval_s=0.01)
+    rounds: list[int] = []
+    write = handler._write_queued
+
+    def counted() -> None:
+        rounds.append(1)
+        write()
+
+    handler._write_queued = counted  # type: ignore[method-assign]
+    try:
+        handler.enqueue("first\n")
+        _wait_for(lambda: stream.getvalue() == "first\n")
+        time.sleep(0.05)  # the round that wrote it ends
+        idle_from = len(rounds)
+        time.sleep(0.3)  # thirty intervals with nothing queued
+        assert len(rounds) == idle_from
+        handler.enqueue("second\n")  # alone: nothing after it wakes the writer
+        _wait_for(lambda: stream.getvalue() == "first\nsecond\n", timeout_s=2.0)
+    finally:
+        handler.close()
+
+
+def test_a_line_queued_while_a_batch_is_taken_is_written_without_a_later_line() -> None:
+    stream = io.StringIO()
+    handler = BackgroundStreamHandler(stream, interval_s=0.001)
+    try:
+        expected = ""
+        for i in range(300):  # each line alone, at every point of the writer's round
+            handler.enqueue(f"{i}\n")
+            expected += f"{i}\n"
+            if i % 3:
+                time.sleep(0.0005 * (i % 5))
+            else:
+                _wait_for(lambda: stream.getvalue() == expected, timeout_s=2.0)
+        _wait_for(lambda: stream.getvalue() == expected, timeout_s=2.0)
+    finally:
+        handler.close()
+
+
 def test_flush_writes_what_is_queued_on_the_calling_thread() -> None:
     stream = io.StringIO()
     handler = BackgroundStreamHandler(stream, interval_s=60)  # the thread would not write for a minute
