@@ -9,11 +9,12 @@ what the loop was doing whenever it stalled for more than a millisecond.
 
 ``BackgroundStreamHandler`` is a ``StreamHandler`` that formats on the
 caller's thread (a line's text never changes) and only queues it; a daemon
-thread writes what has queued, joined into one write, at most ``interval_s``
-after the first line of a batch (at once for a warning or worse, or once
-``burst_lines`` are waiting), and flushes the stream. With nothing queued the
-thread sleeps until a line comes: an idle gateway's writer never wakes, where
-a timer would wake it (and take the GIL from a busy event loop) twenty times a
+thread writes what has queued, joined into one write, every
+``interval_s`` (at once for a warning or worse, or once ``burst_lines`` are
+waiting), and flushes the stream. A round that finds nothing to write puts
+the thread to sleep until the next line comes, so the writer of a gateway
+that logs nothing (the access log off, no warnings) never wakes, where a
+timer would wake it, and take the GIL from the event loop, twenty times a
 second. Lines keep their order. ``flush()`` writes what is queued at once, on
 the calling thread: ``logging.shutdown`` calls it at exit, so a process that
 ends normally loses nothing; one that is killed loses at most the last
@@ -53,7 +54,8 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.dropped = 0
         self._lines: deque[str] = deque()  # append and popleft are atomic: no lock between the threads
         self._wake = threading.Event()  # write now: a warning, a burst, or close()
-        self._pending = threading.Event()  # a line is queued: the thread's wait for the next batch begins
+        self._pending = threading.Event()  # a line came while the thread slept for want of lines
+        self._idle = False  # the thread sleeps on _pending (set by the thread only)
         self._write_lock = threading.Lock()  # one writer at a time: the thread, or flush() on any thread
         self._thread: threading.Thread | None = None  # started by the first line, in each process
         self._closed = False
@@ -74,10 +76,10 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if len(lines) >= self.max_lines:
             self.dropped += 1
             return
-        lines.append(text)  # before the flag is read: see _run
+        lines.append(text)  # before _idle is read: see _run
         if self._thread is None:
             self._start()
-        if not self._pending.is_set():
+        if self._idle:
             self._pending.set()
         if urgent or len(lines) >= self.burst_lines:
             self._wake.set()
@@ -96,25 +98,31 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._pending = threading.Event()
+        self._idle = False
         self._thread = None
 
     def _run(self) -> None:
-        wake, pending = self._wake, self._pending
+        wake, pending, lines = self._wake, self._pending, self._lines
         while not self._closed:
-            pending.wait()  # nothing queued: no wake-ups until a line comes
-            wake.wait(self.interval_s)  # the batch gathers for interval_s, unless a warning or a burst ends it
-            # Cleared before the lines are taken: a line queued from here on either is taken below or, appended
-            # after the take, finds the flag clear and sets it again, so no line waits for a later one.
-            pending.clear()
+            wake.wait(self.interval_s)
             wake.clear()
-            self._write_queued()
+            if self._write_queued() or self._closed:
+                continue
+            # A round with nothing to write: sleep until a line comes. _idle is set before the queue is looked at,
+            # and enqueue appends before it reads _idle, so either this sees the line or enqueue sees _idle.
+            self._idle = True
+            if not lines:
+                pending.wait()
+            self._idle = False
+            pending.clear()
 
-    def _write_queued(self) -> None:
+    def _write_queued(self) -> int:
+        """Write what is queued in one write; the number of lines taken."""
         with self._write_lock:
             lines = self._lines
             count = len(lines)
             if not count:
-                return
+                return 0
             text = "".join([lines.popleft() for _ in range(count)])
             stream = self.stream
             try:
@@ -122,6 +130,7 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 stream.flush()
             except Exception:  # noqa: BLE001 - a closed or broken stream: the lines are lost, never raised
                 self.dropped += text.count("\n")
+            return count
 
     def flush(self) -> None:
         """Write what is queued now, on the calling thread, and flush the stream."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from router.log_writer import BackgroundStreamHandler, dropped_lines
@@ -124,6 +125,37 @@ def test_a_line_queued_while_a_batch_is_taken_is_written_without_a_later_line() 
             else:
                 _wait_for(lambda: stream.getvalue() == expected, timeout_s=2.0)
         _wait_for(lambda: stream.getvalue() == expected, timeout_s=2.0)
+    finally:
+        handler.close()
+
+
+class _LineAtTheLastMoment(deque[str]):
+    """A queue that gets a line from ``handler`` just after the writer thread has found it empty, before it sleeps."""
+
+    def __init__(self, handler: BackgroundStreamHandler) -> None:
+        super().__init__()
+        self.handler = handler
+        self.armed = False
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        if self.armed and n == 0 and sys._getframe(1).f_code.co_name == "_run":  # the writer's look before it sleeps
+            self.armed = False
+            self.handler.enqueue("late\n")
+        return n
+
+
+def test_a_line_that_comes_as_the_writer_goes_to_sleep_wakes_it() -> None:
+    stream = io.StringIO()
+    handler = BackgroundStreamHandler(stream, interval_s=0.01)
+    lines = _LineAtTheLastMoment(handler)
+    handler._lines = lines
+    try:
+        handler.enqueue("first\n")  # starts the thread on this queue
+        _wait_for(lambda: stream.getvalue() == "first\n")
+        lines.armed = True
+        _wait_for(lambda: not lines.armed)
+        _wait_for(lambda: stream.getvalue() == "first\nlate\n", timeout_s=2.0)
     finally:
         handler.close()
 
