@@ -199,7 +199,9 @@ async def _seen_at(http: aiohttp.ClientSession, url: str, version: int, poll_s: 
     raise RuntimeError(f"{url} did not serve version {version} within {timeout_s:.0f} s")
 
 
-async def _change(http: aiohttp.ClientSession, urls: list[str], document: dict[str, Any], version: int, poll_s: float) -> tuple[int, Change]:
+async def _change(
+    http: aiohttp.ClientSession, urls: list[str], document: dict[str, Any], version: int, poll_s: float
+) -> tuple[int, Change]:
     headers = {**_OPS, "if-match": f'"{version}"'}
     sent = time.perf_counter()
     async with http.put(f"{urls[0]}/admin/v1/config", json={"config": document, "reason": "bench"}, headers=headers) as r:

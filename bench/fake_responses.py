@@ -135,16 +135,25 @@ class Answer:
         return item
 
     def _search(self, query: str) -> JsonObject:
-        return {"type": "web_search_call", "id": f"ws_fake{self.serial}", "status": "completed", "action": {"type": "search", "query": query}}
+        return {
+            "type": "web_search_call", "id": f"ws_fake{self.serial}", "status": "completed",
+            "action": {"type": "search", "query": query},
+        }  # fmt: skip
 
     def message(self, text: str, status: str) -> JsonObject:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        return {"type": "message", "id": f"msg_fake{self.serial}", "role": "assistant", "status": status, "content": [part] if text or status == "completed" else []}
+        return {
+            "type": "message", "id": f"msg_fake{self.serial}", "role": "assistant", "status": status,
+            "content": [part] if text or status == "completed" else [],
+        }  # fmt: skip
 
     def function_call(self, arguments: str, status: str) -> JsonObject:
         assert self.call is not None
         function = self.call["function"]
-        return {"type": "function_call", "id": f"fc_fake{self.serial}", "call_id": self.call["id"], "name": function["name"], "arguments": arguments, "status": status}
+        return {
+            "type": "function_call", "id": f"fc_fake{self.serial}", "call_id": self.call["id"], "name": function["name"],
+            "arguments": arguments, "status": status,
+        }  # fmt: skip
 
     def output(self) -> list[JsonObject]:
         out = [item for item in (self.reasoning, self.search) if item is not None]

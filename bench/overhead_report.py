@@ -75,7 +75,10 @@ _COMPARISONS = (
     ("sluicegate-twin", "sluicegate", "twin (no difference), req/s as % of sluicegate", "twin CPU/req as % of sluicegate"),
     ("sluicegate-limits", "sluicegate", "with limits, req/s as % of sluicegate", "limits CPU/req as % of sluicegate"),
     ("sluicegate-budgets", "sluicegate", "with budgets+ledger, req/s as % of sluicegate", "budgets+ledger CPU/req as % of sluicegate"),
-    ("sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate", "limits+budgets+ledger CPU/req as % of sluicegate"),
+    (
+        "sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate",
+        "limits+budgets+ledger CPU/req as % of sluicegate",
+    ),
 )
 
 

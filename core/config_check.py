@@ -175,8 +175,8 @@ def _state_problems(config: Config) -> list[str]:
             for key in TenantConfig.__struct_fields__:
                 if getattr(tenant, key) != getattr(policy_only, key):
                     problems.append(
-                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only `routing`, `pii`, `cache` and `guardrails`;"
-                        " manage the rest with `sluicegate tenants`"
+                        f"key `tenants[{i}].{key}`: with `state.tenants: postgres` a tenant here sets only"
+                        " `routing`, `pii`, `cache` and `guardrails`; manage the rest with `sluicegate tenants`"
                     )
     return problems
 
@@ -202,7 +202,8 @@ def _batch_price_problems(config: LiveConfig) -> list[str]:
         ):
             if batch is not None and batch > interactive:
                 problems.append(
-                    f"key `deployments[{i}].price.batch_{kind}_per_mtok`: {batch} is above the interactive `{kind}_per_mtok` ({interactive})"
+                    f"key `deployments[{i}].price.batch_{kind}_per_mtok`: {batch} is above"
+                    f" the interactive `{kind}_per_mtok` ({interactive})"
                 )
     return problems
 

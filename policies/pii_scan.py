@@ -47,7 +47,10 @@ class Finding:
 
 # The characters python-phonenumbers allows between the digit blocks of a number
 # (its matcher ignores case, hence 'X'); tests compare it with the library's.
-PHONE_PUNCTUATION = "-xX\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000()\uff08\uff09\uff3b\uff3d.\\[\\]/~\u2053\u223c\uff5e"
+PHONE_PUNCTUATION = (
+    "-xX\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000()"
+    "\uff08\uff09\uff3b\uff3d.\\[\\]/~\u2053\u223c\uff5e"
+)
 # Digit runs joined by at most four of those: a phone number's digits always lie
 # inside one such cluster. Commas, colons, newlines and letters end a cluster, so
 # number lists and tables make many small clusters rather than one huge one.

@@ -137,7 +137,10 @@ class Router:
             tiers.append(kept)
         if candidate and alias.candidate:
             # Whatever the strategy, the canary's pool is tried before stable.
-            ordered = self._rank(alias.config, tiers[:1], policy.strategy, hint) + self._rank(alias.config, tiers[1:], policy.strategy, hint)
+            ordered = (
+                self._rank(alias.config, tiers[:1], policy.strategy, hint)
+                + self._rank(alias.config, tiers[1:], policy.strategy, hint)
+            )
         else:
             ordered = self._rank(alias.config, tiers, policy.strategy, hint)
         return RoutePlan(ordered, _reason(policy.strategy, ordered, removed, private), removed)

@@ -106,7 +106,9 @@ class Canaries:
     def _mirror_targets(ctx: RequestContext, alias: Alias, canary: CanaryConfig) -> list[Deployment]:
         """The candidate deployments this request may be mirrored to: only where the tenant's privacy class and policy allow them."""
         policy = ctx.snapshot.policies.routing(ctx.principal.tenant)
-        plan = ctx.snapshot.router.plan(alias.name, RouteHint(session_id=ctx.session_id, body=ctx.body), policy, ctx.self_hosted_only, candidate=True)
+        plan = ctx.snapshot.router.plan(
+            alias.name, RouteHint(session_id=ctx.session_id, body=ctx.body), policy, ctx.self_hosted_only, candidate=True
+        )
         names = set(canary.candidate)
         return [d for d in plan.deployments if d.name in names]
 
@@ -138,7 +140,10 @@ class Canaries:
         ok = status < 500
         self.metrics.shadow_requests.labels(alias, "ok" if ok else "error").inc()
         self.samples.record(
-            key, Sample(arm="candidate", ok=ok, latency_ms=elapsed * 1000, ttft_ms=ttft * 1000 if ttft is not None else None, cost_pico=cost)
+            key,
+            Sample(
+                arm="candidate", ok=ok, latency_ms=elapsed * 1000, ttft_ms=ttft * 1000 if ttft is not None else None, cost_pico=cost
+            ),
         )
         self.billing.record_mirrored(ctx, deployment, usage or Usage(), cost, canary.shadow.bill_to, status, error, elapsed, ttft)
 

@@ -144,14 +144,23 @@ class CanaryController:
     async def _decided(self, alias: str, decision: Decision) -> None:
         now = self._clock()
         version = await self._write(
-            alias, lambda m: apply(m, decision.action, now, decision.reason), "canary", f"canary {alias}: {decision.action}: {decision.reason}"
+            alias,
+            lambda m: apply(m, decision.action, now, decision.reason),
+            "canary",
+            f"canary {alias}: {decision.action}: {decision.reason}",
         )
         if version is None:
             return
         self.metrics.canary_decisions.labels(alias, decision.action).inc()
         log.warning("canary %s: %s (%s), config version %d", alias, decision.action, decision.reason, version.version)
         if decision.action == "rollback":
-            event = {"event": "canary.rollback", "model": alias, "reason": decision.reason, "config_version": version.version, "numbers": decision.numbers}
+            event = {
+                "event": "canary.rollback",
+                "model": alias,
+                "reason": decision.reason,
+                "config_version": version.version,
+                "numbers": decision.numbers,
+            }
             task = asyncio.get_running_loop().create_task(send_alert(self.reloader.current.config.alerts, event))
             self._alerts.add(task)
             task.add_done_callback(self._alerts.discard)

@@ -50,7 +50,9 @@ def resolve(config: Config) -> Resolved:
         options = specs[dep.name].options if dep.name in specs else None
         if isinstance(options, PluginEngineOptions) and options.engine not in engines and not plugin_problems:
             offered = ", ".join(sorted(engines)) or "none"
-            problems.append(f"key `deployments[{i}].options.engine`: no enabled plugin offers engine {options.engine!r} (offered: {offered})")
+            problems.append(
+                f"key `deployments[{i}].options.engine`: no enabled plugin offers engine {options.engine!r} (offered: {offered})"
+            )
     if not plugin_problems:
         problems += _plugin_guardrail_problems(config, {name for entry in plugins for name in entry.cls.guardrail_names})
     policies: TenantPolicies | None = None

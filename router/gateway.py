@@ -121,7 +121,8 @@ class Gateway:
         self.files: FileStore = open_file_store(config)
         self.batches: BatchStore = open_batch_store(config)
         self.batch_runner = BatchRunner(BatchServices(
-            self.pipeline, lambda: self.reloader.current, self.tenants, self.files, self.batches, open_claims(config, self.batches), config.batches,
+            self.pipeline, lambda: self.reloader.current, self.tenants, self.files, self.batches, open_claims(config, self.batches),
+            config.batches,
         ))  # fmt: skip
         self._health_task: asyncio.Task[None] | None = None
         self.metrics.track_engine_load(self.engine_load)

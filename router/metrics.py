@@ -180,7 +180,8 @@ class Metrics:
             "its whole limit once its period has ended.", BUDGET_LABELS, "livemin", budgets.remaining,
         ))  # fmt: skip
         self.live.add(LiveFigure(
-            "sluicegate_budget_limit", "A budget's limit for its period (USD for money, tokens for tokens).", BUDGET_LABELS, "livemax", budgets.limits,
+            "sluicegate_budget_limit", "A budget's limit for its period (USD for money, tokens for tokens).", BUDGET_LABELS, "livemax",
+            budgets.limits,
         ))  # fmt: skip
         self.live.add(LiveFigure(
             "sluicegate_log_lines_dropped", "Log lines dropped because stderr stayed blocked while the queue filled up.", (), "livesum",
@@ -237,7 +238,8 @@ class Metrics:
         )
         # Workers share the spool file (state.ledger_spool_path): each reads all of it.
         self.live.add(LiveFigure(
-            "sluicegate_ledger_spool_bytes", "Bytes of ledger rows spooled on disk, waiting for the store to take them.", (), "livemax", spooled,
+            "sluicegate_ledger_spool_bytes", "Bytes of ledger rows spooled on disk, waiting for the store to take them.", (), "livemax",
+            spooled,
         ))  # fmt: skip
         self.live.add(
             LiveFigure("sluicegate_ledger_store_up", "0 while ledger writes fail and rows go to the spool.", (), "livemin", healthy)

@@ -86,11 +86,13 @@ class GenAIMetrics:
             (*LABELS, "gen_ai_token_type"), TOKEN_BUCKETS, registry, fast=fast,
         )  # fmt: skip
         self.duration = histogram(
-            "gen_ai_client_operation_duration_seconds", "GenAI operation duration (gen_ai.client.operation.duration); error_type is empty on success.",
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration (gen_ai.client.operation.duration); error_type is empty on success.",
             (*LABELS, "error_type"), DURATION_BUCKETS, registry, fast=fast,
         )  # fmt: skip
         self.ttft = histogram(
-            "gen_ai_server_time_to_first_token_seconds", "Time to the first token of successful streamed responses (gen_ai.server.time_to_first_token).",
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to the first token of successful streamed responses (gen_ai.server.time_to_first_token).",
             LABELS, TTFT_BUCKETS, registry, fast=fast,
         )  # fmt: skip
         self.tpot = histogram(

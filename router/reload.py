@@ -173,7 +173,12 @@ class Reloader:
                 snapshot = await self._start_new(built)
             except Exception as exc:
                 self.metrics.config_reloads.labels("failed").inc()
-                log.error("config version %d could not be built (%s), still serving version %d", record.version, type(exc).__name__, self.current.version)
+                log.error(
+                    "config version %d could not be built (%s), still serving version %d",
+                    record.version,
+                    type(exc).__name__,
+                    self.current.version,
+                )
                 return False
             previous, self.current = self.current, snapshot
         self._swapped(snapshot, previous, record)

@@ -69,9 +69,16 @@ def build(resolved: Resolved, version: int, hash: str, previous: Snapshot | None
         spec = resolved.specs[dep.name]
         before = old.get(dep.name)
         same_maker = not isinstance(spec.options, PluginEngineOptions) or (
-            previous is not None and previous.plugins.engine_owners.get(spec.options.engine) is plugins.engine_owners.get(spec.options.engine)
+            previous is not None
+            and previous.plugins.engine_owners.get(spec.options.engine) is plugins.engine_owners.get(spec.options.engine)
         )
-        if before is not None and previous is not None and previous.specs.get(dep.name) == spec and dep.name not in previous.failed and same_maker:
+        if (
+            before is not None
+            and previous is not None
+            and previous.specs.get(dep.name) == spec
+            and dep.name not in previous.failed
+            and same_maker
+        ):
             breaker = before.breaker if same_breaker else CircuitBreaker(resolved.breaker)
             if before.config == dep and breaker is before.breaker:
                 deployments[dep.name] = before

@@ -52,8 +52,8 @@ def _fail(span: Span, error: str) -> None:
 
 
 class RequestTrace:
-    __slots__ = ("_attempt", "_attempt_ended", "_attempt_started", "_deployment", "_offset", "_parent", "_request", "_step", "_step_started",
-                 "_tracer", "content", "ctx", "reply", "root")  # fmt: skip
+    __slots__ = ("_attempt", "_attempt_ended", "_attempt_started", "_deployment", "_offset", "_parent", "_request", "_step",
+                 "_step_started", "_tracer", "content", "ctx", "reply", "root")  # fmt: skip
 
     def __init__(self, tracer: Tracer, ctx: RequestContext, root: Span, parent: Context, offset_ns: int, request: Attributes) -> None:
         self._tracer = tracer

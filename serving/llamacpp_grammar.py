@@ -46,7 +46,9 @@ def json_grammar(constraint: JsonConstraint) -> LlamaGrammar:
         # The converter rewrites $refs in place, so it gets its own copy.
         return LlamaGrammar.from_string(json_schema_to_gbnf(json.dumps(constraint.schema)), verbose=False)
     except (ValueError, AssertionError, KeyError, TypeError, RecursionError) as exc:
-        raise InvalidRequest(f"llama.cpp cannot turn the JSON schema into a grammar ({type(exc).__name__})", param=constraint.param) from None
+        raise InvalidRequest(
+            f"llama.cpp cannot turn the JSON schema into a grammar ({type(exc).__name__})", param=constraint.param
+        ) from None
 
 
 def check_schema(schema: JsonObject, param: str) -> None:

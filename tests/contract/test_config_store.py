@@ -32,7 +32,10 @@ def document(n: int) -> LiveConfig:
     raw = {
         "resilience": {"max_attempts": 1 + n % 10, "backoff_base_s": 0.05 * n},
         "deployments": [
-            {"name": "stable", "provider": "openai", "model": f"gpt-{n}", "api_key": {"env": "OPENAI_KEY"}, "price": {"input_per_mtok": 150 * n}},
+            {
+                "name": "stable", "provider": "openai", "model": f"gpt-{n}", "api_key": {"env": "OPENAI_KEY"},
+                "price": {"input_per_mtok": 150 * n},
+            },
             {"name": "next", "provider": "openai_compatible", "base_url": "http://10.0.0.1/v1", "model": "m", "options": {"x": [1, "y"]}},
         ],
         "models": [{"alias": "chat", "deployments": ["stable"], "canary": {"candidate": ["next"], "steps": [5.0, 100.0]}}],

@@ -64,8 +64,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Process) -> Iter
     budget = [{"kind": "money", "period": "monthly", "limit": BUDGET_MICRO_USD}]
     settings["tenants"] = [
         {"id": "owner", "budgets": budget, "keys": [{"id": "owner-key", "hash": hash_api_key(OWNER_KEY)}]},
-        {"id": "poor", "budgets": [{"kind": "money", "period": "monthly", "limit": 1}], "keys": [{"id": "poor-key", "hash": hash_api_key(POOR_KEY)}]},
-        {"id": "private", "pii": {"action": "redact", "entities": ["EMAIL_ADDRESS"]}, "keys": [{"id": "pii-key", "hash": hash_api_key(PII_KEY)}]},
+        {"id": "poor", "budgets": [{"kind": "money", "period": "monthly", "limit": 1}],
+         "keys": [{"id": "poor-key", "hash": hash_api_key(POOR_KEY)}]},
+        {"id": "private", "pii": {"action": "redact", "entities": ["EMAIL_ADDRESS"]},
+         "keys": [{"id": "pii-key", "hash": hash_api_key(PII_KEY)}]},
     ]  # fmt: skip
     settings["batches"] = {"poll_interval_s": 0.2, "lease_s": 3}
     proc = serve(settings, tmp_path_factory.mktemp("native-batches"))
@@ -126,7 +128,8 @@ def _wait_upstream_batch(upstream: Process, batch_id: str, timeout_s: float = 15
         recorded = _recorded(upstream)
         created = [
             i for i, r in enumerate(recorded)
-            if r["path"] == "/v1/batches" and r["method"] == "POST" and (r["json"].get("metadata") or {}).get("sluicegate_batch_id") == batch_id
+            if r["path"] == "/v1/batches" and r["method"] == "POST"
+            and (r["json"].get("metadata") or {}).get("sluicegate_batch_id") == batch_id
         ]  # fmt: skip
         polls = (
             [r["path"] for r in recorded[created[0] :] if r["method"] == "GET" and r["path"].startswith("/v1/batches/")] if created else []

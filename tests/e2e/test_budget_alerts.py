@@ -14,7 +14,7 @@ import hmac
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -150,7 +150,9 @@ async def test_each_threshold_is_alerted_once_signed_audited_and_counted(
     async with AsyncExitStack() as stack:
         bases = [(await stack.enter_async_context(running_gateway(config)))[0] for _ in range(2 if redis else 1)]
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        turn: Callable[[int], str] = lambda i: bases[i % len(bases)]
+
+        def turn(i: int) -> str:
+            return bases[i % len(bases)]
 
         # Tokens (soft, 100 a month): 12 requests of 10 tokens cross 80, 90 and 100 %. Each
         # alert is awaited as it falls due, so that it reports what was spent then.

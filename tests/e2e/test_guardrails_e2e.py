@@ -50,7 +50,8 @@ def _config(upstream: str, moderation: str) -> Config:
     ]
     hanging = {"kind": "moderation", "deployment": "hanging-moderator", "timeout_s": 0.3}
     raw["models"] += [
-        {"alias": "tools", "deployments": ["normal"], "guardrails": [{"kind": "tool_allowlist", "name": "tools-only", "allow": ["get_weather"]}]},
+        {"alias": "tools", "deployments": ["normal"],
+         "guardrails": [{"kind": "tool_allowlist", "name": "tools-only", "allow": ["get_weather"]}]},
         {"alias": "echo-guarded", "deployments": ["echo"], "guardrails": [
             {"kind": "secrets", "name": "no-secrets-out", "mode": "stream", "window_chars": 64},
             {"kind": "secrets", "name": "no-secrets-answer", "mode": "post"},
@@ -58,7 +59,8 @@ def _config(upstream: str, moderation: str) -> Config:
         {"alias": "echo-open", "deployments": ["echo"]},
         {"alias": "echo-cached", "deployments": ["echo"], "cache": {"ttl_s": 300}},
         {"alias": "moderated-open", "deployments": ["normal"], "guardrails": [{**hanging, "name": "mod-open", "on_error": "fail_open"}]},
-        {"alias": "moderated-closed", "deployments": ["normal"], "guardrails": [{**hanging, "name": "mod-closed", "on_error": "fail_closed"}]},
+        {"alias": "moderated-closed", "deployments": ["normal"],
+         "guardrails": [{**hanging, "name": "mod-closed", "on_error": "fail_closed"}]},
         {"alias": "moderation", "deployments": ["moderator"]},
         {"alias": "moderation-hanging", "deployments": ["hanging-moderator"]},
     ]  # fmt: skip

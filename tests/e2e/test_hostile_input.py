@@ -29,7 +29,11 @@ def _nested(depth: int) -> str:
     [
         (CHAT, '{"model": "fake-model", "messages": %s}'),
         (CHAT, '{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "vendor_extra": %s}'),
-        (CHAT, '{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"x": %s}}}]}'),
+        (
+            CHAT,
+            '{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],'
+            ' "tools": [{"type": "function", "function": {"name": "f", "parameters": {"x": %s}}}]}',
+        ),
         ("/v1/completions", '{"model": "fake-model", "prompt": %s}'),
         ("/v1/completions", '{"model": "fake-model", "prompt": "hi", "logit_bias": {"1": %s}}'),
         ("/v1/embeddings", '{"model": "embed-model", "input": %s}'),
@@ -104,7 +108,10 @@ def _raw(gateway: Any, payload: bytes) -> bytes:
         b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
     ],
-    ids=["unknown-method", "control-byte-in-header", "space-in-header-name", "space-in-url", "http-9.9", "tls-hello", "long-url", "double-length"],
+    ids=[
+        "unknown-method", "control-byte-in-header", "space-in-header-name", "space-in-url", "http-9.9", "tls-hello", "long-url",
+        "double-length",
+    ],
 )
 def test_requests_the_http_parser_refuses_get_the_openai_error_shape(gateway: Any, payload: bytes) -> None:
     answer = _raw(gateway, payload)

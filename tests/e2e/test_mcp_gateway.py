@@ -59,7 +59,8 @@ def _settings(good: str, bad: str) -> dict[str, Any]:
         "server": {"host": "127.0.0.1"},
         "tenants": [
             {
-                "id": "acme", "mcp_tools": ["good/*", "bad/*", "local/*", "limited/*", "single/*", "watch/*"], "pii": {"action": "redact", "entities": ["EMAIL_ADDRESS"]},
+                "id": "acme", "mcp_tools": ["good/*", "bad/*", "local/*", "limited/*", "single/*", "watch/*"],
+                "pii": {"action": "redact", "entities": ["EMAIL_ADDRESS"]},
                 "guardrails": [{"kind": "deny_patterns", "name": "no-forbidden", "patterns": ["FORBIDDEN-[0-9]+"]}],
                 "keys": [
                     {"id": "acme-key", "hash": hash_api_key(ACME_KEY), "scopes": ["tenant:read"]},

@@ -38,7 +38,8 @@ def sample_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(SAMPLE)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target),
+         str(SAMPLE)],
         capture_output=True, text=True, timeout=240, cwd=build, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -261,4 +262,6 @@ def test_a_plugin_for_another_interface_version_is_refused_at_start(tmp_path: Pa
     done = subprocess.run(
         [sys.executable, "-m", "router", "config", "check", str(config)], capture_output=True, text=True, env=env, timeout=60, check=False
     )
-    assert done.returncode != 0 and "no installed plugin is named 'sample-nonesuch'" in done.stderr and "sample-guard" in done.stderr, done.stderr
+    assert (
+        done.returncode != 0 and "no installed plugin is named 'sample-nonesuch'" in done.stderr and "sample-guard" in done.stderr
+    ), done.stderr

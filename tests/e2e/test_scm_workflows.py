@@ -334,7 +334,8 @@ def test_a_task_that_keeps_failing_is_dead_lettered_and_a_replay_completes_it(wo
     world.scm.call(lambda: world.scm.github.path_faults.clear())
     options = msgspec.yaml.decode(world.config.read_bytes())["plugins"][1]["options"]
     replay = subprocess.run(
-        [sys.executable, "-m", "sluicegate_orchestrator.cli", "replay", "--store", options["store"], "--prefix", options["prefix"], task_id],
+        [sys.executable, "-m", "sluicegate_orchestrator.cli", "replay", "--store", options["store"], "--prefix", options["prefix"],
+         task_id],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert replay.returncode == 0 and task_id in replay.stdout, replay.stderr

@@ -236,7 +236,9 @@ def _candidate(model: str, body: dict[str, Any], prompt: str) -> dict[str, Any]:
     elif declarations and calling.get("mode", "AUTO") != "NONE":
         allowed = calling.get("allowedFunctionNames") or [d["name"] for d in declarations]
         chosen = next(d for d in declarations if d["name"] == allowed[0])
-        part: dict[str, Any] = {"functionCall": {"name": chosen["name"], "args": sample_json(chosen.get("parametersJsonSchema", {"type": "object"}))}}
+        part: dict[str, Any] = {
+            "functionCall": {"name": chosen["name"], "args": sample_json(chosen.get("parametersJsonSchema", {"type": "object"}))}
+        }
         if model.startswith("gemini-3"):
             part["thoughtSignature"] = THOUGHT_SIGNATURE
         parts = [part]

@@ -90,13 +90,15 @@ def check_llm(model: str, request_id: str, inputs: Inputs) -> Guide | None:
             raise WireError(f"[request id: {request_id}] unexpected inference input '{name}' for model '{model}'")
         if datatype != expected[name]:
             raise WireError(
-                f"[request id: {request_id}] inference input '{name}' data-type is '{datatype}', but model '{model}' expects '{expected[name]}'"
+                f"[request id: {request_id}] inference input '{name}' data-type is '{datatype}',"
+                f" but model '{model}' expects '{expected[name]}'"
             )
         if (len(shape) != 2 or shape[0] != 1) if batched else (shape != [1] and name != "image"):
             raise WireError(f"[request id: {request_id}] unexpected shape for input '{name}' for model '{model}'. Got {shape}")
     if "text_input" not in inputs:
         raise WireError(
-            f"[request id: {request_id}] expected 1 inputs but got {len(inputs)} inputs for model '{model}'. Got input(s) {sorted(inputs)}, but missing required input(s) ['text_input']"
+            f"[request id: {request_id}] expected 1 inputs but got {len(inputs)} inputs for model '{model}'."
+            f" Got input(s) {sorted(inputs)}, but missing required input(s) ['text_input']"
         )
     return _trtllm_guide(inputs) if batched else _vllm_guide(inputs)
 

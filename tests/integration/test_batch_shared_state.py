@@ -74,7 +74,8 @@ def shared_config(fake_upstream: FakeUpstream, s3_server: S3Server, pg_dsn: str,
         "tenants": [{"id": "t", "keys": [{"id": "k", "hash": hash_api_key(KEY)}]}],
         "state": {
             "files": "s3", "s3": s3_server.state(prefix=f"gw-{secrets.token_hex(4)}"), "batches": "postgres", "postgres_dsn": pg_dsn,
-            "files_path": str(tmp_path / "unused"), "ledger_path": str(tmp_path / "ledger.sqlite"), "ledger_spool_path": str(tmp_path / "spool"),
+            "files_path": str(tmp_path / "unused"), "ledger_path": str(tmp_path / "ledger.sqlite"),
+            "ledger_spool_path": str(tmp_path / "spool"),
         },
         "batches": {"poll_interval_s": 0.1, "max_concurrent": 2, "lease_s": 2},
     }  # fmt: skip

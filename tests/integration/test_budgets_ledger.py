@@ -102,7 +102,9 @@ async def test_concurrent_requests_never_overspend_and_everything_agrees(
     served = [(body, rid) for status, body, rid in results if status == 200]
     refused = [body for status, body, _ in results if status != 200]
     assert 50 <= len(served) <= 100
-    assert {b["error"]["code"] for b in refused} == {"insufficient_quota"}, [b["error"] for b in refused if b["error"]["code"] != "insufficient_quota"][:3]
+    assert {b["error"]["code"] for b in refused} == {"insufficient_quota"}, [
+        b["error"] for b in refused if b["error"]["code"] != "insufficient_quota"
+    ][:3]
     spent, reserved = await spent_and_reserved(tenant)
     client_costs = sum(cost_of(body["usage"]) for body, _ in served)
     print(f"served {len(served)} of 500; spent {spent} of {limit_micro * 10**6} pico-USD")

@@ -283,7 +283,8 @@ async def test_vertex_ai_paths_token_and_embeddings(vertex: GeminiEngine, fake: 
     assert embedded["data"][0]["embedding"] == vector("one two three", 4)
     assert embedded["usage"]["prompt_tokens"] == 3  # counted by Vertex
     assert [r.path for r in fake.requests] == [
-        f"{VERTEX_PATH}/{MODEL}:generateContent", f"{VERTEX_PATH}/{MODEL}:streamGenerateContent", f"{VERTEX_PATH}/text-embedding-005:predict",
+        f"{VERTEX_PATH}/{MODEL}:generateContent", f"{VERTEX_PATH}/{MODEL}:streamGenerateContent",
+        f"{VERTEX_PATH}/text-embedding-005:predict",
     ]  # fmt: skip
     assert all(r.headers["Authorization"] == f"Bearer {VERTEX_TOKEN}" and "x-goog-api-key" not in r.headers for r in fake.requests)
     assert await vertex.health() and fake.model_lists == 1

@@ -51,8 +51,8 @@ async def migrated(database: str) -> str:  # noqa: F811 (the fixture imported ab
     return database
 
 
-def hole_dsn(hole: BlackHole, database: str) -> str:
-    return f"postgresql://postgres@{hole.dsn_host}/{database}"
+def hole_dsn(hole: BlackHole, name: str) -> str:
+    return f"postgresql://postgres@{hole.dsn_host}/{name}"
 
 
 def spooled(spool: Spool) -> list[str]:
@@ -64,17 +64,17 @@ def spooled(spool: Spool) -> list[str]:
     return ids
 
 
-async def stored_ids(database: str) -> list[str]:
-    conn = await asyncpg.connect(database_dsn(database))
+async def stored_ids(name: str) -> list[str]:
+    conn = await asyncpg.connect(database_dsn(name))
     try:
         return [r[0] for r in await conn.fetch("SELECT request_id FROM ledger ORDER BY request_id")]
     finally:
         await conn.close()
 
 
-async def replay(database: str, spool_path: Path) -> None:
+async def replay(name: str, spool_path: Path) -> None:
     """A new run of the ledger on the answering database, as after a restart."""
-    ledger = PostgresLedger(database_dsn(database), str(spool_path), options=FAST)
+    ledger = PostgresLedger(database_dsn(name), str(spool_path), options=FAST)
     await ledger.start()
     await ledger.flush()
     await ledger.close()

@@ -210,6 +210,8 @@ async def test_a_version_whose_analyzer_cannot_load_is_not_stored_and_the_reconc
             live["tenants"][0]["pii"] = pii
             doc = msgspec.convert(live, type(gateway.config.live()))
             n = (await store.latest()).version + 1  # type: ignore[union-attr]
-            store._versions.append(ConfigVersion(version=n, hash=document_hash(doc), actor="elsewhere", reason="", created_at=0.0, document=doc))  # type: ignore[attr-defined]
+            store._versions.append(  # type: ignore[attr-defined]
+                ConfigVersion(version=n, hash=document_hash(doc), actor="elsewhere", reason="", created_at=0.0, document=doc)
+            )
             await asyncio.sleep(0.4)
         assert gateway.snapshot.version == version + 2

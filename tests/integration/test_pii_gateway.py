@@ -71,7 +71,8 @@ REQUESTS = [
         {"role": "system", "content": f"Escalate to {EMAIL}."},
         {"role": "user", "content": [{"type": "text", "text": TEXT}, {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": msgspec.json.encode({"email": EMAIL, "card": CARD}).decode()}}]},
+            {"id": "c1", "type": "function",
+             "function": {"name": "lookup", "arguments": msgspec.json.encode({"email": EMAIL, "card": CARD}).decode()}}]},
         {"role": "tool", "tool_call_id": "c1", "content": f"Found {PHONE}"},
         {"role": "user", "content": "thanks"}]}),
     ("/v1/chat/completions", {"model": "echo", "stream": True, "messages": [{"role": "user", "content": TEXT}]}),
@@ -161,10 +162,14 @@ async def test_block_names_entity_types_never_values(pii_gateway) -> None:
 
 async def test_restrict_sends_pii_to_self_hosted_and_the_rest_to_the_cheapest(pii_gateway) -> None:
     base, _ = pii_gateway
-    status, _, headers = await _post(base, "restrict", "/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": TEXT}]})
+    status, _, headers = await _post(
+        base, "restrict", "/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": TEXT}]}
+    )
     assert (status, headers["x-sluicegate-deployment"]) == (200, "onprem")
     assert "self_hosted_only" in headers["x-sluicegate-route-reason"]
-    status, _, headers = await _post(base, "restrict", "/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": "what is the weather"}]})
+    status, _, headers = await _post(
+        base, "restrict", "/v1/chat/completions", {"model": "mixed", "messages": [{"role": "user", "content": "what is the weather"}]}
+    )
     assert (status, headers["x-sluicegate-deployment"]) == (200, "cloud-echo")
 
 
@@ -194,5 +199,7 @@ async def test_text_beyond_the_scan_limit_is_refused_not_sent(fake_upstream: Fak
         status, raw, _ = await _post(base, "redact", "/v1/chat/completions", body)
         assert status == 400 and msgspec.json.decode(raw)["error"]["code"] == "pii_scan_too_large"
         assert list(fake_upstream.requests) == []
-        status, _, _ = await _post(base, "redact", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": TEXT}]})
+        status, _, _ = await _post(
+            base, "redact", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": TEXT}]}
+        )
         assert status == 200

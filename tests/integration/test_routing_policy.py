@@ -18,9 +18,12 @@ CHAT = [{"role": "user", "content": "hello"}]
 
 def _config(upstream: str, routing: dict, budgets: list | None = None):
     deployments = [
-        {"name": "premium", "provider": "openai", "base_url": upstream, "model": "fake-model", "price": {"input_per_mtok": 5_000_000, "output_per_mtok": 15_000_000}},
-        {"name": "budget-cloud", "provider": "openai", "base_url": upstream, "model": "fake-model", "price": {"input_per_mtok": 150_000, "output_per_mtok": 600_000}},
-        {"name": "onprem", "provider": "openai_compatible", "base_url": upstream, "model": "fake-model", "privacy": "self_hosted", "price": {"input_per_mtok": 400_000, "output_per_mtok": 400_000}},
+        {"name": "premium", "provider": "openai", "base_url": upstream, "model": "fake-model",
+         "price": {"input_per_mtok": 5_000_000, "output_per_mtok": 15_000_000}},
+        {"name": "budget-cloud", "provider": "openai", "base_url": upstream, "model": "fake-model",
+         "price": {"input_per_mtok": 150_000, "output_per_mtok": 600_000}},
+        {"name": "onprem", "provider": "openai_compatible", "base_url": upstream, "model": "fake-model", "privacy": "self_hosted",
+         "price": {"input_per_mtok": 400_000, "output_per_mtok": 400_000}},
     ]
     models = [
         {"alias": "smart", "deployments": ["premium", "onprem", "budget-cloud"]},
@@ -47,7 +50,9 @@ async def test_cheapest_allowed_and_reason_in_header_and_ledger(fake_upstream: F
         assert headers["x-sluicegate-route-reason"] == "cheapest:budget-cloud"
         await gateway.billing.drain()
         await gateway.ledger.flush()
-        rows = await gateway.ledger.rows("router-t", datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc), 10)
+        rows = await gateway.ledger.rows(
+            "router-t", datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc), 10
+        )
     assert [r.route_reason for r in rows] == ["cheapest:budget-cloud"]
 
 

@@ -175,8 +175,8 @@ async def test_auto_tool_call_round_trip(fake: FakeTriton) -> None:
     # The second prompt shows the model its call and the result.
     replayed = fake.requests[1].value("text_input").decode()
     assert (
-        f'<|im_start|>assistant\n<tool_call>\n{{"name": "get_weather", "arguments": {call["function"]["arguments"]}}}\n</tool_call><|im_end|>'
-        in replayed
+        f'<|im_start|>assistant\n<tool_call>\n{{"name": "get_weather", "arguments": {call["function"]["arguments"]}}}'
+        "\n</tool_call><|im_end|>" in replayed
     )
     assert '<|im_start|>user\n<tool_response>\n{"temp": 3}\n</tool_response><|im_end|>\n<|im_start|>assistant\n' in replayed
     assert second["choices"][0]["message"] == {"role": "assistant", "content": TOOL_ANSWER + '{"temp": 3}'}

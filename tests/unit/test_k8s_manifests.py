@@ -90,7 +90,9 @@ def mounted_config(objs: list[Obj], deployment: Obj) -> tuple[dict[str, Any], st
 def test_kustomizations_render() -> None:
     for target in TARGETS:
         kinds = {o["kind"] for o in render(target)}
-        assert {"Deployment", "Service", "ConfigMap", "ScaledObject", "TriggerAuthentication", "ServiceMonitor", "NetworkPolicy"} <= kinds, target
+        assert {
+            "Deployment", "Service", "ConfigMap", "ScaledObject", "TriggerAuthentication", "ServiceMonitor", "NetworkPolicy"
+        } <= kinds, target
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -334,7 +336,10 @@ def _exported_metric_names() -> set[str]:
     metrics = Metrics()
     metrics.track_engine_load(lambda: {"d": (1, 2)})
     text = metrics.render().decode()
-    return {m.group(1) for m in re.finditer(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE)} | set(re.findall(r"^([a-z_:]+)[{ ]", text, re.MULTILINE))
+    return (
+        {m.group(1) for m in re.finditer(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE)}
+        | set(re.findall(r"^([a-z_:]+)[{ ]", text, re.MULTILINE))
+    )
 
 
 def test_keda_queries_name_exported_metrics() -> None:

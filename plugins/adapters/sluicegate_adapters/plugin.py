@@ -120,7 +120,9 @@ class AdaptersPlugin(Plugin):
             except Exception as exc:  # a ConfigError naming the reference, never a value
                 raise RuntimeError(f"plugin adapters: key `options.connections[{i}].token`: {exc}") from None
             r = self.options.retry
-            policy = RetryPolicy(max_attempts=r.max_attempts, base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s, max_wait_s=r.max_wait_s)
+            policy = RetryPolicy(
+                max_attempts=r.max_attempts, base_delay_s=r.base_delay_s, max_delay_s=r.max_delay_s, max_wait_s=r.max_wait_s
+            )
             self._clients[connection.provider] = make_client(connection.provider, token, connection.base_url, policy=policy)
 
     async def close(self) -> None:

@@ -199,7 +199,10 @@ async def test_tool_round_trip_reaches_the_template(vllm_engine: VLLMEngine, tin
 
 
 async def test_round_trip_with_broken_arguments_is_a_400(vllm_engine: VLLMEngine) -> None:
-    messages = [ROUND_TRIP[0], {**ROUND_TRIP[1], "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]
+    messages = [
+        ROUND_TRIP[0],
+        {**ROUND_TRIP[1], "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]},
+    ]
     with pytest.raises(InvalidRequest) as caught:
         await vllm_engine.generate(chat_request(messages=messages, max_tokens=2))
     assert caught.value.param == "messages[1]"

@@ -98,7 +98,8 @@ async def test_an_unproven_delivery_is_401_and_queues_nothing(call: Call, how: s
 @pytest.mark.parametrize(("body", "param"), [
     (b"{not json", "body"),
     (b"[1, 2]", "body"),
-    (json.dumps({"action": "opened", "repository": {"full_name": "acme/api"}, "pull_request": {"number": 1}}).encode(), "pull_request.title"),
+    (json.dumps({"action": "opened", "repository": {"full_name": "acme/api"}, "pull_request": {"number": 1}}).encode(),
+     "pull_request.title"),
     (json.dumps({"action": "opened"}).encode(), "repository.full_name"),
 ])  # fmt: skip
 async def test_a_malformed_event_is_400_naming_the_problem(call: Call, body: bytes, param: str) -> None:

@@ -12,7 +12,11 @@ from pydantic import BaseModel
 from bench.fake_upstream import FakeUpstream, start_fake_upstream
 
 TEXT = " ".join(["Hello from the fake upstream."] * 4)
-WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 class City(BaseModel):
@@ -42,7 +46,9 @@ async def test_a_plain_answer_with_usage(sdk: openai.AsyncOpenAI, fake: FakeUpst
 
 
 async def test_the_stream_is_the_typed_events_the_sdk_accumulates(sdk: openai.AsyncOpenAI) -> None:
-    async with sdk.responses.stream(model="fake-model", input="say hi", reasoning={"effort": "low", "summary": "auto"}, tools=[{"type": "web_search"}]) as stream:
+    async with sdk.responses.stream(
+        model="fake-model", input="say hi", reasoning={"effort": "low", "summary": "auto"}, tools=[{"type": "web_search"}]
+    ) as stream:
         kinds = [event.type async for event in stream]
         final = await stream.get_final_response()
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
@@ -63,7 +69,9 @@ async def test_tools_structured_output_and_limits(sdk: openai.AsyncOpenAI) -> No
     assert answered.output_text == TEXT
     parsed = await sdk.responses.parse(model="fake-model", input="a city", text_format=City)
     assert isinstance(parsed.output_parsed, City)
-    cut = await sdk.responses.create(model="fake-model", input="one two three", max_output_tokens=16, prompt_cache_key="k", extra_headers={"x-fake-chunks": "30"})
+    cut = await sdk.responses.create(
+        model="fake-model", input="one two three", max_output_tokens=16, prompt_cache_key="k", extra_headers={"x-fake-chunks": "30"}
+    )
     assert cut.status == "incomplete" and cut.incomplete_details is not None and cut.incomplete_details.reason == "max_output_tokens"
     assert cut.usage is not None and (cut.usage.output_tokens, cut.usage.input_tokens_details.cached_tokens) == (16, 1)
 

@@ -39,8 +39,10 @@ def _earlier_database(path: Path) -> None:
     conn.executemany(
         "INSERT INTO ledger VALUES (" + ", ".join("?" * 20) + ")",
         [
-            ("r1", start, start + 1500, "acme", "k1", "gpt", "dep", "openai", 10, 5, 2, BIG, 1.5, 0.25, 200, None, "cheapest", '{"EMAIL_ADDRESS":2}', "ab" * 16, 1),
-            ("r2", start + 10, start + 20, "acme", "k1", "gpt", "dep", "openai", 1, 0, 0, 7, 0.01, None, 499, "client_closed", None, "{}", None, 0),
+            ("r1", start, start + 1500, "acme", "k1", "gpt", "dep", "openai", 10, 5, 2, BIG, 1.5, 0.25, 200, None, "cheapest",
+             '{"EMAIL_ADDRESS":2}', "ab" * 16, 1),
+            ("r2", start + 10, start + 20, "acme", "k1", "gpt", "dep", "openai", 1, 0, 0, 7, 0.01, None, 499, "client_closed", None,
+             "{}", None, 0),
         ],
     )  # fmt: skip
     conn.commit()
@@ -142,8 +144,13 @@ async def test_a_table_without_batch_id_gains_it_and_its_rows_read_as_interactiv
     path = tmp_path / "ledger.sqlite"
     start = to_epoch_us(T0)
     conn = sqlite3.connect(path)
-    conn.executescript(_VERSION_2.replace("status INTEGER NOT NULL, detail TEXT NOT NULL,", "status INTEGER NOT NULL, detail TEXT NOT NULL,"
-                                          " config_version INTEGER NOT NULL DEFAULT 0, arm TEXT,").replace("user_version = 2", "user_version = 3"))
+    conn.executescript(
+        _VERSION_2.replace(
+            "status INTEGER NOT NULL, detail TEXT NOT NULL,",
+            "status INTEGER NOT NULL, detail TEXT NOT NULL,"
+            " config_version INTEGER NOT NULL DEFAULT 0, arm TEXT,",
+        ).replace("user_version = 2", "user_version = 3")
+    )
     detail = f'[{start + 900},0.9,null,null,null,{{}},null,false]'
     conn.execute("INSERT INTO ledger VALUES (" + ", ".join("?" * 15) + ")",
                  ("old", start, "acme", "k1", "gpt", "dep", "openai", 3, 4, 0, BIG, 200, detail, 4, "stable"))  # fmt: skip

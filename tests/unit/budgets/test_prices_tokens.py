@@ -19,7 +19,9 @@ from serving.base import PromptTokensDetails, Usage
 
 def test_cost_is_exact_integer_pico_usd() -> None:
     price = Price(input_per_mtok=2_500_000, output_per_mtok=10_000_000, cached_input_per_mtok=1_250_000)
-    usage = Usage(prompt_tokens=1000, completion_tokens=200, total_tokens=1200, prompt_tokens_details=PromptTokensDetails(cached_tokens=400))
+    usage = Usage(
+        prompt_tokens=1000, completion_tokens=200, total_tokens=1200, prompt_tokens_details=PromptTokensDetails(cached_tokens=400)
+    )
     # 600 * 2.5e6 + 400 * 1.25e6 + 200 * 1e7 pico-USD
     assert cost_pico(usage, price) == 600 * 2_500_000 + 400 * 1_250_000 + 200 * 10_000_000
     assert usd(cost_pico(usage, price)) == "0.004000000000"
@@ -45,7 +47,12 @@ def test_tiktoken_is_offline_and_exact() -> None:
 
 
 async def test_chat_estimate_includes_overhead() -> None:
-    body = {"messages": [{"role": "system", "content": "hello world"}, {"role": "user", "content": [{"type": "text", "text": "hello world"}], "name": "bob"}]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "hello world"},
+            {"role": "user", "content": [{"type": "text", "text": "hello world"}], "name": "bob"},
+        ]
+    }
     assert await estimate_prompt_tokens("chat", body, tiktoken_count) == 2 + 2 + 3 + 3 + 1 + 3
 
 
@@ -74,7 +81,15 @@ def _bound_from_texts(kind: str, body: dict[str, object]) -> int | None:
         ("chat", {"messages": [{"role": "user", "content": "Say hello."}]}),
         ("chat", {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Grüß Gott, 東京", "name": "ann"}]}),
         ("chat", {"messages": [{"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": " two"}]}]}),
-        ("chat", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}]}),
+        (
+            "chat",
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+                ]
+            },
+        ),
         ("chat", {"messages": [{"role": "user", "content": "é" * 128}]}),
         ("chat", {"messages": [{"role": "user", "content": "a" * 200}, {"role": "user", "content": "b" * 57}]}),
         ("chat", {"messages": [{"role": "user", "content": "a" * 256}]}),

@@ -11,7 +11,11 @@ def test_instructions_items_and_tools_count_as_chat_messages_do() -> None:
     body = {
         "instructions": "Be brief.",
         "input": [
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}, {"type": "input_image", "image_url": "u"}]},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Weather?"}, {"type": "input_image", "image_url": "u"}],
+            },
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]},
             {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Think."}]},
             {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},

@@ -143,7 +143,8 @@ def test_too_few_samples_hold_whatever_the_numbers(errors: int) -> None:
 
 
 GATE_CASES = [
-    ({"max_error_rate": 0.05}, samples("candidate", 50, errors=15), samples("stable", 50), "candidate error rate 0.3 > 0.05 (max_error_rate)"),
+    ({"max_error_rate": 0.05}, samples("candidate", 50, errors=15), samples("stable", 50),
+     "candidate error rate 0.3 > 0.05 (max_error_rate)"),
     ({"max_error_rate_increase": 0.02}, samples("candidate", 100, errors=4), samples("stable", 100, errors=1), "(max_error_rate_increase)"),
     ({"max_p95_latency_ms": 1000}, samples("candidate", 50, latency_ms=2000), samples("stable", 50), "(max_p95_latency_ms)"),
     ({"max_p95_latency_ratio": 1.5}, samples("candidate", 50, latency_ms=300), samples("stable", 50), "(max_p95_latency_ratio)"),

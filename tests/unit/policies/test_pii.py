@@ -108,7 +108,11 @@ def test_phone_min_digits_follow_the_phonenumbers_metadata() -> None:
     def inserted(md: Any) -> int:  # digits a national-prefix transform rule adds
         return sum(c.isdigit() for c in (md.national_prefix_transform_rule or "").replace("\\1", "").replace("\\2", ""))
 
-    intl = min(len(str(cc)) + shortest(md) - inserted(md) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE if (md := metadata(cc)).general_desc.possible_length)
+    intl = min(
+        len(str(cc)) + shortest(md) - inserted(md)
+        for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE
+        if (md := metadata(cc)).general_desc.possible_length
+    )
     for region in pii_scan.PHONE_REGIONS:
         md = PhoneMetadata.metadata_for_region(region)
         assert inserted(md) == 0

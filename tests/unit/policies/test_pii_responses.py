@@ -17,7 +17,8 @@ def body() -> dict[str, Any]:
         "model": "m",
         "instructions": "Be brief.",
         "input": [
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}, {"type": "input_image", "image_url": "https://x"}]},
+            {"type": "message", "role": "user",
+             "content": [{"type": "input_text", "text": "Weather?"}, {"type": "input_image", "image_url": "https://x"}]},
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]},
             {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Think."}], "encrypted_content": "enc"},
             {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "paris weather"}},
@@ -26,7 +27,8 @@ def body() -> dict[str, Any]:
             {"type": "function_call_output", "call_id": "c1", "output": "Sunny"},
         ],
         "tools": [
-            {"type": "function", "name": "get_weather", "description": "fd", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "pd"}}}},
+            {"type": "function", "name": "get_weather", "description": "fd",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "pd"}}}},
             {"type": "web_search", "user_location": {"type": "approximate", "city": "Paris", "country": "FR"}},
         ],
         "text": {"format": {"type": "json_schema", "name": "w", "description": "sd", "schema": {"type": "object", "title": "st"}}},

@@ -52,7 +52,9 @@ def test_restore_completion_for_chat_and_text_completion_bodies() -> None:
                 "message": {
                     "role": "assistant",
                     "content": None,
-                    "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": json.dumps({"who": "<PERSON_1>"})}}],
+                    "tool_calls": [
+                        {"id": "t", "type": "function", "function": {"name": "f", "arguments": json.dumps({"who": "<PERSON_1>"})}}
+                    ],
                 },
             },
         ],

@@ -29,7 +29,9 @@ from serving.sse import (
 from tests.unit.properties.strategies import encode, json_objects, json_values
 
 # Payloads are single-line (as JSON encoders write them) and never "[DONE]".
-payloads = st.builds(encode, json_objects) | st.binary(max_size=60).filter(lambda b: b"\n" not in b and b"\r" not in b and b.strip() != b"[DONE]")
+payloads = st.builds(encode, json_objects) | st.binary(max_size=60).filter(
+    lambda b: b"\n" not in b and b"\r" not in b and b.strip() != b"[DONE]"
+)
 
 
 async def _reads(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
@@ -63,7 +65,13 @@ def test_events_survive_any_split_into_reads(events: list[bytes], cuts: list[int
 
 _text = st.text(max_size=30)
 _chunk = st.fixed_dictionaries(
-    {"choices": st.lists(st.fixed_dictionaries({"delta": st.fixed_dictionaries({"content": _text}), "index": st.integers(0, 3)}) | st.fixed_dictionaries({"text": _text}), max_size=3)},
+    {
+        "choices": st.lists(
+            st.fixed_dictionaries({"delta": st.fixed_dictionaries({"content": _text}), "index": st.integers(0, 3)})
+            | st.fixed_dictionaries({"text": _text}),
+            max_size=3,
+        )
+    },
     optional={"id": _text, "usage": st.none()},
 )
 
@@ -91,7 +99,19 @@ def test_peeking_any_payload_gives_a_chunk_or_an_upstream_error(data: bytes) -> 
 
 
 @settings(max_examples=120, deadline=None)
-@given(json_objects | st.fixed_dictionaries({"model": st.just("m"), "messages": json_values}, optional={"tools": json_values, "tool_choice": json_values, "max_tokens": json_values, "stop": json_values, "temperature": json_values}))
+@given(
+    json_objects
+    | st.fixed_dictionaries(
+        {"model": st.just("m"), "messages": json_values},
+        optional={
+            "tools": json_values,
+            "tool_choice": json_values,
+            "max_tokens": json_values,
+            "stop": json_values,
+            "temperature": json_values,
+        },
+    )
+)
 def test_openai_to_anthropic_raises_only_gateway_errors(body: dict[str, Any]) -> None:
     try:
         out = to_anthropic_request(body, default_max_tokens=16)
@@ -101,10 +121,19 @@ def test_openai_to_anthropic_raises_only_gateway_errors(body: dict[str, Any]) ->
         encode(out)
 
 
-_event_type = st.sampled_from(["message_start", "content_block_start", "content_block_delta", "message_delta", "message_stop", "ping", "error", "content_block_stop"])
+_event_type = st.sampled_from(
+    ["message_start", "content_block_start", "content_block_delta", "message_delta", "message_stop", "ping", "error", "content_block_stop"]
+)
 anthropic_events = st.fixed_dictionaries(
     {"type": _event_type},
-    optional={"index": json_values, "message": json_values, "content_block": json_values, "delta": json_values, "usage": json_values, "error": json_values},
+    optional={
+        "index": json_values,
+        "message": json_values,
+        "content_block": json_values,
+        "delta": json_values,
+        "usage": json_values,
+        "error": json_values,
+    },
 )
 
 
@@ -126,7 +155,12 @@ def test_anthropic_stream_events_translate_or_fail_as_upstream_errors(events: li
 
 
 @settings(max_examples=120, deadline=None)
-@given(json_objects | st.fixed_dictionaries({"content": json_values}, optional={"usage": json_values, "stop_reason": json_values, "id": json_values, "model": json_values}))
+@given(
+    json_objects
+    | st.fixed_dictionaries(
+        {"content": json_values}, optional={"usage": json_values, "stop_reason": json_values, "id": json_values, "model": json_values}
+    )
+)
 @example({"content": True})
 @example({"content": [None]})
 @example({"content": [{"type": "text"}]})

@@ -52,7 +52,8 @@ def test_usage_adds_up_and_a_copy_is_its_own() -> None:
 
 def test_the_record_carries_model_and_usage_to_the_end() -> None:
     record = new_record(
-        "t", "k", endpoint="/v1/chat/completions", input_file_id="file-in", metadata=None, output_expires_after_s=None, now=1.0, created_ns=1
+        "t", "k", endpoint="/v1/chat/completions", input_file_id="file-in", metadata=None, output_expires_after_s=None, now=1.0,
+        created_ns=1,
     )  # fmt: skip
     assert record.batch.model is None and record.batch.usage is None
     running = validated(record, 2, 2.0, "gpt-x")

@@ -40,14 +40,18 @@ def _config(raw: dict[str, Any]) -> Config:
         ({"policies": {"pii": {"action": "shred"}}}, "policies.pii"),
         ({"state": {"counters": "redis"}}, "state.redis_url"),
         ({"state": {"config": "postgres"}}, "state.postgres_dsn"),
-        ({"state": {"tenants": "postgres", "postgres_dsn": "postgresql://db/x"}, "tenants": [{"id": "t", "limits": {"rpm": 1}}]}, "tenants[0].limits"),
+        ({"state": {"tenants": "postgres", "postgres_dsn": "postgresql://db/x"}, "tenants": [{"id": "t", "limits": {"rpm": 1}}]},
+         "tenants[0].limits"),
         ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["zz"]}}]}, "models[0].canary.candidate[0]"),
         ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["a"]}}]}, "models[0].canary.candidate[0]"),
         ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["b"], "steps": [50, 10]}}]}, "models[0].canary.steps"),
-        ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["b"], "state": {"phase": "shadow"}}}]}, "models[0].canary.state.phase"),
+        ({"models": [{"alias": "x", "deployments": ["a"], "canary": {"candidate": ["b"], "state": {"phase": "shadow"}}}]},
+         "models[0].canary.state.phase"),
     ],
 )
-def test_config_check_refuses_what_serve_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], key: str) -> None:
+def test_config_check_refuses_what_serve_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], key: str
+) -> None:
     path = tmp_path / "gw.yaml"
     path.write_bytes(msgspec.yaml.encode(_raw(**change)))
     assert main(["config", "check", str(path)]) == 1
@@ -82,7 +86,9 @@ def test_a_live_document_decodes_with_the_key_named() -> None:
 def test_equal_documents_hash_equal_whatever_the_key_order() -> None:
     a = decode_live(b'{"deployments": [], "models": []}', "a")
     b = decode_live(b'{"models": [], "deployments": []}', "b")
-    assert document_hash(a) == document_hash(b) != document_hash(LiveConfig(alerts=msgspec.convert({"webhook_url": "http://x"}, type(a.alerts))))
+    assert document_hash(a) == document_hash(b) != document_hash(
+        LiveConfig(alerts=msgspec.convert({"webhook_url": "http://x"}, type(a.alerts)))
+    )
 
 
 def test_a_rebuild_keeps_engines_breakers_and_queues_that_did_not_change() -> None:

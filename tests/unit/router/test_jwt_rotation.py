@@ -16,16 +16,12 @@ from core.config import TenantConfig
 from core.errors import AuthenticationFailed
 from router import jwt_auth
 from router.jwt_auth import JwtAuthenticator, MemoryJtiDenylist
-from tests.unit.router.test_jwt_auth import (  # noqa: F401 (fixtures too)
-    PrivateKey,
-    auth,
-    config,
-    jwks,
-    keys,
-    refusal,
-    sign,
-    tenants,
-)
+from tests.unit.router import test_jwt_auth
+from tests.unit.router.test_jwt_auth import PrivateKey, config, jwks, refusal, sign, tenants
+
+# Fixtures shared with test_jwt_auth; pytest finds them by these module-level names.
+auth = test_jwt_auth.auth
+keys = test_jwt_auth.keys
 
 # --- key rotation --------------------------------------------------------------
 

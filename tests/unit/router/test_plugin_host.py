@@ -92,7 +92,9 @@ def _ctx() -> Any:
 
 
 def test_no_plugins_and_unused_hooks_cost_nothing_to_test() -> None:
-    assert not any(getattr(NO_PLUGINS, hook) for hook in ("after_auth", "before_route", "before_serve", "on_chunk", "after_settle", "on_ledger_row"))
+    assert not any(
+        getattr(NO_PLUGINS, hook) for hook in ("after_auth", "before_route", "before_serve", "on_chunk", "after_settle", "on_ledger_row")
+    )
     tagged = _set(_loaded(Tagger, "t"))
     # Only the hooks the class overrides are in the set.
     assert len(tagged.before_route) == 1 and len(tagged.on_chunk) == 1
@@ -129,7 +131,9 @@ async def test_fail_open_skips_a_broken_plugin_and_counts_it() -> None:
     chain = _set(_loaded(Broken, "broken"), _loaded(Tagger, "after", tag="after"), metrics=metrics)
     await chain.run(chain.before_route, "before_route", _ctx())
     assert CALLS.seen == [("after", "before_route")]
-    assert metrics.registry.get_sample_value("sluicegate_plugin_errors_total", {"plugin": "broken", "hook": "before_route", "reason": "error"}) == 1
+    assert metrics.registry.get_sample_value(
+        "sluicegate_plugin_errors_total", {"plugin": "broken", "hook": "before_route", "reason": "error"}
+    ) == 1
     assert metrics.registry.get_sample_value("sluicegate_plugin_hook_seconds_count", {"plugin": "broken", "hook": "before_route"}) == 1
 
 
@@ -145,7 +149,9 @@ async def test_a_hook_past_its_timeout_is_a_failure() -> None:
     metrics = Metrics()
     chain = _set(_loaded(Slow, "slow", timeout_s=0.05), metrics=metrics)
     await chain.run(chain.before_route, "before_route", _ctx())
-    assert metrics.registry.get_sample_value("sluicegate_plugin_errors_total", {"plugin": "slow", "hook": "before_route", "reason": "timeout"}) == 1
+    assert metrics.registry.get_sample_value(
+        "sluicegate_plugin_errors_total", {"plugin": "slow", "hook": "before_route", "reason": "timeout"}
+    ) == 1
     closed = _set(_loaded(Slow, "slow", on_error="fail_closed", timeout_s=0.05))
     with pytest.raises(PluginFailed):
         await closed.run(closed.before_route, "before_route", _ctx())

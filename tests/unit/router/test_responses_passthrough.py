@@ -108,7 +108,13 @@ def conversation() -> tuple[ResponsesRequest, Any, list[dict[str, Any]]]:
         stream=True,
     )
     history: list[dict[str, Any]] = [
-        {"type": "message", "id": "msg_r0_0", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}], "status": "completed"},
+        {
+            "type": "message",
+            "id": "msg_r0_0",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Weather?"}],
+            "status": "completed",
+        },
         {**REASONING, "status": "completed"},
         {"type": "function_call", "id": "fc_up", "call_id": "call_1", "name": "get_weather", "arguments": "{}", "status": "completed"},
     ]
@@ -142,7 +148,8 @@ def test_a_translated_attempt_gets_chat_without_the_items_chat_cannot_carry() ->
     assert chat["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
     ]  # fmt: skip
     assert (chat["max_tokens"], chat["stream"], "reasoning" in chat) == (64, True, False)

@@ -75,8 +75,12 @@ def relay(r: NativeRenderer, events: list[bytes], c: Any, *, error: Exception | 
 
 
 def test_a_native_response_becomes_the_gateways() -> None:
-    r = renderer(instructions="Be brief.", metadata={"k": "v"}, max_output_tokens=50, previous_response_id="resp_gw0", tools=[{"type": "web_search"}])
-    answer = upstream({"instructions": "Be brief.", "max_output_tokens": 64, "tools": [{"type": "web_search"}], "reasoning": {"summary": "auto"}})
+    r = renderer(
+        instructions="Be brief.", metadata={"k": "v"}, max_output_tokens=50, previous_response_id="resp_gw0", tools=[{"type": "web_search"}]
+    )
+    answer = upstream(
+        {"instructions": "Be brief.", "max_output_tokens": 64, "tools": [{"type": "web_search"}], "reasoning": {"summary": "auto"}}
+    )
     body = r.unary(ctx(), msgspec.json.encode(answer.body_json(True)))
     response = valid_response(msgspec.json.decode(body))
     assert (response.id, response.model, response.created_at) == ("resp_gw1", "alias", 1_700_000_000)

@@ -27,13 +27,17 @@ def _deployment(provider: str, base_url: str = "", *, privacy: str = "cloud", op
     ("provider", "base_url", "options", "expected"),
     [
         ("openai", "", None, {"gen_ai.provider.name": "openai", "server.address": "api.openai.com", "server.port": 443}),
-        ("openai_compatible", "http://10.0.0.5:8000/v1", None, {"gen_ai.provider.name": "openai", "server.address": "10.0.0.5", "server.port": 8000}),
-        ("azure", "https://res.openai.azure.com", None, {"gen_ai.provider.name": "azure.ai.openai", "server.address": "res.openai.azure.com", "server.port": 443}),
+        ("openai_compatible", "http://10.0.0.5:8000/v1", None,
+         {"gen_ai.provider.name": "openai", "server.address": "10.0.0.5", "server.port": 8000}),
+        ("azure", "https://res.openai.azure.com", None,
+         {"gen_ai.provider.name": "azure.ai.openai", "server.address": "res.openai.azure.com", "server.port": 443}),
         ("anthropic", "", None, {"gen_ai.provider.name": "anthropic", "server.address": "api.anthropic.com", "server.port": 443}),
-        ("gemini", "", None, {"gen_ai.provider.name": "gcp.gemini", "server.address": "generativelanguage.googleapis.com", "server.port": 443}),
+        ("gemini", "", None,
+         {"gen_ai.provider.name": "gcp.gemini", "server.address": "generativelanguage.googleapis.com", "server.port": 443}),
         ("gemini", "", {"vertex": {"project": "p", "location": "europe-west4"}},
          {"gen_ai.provider.name": "gcp.vertex_ai", "server.address": "europe-west4-aiplatform.googleapis.com", "server.port": 443}),
-        ("triton", "triton.internal:8001", None, {"gen_ai.provider.name": "triton", "server.address": "triton.internal", "server.port": 8001}),
+        ("triton", "triton.internal:8001", None,
+         {"gen_ai.provider.name": "triton", "server.address": "triton.internal", "server.port": 8001}),
         ("vllm", "", None, {"gen_ai.provider.name": "vllm"}),
         ("llamacpp", "", None, {"gen_ai.provider.name": "llama.cpp"}),
         ("plugin", "", None, {"gen_ai.provider.name": "from-plugin"}),
@@ -110,7 +114,8 @@ def test_stream_attributes_read_the_first_and_last_chunks_only() -> None:
 def test_content_shapes() -> None:
     chat = {"messages": [
         {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:..."}}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
     ]}  # fmt: skip
     assert input_messages("chat", chat) == [

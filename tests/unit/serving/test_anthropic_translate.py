@@ -401,7 +401,10 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "require
 @pytest.mark.parametrize(
     ("response_format", "expected"),
     [
-        ({"type": "json_schema", "json_schema": {"name": "place", "strict": True, "schema": SCHEMA}}, {"type": "json_schema", "schema": SCHEMA}),
+        (
+            {"type": "json_schema", "json_schema": {"name": "place", "strict": True, "schema": SCHEMA}},
+            {"type": "json_schema", "schema": SCHEMA},
+        ),
         ({"type": "json_object"}, {"type": "json_schema", "schema": {"type": "object"}}),
     ],
 )
@@ -415,7 +418,12 @@ def test_text_response_format_asks_for_nothing() -> None:
 
 @pytest.mark.parametrize(
     "response_format",
-    [{"type": "json_schema", "json_schema": {"name": "x"}}, {"type": "xml"}, "json", {"type": "json_schema", "json_schema": {"schema": []}}],
+    [
+        {"type": "json_schema", "json_schema": {"name": "x"}},
+        {"type": "xml"},
+        "json",
+        {"type": "json_schema", "json_schema": {"schema": []}},
+    ],
 )
 def test_bad_response_format_is_a_400(response_format: object) -> None:
     with pytest.raises(InvalidRequest) as info:

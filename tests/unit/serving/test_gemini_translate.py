@@ -283,8 +283,10 @@ def test_stream_with_two_candidates_is_done_when_both_finish() -> None:
 
 
 def test_google_error_envelope() -> None:
-    raw = msgspec.json.encode([{"error": {"code": 429, "message": "quota for key secret-k", "status": "RESOURCE_EXHAUSTED",
-                                          "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "13s"}]}}])  # fmt: skip
+    raw = msgspec.json.encode([{"error": {
+        "code": 429, "message": "quota for key secret-k", "status": "RESOURCE_EXHAUSTED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "13s"}],
+    }}])  # fmt: skip
     error = google_error(raw, "secret-k")
     assert (error.fields.code, error.retry_delay, error.credentials_refused) == ("RESOURCE_EXHAUSTED", "13", False)
     assert "secret-k" not in error.fields.message

@@ -33,7 +33,10 @@ ENFORCEABLE: dict[str, dict[str, Any]] = {
     "tuple": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}]},
     "free map": {"type": "object", "additionalProperties": {"type": "number"}},
 }
-RECURSIVE: dict[str, Any] = {"$ref": "#/$defs/node", "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}}
+RECURSIVE: dict[str, Any] = {
+    "$ref": "#/$defs/node",
+    "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}},
+}
 
 UNENFORCEABLE: dict[str, tuple[dict[str, Any], str]] = {
     "minimum": ({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}, "'minimum' at #/properties/age"),
@@ -50,7 +53,10 @@ UNENFORCEABLE: dict[str, tuple[dict[str, Any], str]] = {
     "remote ref": ({"$ref": "https://example.com/s.json"}, "local"),
     "unknown type": ({"type": "decimal"}, "unknown type"),
     "required unknown": ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "'required'"),
-    "deep": ({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer", "multipleOf": 2}}}}, "#/properties/a/items"),
+    "deep": (
+        {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer", "multipleOf": 2}}}},
+        "#/properties/a/items",
+    ),
     "in defs": ({"$ref": "#/$defs/x", "$defs": {"x": {"type": "string", "format": "uri"}}}, "format 'uri'"),
 }
 
@@ -73,7 +79,10 @@ def test_unenforceable_schemas_are_a_400_naming_the_keyword(schema: dict[str, An
 
 def test_forced_call_schemas_are_enforceable() -> None:
     parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-    tools = [{"type": "function", "function": {"name": "weather", "parameters": parameters}}, {"type": "function", "function": {"name": "now"}}]
+    tools = [
+        {"type": "function", "function": {"name": "weather", "parameters": parameters}},
+        {"type": "function", "function": {"name": "now"}},
+    ]
     plan = tool_plan({"tools": tools, "tool_choice": "required"})
     assert plan is not None
     check_schema(forced_call_schema(plan), "tool_choice")

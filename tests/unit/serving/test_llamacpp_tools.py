@@ -14,8 +14,14 @@ from serving.llamacpp_tools import ToolChunks, with_tool_calls
 from serving.tool_call_hermes import HermesCalls
 from serving.tool_call_text import ForcedCalls
 
-TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-CALLED = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]}
+TOOLS = [
+    {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+]
+CALLED = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}],
+}
 RESULT = {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
 USER = {"role": "user", "content": "Weather in Paris?"}
 
@@ -84,11 +90,27 @@ def test_response_format_becomes_a_grammar() -> None:
 
 
 def _chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
+    }
 
 
 def test_whole_reply_gets_tool_calls() -> None:
-    result: dict[str, Any] = {"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": '[{"name":"weather","arguments":{"city":"Paris"}}]'}, "finish_reason": "stop"}], "usage": {}}
+    result: dict[str, Any] = {
+        "id": "x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": '[{"name":"weather","arguments":{"city":"Paris"}}]'},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {},
+    }
     fixed = with_tool_calls(result, ForcedCalls())
     choice = fixed["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None

@@ -27,14 +27,18 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 
 
 async def engine(fake: FakeUpstream, model: str = "fake-normal") -> OpenAIEngine:
-    spec = EngineSpec(name="up", provider="openai", model=model, base_url=fake.url, api_key="sk-up", options=OpenAIOptions(responses="native"))
+    spec = EngineSpec(
+        name="up", provider="openai", model=model, base_url=fake.url, api_key="sk-up", options=OpenAIOptions(responses="native")
+    )
     started = OpenAIEngine(spec)
     await started.start()
     return started
 
 
 def request(stream: bool = False, **body: Any) -> EngineRequest:
-    return EngineRequest(kind="responses", body={"model": "fake-normal", "input": INPUT, "store": False, **body}, request_id="r", stream=stream)
+    return EngineRequest(
+        kind="responses", body={"model": "fake-normal", "input": INPUT, "store": False, **body}, request_id="r", stream=stream
+    )
 
 
 async def collect(chunks: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
@@ -73,7 +77,10 @@ async def test_a_stream_ends_at_its_terminal_event_and_not_before() -> None:
             yield part
 
     created = b'event: response.created\ndata: {"type":"response.created"}\n\n'
-    completed = b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+    completed = (
+        b'event: response.completed\ndata: {"type":"response.completed",'
+        b'"response":{"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+    )
     chunks = await collect(response_chunks(reads(created, completed, b"event: x\ndata: {}\n\n")))
     assert len(chunks) == 2 and chunks[-1].usage is not None and chunks[-1].batch_end
     with pytest.raises(EOFError):
@@ -90,7 +97,11 @@ async def test_a_unary_response_is_posted_to_the_responses_path_as_it_is(fake: F
     finally:
         await up.close()
     seen = fake.requests[-1]
-    assert (seen["path"], seen["headers"]["authorization"], seen["json"]["reasoning"]) == ("/v1/responses", "Bearer sk-up", {"effort": "low"})
+    assert (seen["path"], seen["headers"]["authorization"], seen["json"]["reasoning"]) == (
+        "/v1/responses",
+        "Bearer sk-up",
+        {"effort": "low"},
+    )
     assert msgspec.json.decode(completion.body)["object"] == "response"
     # The fake's words: the answer's 20 and the reasoning summary's 3.
     assert completion.usage is not None and (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 23)
@@ -109,7 +120,9 @@ async def test_a_stream_relays_every_event_and_its_usage(fake: FakeUpstream) -> 
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
 
 
-@pytest.mark.parametrize(("model", "error"), [("error_midstream", "failed mid-stream"), ("disconnect_midstream", "closed the (stream|connection) early")])
+@pytest.mark.parametrize(
+    ("model", "error"), [("error_midstream", "failed mid-stream"), ("disconnect_midstream", "closed the (stream|connection) early")]
+)
 async def test_a_stream_failing_midway_is_an_upstream_error(fake: FakeUpstream, model: str, error: str) -> None:
     up = await engine(fake, model)
     try:

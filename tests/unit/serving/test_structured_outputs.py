@@ -38,7 +38,9 @@ def test_response_formats_become_constraints() -> None:
     assert response_constraint({"response_format": {"type": "text"}}) is None
     assert response_constraint({"response_format": {"type": "json_object"}}) == JsonConstraint(None, "response_format")
     spec = {"name": "n", "schema": SCHEMA, "strict": True}
-    assert response_constraint({"response_format": {"type": "json_schema", "json_schema": spec}}) == JsonConstraint(SCHEMA, "response_format")
+    assert response_constraint({"response_format": {"type": "json_schema", "json_schema": spec}}) == JsonConstraint(
+        SCHEMA, "response_format"
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,12 @@ def _schema(body: dict[str, Any]) -> dict[str, Any]:
 def test_required_schema_accepts_calls_to_any_tool() -> None:
     schema = _schema({"tools": [WEATHER, TIME], "tool_choice": "required"})
     jsonschema.validate([{"name": "weather", "arguments": {"city": "Paris"}}, {"name": "time", "arguments": {}}], schema)
-    wrongs: list[list[dict[str, Any]]] = [[], [{"name": "launch", "arguments": {}}], [{"name": "weather", "arguments": {}}], [{"arguments": {}}]]
+    wrongs: list[list[dict[str, Any]]] = [
+        [],
+        [{"name": "launch", "arguments": {}}],
+        [{"name": "weather", "arguments": {}}],
+        [{"arguments": {}}],
+    ]
     for wrong in wrongs:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema)
@@ -127,7 +134,12 @@ def test_named_or_serial_schema_allows_one_call() -> None:
 
 
 def test_tool_definitions_move_to_the_root() -> None:
-    parameters = {"type": "object", "properties": {"at": {"$ref": "#/$defs/place"}}, "required": ["at"], "$defs": {"place": {"enum": ["home", "work"]}}}
+    parameters = {
+        "type": "object",
+        "properties": {"at": {"$ref": "#/$defs/place"}},
+        "required": ["at"],
+        "$defs": {"place": {"enum": ["home", "work"]}},
+    }
     tools = [_tool("go", parameters), _tool("stay", {**parameters})]
     schema = _schema({"tools": tools, "tool_choice": "required"})
     assert schema["$defs"] == {"place": {"enum": ["home", "work"]}}
@@ -154,7 +166,15 @@ def test_template_tool_calls_parse_arguments() -> None:
     assert (template_tool_calls(empty, "m") or [])[0]["function"]["arguments"] == {}
 
 
-@pytest.mark.parametrize("calls", ["f()", [{"function": {"arguments": "{}"}}], [{"function": {"name": "f", "arguments": "{x"}}], [{"function": {"name": "f", "arguments": "[1]"}}]])
+@pytest.mark.parametrize(
+    "calls",
+    [
+        "f()",
+        [{"function": {"arguments": "{}"}}],
+        [{"function": {"name": "f", "arguments": "{x"}}],
+        [{"function": {"name": "f", "arguments": "[1]"}}],
+    ],
+)
 def test_bad_template_tool_calls_are_a_400(calls: object) -> None:
     with pytest.raises(InvalidRequest) as caught:
         template_tool_calls({"role": "assistant", "tool_calls": calls}, "messages[2]")

@@ -68,14 +68,21 @@ def test_forced_stream_announces_the_name_before_arguments_end() -> None:
     assert stream.feed('[{"name": "wea', []) is None
     announced = stream.feed('ther", "arguments": {"ci', [])
     assert announced is not None
-    assert announced == {"tool_calls": [{"index": 0, "id": announced["tool_calls"][0]["id"], "type": "function", "function": {"name": "weather", "arguments": '{"ci'}}]}
+    assert announced == {
+        "tool_calls": [
+            {"index": 0, "id": announced["tool_calls"][0]["id"], "type": "function", "function": {"name": "weather", "arguments": '{"ci'}}
+        ]
+    }
     assert stream.feed('ty": "Paris"}}]', []) == {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]}
 
 
 def test_forced_reader_takes_spacing_scalars_and_any_member_order() -> None:
     reader = ForcedCallReader()
     reader.feed('[ {\n "arguments" : 42 ,\n "name" : "answer" } ,{"name":"flag","arguments":true}]')
-    assert [(call["function"]["name"], call["function"]["arguments"]) for call in reader.finished_calls()] == [("answer", "42"), ("flag", "true")]
+    assert [(call["function"]["name"], call["function"]["arguments"]) for call in reader.finished_calls()] == [
+        ("answer", "42"),
+        ("flag", "true"),
+    ]
 
 
 def test_cut_off_forced_call_keeps_what_arrived() -> None:
@@ -139,4 +146,7 @@ def test_hermes_text_reads_back() -> None:
     calls = [{"function": {"name": "weather", "arguments": {"city": "Paris"}}}, {"function": {"name": "time", "arguments": {}}}]
     content, parsed = hermes_split(hermes_text(calls))
     assert content == ""
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed] == [("weather", {"city": "Paris"}), ("time", {})]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed] == [
+        ("weather", {"city": "Paris"}),
+        ("time", {}),
+    ]
