@@ -12,7 +12,7 @@ caller's thread (a line's text never changes) and only queues it; a daemon
 thread writes what has queued, joined into one write, every
 ``interval_s`` (at once for a warning or worse, or once ``burst_lines`` are
 waiting), and flushes the stream. A round that finds nothing to write puts
-the thread to sleep until the next line comes, so the writer of a gateway
+the thread to sleep until the next line comes (written at once then), so the writer of a gateway
 that logs nothing (the access log off, no warnings) never wakes, where a
 timer would wake it, and take the GIL from the event loop, twenty times a
 second. Lines keep their order. ``flush()`` writes what is queued at once, on
@@ -53,9 +53,8 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.max_lines = max_lines
         self.dropped = 0
         self._lines: deque[str] = deque()  # append and popleft are atomic: no lock between the threads
-        self._wake = threading.Event()  # write now: a warning, a burst, or close()
-        self._pending = threading.Event()  # a line came while the thread slept for want of lines
-        self._idle = False  # the thread sleeps on _pending (set by the thread only)
+        self._wake = threading.Event()  # write now: a warning, a burst, close(), or a line for an idle thread
+        self._idle = False  # the thread sleeps on _wake for want of lines (set by the thread only)
         self._write_lock = threading.Lock()  # one writer at a time: the thread, or flush() on any thread
         self._thread: threading.Thread | None = None  # started by the first line, in each process
         self._closed = False
@@ -79,9 +78,7 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         lines.append(text)  # before _idle is read: see _run
         if self._thread is None:
             self._start()
-        if self._idle:
-            self._pending.set()
-        if urgent or len(lines) >= self.burst_lines:
+        if urgent or self._idle or len(lines) >= self.burst_lines:
             self._wake.set()
 
     def _start(self) -> None:
@@ -97,12 +94,11 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines.clear()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
-        self._pending = threading.Event()
         self._idle = False
         self._thread = None
 
     def _run(self) -> None:
-        wake, pending, lines = self._wake, self._pending, self._lines
+        wake, lines = self._wake, self._lines
         while not self._closed:
             wake.wait(self.interval_s)
             wake.clear()
@@ -112,9 +108,8 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             # and enqueue appends before it reads _idle, so either this sees the line or enqueue sees _idle.
             self._idle = True
             if not lines:
-                pending.wait()
+                wake.wait()  # left set: the next round writes the line that woke it at once
             self._idle = False
-            pending.clear()
 
     def _write_queued(self) -> int:
         """Write what is queued in one write; the number of lines taken."""
@@ -151,7 +146,6 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def close(self) -> None:
         self._write_queued()
         self._closed = True
-        self._pending.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
