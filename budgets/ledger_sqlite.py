@@ -2,11 +2,7 @@
 
 Batches are written on the event loop itself, one statement (at most a few
 dozen rows, well under a millisecond) at a time, yielding to other work in
-between. A batch of a usual round's size is paced: the writer pauses for a
-millisecond between its statements (``_PAUSE_S``), so that a round's rows
-take a few percent of the loop's time for a few dozen milliseconds rather
-than all of it for a few; a bigger one (a backlog, a spool replayed) is
-written without pauses, to catch up. A writer thread would seem the obvious choice, but it contends for
+between. A writer thread would seem the obvious choice, but it contends for
 the GIL with a busy event loop on every statement: measured here, it cost the
 loop far more CPU per request than the writing itself. Nothing that can take
 long runs on the loop: queries run on one reader thread, and WAL
@@ -60,18 +56,6 @@ _ROW = f"({', '.join('?' for _ in COLUMNS)})"
 # 5 us a row), so it is kept to a few tenths of a millisecond, which bounds
 # what a ledger write adds to any request's latency.
 _ROWS_PER_STATEMENT = 16
-# How long the writer lets the loop run between two statements of a paced batch: the shortest timer on uvloop
-# (it rounds a shorter one down to none). Written back to back, a round's statements (about 2 ms of CPU for the
-# 500 rows of a round at 5,000 requests a second) kept a loop that was 75% busy with requests past 100% for
-# that long, and every request that came meanwhile queued behind them: measured at a fixed rate, the requests
-# slower than a millisecond came in bursts at every round, and the 90th percentile latency went from 0.43 to
-# 0.68 ms. With a millisecond between statements, each adds its own tenth of a millisecond or so, drained
-# before the next.
-_PAUSE_S = 0.001
-# A batch of more rows than this is a backlog (the writer fell behind, a spool is replayed) and is written without
-# pauses: paced, the writer keeps up with about 16,000 rows a second, and holds the file's write lock for 1 ms
-# of every 16 rows it writes, which other processes writing to the same file wait for.
-_PACED_ROWS = 1_000
 # Rows written between WAL checkpoints (run on the checkpoint thread).
 _CHECKPOINT_ROWS = 5_000
 # How long a checkpoint waits for another connection's write transaction before it copies what it can.
@@ -227,7 +211,6 @@ class SQLiteStore:
         batch = list(rows)
         sums = HourlySums()
         step = _ROWS_PER_STATEMENT
-        pause = _PAUSE_S if len(batch) <= _PACED_ROWS else 0.0
         checkpoint = self._checkpoint
         if checkpoint is not None and not checkpoint.done():
             await asyncio.wait((checkpoint,))  # so that it copies the whole WAL: see _checkpoint_wal
@@ -235,7 +218,7 @@ class SQLiteStore:
         try:
             for i in range(0, len(batch), step):
                 if i:
-                    await asyncio.sleep(pause)  # let requests run between statements
+                    await asyncio.sleep(0)  # let requests run between statements
                 rows_part = batch[i : i + step]
                 sql = _INSERT_FULL if len(rows_part) == step else _insert_sql(len(rows_part))
                 cursor = conn.execute(sql, list(chain.from_iterable(map(to_record, rows_part))))
@@ -245,7 +228,7 @@ class SQLiteStore:
                 else:
                     sums.add_inserted(rows_part, _inserted(conn, cursor))
             for sql, keys in upsert_parts(sums, step):
-                await asyncio.sleep(pause)
+                await asyncio.sleep(0)
                 conn.executemany(sql, keys)
             conn.execute("COMMIT")
         except BaseException:
