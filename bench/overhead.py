@@ -13,7 +13,9 @@ five times over, all pointed at the same fake:
 - ``sluicegate-budgets``: the foundation plus a money and a token budget and
   the SQLite ledger;
 - ``sluicegate-all``: limits, budgets and the ledger together;
-- ``sluicegate-twin``: a second foundation, identical to the first.
+- ``sluicegate-twin``: a second foundation, identical to the first;
+- ``sluicegate-all-quiet``: the full pipeline with its access log off
+  (``server.access_log: false``), measured only when ``--targets`` names it.
 
 Two phases. First, each target alone (the table: req/s, latency, CPU per
 request). Then the paired phase (``bench.paired``): the foundation and one
@@ -58,6 +60,7 @@ from bench.overhead_targets import (
     CHAT_PATH,
     FEATURES,
     LABELS,
+    OPTIONAL,
     PAIRED,
     TARGETS,
     bench_key_hash,
@@ -74,7 +77,7 @@ from bench.wrk import run_wrk, wrk_ready
 def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]]:
     """Every server (not yet started) and each one's chat completions URL."""
     python = sys.executable
-    ports = {name: free_port() for name in (*TARGETS, "sluicegate-twin")}
+    ports = {name: free_port() for name in (*TARGETS, *OPTIONAL, "sluicegate-twin")}
     upstream_root = f"http://127.0.0.1:{ports['upstream']}"
     argvs = {
         "upstream": [python, "-m", "bench.fake_upstream", "--port", str(ports["upstream"]), "--chunks", str(chunks)],
@@ -83,7 +86,7 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
         ],
         **{
             name: serve_argv(work / f"{name}.yaml", ports[name])
-            for name in ("sluicegate", "sluicegate-twin", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
+            for name in ("sluicegate", "sluicegate-twin", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all", *OPTIONAL)
         },
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
@@ -201,14 +204,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="seconds of load before each measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="open connections")
     parser.add_argument("--stream-chunks", type=int, default=20, help="content chunks per streamed reply")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ", ".join(TARGETS))
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated, of " + ", ".join((*TARGETS, *OPTIONAL)) + " (the last only when named)",
+    )
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="pin processes to CPUs")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.duration < 1 or args.concurrency < 1 or args.rounds < 1 or args.pair_rounds < 0:
         parser.error("--rounds, --duration and --concurrency must be at least 1, --pair-rounds at least 0")
-    unknown = set(args.targets) - set(TARGETS)
+    unknown = set(args.targets) - set(TARGETS) - set(OPTIONAL)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     return args

@@ -79,6 +79,10 @@ _COMPARISONS = (
         "sluicegate-all", "sluicegate", "with limits+budgets+ledger, req/s as % of sluicegate",
         "limits+budgets+ledger CPU/req as % of sluicegate",
     ),
+    (
+        "sluicegate-all-quiet", "sluicegate-all", "full pipeline without its access log, req/s as % of sg+all",
+        "full pipeline without its access log, CPU/req as % of sg+all",
+    ),
 )
 
 

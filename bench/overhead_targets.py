@@ -9,6 +9,8 @@ from pathlib import Path
 BENCH_KEY = "sk-bench-0123456789"
 MODEL = "fake-model"
 TARGETS = ("upstream", "passthrough", "sluicegate", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all")
+# Run only when ``--targets`` names them: the full pipeline with its access log off (what the log costs a request).
+OPTIONAL = ("sluicegate-all-quiet",)
 LABELS = {
     "upstream": "upstream direct",
     "passthrough": "passthrough",
@@ -17,6 +19,7 @@ LABELS = {
     "sluicegate-limits": "sg+limits",
     "sluicegate-budgets": "sg+budgets+ledger",
     "sluicegate-all": "sg+all",
+    "sluicegate-all-quiet": "sg+all, no log",
 }
 # Which features each Sluicegate target turns on.
 FEATURES = {
@@ -25,6 +28,7 @@ FEATURES = {
     "sluicegate-limits": "limits",
     "sluicegate-budgets": "budgets",
     "sluicegate-all": "all",
+    "sluicegate-all-quiet": "all-quiet",
 }
 # Measured at the same moment as the foundation, in the paired phase; the twin
 # is a second foundation, showing how close to 100% the method itself stays.
@@ -68,18 +72,22 @@ _BUDGETS = "    budgets: [{kind: money, period: monthly, limit: 9000000000000}, 
 
 
 def sluicegate_config(upstream_url: str, key_hash: str, features: str = "plain", loop_lag_interval_s: float | None = None) -> str:
-    """The gateway's YAML config (``features``: plain, limits, budgets or all); JSON strings are valid YAML scalars.
+    """The gateway's YAML config (``features``: plain, limits, budgets, all, or all-quiet: all with the access log
+    off); JSON strings are valid YAML scalars.
 
     ``loop_lag_interval_s``: how often the gateway samples its event loop's lag, if not the default."""
-    if features not in ("plain", "limits", "budgets", "all"):
+    if features not in ("plain", "limits", "budgets", "all", "all-quiet"):
         raise ValueError(f"unknown feature set {features!r}")
+    server = "server: {log_level: warning" + ("" if loop_lag_interval_s is None else f", loop_lag_interval_s: {loop_lag_interval_s}")
+    if features == "all-quiet":
+        features, server = "all", server + ", access_log: false"
     q = json.dumps
     tenant = {"plain": [], "limits": [_LIMITS], "budgets": [_BUDGETS], "all": [_LIMITS, _BUDGETS]}[features]
     ledger = "state: {ledger: \"off\"}" if features in ("plain", "limits") else "state: {ledger: sqlite, ledger_path: ledger.sqlite}"
     price = ["    price: {input_per_mtok: 2500000, output_per_mtok: 10000000}"]
     return "\n".join(
         [
-            "server: {log_level: warning" + ("" if loop_lag_interval_s is None else f", loop_lag_interval_s: {loop_lag_interval_s}") + "}",
+            server + "}",
             "deployments:",
             "  - name: fake",
             "    provider: openai",

@@ -77,6 +77,24 @@ def test_each_feature_set_turns_on_what_it_names() -> None:
         sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "everything")
 
 
+def test_the_quiet_full_pipeline_differs_only_by_its_access_log() -> None:
+    every = decode_config(sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "all", 0.01).encode(), "a.yaml")
+    quiet = decode_config(sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "all-quiet", 0.01).encode(), "q.yaml")
+    assert every.server.access_log and not quiet.server.access_log
+    assert quiet.server.loop_lag_interval_s == 0.01
+    assert (quiet.tenants, quiet.state, quiet.deployments) == (every.tenants, every.state, every.deployments)
+    assert sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "all-quiet").replace(", access_log: false", "") == (
+        sluicegate_config("http://127.0.0.1:9/v1", bench_key_hash(), "all")
+    )
+
+
+def test_the_table_reports_what_the_access_log_costs() -> None:
+    rows = [Row("sg+all", "non-stream", 4000.0, 10.0, 20.0, 0, 100.0), Row("sg+all, no log", "non-stream", 4400.0, 9.0, 18.0, 0, 90.0)]
+    table = render([rows])
+    assert "full pipeline without its access log, req/s as % of sg+all: non-stream 110.0%" in table
+    assert "full pipeline without its access log, CPU/req as % of sg+all: non-stream 90.0%" in table
+
+
 def test_table_reports_sluicegate_as_percent_of_passthrough() -> None:
     rows = [
         Row("passthrough", "non-stream", 4000.0, 10.0, 20.0, 0, 200.0),
