@@ -4,7 +4,7 @@
 
 Starts the servers as subprocesses on free loopback ports: the fake upstream,
 the minimal pass-through (``bench.passthrough``), and Sluicegate (one worker)
-five times over, all pointed at the same fake:
+five times over (six with the optional target), all pointed at the same fake:
 
 - ``sluicegate``: the foundation: auth, validation, routing, metrics; no
   limits, no budgets, no ledger;
