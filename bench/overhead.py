@@ -86,7 +86,7 @@ def _servers(work: Path, chunks: int) -> tuple[dict[str, Server], dict[str, str]
         ],
         **{
             name: serve_argv(work / f"{name}.yaml", ports[name])
-            for name in ("sluicegate", "sluicegate-twin", "sluicegate-limits", "sluicegate-budgets", "sluicegate-all", *OPTIONAL)
+            for name in FEATURES  # every Sluicegate target, the twin and the optional ones included
         },
     }  # fmt: skip
     servers = {name: Server(LABELS[name], argv, work / f"{name}.log", work) for name, argv in argvs.items()}
