@@ -1,8 +1,9 @@
 """The access log: one JSON line per request on the ``sluicegate.access`` logger.
 
 A request that went through the pipeline is logged by ``record``, a
-``Billing.after_record`` hook, once its cost is known: answered, failed, cut
-off by its budget or abandoned by its client, each exactly once. A request
+``Billing.after_answer`` hook, once its cost is known and it is answered
+(``router.afterwards``): answered, failed, cut off by its budget or abandoned
+by its client, each exactly once. A request
 refused before the pipeline (no key, a wrong key, a body that does not decode,
 an unknown URL) is logged with what is known then: route, status, error code.
 
@@ -11,10 +12,11 @@ exception an exception handler answers, whichever surface's handler that is.
 A failure in the pipeline is raised to the route too, after the pipeline
 logged it: ``before_request`` gives every routed request a ``_Seen`` cell,
 kept in the scope (for ``after_exception``) and in a context variable (for
-``record``, which sees no scope, and may run in a settlement task the request
-started: a copy of its context, holding the same cell), and ``record`` marks
-it. Hooks, not a middleware: any middleware makes Litestar wrap every route's
-``send``, a cost on each streamed chunk.
+``recorded``, which sees no scope, and may run in a settlement task the
+request started: a copy of its context, holding the same cell), and
+``recorded``, a ``Billing.after_record`` hook that runs before the answer,
+marks it. Hooks, not a middleware: any middleware makes Litestar wrap every
+route's ``send``, a cost on each streamed chunk.
 
 Values are ids, names, numbers and codes the gateway chose: never a path, a
 header, a key, a prompt or an error message. ``cost_usd`` is a decimal string
@@ -103,11 +105,15 @@ _encode_line = msgspec.json.Encoder().encode
 _FIELDS = _Line.__struct_fields__[4:]
 
 
-def record(ctx: RequestContext) -> None:
-    """``Billing.after_record`` hook: the line of a request the pipeline finished (never raises)."""
+def recorded(ctx: RequestContext) -> None:
+    """``Billing.after_record`` hook: the pipeline finished this request, and ``record`` logs it (never raises)."""
     seen = _current.get()
     if seen is not None:
         seen.recorded = True
+
+
+def record(ctx: RequestContext) -> None:
+    """``Billing.after_answer`` hook: the line of a request the pipeline finished (never raises)."""
     if not log.isEnabledFor(_INFO):
         return
     usage, ttft = ctx.usage, ctx.ttft

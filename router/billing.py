@@ -9,6 +9,13 @@ store both steps run inline, without a coroutine; with Redis, settlement is a
 task the response waits for while the client is there (its concurrency slot is
 free before its next request) and that finishes in the background if the
 client went away; ``drain`` waits for all of them.
+
+Settlement charges and releases before the answer; the bookkeeping no client
+waits for (the spend metrics, the ``after_answer`` hooks: the access log and
+budget alerts, and the ledger row) runs after it, from ``afterwards``
+(``router.afterwards``), in the order requests settled. ``after_record``
+hooks still run before the answer (the response cache keeps a miss there, so
+the client's next request finds it).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from budgets.tokens import (
 )
 from core.config import Price
 from policies.routing import Deployment
+from router.afterwards import Afterwards
 from router.batch_context import BatchContext
 from router.metrics import Metrics
 from serving.base import Usage
@@ -85,8 +93,12 @@ class Billing:
         self._settles_inline = accountant.settles_inline
         # tenant --> its last reservation with a money budget (the share left is worked out when asked)
         self._last: dict[str, Reservation] = {}
-        # Called with each request once its cost is known (the access log, budget alerts); never raise.
+        # Called with each request once its cost is known, before it is answered (the response cache's write); never raise.
         self.after_record: list[Callable[[RequestContext], None]] = []
+        # Called with each request once it is answered, from ``afterwards`` (the access log, budget alerts); never raise.
+        self.after_answer: list[Callable[[RequestContext], None]] = []
+        # The bookkeeping no client waits for: these hooks, the spend metrics, the ledger row.
+        self.afterwards = Afterwards()
 
     def remaining_fraction(self, tenant: str) -> float | None:
         last = self._last.get(tenant)
@@ -165,11 +177,11 @@ class Billing:
             price = _charged(ctx, deployment)
             if reservation is None:
                 # Nothing to release and nothing to count: record it here, no task needed.
-                self._record(ctx, deployment, usage, cost_pico(usage, price))
+                self._record(ctx, usage, cost_pico(usage, price))
                 return None
             if self._settles_inline:
                 # An in-process store settles without I/O: no task needed either.
-                self._record(ctx, deployment, usage, self.accountant.settle_now(reservation, usage, price))
+                self._record(ctx, usage, self.accountant.settle_now(reservation, usage, price))
                 return None
         task = asyncio.get_running_loop().create_task(self._settle(ctx))
         self._pending.add(task)
@@ -184,18 +196,24 @@ class Billing:
             cost = await self.accountant.settle(ctx.reservation, usage, price)
         else:
             cost = cost_pico(usage, price)
-        self._record(ctx, deployment, usage, cost)
+        self._record(ctx, usage, cost)
 
-    def _record(self, ctx: RequestContext, deployment: Deployment | None, usage: Usage, cost: int) -> None:
+    def _record(self, ctx: RequestContext, usage: Usage, cost: int) -> None:
         ctx.cost = cost
         if ctx.usage is None:
             ctx.usage = usage  # counted here: the upstream reported none (the access log and spans read it)
-        self.metrics.settled(ctx)
         for hook in self.after_record:
+            hook(ctx)
+        self.afterwards.add(self._book, ctx)
+
+    def _book(self, ctx: RequestContext) -> None:
+        """After the answer: the spend metrics, the ``after_answer`` hooks, the ledger row."""
+        self.metrics.settled(ctx)
+        for hook in self.after_answer:
             hook(ctx)
         plugins = ctx.snapshot.plugins
         if self.ledger is not None or plugins.on_ledger_row:
-            row = self._row(ctx, deployment, usage, cost)
+            row = self._row(ctx, ctx.served, ctx.usage or Usage(), ctx.cost)
             if self.ledger is not None:
                 self.ledger.record(row)
             if plugins.on_ledger_row:
@@ -301,5 +319,7 @@ class Billing:
             plugins.ledger_row(msgspec.structs.asdict(mirrored))
 
     async def drain(self) -> None:
+        """Wait for every settlement under way, then run the bookkeeping still queued."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+        self.afterwards.run_all()

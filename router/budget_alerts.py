@@ -1,6 +1,6 @@
 """Budget alerts: each ``alert_at`` percentage of a budget, once per threshold and period, on every replica.
 
-Called after each settled request (``Billing.after_record``). The hot path
+Called after each settled request is answered (``Billing.after_answer``). The hot path
 reads nothing: the reservation's ``remaining`` says how much of each budget
 was spent or held when the request was admitted, and with this request's own
 usage added that bounds what can have been spent since. Only a budget whose
@@ -116,7 +116,7 @@ class BudgetAlerts:
         self._closing = False
 
     def __call__(self, ctx: RequestContext) -> None:
-        """The ``after_record`` hook: never raises, never waits."""
+        """The ``after_answer`` hook: never raises, never waits."""
         try:
             reservation = ctx.reservation
             if reservation is None:

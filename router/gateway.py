@@ -98,10 +98,11 @@ class Gateway:
         self.responses_sweeper = ResponseSweeper(self.responses, self.metrics)
         self.billing = Billing(Accountant(self.counters, accounting_settings(config)), self.ledger, self.metrics)
         if config.server.access_log:
-            self.billing.after_record.append(access_log.record)
+            self.billing.after_record.append(access_log.recorded)
+            self.billing.after_answer.append(access_log.record)
         # Budget thresholds (alert_at): a signed webhook, an audit entry and a metric, once per period.
         self.budget_alerts = BudgetAlerts(self.billing.accountant, self.tenants, self.metrics, lambda: self.reloader.current.config.alerts)
-        self.billing.after_record.append(self.budget_alerts)
+        self.billing.after_answer.append(self.budget_alerts)
         self.tracing = Tracing(config.telemetry)
         # Canaries: samples shared by every replica through Redis when there is one.
         samples = open_sample_store(config.state.redis())

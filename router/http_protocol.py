@@ -36,6 +36,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from core.activity import ACTIVITY
 from core.errors import InvalidRequest, error_body
 from router import access_log
 
@@ -94,6 +95,7 @@ class JsonErrorHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # Every cycle, pipelined ones included, starts here; the class only adds methods.
+        ACTIVITY.n += 1  # a request: work a client waits for (core.activity)
         cycle.__class__ = OneWriteCycle
         cycle._told_gone = True  # type: ignore[attr-defined]  # connection_lost below tells it
         super()._start_asgi_task(cycle, app)

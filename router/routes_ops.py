@@ -30,6 +30,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text, or OpenMetrics (with trace-id exemplars) when the scraper's Accept asks for it."""
     gateway: Gateway = request.app.state.gateway
+    gateway.billing.afterwards.run_all()  # the answered requests' spend, counted before it is read
     body, content_type = gateway.metrics.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)
 

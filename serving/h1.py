@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from core.activity import ACTIVITY
+
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 
@@ -104,6 +106,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        ACTIVITY.n += 1  # an answer's bytes: work a client waits for (core.activity)
         self.received = True
         self._last = self.pool.loop.time()
         try:

@@ -198,7 +198,8 @@ async def test_successful_calls_outside_the_pipeline_are_not_logged(gateway: Run
 async def test_turned_off_it_logs_nothing_and_costs_no_hook(fake_upstream: FakeUpstream, http: aiohttp.ClientSession, access: Any) -> None:
     config = _config(fake_upstream.url, access_log=False)
     gateway = Gateway(config)
-    assert gateway.billing.after_record == [gateway.budget_alerts]
+    assert gateway.billing.after_record == []
+    assert gateway.billing.after_answer == [gateway.budget_alerts]
     async with running_gateway(config, gateway) as (base, _):
         async with http.post(f"{base}/v1/chat/completions", json={"model": "fake-model", **CHAT}, headers=AUTH) as resp:
             assert resp.status == 200

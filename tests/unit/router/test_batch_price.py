@@ -78,6 +78,7 @@ async def test_a_batch_request_is_reserved_and_billed_at_the_batch_price() -> No
         gateway, rows = _gateway()  # each on a budget of its own: 1 micro-USD
         principal = await gateway.authenticate(f"Bearer {KEY}")
         allowance, cost = await _billed(gateway, make(gateway, principal))
+        await gateway.billing.drain()  # the row is written after the answer
         [row] = rows.rows
         measured.append((allowance, cost, row.cost, row.batch_id))
     (interactive_allowance, interactive_cost, interactive_row, no_batch), (batch_allowance, batch_cost, batch_row, batch_id) = measured
