@@ -11,6 +11,7 @@ from budgets.tokens import count_prompt_tokens, tiktoken_count
 from core.config_check import load_config
 from router.context import RequestContext
 from router.gateway import Gateway
+from serving.base import Usage
 
 
 def _gateway(features: str) -> Gateway:
@@ -55,3 +56,34 @@ async def test_a_principal_without_limits_or_budgets_reserves_nothing() -> None:
     ctx = await _ctx(gateway, "Say hello.")
     assert gateway.billing.reserve(ctx, ctx.plan) is None
     assert ctx.reservation is None and ctx.counter is None
+
+
+async def test_settling_charges_at_once_and_books_after_the_answer() -> None:
+    gateway = _gateway("budgets")
+    rows: list[object] = []
+    gateway.billing.ledger = type("Rows", (), {"record": staticmethod(rows.append)})()  # type: ignore[assignment]
+    answered: list[str] = []
+    gateway.billing.after_answer.append(lambda ctx: answered.append(ctx.request_id))
+    ctx = await _ctx(gateway, "Say hello.")
+    assert gateway.billing.reserve(ctx, ctx.plan) is None
+    ctx.served, ctx.deployment = ctx.plan[0], "fake"
+    ctx.usage = Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8)
+    assert gateway.billing.settle(ctx) is None
+    # charged before the answer: its cost is known
+    assert ctx.cost > 0
+    assert gateway.billing.afterwards and rows == [] and answered == []
+    await asyncio.sleep(0)  # the answer goes out in this step; the bookkeeping follows at the loop's next round
+    assert answered == [ctx.request_id] and len(rows) == 1
+
+
+async def test_drain_runs_the_bookkeeping_still_waiting() -> None:
+    gateway = _gateway("budgets")
+    answered: list[str] = []
+    gateway.billing.after_answer.append(lambda ctx: answered.append(ctx.request_id))
+    ctx = await _ctx(gateway, "Say hello.")
+    assert gateway.billing.reserve(ctx, ctx.plan) is None
+    ctx.served, ctx.deployment = ctx.plan[0], "fake"
+    ctx.usage = Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8)
+    gateway.billing.settle(ctx)
+    await gateway.billing.drain()
+    assert answered == [ctx.request_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from router.auth import hash_api_key
 from router.gateway import Gateway
 from router.metrics import Metrics
 from router.metrics_spend import BudgetFigures
+from router.routes_ops import metrics as metrics_route
 from tests.conftest import make_config
 from tests.integration.gateway_server import running_gateway
 
@@ -203,3 +205,12 @@ def test_a_ledger_that_cannot_write_shows_its_spool() -> None:
     assert "sluicegate_ledger_pending_rows 7.0" in text
     assert "sluicegate_ledger_spool_bytes 4096.0" in text
     assert "sluicegate_ledger_store_up 0.0" in text
+
+
+async def test_a_scrape_first_runs_the_bookkeeping_still_waiting(gateway: tuple[str, Gateway]) -> None:
+    _, gw = gateway
+    booked: list[int] = []
+    gw.billing.afterwards.add(booked.append, 1)  # an answered request's spend, not yet counted
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(gateway=gw)), headers={})
+    metrics_route.fn(request)
+    assert booked == [1]
