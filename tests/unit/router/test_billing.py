@@ -61,7 +61,7 @@ async def test_a_principal_without_limits_or_budgets_reserves_nothing() -> None:
 async def test_settling_charges_at_once_and_books_after_the_answer() -> None:
     gateway = _gateway("budgets")
     rows: list[object] = []
-    gateway.billing.ledger = type("Rows", (), {"record": staticmethod(rows.append)})()  # type: ignore[assignment]
+    gateway.billing.ledger = type("Rows", (), {"record": staticmethod(rows.append)})()
     answered: list[str] = []
     gateway.billing.after_answer.append(lambda ctx: answered.append(ctx.request_id))
     ctx = await _ctx(gateway, "Say hello.")
