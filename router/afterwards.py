@@ -72,7 +72,7 @@ class Afterwards:
             return  # a turn is due on this loop
         self._loop = loop
         self._seen = ACTIVITY.n
-        loop.call_soon(self._turn)
+        loop.call_soon(self._turn, loop)
 
     def run_all(self) -> None:
         """Run every item waiting, now."""
@@ -80,8 +80,7 @@ class Afterwards:
         while items:
             _call(*items.popleft())
 
-    def _turn(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _turn(self, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:
             return  # a turn left on a loop that has since been replaced: the current loop's turn runs the queue
         items = self._items
@@ -93,7 +92,7 @@ class Afterwards:
             # Work came in since: let it go first, and look again at the next round.
             self._seen = seen
             self._waits += 1
-            loop.call_soon(self._turn)
+            loop.call_soon(self._turn, loop)
             return
         self._waits = 0
         if len(items) >= MAX_QUEUED:
@@ -103,7 +102,7 @@ class Afterwards:
                 _call(*items.popleft())
         if items:
             self._seen = ACTIVITY.n
-            loop.call_soon(self._turn)
+            loop.call_soon(self._turn, loop)
         else:
             self._loop = None
 
