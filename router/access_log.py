@@ -3,9 +3,9 @@
 A request that went through the pipeline is logged by ``record``, a
 ``Billing.after_answer`` hook, once its cost is known and it is answered
 (``router.afterwards``): answered, failed, cut off by its budget or abandoned
-by its client, each exactly once. A request
-refused before the pipeline (no key, a wrong key, a body that does not decode,
-an unknown URL) is logged with what is known then: route, status, error code.
+by its client, each exactly once. A request refused before the pipeline (no
+key, a wrong key, a body that does not decode, an unknown URL) is logged with
+what is known then: route, status, error code.
 
 Refusals are seen by ``after_exception``, a Litestar hook called with every
 exception an exception handler answers, whichever surface's handler that is.

@@ -9,11 +9,10 @@ at the event loop's next round, or later while new work keeps coming.
 
 New work is what ``core.activity.ACTIVITY`` counts: a request the HTTP
 server starts (``router.http_protocol``) and bytes from an upstream
-(``serving.h1``). When
-the queue's turn comes and the count has moved since it was queued, the queue
-waits one more round, behind that work (at most ``MAX_WAITS`` rounds in a row,
-and never with more than ``MAX_QUEUED`` items waiting), and then runs at most
-``BATCH`` items before it looks again. So at a steady rate a request waits for
+(``serving.h1``). When the queue's turn comes and the count has moved since
+it was queued, the queue waits one more round, behind that work (at most
+``MAX_WAITS`` rounds in a row, and never with more than ``MAX_QUEUED`` items
+waiting), and then runs at most ``BATCH`` items before it looks again. So at a steady rate a request waits for
 the requests ahead of it, not for their bookkeeping too: a busy core's queue
 is shorter for the work that answers.
 

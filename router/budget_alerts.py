@@ -1,13 +1,13 @@
 """Budget alerts: each ``alert_at`` percentage of a budget, once per threshold and period, on every replica.
 
-Called after each settled request is answered (``Billing.after_answer``). The hot path
-reads nothing: the reservation's ``remaining`` says how much of each budget
-was spent or held when the request was admitted, and with this request's own
-usage added that bounds what can have been spent since. Only a budget whose
-bound reaches its lowest threshold not yet alerted is read from the counter
-store (``budget_state``), by one task per budget at most, at most once per
-``read_interval_s``; a read asked for meanwhile runs when the interval ends,
-so none is lost. A bound taken at admission can miss what requests admitted
+Called after each settled request is answered (``Billing.after_answer``).
+The hot path reads nothing: the reservation's ``remaining`` says how much of
+each budget was spent or held when the request was admitted, and with this
+request's own usage added that bounds what can have been spent since. Only
+a budget whose bound reaches its lowest threshold not yet alerted is read
+from the counter store (``budget_state``), by one task per budget at most, at
+most once per ``read_interval_s``; a read asked for meanwhile runs when the
+interval ends, so none is lost. A bound taken at admission can miss what requests admitted
 later and settled sooner spent, so a budget whose read finds spent plus held
 within reach of a threshold stays "near": it is read again each interval
 until the threshold is reached or the holds are gone.
