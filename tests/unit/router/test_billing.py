@@ -58,16 +58,22 @@ async def test_a_principal_without_limits_or_budgets_reserves_nothing() -> None:
     assert ctx.reservation is None and ctx.counter is None
 
 
-async def test_settling_charges_at_once_and_books_after_the_answer() -> None:
-    gateway = _gateway("budgets")
-    rows: list[object] = []
-    gateway.billing.ledger = type("Rows", (), {"record": staticmethod(rows.append)})()
-    answered: list[str] = []
+async def _answered(gateway: Gateway, answered: list[str]) -> RequestContext:
+    """A request reserved and served, its ``after_answer`` hook noting its id in ``answered``; not yet settled."""
     gateway.billing.after_answer.append(lambda ctx: answered.append(ctx.request_id))
     ctx = await _ctx(gateway, "Say hello.")
     assert gateway.billing.reserve(ctx, ctx.plan) is None
     ctx.served, ctx.deployment = ctx.plan[0], "fake"
     ctx.usage = Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8)
+    return ctx
+
+
+async def test_settling_charges_at_once_and_books_after_the_answer() -> None:
+    gateway = _gateway("budgets")
+    rows: list[object] = []
+    gateway.billing.ledger = type("Rows", (), {"record": staticmethod(rows.append)})()
+    answered: list[str] = []
+    ctx = await _answered(gateway, answered)
     assert gateway.billing.settle(ctx) is None
     # charged before the answer: its cost is known
     assert ctx.cost > 0
@@ -79,11 +85,7 @@ async def test_settling_charges_at_once_and_books_after_the_answer() -> None:
 async def test_drain_runs_the_bookkeeping_still_waiting() -> None:
     gateway = _gateway("budgets")
     answered: list[str] = []
-    gateway.billing.after_answer.append(lambda ctx: answered.append(ctx.request_id))
-    ctx = await _ctx(gateway, "Say hello.")
-    assert gateway.billing.reserve(ctx, ctx.plan) is None
-    ctx.served, ctx.deployment = ctx.plan[0], "fake"
-    ctx.usage = Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8)
+    ctx = await _answered(gateway, answered)
     gateway.billing.settle(ctx)
     await gateway.billing.drain()
     assert answered == [ctx.request_id]
