@@ -10,11 +10,12 @@ at the event loop's next round, or later while new work keeps coming.
 New work is what ``core.activity.ACTIVITY`` counts: a request the HTTP
 server starts (``router.http_protocol``) and bytes from an upstream
 (``serving.h1``). When the queue's turn comes and the count has moved since
-it was queued, the queue waits one more round, behind that work (at most
-``MAX_WAITS`` rounds in a row, and never with more than ``MAX_QUEUED`` items
-waiting), and then runs at most ``BATCH`` items before it looks again. So at a steady rate a request waits for
-the requests ahead of it, not for their bookkeeping too: a busy core's queue
-is shorter for the work that answers.
+it was queued, the queue waits one more round, behind that work: at most
+``MAX_WAITS`` rounds in a row, and only while fewer than ``BATCH`` items
+wait. Then it runs every item waiting. So at a steady rate a request waits
+for the requests ahead of it, not for their bookkeeping too (a busy core's
+queue is shorter for the work that answers), and under a load that never
+lets up the queue runs in batches of about ``BATCH``, never growing.
 
 Nothing is lost or reordered: items run in the order they were queued, each
 once; ``run_all`` runs what is waiting at once (before ``/metrics`` is read,
@@ -34,12 +35,10 @@ from core.activity import ACTIVITY
 
 log = logging.getLogger("sluicegate.afterwards")
 
-# Rounds of the event loop the queue waits, in a row, behind new work; then it runs a batch regardless.
+# Rounds of the event loop the queue waits, in a row, behind new work; then it runs regardless.
 MAX_WAITS = 8
-# Items run per turn once the queue runs: a request arriving meanwhile waits for at most these.
+# With this many items waiting the queue waits no longer: a turn's run stays short.
 BATCH = 8
-# Past this many items waiting, the queue runs all of them at its next turn.
-MAX_QUEUED = 512
 
 
 Item = tuple[Callable[[Any], None], Any]
@@ -87,23 +86,15 @@ class Afterwards:
             self._loop = None
             return
         seen = ACTIVITY.n
-        if seen != self._seen and self._waits < MAX_WAITS and len(items) < MAX_QUEUED:
+        if seen != self._seen and self._waits < MAX_WAITS and len(items) < BATCH:
             # Work came in since: let it go first, and look again at the next round.
             self._seen = seen
             self._waits += 1
             loop.call_soon(self._turn, loop)
             return
         self._waits = 0
-        if len(items) >= MAX_QUEUED:
-            self.run_all()
-        else:
-            for _ in range(min(BATCH, len(items))):
-                _call(*items.popleft())
-        if items:
-            self._seen = ACTIVITY.n
-            loop.call_soon(self._turn, loop)
-        else:
-            self._loop = None
+        self._loop = None  # from here on an item queued (by one of these too) asks for a turn of its own
+        self.run_all()
 
 
 def _call(fn: Callable[[Any], None], arg: Any) -> None:

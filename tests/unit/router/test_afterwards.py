@@ -9,7 +9,7 @@ import pytest
 
 from core.activity import ACTIVITY
 from router import afterwards as afterwards_module
-from router.afterwards import BATCH, MAX_QUEUED, MAX_WAITS, Afterwards
+from router.afterwards import BATCH, MAX_WAITS, Afterwards
 
 
 async def _rounds(n: int) -> None:
@@ -64,27 +64,27 @@ async def test_a_quiet_round_runs_the_queue() -> None:
     assert ran == [1]
 
 
-async def test_a_turn_runs_at_most_a_batch() -> None:
+async def test_with_a_batch_waiting_the_queue_waits_no_longer() -> None:
     ran: list[int] = []
     queue = Afterwards()
-    for i in range(2 * BATCH + 3):
-        queue.add(ran.append, i)
-    await asyncio.sleep(0)
-    assert ran == list(range(BATCH))
-    await asyncio.sleep(0)
-    assert ran == list(range(2 * BATCH))
-    await asyncio.sleep(0)
-    assert ran == list(range(2 * BATCH + 3))
-
-
-async def test_a_long_queue_runs_whole_even_behind_new_work() -> None:
-    ran: list[int] = []
-    queue = Afterwards()
-    for i in range(MAX_QUEUED):
+    for i in range(BATCH - 1):
         queue.add(ran.append, i)
     ACTIVITY.n += 1
     await asyncio.sleep(0)
-    assert ran == list(range(MAX_QUEUED))
+    assert ran == []  # fewer than a batch: behind the new work
+    queue.add(ran.append, BATCH - 1)
+    ACTIVITY.n += 1
+    await asyncio.sleep(0)
+    assert ran == list(range(BATCH))  # a batch: it runs, though new work keeps coming
+
+
+async def test_a_turn_runs_every_item_waiting() -> None:
+    ran: list[int] = []
+    queue = Afterwards()
+    for i in range(3 * BATCH):
+        queue.add(ran.append, i)
+    await asyncio.sleep(0)
+    assert ran == list(range(3 * BATCH))
 
 
 async def test_run_all_runs_what_waits_now_and_the_turn_finds_nothing() -> None:
