@@ -7,9 +7,10 @@ Starts the fake upstream and one Sluicegate target of the overhead benchmark
 (``bench.overhead_targets``; default the full pipeline: limits, budgets and
 the SQLite ledger), the gateway pinned to its own CPU and everything else to
 the other, as ``bench.overhead`` places them. First it measures the target's
-maximum with wrk (``-c32``); then, round after round, it offers ``--fraction``
-of that rate, open loop, to the upstream directly and to the gateway in turn
-(which goes first alternates), and prints p50, p90, p99 and max latency of
+maximum with wrk (``-c32``), and its CPU a request there; then, round after
+round, it offers ``--fraction`` of that rate, open loop, to the upstream
+directly and to the gateway in turn (which goes first alternates), and
+prints p50, p90, p99 and max latency of
 each and what the gateway adds to each (gateway less direct, same round),
 with each hop's own CPU time per request during its run (``CPU us``, all its
 threads, from ``/proc``) and the share of its core that was (``busy %``: how
@@ -21,9 +22,11 @@ time a request spends in the gateway outside the upstream call, as
 operators see it in production) and how long its event loop kept an
 arriving event waiting (``loop p99``: the same reading of
 ``sluicegate_event_loop_lag_seconds``, sampled a hundred times a second here:
-the wait before the gateway reads a request). What the client measures on top of
-those is the rest of the way in and out: the kernel, and the wake-ups of
-each CPU on the way.
+the wait before the gateway reads a request). The summary gives the target's
+median CPU a request at the offered rate as a multiple of its CPU a request
+under wrk: above 1, half the maximum keeps its core more than half busy.
+What the client measures on top of those is the rest of the way in and out:
+the kernel, and the wake-ups of each CPU on the way.
 
 Open loop: request *i* is due at ``start + i / rate`` whether or not earlier
 ones have been answered, and its latency is counted from when it was due, not
@@ -185,6 +188,16 @@ def bucket_p99(before: dict[float, float], after: dict[float, float]) -> str:
     return ">max"
 
 
+def cpu_against_wrk(open_loop_us: list[float], wrk_us: float) -> str:
+    """The gateway's median CPU a request at the offered rate as a multiple of its CPU a request under wrk: at a
+    fixed rate a request costs more than when wrk keeps the same code running back to back, and so half of wrk's
+    maximum keeps the core more than half busy. Empty when either is unknown."""
+    if not open_loop_us or not wrk_us > 0:
+        return ""
+    median = statistics.median(open_loop_us)
+    return f"; CPU a request {median:.0f} us, {median / wrk_us:.2f}x its {wrk_us:.0f} us under wrk"
+
+
 LOOP_LAG_INTERVAL_S = 0.01
 
 # How long an idle vCPU polls before it halts, in a Linux guest with the cpuidle-haltpoll driver.
@@ -306,19 +319,28 @@ def _measure(args: argparse.Namespace) -> int:
                     server.pin(placement[1])
                 os.sched_setaffinity(0, placement[0])
             shared = placement[0] if placement else None
+            wrk_cpu_us = float("nan")  # the gateway's CPU a request under wrk, when its maximum is measured
             if args.rate:
                 rate = args.rate
                 print(f"{LABELS[args.target]} {mode}: offering {rate:,.0f} req/s", flush=True)
             else:
                 run_wrk(gw_url, body, request_headers(args.target), duration_s=2, concurrency=32, cpus=shared)
+                cpu_before = gateway.cpu_seconds()
                 peak = run_wrk(gw_url, body, request_headers(args.target), duration_s=args.duration, concurrency=32, cpus=shared)
+                if peak.requests:
+                    wrk_cpu_us = (gateway.cpu_seconds() - cpu_before) * 1e6 / peak.requests
                 rate = peak.rps * args.fraction
-                print(f"{LABELS[args.target]} {mode}: maximum {peak.rps:,.0f} req/s (wrk -c32); offering {rate:,.0f} req/s", flush=True)
+                print(
+                    f"{LABELS[args.target]} {mode}: maximum {peak.rps:,.0f} req/s (wrk -c32, {wrk_cpu_us:.0f} us of CPU a request); "
+                    f"offering {rate:,.0f} req/s",
+                    flush=True,
+                )
             server_of = {name: server for server, (_, _, name) in zip(servers, hops, strict=True)}
             added50: dict[str, list[float]] = {name: [] for _, _, name in hops}
             added99: dict[str, list[float]] = {name: [] for _, _, name in hops}
             beyond: dict[str, list[float]] = {name: [] for _, _, name in hops}  # p99 less nginx's, with --nginx
             busy: dict[str, list[float]] = {name: [] for _, _, name in hops}
+            cpu_us: dict[str, list[float]] = {name: [] for _, _, name in hops}  # CPU a request, each round
             heads = ("answered", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "late ms", "CPU us", "busy %", "own p99", "loop p99")
             print(f"{'round/target':<18} " + " ".join(f"{h:>{6 if h == 'errors' else 8}}" for h in heads))
             for number in range(args.rounds):
@@ -338,16 +360,17 @@ def _measure(args: argparse.Namespace) -> int:
                         runs[name] = uvloop.run(
                             open_loop(url, body, request_headers(name), rate=rate, duration_s=args.duration, stream=args.stream)
                         )
-                    cpu_us = ""
+                    extra = ""
                     if hop is not None and runs[name].latencies:
                         used = hop.cpu_seconds() - cpu_before
                         # busy: the share of its core the hop used over the run, which sets how long requests queue
                         busy[name].append(100 * used / args.duration)
-                        cpu_us = f" {used * 1e6 / len(runs[name].latencies):>8.0f} {busy[name][-1]:>8.0f}"
+                        cpu_us[name].append(used * 1e6 / len(runs[name].latencies))
+                        extra = f" {cpu_us[name][-1]:>8.0f} {busy[name][-1]:>8.0f}"
                     if own_before is not None:
                         own_after = gateway_counts(base, own_mode)
-                        cpu_us += f" {bucket_p99(own_before[0], own_after[0]):>8} {bucket_p99(own_before[1], own_after[1]):>8}"
-                    print(_row(f"{number + 1}: {label}", runs[name]) + cpu_us, flush=True)
+                        extra += f" {bucket_p99(own_before[0], own_after[0]):>8} {bucket_p99(own_before[1], own_after[1]):>8}"
+                    print(_row(f"{number + 1}: {label}", runs[name]) + extra, flush=True)
                 direct = runs["upstream"]
                 for label, _, name in hops:
                     added50[name].append(runs[name].pct(0.5) - direct.pct(0.5))
@@ -365,6 +388,7 @@ def _measure(args: argparse.Namespace) -> int:
                     f"[{min(a99):+.2f} to {max(a99):+.2f}] over {args.rounds} rounds; "
                     f"added p50 median {statistics.median(a50):+.2f} ms"
                     + (f"; its core {min(busy[name]):.0f} to {max(busy[name]):.0f}% busy" if busy[name] else "")
+                    + (cpu_against_wrk(cpu_us[name], wrk_cpu_us) if name == args.target else "")
                     + (
                         f"; beyond nginx: p99 median {statistics.median(beyond[name]):+.2f} ms "
                         f"[{min(beyond[name]):+.2f} to {max(beyond[name]):+.2f}]"

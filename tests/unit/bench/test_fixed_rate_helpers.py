@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.fixed_rate import bucket_p99, histogram_counts, nginx_config
+from bench.fixed_rate import bucket_p99, cpu_against_wrk, histogram_counts, nginx_config
 
 INF = float("inf")
 
@@ -49,3 +49,9 @@ def test_histogram_counts_reads_one_family_and_the_series_asked_for() -> None:
     assert histogram_counts(text, "sluicegate_overhead_seconds", 'mode="unary"') == {0.001: 7.0, INF: 9.0}
     assert histogram_counts(text, "sluicegate_event_loop_lag_seconds") == {0.0005: 40.0, INF: 41.0}
     assert histogram_counts(text, "sluicegate_missing_seconds") == {}
+
+
+def test_the_cpu_at_the_offered_rate_is_put_against_the_cpu_under_wrk() -> None:
+    assert cpu_against_wrk([210.0, 215.0, 240.0], 122.0) == "; CPU a request 215 us, 1.76x its 122 us under wrk"
+    assert cpu_against_wrk([], 122.0) == ""  # no round measured it
+    assert cpu_against_wrk([215.0], float("nan")) == ""  # --rate: the maximum, and so wrk's figure, not measured
