@@ -213,7 +213,9 @@ class Billing:
             hook(ctx)
         plugins = ctx.snapshot.plugins
         if self.ledger is not None or plugins.on_ledger_row:
-            row = self._row(ctx, ctx.served, ctx.usage or Usage(), ctx.cost)
+            usage = ctx.usage
+            assert usage is not None  # _record set it before queuing this
+            row = self._row(ctx, ctx.served, usage, ctx.cost)
             if self.ledger is not None:
                 self.ledger.record(row)
             if plugins.on_ledger_row:

@@ -7,10 +7,10 @@ request's own usage added that bounds what can have been spent since. Only
 a budget whose bound reaches its lowest threshold not yet alerted is read
 from the counter store (``budget_state``), by one task per budget at most, at
 most once per ``read_interval_s``; a read asked for meanwhile runs when the
-interval ends, so none is lost. A bound taken at admission can miss what requests admitted
-later and settled sooner spent, so a budget whose read finds spent plus held
-within reach of a threshold stays "near": it is read again each interval
-until the threshold is reached or the holds are gone.
+interval ends, so none is lost. A bound taken at admission can miss what
+requests admitted later and settled sooner spent, so a budget whose read
+finds spent plus held within reach of a threshold stays "near": it is read
+again each interval until the threshold is reached or the holds are gone.
 
 A threshold that ``spent`` has reached is claimed in the counter store
 (``claim_once``, keyed by budget key, limit and threshold, expiring with the
