@@ -211,6 +211,7 @@ async def test_body_over_limit_is_413(gateway, http) -> None:
 async def test_metrics_count_requests(gateway, http) -> None:
     base, _ = gateway
     await _post(http, base, "fake-model")
+    assert (await _post(http, base, "broken"))[0] == 502  # its own upstream error, whatever ran before
     async with http.get(f"{base}/metrics") as resp:
         text = await resp.text()
     assert 'sluicegate_requests_total{model="fake-model",route="chat",status="200"}' in text
