@@ -55,7 +55,7 @@ def _thread_ids(pid: int) -> list[int]:
         return []
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     found: list[int] = []
     for tid in _thread_ids(pid):
         try:
@@ -66,6 +66,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and its threads so far; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pin_tree(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` and of its descendants to ``cpus``."""
     for tid in _thread_ids(pid):
@@ -73,7 +83,7 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(tid, cpus)
         except OSError:
             continue  # the thread ended meanwhile
-    for child in _children(pid):
+    for child in child_pids(pid):
         pin_tree(child, cpus)
 
 
@@ -122,14 +132,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process and its threads so far."""
-        if self.process is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        # utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self.process is None else process_cpu_seconds(self.process.pid)
 
     def pin(self, cpus: set[int]) -> None:
         if self.process is not None and self.process.poll() is None:

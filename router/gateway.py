@@ -281,6 +281,7 @@ class Gateway:
                 await self._denylist.close()
         await self.counters.close()
         self.tracing.shutdown()
+        self.metrics.flush()  # several workers: what was recorded since metrics.close, into the shared files
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller's principal from ``Authorization: Bearer <key>``; only the keyed hash is looked up."""

@@ -6,9 +6,9 @@ waits in ``metrics_spend``; figures read from live state (engine load,
 breakers, queue depth, the ledger's backlog, budgets left) in ``metrics_live``,
 which also keeps them right with several workers. ``/metrics`` answers in the
 OpenMetrics format (with trace-id exemplars) to a scraper that asks for it.
-In one process the labelled counters and histograms are ``metrics_fast``'s,
-which record without locks and expose what prometheus_client's would; with
-several workers, prometheus_client's own, which write the shared files.
+The labelled counters and histograms are ``metrics_fast``'s, which record
+without locks and expose what prometheus_client's would; with several
+workers ``metrics_mirror`` copies them into each worker's shared files.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from router.loop_lag import LoopLagProbe
 from router.metrics_fast import CounterChild, HistogramChild, counter, histogram
 from router.metrics_genai import UNKNOWN, GenAIMetrics
 from router.metrics_live import LiveFigure, LiveFigures, Reading
+from router.metrics_mirror import FileMirror, writes_files
 from router.metrics_spend import BUDGET_LABELS, SpendMetrics
 
 if TYPE_CHECKING:
@@ -74,9 +75,11 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiproc_dir = multiproc_dir if multiproc_dir is not None else os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
-        # One process: the labelled counters and histograms record without locks (router.metrics_fast);
-        # several workers: prometheus_client's, which write the files every worker's figures are added up from.
-        fast = self.fast = self.multiproc_dir is None
+        # The labelled counters and histograms record without locks (router.metrics_fast). With several workers
+        # a mirror copies them into the files every worker's figures are added up from (router.metrics_mirror);
+        # given a directory where prometheus_client writes no files (not started as a worker), its own classes.
+        mirror = FileMirror(r) if self.multiproc_dir is not None and writes_files() else None
+        fast = self.fast = self.multiproc_dir is None or mirror is not None
         self.requests = counter(
             "sluicegate_requests_total", "Requests answered, by route, model alias and HTTP status.",
             ("route", "model", "status"), r, fast=fast,
@@ -167,9 +170,9 @@ class Metrics:
         self._children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
         self._token_children: dict[str, tuple[CounterChild, CounterChild]] = {}
         # prometheus_client keeps no exemplars in multiprocess mode: none are made there.
-        self.genai = GenAIMetrics(r, exemplars=fast, fast=fast)
+        self.genai = GenAIMetrics(r, exemplars=self.multiproc_dir is None, fast=fast)
         self.spend = SpendMetrics(r, fast=fast)
-        self.live = LiveFigures(r, self.multiproc_dir)
+        self.live = LiveFigures(r, self.multiproc_dir, mirror)
         in_flight = self.in_flight
         self.live.add(LiveFigure(
             "sluicegate_in_flight_requests", "Requests being served now.", (), "livesum", lambda: (((), float(in_flight.value)),),
@@ -322,6 +325,10 @@ class Metrics:
         if loop_lag_interval_s > 0 and self._loop_lag_probe is None:
             self._loop_lag_probe = LoopLagProbe(asyncio.get_running_loop(), self.loop_lag.observe, loop_lag_interval_s)
             self._loop_lag_probe.start()
+
+    def flush(self) -> None:
+        """Several workers: copy this worker's counts into its files now (``stop`` calls it last)."""
+        self.live.flush()
 
     def close(self) -> None:
         self.live.close()

@@ -23,9 +23,11 @@ what is never recorded by the gateway: an exemplar over the 128-character limit
 is dropped at scrape time instead of raising where it is recorded, and a NaN
 observation counts in the first bucket instead of none.
 
-Multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) needs prometheus_client's own
-classes, which write the mmap files ``MultiProcessCollector`` adds up:
-``counter`` and ``histogram`` make those unless asked for the fast kind.
+Multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) adds up the mmap files each
+worker writes: a worker records into these children too, and
+``router.metrics_mirror`` copies their totals into its files (``fast_families``
+lists what it copies). ``counter`` and ``histogram`` make prometheus_client's
+own classes unless asked for the fast kind.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from threading import Lock
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 import prometheus_client.metrics as _client
 from prometheus_client import Counter, Histogram
@@ -53,6 +56,7 @@ __all__ = [
     "HistogramChild",
     "HistogramFamily",
     "counter",
+    "fast_families",
     "histogram",
 ]
 
@@ -159,6 +163,7 @@ class _Family(MetricWrapperBase):
         self._metrics: dict[Sequence[str], Any] = {}
         if registry is not None:
             registry.register(self)
+            _REGISTERED.setdefault(registry, []).append(self)
 
     def _child(self, labelvalues: tuple[object, ...], labelkwargs: dict[str, object]) -> Any:
         """The child of label values not seen before, or not given as strings (as prometheus_client takes them)."""
@@ -182,12 +187,22 @@ class _Family(MetricWrapperBase):
     def _new_child(self) -> object:
         """A child for one new set of label values (each family says what kind)."""
 
-    def _listed(self) -> list[tuple[Sequence[str], Any]]:
+    def listed(self) -> list[tuple[Sequence[str], Any]]:
+        """(label values, child) of every child made so far."""
         with self._lock:
             return list(self._metrics.items())
 
     def describe(self) -> list[Metric]:
         return [Metric(self._name, self._documentation, self._type)]
+
+
+# registry --> the fast families registered with it, in the order they were made (router.metrics_mirror copies them).
+_REGISTERED: WeakKeyDictionary[CollectorRegistry, list[_Family]] = WeakKeyDictionary()
+
+
+def fast_families(registry: CollectorRegistry) -> list[FastCounter | FastHistogram]:
+    """The fast counters and histograms made with ``registry``."""
+    return [family for family in _REGISTERED.get(registry, ()) if isinstance(family, FastCounter | FastHistogram)]
 
 
 class FastCounter(_Family):
@@ -213,7 +228,7 @@ class FastCounter(_Family):
         total, created = f"{self._name}_total", f"{self._name}_created"
         with_created = _client._use_created
         names = self._labelnames
-        for values, child in self._listed():
+        for values, child in self.listed():
             metric.add_sample(total, dict(zip(names, values)), child.value, None, _exemplar(child.exemplar))
             if with_created:
                 metric.add_sample(created, dict(zip(names, values)), child.created, None, None)
@@ -256,7 +271,7 @@ class FastHistogram(_Family):
         bucket, count, total, created = f"{name}_bucket", f"{name}_count", f"{name}_sum", f"{name}_created"
         with_created, with_sum = _client._use_created, self._bounds[0] >= 0
         names, le = self._labelnames, self._le
-        for values, child in self._listed():
+        for values, child in self.listed():
             # Copies first: the event loop may record meanwhile (another thread scraping).
             counts, exemplars, observed = list(child.counts), list(child.exemplars), child.sum
             labels = dict(zip(names, values))

@@ -27,6 +27,8 @@ from prometheus_client import Gauge, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from router.metrics_mirror import FileMirror
+
 log = logging.getLogger("sluicegate.metrics")
 
 # How often each worker copies its live figures into the shared files.
@@ -67,10 +69,12 @@ class _Copy:
 class LiveFigures(Collector):
     """Read at scrape time in one process; copied into multiprocess gauges with several."""
 
-    def __init__(self, registry: CollectorRegistry, multiproc_dir: str | None) -> None:
+    def __init__(self, registry: CollectorRegistry, multiproc_dir: str | None, mirror: FileMirror | None = None) -> None:
+        """``mirror``: the worker's counters and histograms, copied into its files with the figures (several workers)."""
         self.figures: list[LiveFigure] = []
         self._dir = multiproc_dir
         self._copies: list[_Copy] | None = None if multiproc_dir is None else []
+        self._mirror = mirror
         self._task: asyncio.Task[None] | None = None
         if multiproc_dir is None:
             registry.register(self)
@@ -88,7 +92,9 @@ class LiveFigures(Collector):
             yield family
 
     def refresh(self) -> None:
-        """Copy every figure into its multiprocess gauge (several workers only)."""
+        """Copy every figure into its multiprocess gauge, and the counts into their files (several workers only)."""
+        if self._mirror is not None:
+            self._mirror.flush()
         for copy in self._copies or ():
             gauge = copy.made()
             if not copy.figure.labelnames:
@@ -105,7 +111,7 @@ class LiveFigures(Collector):
 
     def start(self) -> None:
         """Keep the copies fresh while the event loop runs (several workers only)."""
-        if self._copies and self._task is None:
+        if (self._copies or self._mirror is not None) and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics-refresh")
 
     async def _run(self) -> None:
@@ -116,10 +122,16 @@ class LiveFigures(Collector):
                 log.exception("metrics: refreshing live figures failed")
             await asyncio.sleep(REFRESH_S)
 
+    def flush(self) -> None:
+        """Copy the counts into the files now (several workers only): what a worker stopping still recorded."""
+        if self._mirror is not None:
+            self._mirror.flush()
+
     def close(self) -> None:
-        """Stop refreshing and take this worker's live figures out of the shared files."""
+        """Stop refreshing and take this worker's live figures out of the shared files (the counts stay)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self.flush()
         if self._dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self._dir)  # type: ignore[no-untyped-call]

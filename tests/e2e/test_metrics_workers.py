@@ -3,13 +3,19 @@
 Requests each go on a new connection, so both workers serve some; every scrape,
 again on a new connection, must add them all up and show the figures read from
 live state (breakers, engine load), which a per-worker collector would not.
+Each worker copies its counts into the shared files every second
+(``router.metrics_mirror``), and the scraped one just before it renders: a
+scrape may lag the other worker by up to a second, never more, never over.
 """
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.metrics_live import REFRESH_S
 from tests.e2e.conftest import GatewayFactory
 
 REQUESTS = 12
@@ -29,11 +35,18 @@ def test_two_workers_are_one_metrics_page(launch_gateway: GatewayFactory, api_ke
         "gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai",
         "gen_ai_request_model": "fake-model", "gen_ai_response_model": "fake-normal", "error_type": "",
     }  # fmt: skip
+    requests = {"route": "chat", "model": "fake-model", "status": "200"}
+    deadline = time.monotonic() + 3 * REFRESH_S
+    while True:  # until the other worker's next copy
+        counted = _samples(httpx.get(gateway.url + "/metrics", timeout=10).text)[("sluicegate_requests_total", frozenset(requests.items()))]
+        assert counted <= REQUESTS
+        if counted == REQUESTS or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     for _ in range(6):
         reply = httpx.get(gateway.url + "/metrics", timeout=10)
         assert reply.status_code == 200
         samples = _samples(reply.text)
-        requests = {"route": "chat", "model": "fake-model", "status": "200"}
         assert samples[("sluicegate_requests_total", frozenset(requests.items()))] == REQUESTS
         assert samples[("gen_ai_client_operation_duration_seconds_count", frozenset(served.items()))] == REQUESTS
         # Read from live state in each worker, yet on every worker's page.

@@ -248,7 +248,8 @@ def test_the_factories_pick_prometheus_client_unless_fast() -> None:
     assert type(histogram("d_seconds", "D.", ("x",), BUCKETS, registry, fast=True)) is FastHistogram
 
 
-# --- Metrics itself: one process fast, several workers prometheus_client's.
+# --- Metrics itself: fast in one process and in a worker (tests/unit/router/test_metrics_mirror.py); prometheus_client's
+# own classes only when given a directory in a process where prometheus_client writes no files.
 
 # Per request (and per hook, error, refusal): the families single-process mode records without locks.
 FAST_FAMILIES = (
@@ -272,8 +273,10 @@ def test_one_process_records_without_locks(monkeypatch: pytest.MonkeyPatch) -> N
     assert all(isinstance(family, FastCounter | FastHistogram) for family in families(metrics))
 
 
-def test_several_workers_keep_prometheus_clients_own_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Their values go to the mmap files MultiProcessCollector adds up."""
+def test_a_directory_without_multiprocess_files_keeps_prometheus_clients_own_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client chose its in-memory values at import (the variable set since): nothing to copy files from."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     for metrics in (Metrics(), Metrics(multiproc_dir=str(tmp_path))):
         assert metrics.multiproc_dir == str(tmp_path)
