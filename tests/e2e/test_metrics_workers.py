@@ -11,8 +11,11 @@ scrape may lag the other worker by up to a second, never more, never over.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.metrics_live import REFRESH_S
@@ -57,3 +60,20 @@ def test_two_workers_are_one_metrics_page(launch_gateway: GatewayFactory, api_ke
     reply = httpx.get(gateway.url + "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}, timeout=10)
     assert reply.headers["content-type"].startswith("application/openmetrics-text")
     assert reply.text.endswith("# EOF\n") and "trace_id" not in reply.text
+
+
+def test_workers_that_stop_leave_every_count_in_the_files(
+    launch_gateway: GatewayFactory, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM right after the last answer: each worker copies what it recorded before it exits."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the gateway's, instead of a directory of its own
+    gateway = launch_gateway(workers=2)
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
+    for _ in range(REQUESTS):
+        reply = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {api_key}"}, timeout=20)
+        assert reply.status_code == 200, reply.text
+    assert gateway.stop() == 0
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    requests = {"route": "chat", "model": "fake-model", "status": "200"}
+    assert registry.get_sample_value("sluicegate_requests_total", requests) == REQUESTS
