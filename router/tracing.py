@@ -59,14 +59,12 @@ def _exporter(config: TelemetryConfig) -> SpanExporter:
 
         return InMemorySpanExporter()
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter,
-        )
+        from router.otlp_export import WireSpanExporter
     except ImportError:
         raise ConfigError(
             "key `telemetry.exporter`: otlp needs the package opentelemetry-exporter-otlp-proto-http (extra `otel`)"
         ) from None
-    return OTLPSpanExporter(endpoint=config.otlp_endpoint) if config.otlp_endpoint else OTLPSpanExporter()
+    return WireSpanExporter(endpoint=config.otlp_endpoint) if config.otlp_endpoint else WireSpanExporter()
 
 
 class Tracing:
