@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.overhead_targets import BENCH_KEY, bench_key_hash, serve_argv
-from bench.processes import Server, fake_upstream, free_port
+from bench.processes import Server, fake_upstream, free_port, placement
 from bench.wrk import WrkResult, run_wrk, wrk_ready
 
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
@@ -129,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             _cache_result(*targets["gateway, hit"])
             _cache_result(url, _body("semantic", args.stream), gateway_headers)
             time.sleep(0.5)  # entries are written after the response
-            cpus = sorted(os.sched_getaffinity(0))
-            shared = {cpus[0]} if len(cpus) >= 2 else None
-            if shared is not None:
-                upstream.pin(shared)
-                gateway.pin({cpus[-1]})
+            cores = placement()
+            shared = cores[0] if cores is not None else None
+            if cores is not None:
+                upstream.pin(cores[0])
+                gateway.pin(cores[1])
             for name in ("gateway, hit", "semantic hit"):
                 result = _cache_result(*targets[name])
                 if result != "hit":

@@ -103,7 +103,7 @@ from bench.overhead_targets import (
     serve_argv,
     sluicegate_config,
 )
-from bench.processes import Server, fake_upstream, free_port
+from bench.processes import Server, fake_upstream, free_port, placement
 from bench.wrk import run_wrk, wrk_ready
 from serving.h1 import H1Error, H1Pool
 
@@ -235,11 +235,6 @@ http {{
     return path
 
 
-def _cpus() -> tuple[set[int], set[int]] | None:
-    cpus = sorted(os.sched_getaffinity(0))
-    return ({cpus[0]}, {cpus[-1]}) if len(cpus) >= 2 else None
-
-
 def _row(label: str, run: Run) -> str:
     return (
         f"{label:<18} {len(run.latencies):>8} {run.errors:>6} {run.pct(0.5):>8.2f} {run.pct(0.9):>8.2f} "
@@ -312,13 +307,13 @@ def _measure(args: argparse.Namespace) -> int:
             for server, (_, url, name) in zip(servers, hops, strict=True):
                 server.start()
                 server.wait_ready(url, body, request_headers(name))
-            placement = _cpus()
-            if placement is not None:
-                upstream.pin(placement[0])
+            cores = placement()
+            if cores is not None:
+                upstream.pin(cores[0])
                 for server in servers:  # one at a time is driven: each has the core to itself
-                    server.pin(placement[1])
-                os.sched_setaffinity(0, placement[0])
-            shared = placement[0] if placement else None
+                    server.pin(cores[1])
+                os.sched_setaffinity(0, cores[0])
+            shared = cores[0] if cores else None
             wrk_cpu_us = float("nan")  # the gateway's CPU a request under wrk, when its maximum is measured
             if args.rate:
                 rate = args.rate

@@ -70,7 +70,7 @@ from bench.overhead_targets import (
     sluicegate_config,
 )
 from bench.paired import PairResult, Side, measure_pair, render_pairs
-from bench.processes import Server, free_port
+from bench.processes import Server, free_port, placement
 from bench.wrk import run_wrk, wrk_ready
 
 
@@ -130,10 +130,7 @@ def _paired(args: argparse.Namespace, servers: dict[str, Server], urls: dict[str
 
 def _placement(pin: bool) -> tuple[set[int], set[int]] | None:
     """(CPUs for wrk and the fake, CPU for the server under test), if pinning."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
-        return None
-    return {cpus[0]}, {cpus[-1]}
+    return placement() if pin else None
 
 
 def _measure(name: str, args: argparse.Namespace, servers: dict[str, Server], urls: dict[str, str]) -> list[Row]:

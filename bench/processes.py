@@ -76,6 +76,12 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def placement() -> tuple[set[int], set[int]] | None:
+    """(a CPU for the load generator and the upstream, a CPU for the server under test), with two CPUs or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, {cpus[-1]}) if len(cpus) >= 2 else None
+
+
 def pin_tree(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` and of its descendants to ``cpus``."""
     for tid in _thread_ids(pid):

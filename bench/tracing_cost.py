@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench.overhead_targets import CHAT_PATH, FEATURES, bench_key_hash, request_body, request_headers, serve_argv, sluicegate_config
-from bench.processes import Server, fake_upstream, free_port
+from bench.processes import Server, fake_upstream, free_port, placement
 from bench.wrk import run_wrk, wrk_ready
 
 TARGET = "sluicegate-all"
@@ -102,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.start()
                 gateway.wait_ready(url, body, headers, timeout_s=60)
                 gateways.append((label, gateway, url))
-            cpus = sorted(os.sched_getaffinity(0))
-            shared = {cpus[0]} if len(cpus) >= 2 else None
-            if shared is not None:
-                upstream.pin(shared)
+            cores = placement()
+            shared = cores[0] if cores is not None else None
+            if cores is not None:
+                upstream.pin(cores[0])
                 for _, gateway, _ in gateways:
-                    gateway.pin({cpus[-1]})
-                os.sched_setaffinity(0, shared)  # wrk and the sink's thread
+                    gateway.pin(cores[1])
+                os.sched_setaffinity(0, cores[0])  # wrk and the sink's thread
             for number in range(args.rounds):
                 shift = number % len(gateways)
                 for label, gateway, url in gateways[shift:] + gateways[:shift]:

@@ -93,8 +93,7 @@ class LiveFigures(Collector):
 
     def refresh(self) -> None:
         """Copy every figure into its multiprocess gauge, and the counts into their files (several workers only)."""
-        if self._mirror is not None:
-            self._mirror.flush()
+        self.flush()
         for copy in self._copies or ():
             gauge = copy.made()
             if not copy.figure.labelnames:

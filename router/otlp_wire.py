@@ -116,9 +116,9 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
 # --- spans ------------------------------------------------------------------------------
 
 
-def _flags(parent: Any) -> bytes:
-    """Span.flags (field 16, fixed32)."""
-    return b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE if parent is not None and parent.is_remote else _HAS_IS_REMOTE)
+def _flags(context: Any) -> bytes:
+    """A span's or a link's flags (fixed32): whether ``context`` (the parent, or the linked span) is remote."""
+    return _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE if context is not None and context.is_remote else _HAS_IS_REMOTE)
 
 
 def _span(span: Any) -> bytes:
@@ -159,7 +159,7 @@ def _span(span: Any) -> bytes:
         body += _attributes(0x22, link.attributes)
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
-        parts.append(_field(0x6A, body + b"\x35" + _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE if linked.is_remote else _HAS_IS_REMOTE)))
+        parts.append(_field(0x6A, body + b"\x35" + _flags(linked)))
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
@@ -167,7 +167,7 @@ def _span(span: Any) -> bytes:
         body = _string(0x12, status.description) if status.description else b""
         code = status.status_code.value
         parts.append(_field(0x7A, body + (b"\x18" + _varint(code) if code else b"")))
-    parts.append(_flags(parent))
+    parts.append(b"\x85\x01" + _flags(parent))  # Span.flags: field 16
     return b"".join(parts)
 
 
